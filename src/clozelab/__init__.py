@@ -1,0 +1,3 @@
+"""clozelab: config-driven ablations of BERT-family pre-training."""
+
+__version__ = "0.1.0"

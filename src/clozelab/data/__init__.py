@@ -1,0 +1,1 @@
+"""Corpus readers, sentence splitting, tokenizer, cached shards, instances, datamodule."""

@@ -1,0 +1,159 @@
+"""Instance builders: which token ranges of the shards form one training sequence.
+
+- ``segment_pairs``: BERT's ``[CLS] A [SEP] B [SEP]`` with 50% random next sentence, exactly as
+  SPECS.md §6 (short_seq_prob, random-document retries, sentence rewind, truncation rule, label
+  0 = is next, 1 = random).
+- ``packed``: RoBERTa's FULL-SENTENCES (``cross_documents=True``: contiguous sentences that may
+  cross a document boundary, where a ``[SEP]`` is inserted) and DOC-SENTENCES (never crosses one).
+
+Builders return int64 arrays of token offsets into the shards, so an epoch's instances of a corpus
+of any size cost a few bytes each. All randomness comes from the given ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clozelab.data.shards import Shard
+
+# Columns of a segment-pair instance table.
+A_SHARD, A_START, A_END, B_SHARD, B_START, B_END, LABEL = range(7)
+# Columns of a packed instance table.
+P_SHARD, P_START, P_END = range(3)
+
+KINDS = ("segment_pair", "full_sentences", "doc_sentences")
+
+
+def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
+    """How many tokens BERT's truncate_seq_pair removes from A and from B.
+
+    It removes one token at a time from the longer segment (B on a tie) until the pair fits: first
+    the longer shrinks to the length of the shorter, then they alternate starting with B.
+    """
+    excess = len_a + len_b - max_tokens
+    if excess <= 0:
+        return 0, 0
+    gap = abs(len_a - len_b)
+    first = min(excess, gap)
+    rest = excess - first
+    remove_a, remove_b = (first, 0) if len_a > len_b else (0, first)
+    return remove_a + rest // 2, remove_b + rest - rest // 2
+
+
+def _document_table(shards: list[Shard]) -> np.ndarray:
+    """[n_documents, 2] (shard index, document index within the shard)."""
+    parts = [
+        np.stack([np.full(s.n_documents, i), np.arange(s.n_documents)], axis=1)
+        for i, s in enumerate(shards)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+def segment_pairs(
+    shards: list[Shard], max_seq_length: int, short_seq_prob: float, rng: np.random.Generator
+) -> np.ndarray:
+    """BERT next-sentence-prediction instances, one pass over every document."""
+    max_num_tokens = max_seq_length - 3
+    documents = _document_table(shards)
+    offsets = [np.asarray(s.sentences) for s in shards]
+    bounds = [np.asarray(s.documents) for s in shards]
+    rows: list[tuple[int, ...]] = []
+    for doc_index, (shard_i, doc_i) in enumerate(documents):
+        starts = offsets[shard_i]
+        lo, hi = int(bounds[shard_i][doc_i]), int(bounds[shard_i][doc_i + 1])
+        target = max_num_tokens
+        if rng.random() < short_seq_prob:
+            target = int(rng.integers(2, max_num_tokens + 1))
+        chunk_start, length, i = lo, 0, lo
+        while i < hi:
+            length += int(starts[i + 1] - starts[i])
+            if i == hi - 1 or length >= target:
+                n = i + 1 - chunk_start
+                a_sentences = int(rng.integers(1, n)) if n >= 2 else 1
+                a = (int(starts[chunk_start]), int(starts[chunk_start + a_sentences]))
+                if n == 1 or rng.random() < 0.5:
+                    label = 1
+                    b_shard, b = _random_segment(
+                        shards, documents, doc_index, target - (a[1] - a[0]), rng
+                    )
+                    i -= n - a_sentences  # the unused sentences start the next chunk
+                else:
+                    label, b_shard, b = 0, shard_i, (a[1], int(starts[i + 1]))
+                rows.append(_truncate(shard_i, a, b_shard, b, label, max_num_tokens, rng))
+                chunk_start, length = i + 1, 0
+            i += 1
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+
+
+def _random_segment(shards, documents, doc_index, target_b, rng):
+    """B from a random other document (10 tries), from a random sentence until >= target_b."""
+    other = doc_index
+    for _ in range(10):
+        other = int(rng.integers(0, len(documents)))
+        if other != doc_index:
+            break
+    shard_i, doc_i = documents[other]
+    shard = shards[shard_i]
+    lo, hi = int(shard.documents[doc_i]), int(shard.documents[doc_i + 1])
+    start_sentence = int(rng.integers(lo, hi))
+    starts = shard.sentences
+    begin = int(starts[start_sentence])
+    # first sentence end at which B reaches target_b (or the end of the document)
+    ends = np.asarray(starts[start_sentence + 1 : hi + 1])
+    enough = np.nonzero(ends - begin >= target_b)[0]
+    end = int(ends[enough[0]] if len(enough) else ends[-1])
+    return int(shard_i), (begin, end)
+
+
+def _truncate(a_shard, a, b_shard, b, label, max_num_tokens, rng):
+    remove_a, remove_b = truncation_counts(a[1] - a[0], b[1] - b[0], max_num_tokens)
+    front_a = int(rng.binomial(remove_a, 0.5)) if remove_a else 0
+    front_b = int(rng.binomial(remove_b, 0.5)) if remove_b else 0
+    return (
+        a_shard, a[0] + front_a, a[1] - (remove_a - front_a),
+        b_shard, b[0] + front_b, b[1] - (remove_b - front_b),
+        label,
+    )  # fmt: skip
+
+
+def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> np.ndarray:
+    """FULL-SENTENCES (cross_documents) or DOC-SENTENCES: greedy packing of whole sentences.
+
+    A sentence longer than the budget is split into budget-sized pieces. An instance never spans
+    two shards. With cross_documents, each document boundary inside an instance costs one token
+    (the ``[SEP]`` inserted there).
+    """
+    budget = max_seq_length - 2
+    rows: list[tuple[int, int, int]] = []
+    for shard_i, shard in enumerate(shards):
+        starts = np.asarray(shard.sentences)
+        doc_starts = np.zeros(len(starts), dtype=bool)
+        doc_starts[np.asarray(shard.documents[:-1])] = True
+        begin, used = None, 0
+        for s in range(len(starts) - 1):
+            lo, hi = int(starts[s]), int(starts[s + 1])
+            new_doc = bool(doc_starts[s])
+            if begin is not None and new_doc and not cross_documents:
+                rows.append((shard_i, begin, lo))
+                begin, used = None, 0
+            extra = 1 if (begin is not None and new_doc) else 0
+            if begin is not None and used + extra + (hi - lo) > budget:
+                rows.append((shard_i, begin, lo))
+                begin, used, extra = None, 0, 0
+            while hi - lo > budget:  # an over-long sentence on its own
+                rows.append((shard_i, lo, lo + budget))
+                lo += budget
+            if begin is None:
+                begin = lo
+            used += extra + (hi - lo)
+        if begin is not None and used > 0:
+            rows.append((shard_i, begin, int(starts[-1])))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def build(kind: str, shards, max_seq_length, short_seq_prob, rng) -> np.ndarray:
+    if kind == "segment_pair":
+        return segment_pairs(shards, max_seq_length, short_seq_prob, rng)
+    if kind in ("full_sentences", "doc_sentences"):
+        return packed(shards, max_seq_length, cross_documents=kind == "full_sentences")
+    raise ValueError(f"unknown instance kind {kind!r}; expected one of {KINDS}")

@@ -1,0 +1,275 @@
+"""Corpus -> sentences -> token ids (+ word and entity ids) -> cached memory-mapped shards.
+
+The cache key is (corpus fingerprint, tokenizer, preprocessing settings), so a second run with the
+same inputs reuses the shards (and says so). Documents are tokenised in worker processes, in order,
+with a bounded number of chunks in flight: memory stays flat as the corpus grows. Every
+``validation_every``-th document is held out for validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clozelab.data.corpus import corpus_fingerprint, iter_documents
+from clozelab.data.document import Document
+from clozelab.data.sentences import split_sentences
+from clozelab.data.shards import ShardError, ShardWriter, open_split
+from clozelab.data.tokenizer import Tokenizer, load_tokenizer, train_wordpiece
+from clozelab.errors import ClozelabError, config_error
+from clozelab.progress import progress
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHUNK_DOCUMENTS = 32
+
+
+@dataclass
+class Prepared:
+    tokenizer: Tokenizer
+    directory: Path
+    reused: bool
+    stats: dict
+
+    @property
+    def train_dir(self) -> Path:
+        return self.directory / "train"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.directory / "validation"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sentence_texts(corpus: str, max_documents: int | None) -> Iterator[str]:
+    for i, doc in enumerate(iter_documents(corpus)):
+        if max_documents is not None and i >= max_documents:
+            return
+        for text, _ in split_sentences(doc):
+            yield text
+
+
+def get_tokenizer(tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=None) -> Tokenizer:
+    """Load the configured tokenizer, or train (once, then cached) a WordPiece on the corpus."""
+    path = tokenizer_cfg.get("path")
+    lowercase = tokenizer_cfg.get("lowercase", True)
+    if path:
+        return load_tokenizer(path, lowercase)
+    settings = {
+        "corpus": corpus_fingerprint(corpus),
+        "vocab_size": tokenizer_cfg.get("vocab_size", 8192),
+        "lowercase": lowercase,
+        "min_frequency": tokenizer_cfg.get("min_frequency", 2),
+        "max_documents": max_documents,
+    }
+    target = cache_dir / "tokenizers" / _digest(settings)
+    if (target / "tokenizer.json").is_file():
+        log.info("Reusing the cached tokenizer at %s", target)
+        return load_tokenizer(target / "tokenizer.json", lowercase)
+    log.info("Training a WordPiece tokenizer (vocab %d) on %s", settings["vocab_size"], corpus)
+    start = time.perf_counter()
+    tokenizer = train_wordpiece(
+        _sentence_texts(corpus, max_documents),
+        vocab_size=settings["vocab_size"],
+        lowercase=lowercase,
+        min_frequency=settings["min_frequency"],
+    )
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tokenizer.save(tmp)
+    (tmp / "settings.json").write_text(json.dumps(settings, indent=1), "utf-8")
+    _publish(tmp, target)
+    log.info("Tokenizer trained in %.1fs: %d entries", time.perf_counter() - start, tokenizer.vocab_size)
+    return tokenizer
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished directory into place; another process may have won the race."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not target.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- document encoding
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_json: str, lowercase: bool) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, lowercase)
+
+
+def encode_document(doc: Document, tokenizer: Tokenizer):
+    """One document -> per sentence (token ids, word index in sentence, entity index in document)."""
+    sentences = split_sentences(doc)
+    if not sentences:
+        return []
+    encodings = tokenizer.encode_batch([text for text, _ in sentences])
+    out, n_entities = [], 0
+    for (_, entities), enc in zip(sentences, encodings):
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        if len(ids) == 0:
+            continue
+        words = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
+        entity_ids = np.full(len(ids), -1, dtype=np.int32)
+        if entities:
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            for start, end in entities:
+                inside = (offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])
+                if inside.any():
+                    entity_ids[inside] = n_entities
+                    n_entities += 1
+        out.append((ids, words, entity_ids))
+    return out
+
+
+def _encode_chunk(docs: list[Document]):
+    return [encode_document(doc, _WORKER_TOKENIZER) for doc in docs]
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    chunk = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encoded_documents(docs: Iterable[Document], tokenizer: Tokenizer, workers: int):
+    """Encoded documents in corpus order; at most 2 x workers chunks in flight."""
+    if workers <= 0:
+        for doc in docs:
+            yield encode_document(doc, tokenizer)
+        return
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    with ctx.Pool(workers, _init_worker, (tokenizer.to_str(), tokenizer.lowercase)) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(docs, CHUNK_DOCUMENTS):
+            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def _limited(docs: Iterable[Document], max_documents: int | None) -> Iterator[Document]:
+    for i, doc in enumerate(docs):
+        if max_documents is not None and i >= max_documents:
+            return
+        yield doc
+
+
+def build_shards(
+    corpus: str,
+    tokenizer: Tokenizer,
+    directory: Path,
+    validation_every: int,
+    workers: int,
+    max_documents: int | None = None,
+    shard_tokens: int = 50_000_000,
+) -> dict:
+    writers = {
+        "train": ShardWriter(directory / "train", tokenizer.vocab_size, shard_tokens),
+        "validation": ShardWriter(directory / "validation", tokenizer.vocab_size, shard_tokens),
+    }
+    docs = _limited(iter_documents(corpus), max_documents)
+    with progress("Tokenising documents") as advance:
+        for i, sentences in enumerate(_encoded_documents(docs, tokenizer, workers)):
+            held_out = validation_every > 0 and i % validation_every == validation_every - 1
+            writers["validation" if held_out else "train"].add_document(sentences)
+            advance(1)
+    stats = {name: writer.close() for name, writer in writers.items()}
+    if stats["train"]["tokens"] == 0:
+        raise config_error(
+            "data.corpus", corpus, "the corpus holds no usable text after cleaning",
+            "point data.corpus to a non-empty corpus",
+        )
+    return stats
+
+
+def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
+    """Tokenizer + shards for ``data_cfg.corpus``, reusing the cache when the key matches."""
+    cache_dir = Path(cache_dir).expanduser()
+    corpus = str(data_cfg.corpus)
+    max_documents = data_cfg.get("max_documents")
+    tokenizer = get_tokenizer(tokenizer_cfg, corpus, cache_dir, max_documents)
+    fraction = float(data_cfg.get("validation_fraction", 0.05))
+    if not 0.0 <= fraction < 0.5:
+        raise config_error(
+            "data.validation_fraction", fraction, "must be in [0, 0.5)", "use e.g. 0.05"
+        )
+    validation_every = round(1 / fraction) if fraction > 0 else 0
+    settings = {
+        "version": FORMAT_VERSION,
+        "corpus": corpus_fingerprint(corpus),
+        "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16],
+        "validation_every": validation_every,
+        "max_documents": max_documents,
+    }
+    key = _digest(settings)
+    directory = cache_dir / "shards" / key
+    if directory.is_dir():
+        try:
+            for split in ("train", "validation"):
+                open_split(directory / split, verify=True)
+            stats = json.loads((directory / "stats.json").read_text("utf-8"))
+            log.info("Reusing cached shards at %s (%s tokens)", directory, stats["train"]["tokens"])
+            return Prepared(tokenizer, directory, True, stats)
+        except (ShardError, OSError, ValueError, KeyError) as exc:
+            log.warning("Cached shards at %s are unusable (%s); rebuilding them", directory, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+    log.info("Preprocessing %s into %s", corpus, directory)
+    start = time.perf_counter()
+    tmp = directory.with_name(f"{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        stats = build_shards(
+            corpus, tokenizer, tmp, validation_every,
+            workers=int(data_cfg.get("preprocessing_workers", 2)),
+            max_documents=max_documents,
+        )
+        stats["settings"] = settings
+        stats["seconds"] = round(time.perf_counter() - start, 2)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=1), "utf-8")
+        tokenizer.save(tmp / "tokenizer")
+        _publish(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if stats["validation"]["tokens"] == 0 and fraction > 0:
+        raise ClozelabError(
+            f"data.validation_fraction={fraction}: the corpus has too few documents "
+            f"({stats['train']['documents']}) to hold any out. Fix: use a larger corpus or a "
+            "larger fraction."
+        )
+    log.info(
+        "Preprocessed %d documents, %d sentences, %d tokens in %.1fs",
+        stats["train"]["documents"] + stats["validation"]["documents"],
+        stats["train"]["sentences"] + stats["validation"]["sentences"],
+        stats["train"]["tokens"] + stats["validation"]["tokens"],
+        stats["seconds"],
+    )
+    return Prepared(tokenizer, directory, False, stats)

@@ -1,0 +1,14 @@
+"""One exception type for every user-facing error.
+
+A ``ClozelabError`` message names what is wrong (the key or the file), the value found and the fix.
+The CLI prints the message alone (no traceback) and exits with status 2.
+"""
+
+
+class ClozelabError(ValueError):
+    """Bad input from the user: a config value, a file, a combination of components."""
+
+
+def config_error(key: str, value: object, problem: str, fix: str) -> ClozelabError:
+    """Build the standard message: ``<key>=<value>: <problem>. Fix: <fix>``."""
+    return ClozelabError(f"{key}={value!r}: {problem}. Fix: {fix}")

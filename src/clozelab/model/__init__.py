@@ -1,0 +1,1 @@
+"""Embeddings, encoders, heads, HF import/export."""

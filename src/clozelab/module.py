@@ -1,0 +1,119 @@
+"""PretrainModule: corrupt (in the data loader) -> embed -> encode -> objectives -> weighted sum."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from clozelab.errors import ClozelabError
+from clozelab.optim import build_scheduler, parameter_groups
+
+MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+class NonFiniteLossError(ClozelabError):
+    """The loss became NaN or Inf."""
+
+
+class PretrainModule(pl.LightningModule):
+    """Receives built components (Hydra ``_target_``); composes them and logs.
+
+    Logged: ``train/<objective>_loss`` (and the objectives' other logs), ``train/loss``,
+    ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means).
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        encoder: nn.Module,
+        objectives: dict[str, nn.Module],
+        optimizer,
+        scheduler_cfg: dict | None = None,
+        total_steps: int | None = None,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__()
+        self.embedding, self.encoder = embedding, encoder
+        self.objectives = nn.ModuleDict(objectives)
+        self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler_cfg or {}
+        self.total_steps, self.weight_decay = total_steps, weight_decay
+        self.tokens_seen = 0
+        self._val_metrics = nn.ModuleDict()
+        self._train_start: float | None = None
+        self._train_tokens_at_start = 0
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, torch.Tensor]):
+        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
+        encoded = self.encoder(hidden, batch.get("attention_mask"))
+        total, logs, counts = None, {}, {}
+        for name, objective in self.objectives.items():
+            out = objective(encoded, batch, self.embedding)
+            weighted = objective.weight * out.loss
+            total = weighted if total is None else total + weighted
+            for key, value in out.logs.items():
+                logs[key] = value
+                counts[key] = out.n_targets
+        logs["loss"] = total
+        return total, logs, counts
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        self._train_start = time.perf_counter()
+        self._train_tokens_at_start = self.tokens_seen
+
+    def training_step(self, batch, batch_idx):
+        loss, logs, _ = self(batch)
+        if not torch.isfinite(loss):
+            bad = [k for k, v in logs.items() if k.endswith("loss") and not torch.isfinite(v)]
+            raise NonFiniteLossError(
+                f"train/loss={loss.item()} at step {self.global_step} (non-finite: {bad}). "
+                "Fix: lower optim.lr, raise optim.eps, or check the data of this batch; the "
+                "last good checkpoint is kept."
+            )
+        tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
+        self.tokens_seen += tokens
+        self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=False)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen), reduce_fx="max")
+        if self._train_start is not None:
+            elapsed = max(time.perf_counter() - self._train_start, 1e-9)
+            rate = (self.tokens_seen - self._train_tokens_at_start) / elapsed
+            self.log("train/tokens_per_s", rate, prog_bar=True)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch, batch_idx):
+        _, logs, counts = self(batch)
+        for key, value in logs.items():
+            if key not in self._val_metrics:
+                self._val_metrics[key] = MeanMetric().to(self.device)
+            weight = counts.get(key, 1)
+            if isinstance(weight, torch.Tensor):
+                weight = weight.float()
+            if float(weight) > 0 and math.isfinite(float(value)):
+                self._val_metrics[key].update(value.detach().float(), weight)
+
+    def on_validation_epoch_end(self) -> None:
+        for key, metric in self._val_metrics.items():
+            if metric.update_called:
+                self.log(f"val/{key}", metric.compute(), prog_bar=key == "mlm_loss")
+            metric.reset()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay))
+        scheduler = build_scheduler(optimizer, self.scheduler_cfg, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["clozelab"] = {"tokens_seen": self.tokens_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = int(checkpoint.get("clozelab", {}).get("tokens_seen", 0))

@@ -1,0 +1,1 @@
+"""Pre-training objectives: each an nn.Module owning its head and its loss."""

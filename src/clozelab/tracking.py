@@ -1,0 +1,101 @@
+"""Experiment trackers: CSV always; W&B that falls back to offline by itself; TensorBoard.
+
+W&B goes offline when ``WANDB_MODE`` says so, when no API key is configured, or when its server
+cannot be reached within two seconds; a W&B that still fails to start is replaced by a warning, so
+a tracker never stops a run (offline runs are synced later with ``wandb sync``).
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+log = logging.getLogger(__name__)
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(url: str, timeout: float = 2.0) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str | None = None) -> str:
+    """'online', 'offline' or 'disabled', deciding offline by itself when it must."""
+    mode = os.environ.get("WANDB_MODE") or requested or "online"
+    if mode in ("offline", "disabled", "dryrun"):
+        return "offline" if mode == "dryrun" else mode
+    if not _has_wandb_key():
+        log.info("W&B: no API key configured; logging offline (sync later with `wandb sync`)")
+        return "offline"
+    if not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
+        log.warning("W&B: server unreachable; logging offline (sync later with `wandb sync`)")
+        return "offline"
+    return "online"
+
+
+def make_loggers(logger_cfg, save_dir: str | Path, run_name: str, config: dict) -> list[Logger]:
+    """CSV always, plus what ``logger_cfg.kind`` asks for ("csv", "wandb", "tensorboard")."""
+    save_dir = Path(save_dir)
+    loggers: list[Logger] = [CSVLogger(save_dir, name="csv", version="")]
+    kinds = logger_cfg.get("kind", "csv")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    for kind in kinds:
+        if kind == "csv":
+            continue
+        if kind == "wandb":
+            wandb_logger = _wandb(logger_cfg.get("wandb", {}), save_dir, run_name, config)
+            if wandb_logger is not None:
+                loggers.append(wandb_logger)
+        elif kind == "tensorboard":
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir, name="tensorboard", version=""))
+        else:
+            raise ValueError(f"logger.kind={kind!r}: unknown; use csv, wandb or tensorboard")
+    return loggers
+
+
+def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+
+        mode = wandb_mode(cfg.get("mode"))
+        if mode == "disabled":
+            return None
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+        logger = WandbLogger(
+            project=cfg.get("project", "clozelab"),
+            entity=cfg.get("entity"),
+            group=cfg.get("group"),
+            job_type=cfg.get("job_type", "pretrain"),
+            tags=list(cfg.get("tags") or []),
+            name=run_name,
+            save_dir=str(save_dir),
+            mode=mode,
+            config=config,
+        )
+        _ = logger.experiment  # start now, so a failure is caught here and not mid-run
+        return logger
+    except Exception as exc:  # a tracker must never stop a run
+        log.warning("W&B could not start (%s); continuing with CSV logging only", exc)
+        return None

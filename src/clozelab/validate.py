@@ -1,0 +1,147 @@
+"""Cheap checks of a composed pre-training config, run before any data is read or model built.
+
+Each failure is a ClozelabError naming the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from clozelab.config import target_class
+from clozelab.data.instances import KINDS
+from clozelab.errors import ClozelabError, config_error
+
+# Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
+INSTANCE_KEYS = {
+    "segment_pair": ("next_sentence_label",),
+    "full_sentences": (),
+    "doc_sentences": (),
+}
+BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
+             "entity_ids", "sentence_ids")  # fmt: skip
+
+
+def _int(cfg, key: str, minimum: int, allow_none: bool = False) -> int | None:
+    value = cfg_select(cfg, key)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise config_error(key, value, f"must be an integer >= {minimum}", f"set {key}={minimum} or more")
+    return value
+
+
+def cfg_select(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _probability(cfg, key: str, low_open: bool, high_open: bool):
+    value = cfg_select(cfg, key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise config_error(key, value, "must be a number", f"set {key} to a number in [0, 1]")
+    bad_low = value <= 0 if low_open else value < 0
+    bad_high = value >= 1 if high_open else value > 1
+    if bad_low or bad_high:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise config_error(key, value, f"must lie in {interval}", f"e.g. {key}=0.15")
+    return float(value)
+
+
+def validate_model(cfg: DictConfig) -> None:
+    hidden = _int(cfg, "model.hidden_size", 1)
+    heads = _int(cfg, "model.num_heads", 1)
+    _int(cfg, "model.num_layers", 1)
+    if hidden % heads:
+        raise ClozelabError(
+            f"model.hidden_size={hidden} is not divisible by model.num_heads={heads}. Fix: choose "
+            f"num_heads dividing {hidden} (e.g. {max(h for h in range(1, 65) if hidden % h == 0)})."
+        )
+    seq = _int(cfg, "data.max_seq_length", 8)
+    positions = cfg_select(cfg, "model.max_position_embeddings")
+    if positions is not None and seq > positions:
+        raise ClozelabError(
+            f"data.max_seq_length={seq} exceeds the position table "
+            f"(model.max_position_embeddings={positions}). Fix: lower data.max_seq_length or "
+            "raise model.max_position_embeddings."
+        )
+
+
+def validate_corruption(cfg: DictConfig) -> None:
+    _probability(cfg, "corruption.rate", low_open=True, high_open=True)
+    probs = [_probability(cfg, f"corruption.{k}", False, False)
+             for k in ("mask_prob", "random_prob", "keep_prob")]  # fmt: skip
+    if all(p is not None for p in probs) and abs(sum(probs) - 1.0) > 1e-6:
+        raise ClozelabError(
+            f"corruption.mask_prob={probs[0]}, corruption.random_prob={probs[1]}, "
+            f"corruption.keep_prob={probs[2]} sum to {sum(probs):.6g}, not 1. Fix: make the three "
+            "proportions sum to 1 (BERT: 0.8/0.1/0.1)."
+        )
+
+
+def validate_objectives(cfg: DictConfig) -> list[str]:
+    """Each objective's needs against the instance kind and the corruption's outputs."""
+    objectives = cfg_select(cfg, "objective")
+    if not objectives:
+        raise ClozelabError("objective: no objective selected. Fix: e.g. objective=[mlm,nsp].")
+    kind = cfg_select(cfg, "data.instances")
+    corruption = cfg_select(cfg, "corruption")
+    provided = set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ()))
+    if corruption is not None and corruption.get("_target_"):
+        provided |= set(getattr(target_class(corruption, "corruption"), "produces", ("mlm_labels",)))
+    names = []
+    for name, node in objectives.items():
+        cls = target_class(node, f"objective.{name}")
+        kinds = getattr(cls, "instance_kinds", None)
+        if kinds is not None and kind not in kinds:
+            raise ClozelabError(
+                f"objective.{name} needs data.instances in {list(kinds)}, but "
+                f"data.instances={kind!r}. Fix: set data.instances={kinds[0]} or drop {name} "
+                f"from objective."
+            )
+        missing = [k for k in getattr(cls, "requires", ()) if k not in provided]
+        if missing:
+            raise ClozelabError(
+                f"objective.{name} needs the batch keys {missing}, which neither "
+                f"data.instances={kind!r} nor corruption "
+                f"({corruption.get('_target_') if corruption else None}) provides. Fix: choose a "
+                "corruption that produces them."
+            )
+        names.append(name)
+    return names
+
+
+def validate_data(cfg: DictConfig) -> None:
+    kind = cfg_select(cfg, "data.instances")
+    if kind not in KINDS:
+        raise config_error("data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}")
+    _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.num_workers", 0)
+    _probability(cfg, "data.short_seq_prob", False, False)
+    if not cfg_select(cfg, "data.corpus"):
+        raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
+
+
+def validate_budget(cfg: DictConfig) -> None:
+    steps = cfg_select(cfg, "trainer.max_steps")
+    tokens = _int(cfg, "trainer.max_tokens", 1, allow_none=True)
+    time_ = cfg_select(cfg, "trainer.max_time")
+    epochs = cfg_select(cfg, "trainer.max_epochs")
+    if (steps is None or steps < 0) and tokens is None and time_ is None and (epochs is None or epochs < 0):
+        raise ClozelabError(
+            "trainer: no budget (max_steps, max_tokens, max_time or max_epochs). Fix: set one, "
+            "e.g. trainer.max_steps=1000."
+        )
+
+
+def validate_pretrain(cfg: DictConfig) -> list[str]:
+    validate_data(cfg)
+    validate_model(cfg)
+    validate_corruption(cfg)
+    validate_budget(cfg)
+    return validate_objectives(cfg)
