@@ -1,0 +1,159 @@
+"""BERT token masking: choose single tokens, then [MASK] / random / keep them (SPECS §1, §3, §4).
+
+Two budgets:
+
+* ``bernoulli`` — each candidate is chosen independently with probability ``rate`` (HF collator,
+  RoBERTa dynamic masking). The count per row is Binomial(n_candidates, rate) and can be 0.
+* ``exact`` — BERT's ``create_masked_lm_predictions``: exactly
+  ``K = min(max_predictions, max(1, round_half_even(n_real * rate)))`` per row, where ``n_real``
+  counts the row's special tokens but not its padding, drawn uniformly without replacement among the
+  candidates (and capped at their number).
+
+``max_predictions`` also caps the bernoulli budget: a row with more selections keeps a uniform
+subset of that size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from clozelab.corruption.base import (
+    Corruption,
+    OperationMix,
+    ReplacementSampler,
+    apply_operations,
+    candidates,
+    check_choice,
+    check_positive_int,
+    check_rate,
+    choose_k,
+    mlm_targets,
+    prediction_budget,
+)
+from clozelab.errors import config_error
+
+BUDGETS = ("bernoulli", "exact")
+
+
+class TokenMasking(Corruption):
+    """Token-level masked-LM corruption.
+
+    Args:
+        rate: fraction of tokens chosen for prediction (``corruption.rate``).
+        mask_prob, random_prob, keep_prob: what happens to a chosen token (BERT's 80/10/10).
+        budget: ``"bernoulli"`` (independent draws) or ``"exact"`` (BERT's fixed count per row).
+        max_predictions: upper bound on predictions per row (BERT: 20 at length 128), or None.
+        replace_from: ``"nonspecial"`` (RoBERTa) or ``"vocab"`` (BERT/HF) for random tokens.
+        vocab_size, mask_token_id, special_token_ids: taken from the tokenizer at run time.
+        replacement_probs: optional ``[vocab_size]`` weights for random tokens (unigram counts).
+
+    Produces ``input_ids`` (corrupted copy), ``mlm_labels`` (original id at chosen positions,
+    -100 elsewhere) and ``replaced_mask`` (True where a random id was written).
+    """
+
+    produces = ("input_ids", "mlm_labels", "replaced_mask")
+
+    def __init__(
+        self,
+        rate: float = 0.15,
+        mask_prob: float = 0.8,
+        random_prob: float = 0.1,
+        keep_prob: float = 0.1,
+        budget: str = "bernoulli",
+        max_predictions: int | None = None,
+        replace_from: str = "nonspecial",
+        *,
+        vocab_size: int,
+        mask_token_id: int,
+        special_token_ids: Iterable[int],
+        replacement_probs: Tensor | None = None,
+    ) -> None:
+        self.rate = check_rate(rate)
+        self.mix = OperationMix(mask_prob, random_prob, keep_prob)
+        self.budget = check_choice(budget, "corruption.budget", BUDGETS)
+        self.max_predictions = check_positive_int(
+            max_predictions, "corruption.max_predictions", allow_none=True
+        )
+        vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+            raise config_error(
+                "corruption.mask_token_id",
+                mask_token_id,
+                "must be an integer token id",
+                "use a tokenizer that defines a [MASK] token",
+            )
+        if not 0 <= mask_token_id < vocab_size:
+            raise config_error(
+                "corruption.mask_token_id",
+                mask_token_id,
+                f"must lie in [0, vocab_size={vocab_size})",
+                "build the corruption from the same tokenizer as the data",
+            )
+        self.mask_token_id = mask_token_id
+        # [MASK] never comes out of a "nonspecial" random draw, even if the tokenizer forgot it.
+        specials = [*_as_ints(special_token_ids), mask_token_id]
+        self.sampler = ReplacementSampler(
+            vocab_size, specials, replace_from, probs=replacement_probs
+        )
+        self.vocab_size = vocab_size
+        self.replace_from = self.sampler.replace_from
+        self.special_token_ids = self.sampler.special_token_ids
+
+    def select(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
+        """Return the ``bool [B, T]`` positions chosen for prediction."""
+        eligible = candidates(batch, self.special_token_ids)
+        keys = torch.rand(eligible.shape, generator=generator, device=eligible.device)
+        if self.budget == "exact":
+            attention = batch.get("attention_mask")
+            if attention is None:
+                n_real = torch.full(eligible.shape[:-1], eligible.shape[-1], device=eligible.device)
+            else:
+                n_real = attention.bool().sum(dim=-1)
+            k = prediction_budget(n_real, self.rate, self.max_predictions)
+            return choose_k(keys, eligible, k)
+        chosen = eligible & (keys < self.rate)
+        if self.max_predictions is not None and chosen.shape[-1] > self.max_predictions:
+            # The keys of chosen positions are i.i.d. uniform on [0, rate): keeping the smallest
+            # max_predictions of them is a uniform subset, with no extra random draw.
+            k = torch.full(chosen.shape[:-1], self.max_predictions, device=chosen.device)
+            chosen = choose_k(keys, chosen, k)
+        return chosen
+
+    def __call__(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        input_ids = batch["input_ids"]
+        if input_ids.dim() != 2:
+            raise ValueError(f"TokenMasking expects input_ids [B, T], got {tuple(input_ids.shape)}")
+        selected = self.select(batch, generator)
+        new_ids, replaced = apply_operations(
+            input_ids, selected, self.mix, generator, self.mask_token_id, self.sampler
+        )
+        out = dict(batch)
+        out["input_ids"] = new_ids
+        out["mlm_labels"] = mlm_targets(input_ids, selected)
+        out["replaced_mask"] = replaced
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenMasking(rate={self.rate}, mask_prob={self.mix.mask}, "
+            f"random_prob={self.mix.random}, keep_prob={self.mix.keep}, budget={self.budget!r}, "
+            f"max_predictions={self.max_predictions}, replace_from={self.replace_from!r}, "
+            f"vocab_size={self.vocab_size}, mask_token_id={self.mask_token_id})"
+        )
+
+
+def _as_ints(ids: Iterable[int]) -> list[int]:
+    try:
+        return [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    except (TypeError, ValueError):
+        raise config_error(
+            "corruption.special_token_ids",
+            ids,
+            "must be a list of token ids",
+            "pass the tokenizer's all_special_ids",
+        ) from None
