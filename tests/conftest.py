@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
+from helpers import TINY, write_text_corpus
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-WORDS = (
-    "the a of in river city music history science north south king queen army "
-    "language mountain island painter engine railway library theory planet ocean "
-    "ancient modern small large early late famous local national green red old new "
-    "built wrote played studied crossed founded named described discovered opened"
-).split()
-
-
-def write_text_corpus(path: Path, documents: int = 40, seed: int = 0) -> Path:
-    """A BERT-format corpus: one sentence per line, a blank line between documents."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(documents):
-        for _ in range(rng.randint(3, 12)):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 18))]
-            lines.append(" ".join(words).capitalize() + ".")
-        lines.append("")
-    path.write_text("\n".join(lines), "utf-8")
-    return path
-
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
@@ -49,27 +26,6 @@ def text_corpus(tmp_path_factory) -> Path:
     return write_text_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 
 
-TINY = [
-    "model=tiny",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "tokenizer.vocab_size=400",
-    "data.batch_size=8",
-    "data.max_seq_length=64",
-    "data.num_workers=0",
-    "data.preprocessing_workers=0",
-    "data.validation_fraction=0.1",
-    "trainer.max_steps=6",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "callbacks.checkpoint_every_n_steps=3",
-    "logger=csv",
-]
-
-
 @pytest.fixture
 def compose_pretrain(tmp_path, cache_dir, text_corpus):
     """Compose the pretrain config for a tiny run on the generated corpus."""
@@ -79,8 +35,9 @@ def compose_pretrain(tmp_path, cache_dir, text_corpus):
 
     register_overlays()
 
-    def _compose(*overrides: str, name: str = "pretrain", tiny: bool = True):
+    def _compose(*overrides: str, name: str = "pretrain", tiny: bool = True, drop=()):
         base = [*TINY, f"data.corpus={text_corpus}"] if tiny else []
+        base = [o for o in base if o.split("=")[0] not in drop]
         paths = [f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={cache_dir}"]
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             return compose(name, overrides=[*base, *paths, *overrides])

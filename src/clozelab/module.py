@@ -8,7 +8,6 @@ import time
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from clozelab.errors import ClozelabError
 from clozelab.optim import build_scheduler, parameter_groups
@@ -43,7 +42,7 @@ class PretrainModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler_cfg or {}
         self.total_steps, self.weight_decay = total_steps, weight_decay
         self.tokens_seen = 0
-        self._val_metrics = nn.ModuleDict()
+        self._val_sums: dict[str, list[float]] = {}
         self._train_start: float | None = None
         self._train_tokens_at_start = 0
 
@@ -78,7 +77,7 @@ class PretrainModule(pl.LightningModule):
             )
         tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
         self.tokens_seen += tokens
-        self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, prog_bar=False)
+        self.log_dict({f"train/{k}": v.detach() for k, v in logs.items() if k != "loss"})
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/tokens_seen", float(self.tokens_seen), reduce_fx="max")
         if self._train_start is not None:
@@ -91,19 +90,23 @@ class PretrainModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         _, logs, counts = self(batch)
         for key, value in logs.items():
-            if key not in self._val_metrics:
-                self._val_metrics[key] = MeanMetric().to(self.device)
-            weight = counts.get(key, 1)
-            if isinstance(weight, torch.Tensor):
-                weight = weight.float()
-            if float(weight) > 0 and math.isfinite(float(value)):
-                self._val_metrics[key].update(value.detach().float(), weight)
+            weight = float(counts.get(key, 1))
+            if weight > 0 and math.isfinite(float(value)):
+                total = self._val_sums.setdefault(key, [0.0, 0.0])
+                total[0] += float(value) * weight
+                total[1] += weight
 
     def on_validation_epoch_end(self) -> None:
-        for key, metric in self._val_metrics.items():
-            if metric.update_called:
-                self.log(f"val/{key}", metric.compute(), prog_bar=key == "mlm_loss")
-            metric.reset()
+        """Token-weighted means over the whole validation set (summed across ranks first)."""
+        if not self._val_sums:
+            return
+        keys = sorted(self._val_sums)
+        sums = torch.tensor([self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        for key, (total, weight) in zip(keys, sums.tolist()):
+            if weight > 0:
+                self.log(f"val/{key}", total / weight, prog_bar=key == "mlm_loss")
+        self._val_sums = {}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

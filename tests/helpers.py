@@ -1,0 +1,51 @@
+"""Helpers shared by the tests (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+WORDS = (
+    "the a of in river city music history science north south king queen army "
+    "language mountain island painter engine railway library theory planet ocean "
+    "ancient modern small large early late famous local national green red old new "
+    "built wrote played studied crossed founded named described discovered opened"
+).split()
+
+
+def write_text_corpus(path: Path, documents: int = 40, seed: int = 0) -> Path:
+    """A BERT-format corpus: one sentence per line, a blank line between documents."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(documents):
+        for _ in range(rng.randint(3, 12)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 18))]
+            lines.append(" ".join(words).capitalize() + ".")
+        lines.append("")
+    path.write_text("\n".join(lines), "utf-8")
+    return path
+
+
+TINY = [
+    "model=tiny",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "tokenizer.vocab_size=400",
+    "data.batch_size=8",
+    "data.max_seq_length=64",
+    "data.num_workers=0",
+    "data.preprocessing_workers=0",
+    "data.validation_fraction=0.1",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.checkpoint_every_n_steps=3",
+    "logger=csv",
+]
+
+
