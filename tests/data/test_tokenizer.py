@@ -69,3 +69,23 @@ def test_bad_paths_are_refused(tmp_path):
     vocab.write_text("hello\nworld\n")
     with pytest.raises(ClozelabError, match="special tokens"):
         load_tokenizer(vocab)
+
+
+def test_training_is_deterministic_and_respects_the_size():
+    texts = [f"word{i % 37} thing{i % 11} banana bandana {i}" for i in range(300)]
+    a = train_wordpiece(texts, vocab_size=110).hf.get_vocab()
+    b = train_wordpiece(list(texts), vocab_size=110).hf.get_vocab()
+    assert a == b
+    assert len(a) == 110
+
+
+def test_learn_vocabulary_merges_most_frequent_pairs_first():
+    from collections import Counter
+
+    from clozelab.data.wordpiece_trainer import learn_vocabulary
+
+    vocab = learn_vocabulary(Counter({"abab": 10, "ab": 3, "cd": 1}), 100, ["[PAD]"], 2)
+    # alphabet: initial pieces first, then ## pieces, each sorted
+    assert vocab[:6] == ["[PAD]", "a", "c", "##a", "##b", "##d"]
+    assert vocab[6] == "ab"  # (a, ##b) occurs 23 times
+    assert "cd" not in vocab  # below min_frequency

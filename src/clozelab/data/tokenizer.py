@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from clozelab.data.wordpiece_trainer import count_words, learn_vocabulary
 
 from clozelab.errors import ClozelabError, config_error
 
@@ -105,21 +107,17 @@ def train_wordpiece(
     min_frequency: int = 2,
     limit_alphabet: int = 1000,
 ) -> Tokenizer:
-    """Train a BERT WordPiece vocabulary (specials [PAD]=0 [UNK] [CLS] [SEP] [MASK], ``##``)."""
+    """Train a BERT WordPiece vocabulary (specials [PAD]=0 [UNK] [CLS] [SEP] [MASK], ``##``),
+    deterministically (see ``wordpiece_trainer``)."""
     if not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 100:
         raise config_error(
             "tokenizer.vocab_size", vocab_size, "too small for a WordPiece vocabulary", "use >= 1000"
         )
-    tokenizer = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_nonempty(texts), trainer=trainer)
+    pipeline = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+    counts = count_words(_nonempty(texts), pipeline.normalizer, pipeline.pre_tokenizer)
+    vocab = learn_vocabulary(counts, vocab_size, list(SPECIAL_TOKENS), min_frequency, limit_alphabet)
+    model = models.WordPiece({tok: i for i, tok in enumerate(vocab)}, unk_token="[UNK]")
+    tokenizer = _bert_pipeline(HFTokenizer(model), lowercase)
     _add_post_processor(tokenizer)
     return Tokenizer(tokenizer, lowercase)
 
