@@ -7,12 +7,55 @@ from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-WORDS = (
-    "the a of in river city music history science north south king queen army "
-    "language mountain island painter engine railway library theory planet ocean "
-    "ancient modern small large early late famous local national green red old new "
-    "built wrote played studied crossed founded named described discovered opened"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "in",
+    "river",
+    "city",
+    "music",
+    "history",
+    "science",
+    "north",
+    "south",
+    "king",
+    "queen",
+    "army",
+    "language",
+    "mountain",
+    "island",
+    "painter",
+    "engine",
+    "railway",
+    "library",
+    "theory",
+    "planet",
+    "ocean",
+    "ancient",
+    "modern",
+    "small",
+    "large",
+    "early",
+    "late",
+    "famous",
+    "local",
+    "national",
+    "green",
+    "red",
+    "old",
+    "new",
+    "built",
+    "wrote",
+    "played",
+    "studied",
+    "crossed",
+    "founded",
+    "named",
+    "described",
+    "discovered",
+    "opened",
+]
 
 
 def write_text_corpus(path: Path, documents: int = 40, seed: int = 0) -> Path:
@@ -47,5 +90,3 @@ TINY = [
     "callbacks.checkpoint_every_n_steps=3",
     "logger=csv",
 ]
-
-

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY
 
 from clozelab.cli import main
-from helpers import TINY
 
 
 def _tiny(corpus, run_dir, cache_dir, *extra):
@@ -126,13 +126,13 @@ def test_non_editable_install_finds_configs(tmp_path):
     script = (
         "import clozelab.config as c\n"
         "from hydra import compose, initialize_config_dir\n"
-        "assert str(c.conf_dir()).startswith(%r), c.conf_dir()\n"
+        f"assert str(c.conf_dir()).startswith({str(target)!r}), c.conf_dir()\n"
         "c.register_overlays()\n"
         "with initialize_config_dir(str(c.conf_dir()), version_base='1.3'):\n"
         "    e = compose('pretrain', overrides=['experiment=bert'])\n"
         "    s = compose('pretrain', overrides=['sweep=seeds'], return_hydra_config=True)\n"
         "print(e.corruption.replace_from, s.hydra.mode)\n"
-    ) % str(target)
+    )
     env = dict(os.environ, PYTHONPATH=str(target))
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip

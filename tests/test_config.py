@@ -31,7 +31,7 @@ def test_every_group_option_composes_and_builds(compose_pretrain, group, option)
         assert build(cfg.encoder, "encoder").layers[0] is not None
         return
     tok = train_wordpiece(["a b c d e f g"] * 5, vocab_size=120)
-    embedding, encoder, objectives, corruption = build_components(cfg, tok)
+    _, _, objectives, corruption = build_components(cfg, tok)
     assert set(objectives) == set(cfg.objective)
     assert callable(corruption)
 

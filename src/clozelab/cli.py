@@ -56,7 +56,9 @@ def run_command(command: str, overrides: list[str]) -> None:
             raise SystemExit(2) from None
 
     task.__module__ = f"clozelab.{command}"  # Hydra names the job after it
-    main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
+    main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(
+        task
+    )
     sys.argv = [f"clozelab-{command}", *overrides]
     main()
 

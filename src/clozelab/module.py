@@ -51,7 +51,7 @@ class PretrainModule(pl.LightningModule):
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
         encoded = self.encoder(hidden, batch.get("attention_mask"))
         total, logs, counts = None, {}, {}
-        for name, objective in self.objectives.items():
+        for objective in self.objectives.values():
             out = objective(encoded, batch, self.embedding)
             weighted = objective.weight * out.loss
             total = weighted if total is None else total + weighted
@@ -101,7 +101,9 @@ class PretrainModule(pl.LightningModule):
         if not self._val_sums:
             return
         keys = sorted(self._val_sums)
-        sums = torch.tensor([self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        sums = torch.tensor(
+            [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
+        )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         for key, (total, weight) in zip(keys, sums.tolist()):
             if weight > 0:
@@ -112,7 +114,10 @@ class PretrainModule(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay))
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ------------------------------------------------------------------ state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -50,9 +50,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int | No
     warmup = cfg.get("warmup", 0.06)
     if total_steps is None and isinstance(warmup, float) and 0 < warmup < 1:
         warmup_steps = 0
-        log.warning("scheduler.warmup is a fraction but the run length in steps is unknown: no warmup")
+        log.warning(
+            "scheduler.warmup is a fraction but the run length in steps is unknown: no warmup"
+        )
     elif isinstance(warmup, float) and 0 < warmup < 1:
-        warmup_steps = int(round(warmup * total_steps))
+        warmup_steps = round(warmup * total_steps)
     else:
         warmup_steps = int(warmup)
     fn = warmup_decay_lambda(warmup_steps, total_steps, cfg.get("decay", "linear"),

@@ -26,7 +26,9 @@ def _int(cfg, key: str, minimum: int, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise config_error(key, value, f"must be an integer >= {minimum}", f"set {key}={minimum} or more")
+        raise config_error(
+            key, value, f"must be an integer >= {minimum}", f"set {key}={minimum} or more"
+        )
     return value
 
 
@@ -93,7 +95,9 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     corruption = cfg_select(cfg, "corruption")
     provided = set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ()))
     if corruption is not None and corruption.get("_target_"):
-        provided |= set(getattr(target_class(corruption, "corruption"), "produces", ("mlm_labels",)))
+        provided |= set(
+            getattr(target_class(corruption, "corruption"), "produces", ("mlm_labels",))
+        )
     names = []
     for name, node in objectives.items():
         cls = target_class(node, f"objective.{name}")
@@ -119,7 +123,9 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
 def validate_data(cfg: DictConfig) -> None:
     kind = cfg_select(cfg, "data.instances")
     if kind not in KINDS:
-        raise config_error("data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}")
+        raise config_error(
+            "data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}"
+        )
     _int(cfg, "data.batch_size", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
@@ -132,7 +138,12 @@ def validate_budget(cfg: DictConfig) -> None:
     tokens = _int(cfg, "trainer.max_tokens", 1, allow_none=True)
     time_ = cfg_select(cfg, "trainer.max_time")
     epochs = cfg_select(cfg, "trainer.max_epochs")
-    if (steps is None or steps < 0) and tokens is None and time_ is None and (epochs is None or epochs < 0):
+    if (
+        (steps is None or steps < 0)
+        and tokens is None
+        and time_ is None
+        and (epochs is None or epochs < 0)
+    ):
         raise ClozelabError(
             "trainer: no budget (max_steps, max_tokens, max_time or max_epochs). Fix: set one, "
             "e.g. trainer.max_steps=1000."

@@ -25,7 +25,9 @@ def _item(index, n):
 
 
 def _masking():
-    return TokenMasking(rate=0.3, vocab_size=100, mask_token_id=4, special_token_ids=[0, 1, 2, 3, 4])
+    return TokenMasking(
+        rate=0.3, vocab_size=100, mask_token_id=4, special_token_ids=[0, 1, 2, 3, 4]
+    )
 
 
 def test_padding_and_masks():

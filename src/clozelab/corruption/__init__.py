@@ -1,1 +1,1 @@
-"""Corruption schemes: which units are corrupted and what happens to them. Pure, vectorised, seeded."""
+"""Corruption schemes: which units are corrupted and what happens to them (pure, seeded)."""

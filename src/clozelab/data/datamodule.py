@@ -1,4 +1,4 @@
-"""The Lightning DataModule: cached shards -> instances (rebuilt each epoch) -> corrupted batches."""
+"""Lightning DataModule: cached shards -> instances (rebuilt each epoch) -> corrupted batches."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ class PretrainDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.prepared, self.corruption = prepared, corruption
-        self.kind, self.max_seq_length, self.short_seq_prob = instances, max_seq_length, short_seq_prob
+        self.kind, self.max_seq_length, self.short_seq_prob = (
+            instances,
+            max_seq_length,
+            short_seq_prob,
+        )
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         tok = prepared.tokenizer
         self.train_shards = open_split(prepared.train_dir, verify=False)

@@ -27,7 +27,9 @@ class InstanceDataset(Dataset):
             raise ValueError(f"unknown instance kind {kind!r}")
         self.shards, self.table, self.kind = shards, table, kind
         self.cls_id, self.sep_id = cls_id, sep_id
-        self._doc_token_starts = [np.asarray(s.sentences)[np.asarray(s.documents[:-1])] for s in shards]
+        self._doc_token_starts = [
+            np.asarray(s.sentences)[np.asarray(s.documents[:-1])] for s in shards
+        ]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -64,8 +66,10 @@ class InstanceDataset(Dataset):
                 int(shard_i), int(start), int(end), cross
             )
             # offset by segment so ids from the two segments never collide
-            pieces.append((tokens, words, entities + (entities >= 0) * segment * (1 << 40),
-                           sentence + (sentence >= 0) * segment * (1 << 40), special, segment))  # fmt: skip
+            shift = segment * (1 << 40)
+            entities = entities + (entities >= 0) * shift
+            sentence = sentence + (sentence >= 0) * shift
+            pieces.append((tokens, words, entities, sentence, special, segment))
             pieces.append((np.array([self.sep_id]), [-1], [-1], [-1], [True], segment))
         input_ids = np.concatenate([p[0] for p in pieces])
         special = np.concatenate([np.asarray(p[4], dtype=bool) for p in pieces])
@@ -74,7 +78,9 @@ class InstanceDataset(Dataset):
             "input_ids": input_ids,
             "token_type_ids": np.concatenate([np.full(len(p[0]), p[5]) for p in pieces]),
             "special_tokens_mask": special.astype(np.int64),
-            "word_ids": _local_word_ids(np.concatenate([np.asarray(p[1]) for p in pieces]), special),
+            "word_ids": _local_word_ids(
+                np.concatenate([np.asarray(p[1]) for p in pieces]), special
+            ),
             "entity_ids": _renumber(np.concatenate([np.asarray(p[2]) for p in pieces])),
             "sentence_ids": _renumber(np.concatenate([np.asarray(p[3]) for p in pieces])),
         }

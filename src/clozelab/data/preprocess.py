@@ -93,7 +93,9 @@ def get_tokenizer(tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=Non
     tokenizer.save(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings, indent=1), "utf-8")
     _publish(tmp, target)
-    log.info("Tokenizer trained in %.1fs: %d entries", time.perf_counter() - start, tokenizer.vocab_size)
+    log.info(
+        "Tokenizer trained in %.1fs: %d entries", time.perf_counter() - start, tokenizer.vocab_size
+    )
     return tokenizer
 
 
@@ -120,7 +122,8 @@ def _init_worker(tokenizer_json: str, lowercase: bool) -> None:
 
 
 def encode_document(doc: Document, tokenizer: Tokenizer):
-    """One document -> per sentence (token ids, word index in sentence, entity index in document)."""
+    """One document -> per sentence: (token ids, word index in the sentence, entity index in the
+    document or -1)."""
     sentences = split_sentences(doc)
     if not sentences:
         return []
@@ -135,7 +138,11 @@ def encode_document(doc: Document, tokenizer: Tokenizer):
         if entities:
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             for start, end in entities:
-                inside = (offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])
+                inside = (
+                    (offsets[:, 0] >= start)
+                    & (offsets[:, 1] <= end)
+                    & (offsets[:, 1] > offsets[:, 0])
+                )
                 if inside.any():
                     entity_ids[inside] = n_entities
                     n_entities += 1
@@ -204,7 +211,9 @@ def build_shards(
     stats = {name: writer.close() for name, writer in writers.items()}
     if stats["train"]["tokens"] == 0:
         raise config_error(
-            "data.corpus", corpus, "the corpus holds no usable text after cleaning",
+            "data.corpus",
+            corpus,
+            "the corpus holds no usable text after cleaning",
             "point data.corpus to a non-empty corpus",
         )
     return stats
@@ -247,7 +256,10 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         stats = build_shards(
-            corpus, tokenizer, tmp, validation_every,
+            corpus,
+            tokenizer,
+            tmp,
+            validation_every,
             workers=int(data_cfg.get("preprocessing_workers", 2)),
             max_documents=max_documents,
         )

@@ -93,7 +93,9 @@ class ShardWriter:
         lengths = np.array([len(s[0]) for s in sentences], dtype=np.int64)
         files["sentences"].append(shard["tokens"] + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
         tokens = np.concatenate([s[0] for s in sentences])
-        words = np.concatenate([s[1] + shift for s, shift in zip(sentences, self._word_shifts(sentences))])
+        words = np.concatenate(
+            [s[1] + shift for s, shift in zip(sentences, self._word_shifts(sentences))]
+        )
         entities = np.concatenate([s[2] for s in sentences])
         files["tokens"].append(tokens)
         files["word_ids"].append(words + shard["words"])

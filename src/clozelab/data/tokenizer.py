@@ -16,7 +16,6 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from clozelab.data.wordpiece_trainer import count_words, learn_vocabulary
-
 from clozelab.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class Tokenizer:
         self.hf.no_truncation()
 
     def encode_batch(self, texts: list[str]):
-        """Encode sentences without special tokens (``tokenizers.Encoding`` objects, with offsets)."""
+        """Encode sentences without special tokens (``tokenizers.Encoding``s, with offsets)."""
         return self.hf.encode_batch(texts, add_special_tokens=False)
 
     def to_str(self) -> str:
@@ -111,11 +110,16 @@ def train_wordpiece(
     deterministically (see ``wordpiece_trainer``)."""
     if not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 100:
         raise config_error(
-            "tokenizer.vocab_size", vocab_size, "too small for a WordPiece vocabulary", "use >= 1000"
+            "tokenizer.vocab_size",
+            vocab_size,
+            "too small for a WordPiece vocabulary",
+            "use >= 1000",
         )
     pipeline = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
     counts = count_words(_nonempty(texts), pipeline.normalizer, pipeline.pre_tokenizer)
-    vocab = learn_vocabulary(counts, vocab_size, list(SPECIAL_TOKENS), min_frequency, limit_alphabet)
+    vocab = learn_vocabulary(
+        counts, vocab_size, list(SPECIAL_TOKENS), min_frequency, limit_alphabet
+    )
     model = models.WordPiece({tok: i for i, tok in enumerate(vocab)}, unk_token="[UNK]")
     tokenizer = _bert_pipeline(HFTokenizer(model), lowercase)
     _add_post_processor(tokenizer)
@@ -151,12 +155,16 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
                 if (candidate / name).is_file():
                     return load_tokenizer(candidate / name, lowercase)
         raise config_error(
-            "tokenizer.path", str(path), "the directory has no tokenizer.json or vocab.txt",
+            "tokenizer.path",
+            str(path),
+            "the directory has no tokenizer.json or vocab.txt",
             "point to a tokenizer file or a clozelab run directory",
         )
     if not path.is_file():
         raise config_error(
-            "tokenizer.path", str(path), "no such file",
+            "tokenizer.path",
+            str(path),
+            "no such file",
             "give a vocab.txt, a tokenizer.json or a directory holding one",
         )
     if lowercase is None:
@@ -166,7 +174,9 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
             hf = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             raise config_error(
-                "tokenizer.path", str(path), f"not a valid tokenizer.json ({exc})",
+                "tokenizer.path",
+                str(path),
+                f"not a valid tokenizer.json ({exc})",
                 "point to a tokenizer.json written by HF tokenizers",
             ) from exc
         return Tokenizer(hf, lowercase)
@@ -174,7 +184,9 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
         vocab = models.WordPiece.read_file(str(path))
     except Exception as exc:
         raise config_error(
-            "tokenizer.path", str(path), f"not a readable vocab.txt ({exc})",
+            "tokenizer.path",
+            str(path),
+            f"not a readable vocab.txt ({exc})",
             "give a UTF-8 vocab.txt with one token per line",
         ) from exc
     hf = _bert_pipeline(HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]")), lowercase)

