@@ -138,3 +138,16 @@ def test_non_editable_install_finds_configs(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["vocab", "RunMode.MULTIRUN"]
+
+
+def test_prepare_command_builds_then_reuses_the_cache(tmp_path, text_corpus):
+    cache = tmp_path / "cache"
+    args = ["prepare", f"data.corpus={text_corpus}", "tokenizer.vocab_size=300",
+            f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    main(args)
+    shards = list((cache / "shards").iterdir())
+    assert len(shards) == 1 and (shards[0] / "train" / "split.json").is_file()
+    assert (shards[0] / "tokenizer" / "vocab.txt").is_file()
+    main(args)
+    (log,) = (tmp_path / "run").glob("*.log")  # Hydra's job log
+    assert "Reusing cached shards" in log.read_text()

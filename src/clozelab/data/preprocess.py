@@ -33,6 +33,7 @@ from clozelab.progress import progress
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+TOKENIZER_TRAINER = "clozelab-wordpiece-1"  # bump when the vocabulary training changes
 CHUNK_DOCUMENTS = 32
 
 
@@ -71,6 +72,7 @@ def get_tokenizer(tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=Non
     if path:
         return load_tokenizer(path, lowercase)
     settings = {
+        "trainer": TOKENIZER_TRAINER,
         "corpus": corpus_fingerprint(corpus),
         "vocab_size": tokenizer_cfg.get("vocab_size", 8192),
         "lowercase": lowercase,

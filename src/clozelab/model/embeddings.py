@@ -1,0 +1,104 @@
+"""BERT input embeddings: learned word, position and segment tables (SPECS §15).
+
+``output = Dropout(LayerNorm(word[input_ids] + position[position_ids] + segment[token_type_ids]))``,
+HF ``BertEmbeddings`` compatible (``clozelab.model.hf`` maps the weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+from clozelab.model.heads import Dropout, init_bert_weights
+
+
+class BertEmbeddings(nn.Module):
+    """Word + learned absolute position + token type (segment) embeddings, then LN and dropout.
+
+    Args:
+        vocab_size: rows of the word table (tied to the MLM decoder through ``word_embeddings``).
+        hidden_size: width H of every embedding.
+        max_position_embeddings: rows of the position table; the longest sequence accepted.
+        type_vocab_size: rows of the segment table (2 for sentence A / B).
+        layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
+        dropout: dropout on the output.
+        pad_token_id: id of [PAD]; its word vector starts at zero and gets no input gradient.
+        initializer_range: std of the normal initialisation (BERT: 0.02).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise config_error("model.dropout", dropout, "must be in [0, 1)", "use 0.1")
+        if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
+            raise config_error(
+                "model.pad_token_id",
+                pad_token_id,
+                f"outside the vocabulary of {vocab_size} ids",
+                "use the tokenizer's pad_token_id",
+            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.pad_token_id = pad_token_id
+        self.dropout_prob = dropout
+        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = Dropout(dropout)
+        init_bert_weights(self, std=initializer_range)
+        if pad_token_id is not None:
+            with torch.no_grad():
+                self.word_embeddings.weight[pad_token_id].zero_()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        role_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Embed ``input_ids`` [B, T] into [B, T, H].
+
+        ``token_type_ids`` defaults to all zeros (segment A); ``position_ids`` ([B, T] or [T])
+        defaults to 0..T-1. ``role_ids`` belong to the role (dialogue) embedding and are refused.
+        """
+        if role_ids is not None:
+            raise config_error(
+                "embedding",
+                type(self).__name__,
+                "the batch has role_ids but the BERT embedding has no role table",
+                "use the role/dialogue embedding (ERNIE DLM) or drop role_ids from the batch",
+            )
+        seq_len = input_ids.shape[-1]
+        if seq_len > self.max_position_embeddings:
+            raise config_error(
+                "data.max_seq_length",
+                seq_len,
+                f"longer than model.max_position_embeddings={self.max_position_embeddings}",
+                "lower data.max_seq_length or raise model.max_position_embeddings",
+            )
+        x = self.word_embeddings(input_ids)  # (B, T, H)
+        if position_ids is None:
+            x = x + self.position_embeddings.weight[:seq_len]  # (T, H) broadcast over B
+        else:
+            x = x + self.position_embeddings(position_ids)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]  # (H,) broadcast
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.norm(x))  # (B, T, H)

@@ -1,0 +1,254 @@
+"""Post-LN Transformer encoder, computation-exact with BERT (SPECS §15).
+
+One class per concept: ``SelfAttention`` (fused QKV projection + SDPA + output projection),
+``FeedForward`` (dense -> activation -> dense), ``TransformerLayer`` (the two sub-blocks, each
+wrapped in dropout, residual and LayerNorm) and ``TransformerEncoder`` (the stack).
+
+The query, key and value projections live in one ``Linear(H, 3H)`` whose output rows are the
+query, key and value blocks in that order; ``clozelab.model.hf`` splits and concatenates it when
+exchanging weights with HF ``BertModel``. Heads are contiguous column blocks of each projection,
+exactly as in BERT, so a checkpoint maps one to one.
+
+Attention goes through ``F.scaled_dot_product_attention``, unmasked when the batch has no
+padding. One exception, for speed: training with attention dropout on CPU, where SDPA would fall
+back to its plain-math path with a slow dropout, computes the same math itself with the fast
+dropout of ``clozelab.model.heads``.
+
+Shape legend: B batch, T sequence length, H hidden size, nh heads, hs head size (H // nh),
+I intermediate size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+from clozelab.model.heads import (
+    Dropout,
+    canonical_activation,
+    dropout,
+    get_activation,
+    init_bert_weights,
+)
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns.
+
+    ``last_hidden_state`` is [B, T, H]. ``hidden_states`` is HF's tuple, collected only when
+    asked for: the encoder input (the embedding output) followed by every layer's output, so
+    ``hidden_states[-1] is last_hidden_state``; empty otherwise.
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...] = field(default_factory=tuple)
+
+
+def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """Turn an HF ``attention_mask`` into what SDPA wants, or None when nothing is masked.
+
+    A [B, T] mask of 1 (attend) / 0 (padding) becomes a boolean [B, 1, 1, T] mask (True =
+    attend) that broadcasts over heads and queries. None or an all-ones mask returns None so
+    SDPA takes its unmasked fast path. A 4-D mask (boolean or additive float) is assumed ready
+    and passed through.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 4:
+        return attention_mask
+    if attention_mask.dim() != 2:
+        raise config_error(
+            "attention_mask",
+            tuple(attention_mask.shape),
+            "expected [batch, seq_len] of 1 (token) / 0 (padding)",
+            "pass the tokenizer's attention_mask unchanged",
+        )
+    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+    if bool(keep.all()):
+        return None
+    return keep[:, None, None, :]  # (B, 1, 1, T)
+
+
+def _attention_with_cpu_dropout(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float
+) -> Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) with dropout, times v: SDPA's math, cheaper dropout.
+
+    With attention dropout on CPU, SDPA falls back to this same math but draws its dropout mask
+    with per-element Bernoulli sampling, which costs more than the two attention matmuls
+    together; ``clozelab.model.heads.dropout`` draws it about 4x faster. Masked keys get the
+    dtype's minimum (as HF does), so a row with every key masked averages instead of NaN.
+    """
+    q = q * (q.shape[-1] ** -0.5)  # (B, nh, T, hs), scaled before the product: fewer elements
+    scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask  # additive float mask
+    probs = dropout(scores.softmax(dim=-1), p)  # (B, nh, T, T)
+    return probs @ v  # (B, nh, T, hs)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection, through SDPA."""
+
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_size = hidden_size // num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # rows: [query; key; value]
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, T, H = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs), views
+        p = self.attention_dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
+            y = _attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
+        else:  # SDPA scales by 1/sqrt(hs), like BERT
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H), heads side by side
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise dense(H -> I) -> activation -> dense(I -> H)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "gelu"):
+        super().__init__()
+        self.activation = canonical_activation(activation)
+        self.act = get_activation(self.activation)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (B, T, H) -> (B, T, I) -> (B, T, H)
+
+
+class TransformerLayer(nn.Module):
+    """One post-LN BERT layer: a = LN(x + Drop(Attn(x))); y = LN(a + Drop(FFN(a)))."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.attention = SelfAttention(hidden_size, num_heads, attention_dropout)
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.feed_forward = FeedForward(hidden_size, intermediate_size, activation)
+        self.output_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))  # (B, T, H)
+        return self.output_norm(x + self.dropout(self.feed_forward(x)))  # (B, T, H)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``num_layers`` post-LN BERT layers (HF ``BertEncoder`` compatible).
+
+    Args:
+        hidden_size: width H of every token vector.
+        num_layers: number of layers.
+        num_heads: attention heads; must divide ``hidden_size``.
+        intermediate_size: width I of the feed-forward block (BERT: 4H).
+        dropout: dropout after the attention output and after the feed-forward output.
+        attention_dropout: dropout on the attention probabilities (training only).
+        activation: feed-forward activation ("gelu" = exact erf, as HF "gelu").
+        layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
+        initializer_range: std of the normal initialisation of weights (BERT: 0.02).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        if num_heads < 1 or hidden_size % num_heads != 0:
+            raise config_error(
+                "model.hidden_size / model.num_heads",
+                f"{hidden_size} / {num_heads}",
+                "the hidden size must be a multiple of the number of heads",
+                f"choose model.num_heads dividing {hidden_size} "
+                f"(e.g. {_divisor_near(hidden_size, num_heads)}) or a hidden size that "
+                f"{max(num_heads, 1)} divides",
+            )
+        if num_layers < 1:
+            raise config_error("model.num_layers", num_layers, "must be at least 1", "set >= 1")
+        for key, p in (("model.dropout", dropout), ("model.attention_dropout", attention_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise config_error(key, p, "a dropout probability must be in [0, 1)", "use 0.1")
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = canonical_activation(activation)
+        self.layer_norm_eps = layer_norm_eps
+        self.layers = nn.ModuleList(
+            TransformerLayer(
+                hidden_size,
+                num_heads,
+                intermediate_size,
+                dropout,
+                attention_dropout,
+                self.activation,
+                layer_norm_eps,
+            )
+            for _ in range(num_layers)
+        )
+        init_bert_weights(self, std=initializer_range)
+
+    def forward(
+        self,
+        hidden: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Encode ``hidden`` [B, T, H]; ``attention_mask`` [B, T] is 1 for tokens, 0 for padding."""
+        mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) bool, or None
+        states: list[Tensor] = [hidden] if output_hidden_states else []
+        for layer in self.layers:
+            hidden = layer(hidden, mask)  # (B, T, H)
+            if output_hidden_states:
+                states.append(hidden)
+        return EncoderOutput(last_hidden_state=hidden, hidden_states=tuple(states))
+
+
+def _divisor_near(n: int, target: int) -> int:
+    """The divisor of ``n`` closest to ``target`` (for error messages)."""
+    divisors = [d for d in range(1, n + 1) if n % d == 0] if n > 0 else [1]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
+__all__ = [
+    "EncoderOutput",
+    "FeedForward",
+    "SelfAttention",
+    "TransformerEncoder",
+    "TransformerLayer",
+    "key_padding_mask",
+]

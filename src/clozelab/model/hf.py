@@ -1,0 +1,356 @@
+"""Weight exchange with HF transformers BERT checkpoints (SPECS §15).
+
+``to_hf_state_dict`` writes ``BertForPreTraining`` keys (``bert.`` prefix, the fused QKV split
+into query/key/value, ``cls.predictions.*`` with the tied ``decoder.*`` aliases,
+``bert.pooler.*`` and ``cls.seq_relationship.*`` from NSP). ``from_hf_state_dict`` reads such a
+dict, a ``BertModel`` dict (no prefix, no heads) or a legacy one (``gamma``/``beta``, a persistent
+``position_ids`` buffer), re-ties the decoder, and reports what was missing or left over.
+``hf_config_dict`` writes the matching ``config.json`` and ``kwargs_from_hf_config`` reads one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clozelab.errors import ClozelabError, config_error
+from clozelab.model.embeddings import BertEmbeddings
+from clozelab.model.encoder import TransformerEncoder
+from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation
+
+BODY_PREFIX = "bert."
+#: Keys HF checkpoints may carry that hold no weights (buffers); accepted and ignored.
+IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
+_QKV = ("query", "key", "value")
+
+
+def _check_bert(embedding: nn.Module, encoder: nn.Module) -> None:
+    if not isinstance(embedding, BertEmbeddings) or not isinstance(encoder, TransformerEncoder):
+        raise config_error(
+            "embedding/encoder",
+            f"{type(embedding).__name__}/{type(encoder).__name__}",
+            "HF BERT weights map only onto BertEmbeddings + the post-LN TransformerEncoder",
+            "use embedding=bert encoder=post_ln to import or export HF BERT checkpoints",
+        )
+    if embedding.hidden_size != encoder.hidden_size:
+        raise config_error(
+            "model.hidden_size",
+            f"{embedding.hidden_size} (embedding) vs {encoder.hidden_size} (encoder)",
+            "BERT needs one hidden size",
+            "give the embedding and the encoder the same hidden_size",
+        )
+
+
+def _param_map(
+    embedding: BertEmbeddings,
+    encoder: TransformerEncoder,
+    mlm: nn.Module | None,
+    nsp: nn.Module | None,
+) -> dict[str, Tensor]:
+    """HF key (without the ``bert.`` prefix on body keys) -> our tensor or a view of it.
+
+    The fused QKV weight appears as three row-block views, one per HF projection, so that reading
+    a view exports and copying into it imports. The tied decoder aliases are not listed.
+    """
+    H = encoder.hidden_size
+    out: dict[str, Tensor] = {
+        "embeddings.word_embeddings.weight": embedding.word_embeddings.weight,
+        "embeddings.position_embeddings.weight": embedding.position_embeddings.weight,
+        "embeddings.token_type_embeddings.weight": embedding.token_type_embeddings.weight,
+        "embeddings.LayerNorm.weight": embedding.norm.weight,
+        "embeddings.LayerNorm.bias": embedding.norm.bias,
+    }
+    for i, layer in enumerate(encoder.layers):
+        p = f"encoder.layer.{i}."
+        qkv = layer.attention.qkv
+        for j, name in enumerate(_QKV):
+            out[f"{p}attention.self.{name}.weight"] = qkv.weight[j * H : (j + 1) * H]
+            out[f"{p}attention.self.{name}.bias"] = qkv.bias[j * H : (j + 1) * H]
+        out.update(
+            {
+                f"{p}attention.output.dense.weight": layer.attention.out.weight,
+                f"{p}attention.output.dense.bias": layer.attention.out.bias,
+                f"{p}attention.output.LayerNorm.weight": layer.attention_norm.weight,
+                f"{p}attention.output.LayerNorm.bias": layer.attention_norm.bias,
+                f"{p}intermediate.dense.weight": layer.feed_forward.fc1.weight,
+                f"{p}intermediate.dense.bias": layer.feed_forward.fc1.bias,
+                f"{p}output.dense.weight": layer.feed_forward.fc2.weight,
+                f"{p}output.dense.bias": layer.feed_forward.fc2.bias,
+                f"{p}output.LayerNorm.weight": layer.output_norm.weight,
+                f"{p}output.LayerNorm.bias": layer.output_norm.bias,
+            }
+        )
+    if nsp is not None:
+        out["pooler.dense.weight"] = nsp.pooler.dense.weight
+        out["pooler.dense.bias"] = nsp.pooler.dense.bias
+    if mlm is not None:
+        t = mlm.transform
+        out.update(
+            {
+                "cls.predictions.transform.dense.weight": t.dense.weight,
+                "cls.predictions.transform.dense.bias": t.dense.bias,
+                "cls.predictions.transform.LayerNorm.weight": t.norm.weight,
+                "cls.predictions.transform.LayerNorm.bias": t.norm.bias,
+                "cls.predictions.bias": mlm.bias,
+            }
+        )
+    if nsp is not None:
+        out["cls.seq_relationship.weight"] = nsp.classifier.weight
+        out["cls.seq_relationship.bias"] = nsp.classifier.bias
+    return out
+
+
+def _full_key(key: str, prefix: str) -> str:
+    return key if key.startswith("cls.") else prefix + key
+
+
+def to_hf_state_dict(
+    embedding: nn.Module,
+    encoder: nn.Module,
+    mlm: nn.Module | None = None,
+    nsp: nn.Module | None = None,
+    prefix: str = BODY_PREFIX,
+    include_tied: bool = True,
+) -> dict[str, Tensor]:
+    """Our weights as an HF state dict (``BertForPreTraining`` layout with the default prefix).
+
+    Every tensor is a detached, contiguous copy, so the dict can be saved with safetensors as is.
+    ``include_tied`` adds ``cls.predictions.decoder.weight`` (== word embeddings) and
+    ``cls.predictions.decoder.bias`` (== ``cls.predictions.bias``) as ``torch.save`` checkpoints
+    have them; HF re-ties them either way. ``prefix=""`` gives ``BertModel`` body keys.
+    """
+    _check_bert(embedding, encoder)
+    state = {
+        _full_key(k, prefix): v.detach().contiguous().clone()
+        for k, v in _param_map(embedding, encoder, mlm, nsp).items()
+    }
+    if mlm is not None and include_tied:
+        word = state[prefix + "embeddings.word_embeddings.weight"]
+        state["cls.predictions.decoder.weight"] = word.clone()
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].clone()
+    return state
+
+
+def _normalise_key(key: str) -> str:
+    """Strip the ``bert.`` prefix and rename legacy ``gamma``/``beta`` LayerNorm parameters."""
+    if key.startswith(BODY_PREFIX):
+        key = key[len(BODY_PREFIX) :]
+    if key.endswith(".gamma"):
+        key = key[: -len("gamma")] + "weight"
+    elif key.endswith(".beta"):
+        key = key[: -len("beta")] + "bias"
+    return key
+
+
+@torch.no_grad()
+def from_hf_state_dict(
+    state: Mapping[str, Tensor],
+    embedding: nn.Module,
+    encoder: nn.Module,
+    mlm: nn.Module | None = None,
+    nsp: nn.Module | None = None,
+    strict: bool = False,
+) -> dict[str, list[str]]:
+    """Copy an HF BERT state dict into our modules, in place.
+
+    Accepts ``BertForPreTraining`` / ``BertForMaskedLM`` keys (``bert.`` prefix) and ``BertModel``
+    keys (none); ``cls.predictions.decoder.*`` present or absent (the decoder is always the word
+    table; a ``decoder.bias`` stands in for a missing ``cls.predictions.bias``); legacy
+    ``gamma``/``beta`` names; ``position_ids``/``token_type_ids`` buffers (ignored).
+
+    Returns ``{"missing": [...], "unexpected": [...]}``: HF names (``BertForPreTraining`` layout)
+    of our parameters the dict did not have (left as initialised), and keys of the dict nothing
+    here consumed (e.g. the pooler when no NSP head is given). ``strict=True`` raises a
+    ClozelabError instead when either list is non-empty. A shape mismatch always raises.
+    """
+    _check_bert(embedding, encoder)
+    normalised: dict[str, Tensor] = {}
+    original: dict[str, str] = {}
+    for key, value in state.items():
+        norm = _normalise_key(key)
+        if norm not in normalised:
+            normalised[norm] = value
+            original[norm] = key
+    targets = _param_map(embedding, encoder, mlm, nsp)
+    used: set[str] = {k for k in IGNORED_KEYS if k in normalised}
+    if mlm is not None:
+        decoder_bias = normalised.get("cls.predictions.decoder.bias")
+        if "cls.predictions.bias" not in normalised and decoder_bias is not None:
+            normalised["cls.predictions.bias"] = decoder_bias
+        if decoder_bias is not None:
+            used.add("cls.predictions.decoder.bias")
+
+    missing: list[str] = []
+    for key, target in targets.items():
+        value = normalised.get(key)
+        if value is None:
+            missing.append(_full_key(key, BODY_PREFIX))
+            continue
+        if tuple(value.shape) != tuple(target.shape):
+            raise config_error(
+                f"checkpoint[{original.get(key, key)}]",
+                tuple(value.shape),
+                f"this model expects shape {tuple(target.shape)}",
+                "build the model with the checkpoint's config.json sizes (vocab_size, "
+                "hidden_size, num_heads, intermediate_size, max_position_embeddings)",
+            )
+        target.copy_(value)
+        used.add(key)
+
+    decoder = normalised.get("cls.predictions.decoder.weight")
+    if mlm is not None and decoder is not None:
+        used.add("cls.predictions.decoder.weight")
+        word = embedding.word_embeddings.weight
+        if decoder.shape != word.shape or not torch.allclose(decoder.to(word), word):
+            warnings.warn(
+                "cls.predictions.decoder.weight differs from the word embeddings; clozelab ties "
+                "the decoder to the word table, so the checkpoint's decoder is ignored",
+                stacklevel=2,
+            )
+
+    unexpected = [original[k] for k in normalised if k not in used and k in original]
+    report = {"missing": missing, "unexpected": unexpected}
+    if strict and (missing or unexpected):
+        raise ClozelabError(
+            f"checkpoint does not match the model: missing={missing}, unexpected={unexpected}. "
+            "Fix: load with strict=False or build the matching heads (objective=[mlm,nsp])"
+        )
+    return report
+
+
+def hf_config_dict(
+    embedding: nn.Module,
+    encoder: nn.Module,
+    vocab_size: int | None = None,
+    *,
+    mlm: nn.Module | None = None,
+    nsp: nn.Module | None = None,
+    initializer_range: float = 0.02,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An HF ``config.json`` dict for these modules (``model_type`` "bert").
+
+    ``architectures`` follows the heads given: MLM + NSP -> ``BertForPreTraining``, MLM only ->
+    ``BertForMaskedLM``, neither -> ``BertModel``. ``extra`` entries are added last (e.g.
+    ``torch_dtype``). Raises a ClozelabError when the modules cannot be one HF BERT (the MLM
+    transform's activation or LayerNorm epsilon differing from the encoder's: HF has one
+    ``hidden_act`` and one ``layer_norm_eps``).
+    """
+    _check_bert(embedding, encoder)
+    if vocab_size is not None and vocab_size != embedding.vocab_size:
+        raise config_error(
+            "vocab_size",
+            vocab_size,
+            f"the embedding table has {embedding.vocab_size} rows",
+            "export with the model's own vocabulary size",
+        )
+    eps = encoder.layer_norm_eps
+    if mlm is not None:
+        if canonical_activation(mlm.transform.activation) != encoder.activation:
+            raise config_error(
+                "objective.mlm.activation",
+                mlm.transform.activation,
+                f"HF BERT uses one hidden_act, and the encoder's is {encoder.activation!r}",
+                "give the MLM head the encoder's activation",
+            )
+        if mlm.transform.norm.eps != eps:
+            raise config_error(
+                "objective.mlm.layer_norm_eps",
+                mlm.transform.norm.eps,
+                f"HF BERT uses one layer_norm_eps, and the encoder's is {eps}",
+                "give the MLM head the encoder's layer_norm_eps",
+            )
+    if mlm is not None and nsp is not None:
+        architecture = "BertForPreTraining"
+    elif mlm is not None:
+        architecture = "BertForMaskedLM"
+    elif nsp is not None:
+        architecture = "BertForNextSentencePrediction"
+    else:
+        architecture = "BertModel"
+    config: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "vocab_size": embedding.vocab_size,
+        "hidden_size": encoder.hidden_size,
+        "num_hidden_layers": encoder.num_layers,
+        "num_attention_heads": encoder.num_heads,
+        "intermediate_size": encoder.intermediate_size,
+        "hidden_act": HF_ACTIVATION_NAMES[encoder.activation],
+        "hidden_dropout_prob": encoder.dropout,
+        "attention_probs_dropout_prob": encoder.attention_dropout,
+        "max_position_embeddings": embedding.max_position_embeddings,
+        "type_vocab_size": embedding.type_vocab_size,
+        "initializer_range": initializer_range,
+        "layer_norm_eps": eps,
+        "pad_token_id": embedding.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+    config.update(extra)
+    return config
+
+
+def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Constructor kwargs of our modules for an HF BERT ``config.json`` dict.
+
+    Returns ``{"embedding": ..., "encoder": ..., "mlm": ..., "nsp": ...}`` for
+    ``BertEmbeddings``, ``TransformerEncoder``, ``MLM`` and ``NSP``. Raises a ClozelabError for
+    configs that are not plain absolute-position BERT.
+    """
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise config_error(
+            "config.json model_type",
+            model_type,
+            "only BERT checkpoints map onto BertEmbeddings + TransformerEncoder",
+            "load a checkpoint whose model_type is 'bert'",
+        )
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise config_error(
+            "config.json position_embedding_type",
+            position_type,
+            "only absolute learned positions are supported",
+            "load a checkpoint with absolute position embeddings",
+        )
+    act = canonical_activation(config.get("hidden_act", "gelu"), key="config.json hidden_act")
+    hidden = config["hidden_size"]
+    eps = config.get("layer_norm_eps", 1e-12)
+    std = config.get("initializer_range", 0.02)
+    dropout = config.get("hidden_dropout_prob", 0.1)
+    return {
+        "embedding": {
+            "vocab_size": config["vocab_size"],
+            "hidden_size": hidden,
+            "max_position_embeddings": config.get("max_position_embeddings", 512),
+            "type_vocab_size": config.get("type_vocab_size", 2),
+            "layer_norm_eps": eps,
+            "dropout": dropout,
+            "pad_token_id": config.get("pad_token_id", 0),
+            "initializer_range": std,
+        },
+        "encoder": {
+            "hidden_size": hidden,
+            "num_layers": config["num_hidden_layers"],
+            "num_heads": config["num_attention_heads"],
+            "intermediate_size": config["intermediate_size"],
+            "dropout": dropout,
+            "attention_dropout": config.get("attention_probs_dropout_prob", 0.1),
+            "activation": act,
+            "layer_norm_eps": eps,
+            "initializer_range": std,
+        },
+        "mlm": {
+            "hidden_size": hidden,
+            "vocab_size": config["vocab_size"],
+            "activation": act,
+            "layer_norm_eps": eps,
+            "initializer_range": std,
+        },
+        "nsp": {"hidden_size": hidden, "initializer_range": std},
+    }

@@ -1,0 +1,118 @@
+"""The objective contract (DESIGN §3).
+
+An objective is an ``nn.Module`` that owns its head(s) and its loss:
+``objective(encoder_output, batch, embedding) -> ObjectiveOutput(loss, n_targets, logs)``.
+Each subclass declares the batch keys it reads (``requires``) and the instance kinds it can
+train on (``instance_kinds``), so an impossible combination is refused when the config is
+composed, before any data is read. The total pre-training loss is ``sum(weight * loss)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one batch.
+
+    Attributes:
+        loss: scalar, already averaged over ``n_targets`` (unweighted; the caller applies
+            ``objective.weight``).
+        n_targets: how many targets the loss averages over (predicted tokens for MLM,
+            sequences for NSP), for token-weighted reduction across batches and devices.
+        logs: detached scalars to log, named ``<objective>_<metric>`` (e.g. ``mlm_acc``).
+    """
+
+    loss: Tensor
+    n_targets: Tensor | int
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class of every pre-training objective.
+
+    Class attributes a subclass sets:
+        name: short name used in logs and configs ("mlm", "nsp", ...).
+        requires: batch keys ``forward`` reads besides the encoder output.
+        instance_kinds: instance kinds the objective works with (e.g. ``("segment_pair",)``
+            for NSP), or None for any.
+
+    Args:
+        weight: factor of this objective's loss in the total loss.
+    """
+
+    name: ClassVar[str] = "objective"
+    requires: ClassVar[tuple[str, ...]] = ()
+    instance_kinds: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        weight = float(weight)
+        if not weight >= 0.0:
+            raise config_error(
+                f"objective.{self.name}.weight",
+                weight,
+                "an objective weight must be >= 0",
+                "use a non-negative weight (1.0 = the reference recipes)",
+            )
+        self.weight = weight
+
+    def forward(
+        self, encoder_output: Any, batch: Mapping[str, Tensor], embedding: nn.Module
+    ) -> ObjectiveOutput:
+        """Compute this objective's loss; ``encoder_output`` is an ``EncoderOutput``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    @classmethod
+    def supports(cls, instance_kind: str) -> bool:
+        """Whether this objective can train on instances of kind ``instance_kind``."""
+        return cls.instance_kinds is None or instance_kind in cls.instance_kinds
+
+    @classmethod
+    def check_compatible(
+        cls, instance_kind: str | None = None, batch_keys: Iterable[str] | None = None
+    ) -> None:
+        """Refuse an impossible combination before any data is read.
+
+        Raises a ClozelabError when ``instance_kind`` is not one this objective supports, or
+        when ``batch_keys`` (the keys the data pipeline and corruption will produce) miss one
+        of ``requires``.
+        """
+        if instance_kind is not None and not cls.supports(instance_kind):
+            raise config_error(
+                "data.instances",
+                instance_kind,
+                f"objective {cls.name!r} needs instances of kind {list(cls.instance_kinds or [])}",
+                f"build {' or '.join(cls.instance_kinds or [])} instances or drop {cls.name!r} "
+                "from objective=[...]",
+            )
+        if batch_keys is not None:
+            missing = [k for k in cls.requires if k not in set(batch_keys)]
+            if missing:
+                raise config_error(
+                    "objective",
+                    cls.name,
+                    f"needs batch keys {missing} that the data/corruption does not produce",
+                    "pick a corruption or instance builder that produces them",
+                )
+
+    def check_batch(self, batch: Mapping[str, Tensor]) -> None:
+        """Raise a ClozelabError naming the first key of ``requires`` missing from ``batch``."""
+        for key in self.requires:
+            if key not in batch:
+                raise config_error(
+                    "objective",
+                    self.name,
+                    f"the batch has no {key!r} (keys: {sorted(batch)})",
+                    "pick a corruption or instance builder that produces it",
+                )
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
