@@ -16,10 +16,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from clozelab.api import init_components
 from clozelab.callbacks import LogProgress, TokenBudget
 from clozelab.config import build
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.preprocess import prepare
+from clozelab.export import export_after_run
 from clozelab.module import PretrainModule
 from clozelab.tracking import make_loggers
 from clozelab.validate import validate_pretrain
@@ -41,12 +43,6 @@ def build_components(cfg: DictConfig, tokenizer):
         mask_token_id=tokenizer.mask_id,
         special_token_ids=tokenizer.special_ids,
     )
-    init = cfg.model.get("init_std")
-    if init:
-        from clozelab.model.heads import init_bert_weights
-
-        for module in (embedding, encoder, *objectives.values()):
-            init_bert_weights(module, std=float(init))
     return embedding, encoder, objectives, corruption
 
 
@@ -126,6 +122,7 @@ def pretrain(cfg: DictConfig) -> dict:
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     prepared.tokenizer.save(run_dir / "tokenizer")
     embedding, encoder, objectives, corruption = build_components(cfg, prepared.tokenizer)
+    init_components(cfg.model.get("init_from"), embedding, encoder, objectives, prepared.tokenizer)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     datamodule = PretrainDataModule(
@@ -182,5 +179,7 @@ def pretrain(cfg: DictConfig) -> dict:
         },
     )
     write_json(run_dir / "metrics.json", metrics)
+    if metrics["status"] == "completed":
+        export_after_run(module, run_dir)  # RUN_DIR/hf/: what transformers loads
     log.info("Run directory: %s", run_dir)
     return metrics
