@@ -173,6 +173,8 @@ class ReplacementSampler:
             self.allowed = keep.nonzero().squeeze(1)
         if probs is not None:
             self.probs = self._normalise(probs, prefix)
+            self._cdf = torch.cumsum(self.probs.to(torch.float64), 0)
+            self._cdf[-1] = 1.0
             self.allowed = None
 
     def _normalise(self, probs: Tensor, prefix: str) -> Tensor:
@@ -206,11 +208,10 @@ class ReplacementSampler:
     ) -> Tensor:
         """Return ``n`` random ids (long tensor of shape ``[n]``)."""
         if self.probs is not None:
-            if n == 0:
-                return torch.empty(0, dtype=torch.long, device=device)
-            return torch.multinomial(self.probs, n, replacement=True, generator=generator).to(
-                device
-            )
+            # inverse-CDF sampling: O(n log V) per call, no O(V) set-up (unlike multinomial)
+            u = torch.rand(n, generator=generator, dtype=torch.float64)
+            index = torch.searchsorted(self._cdf, u, right=True).clamp_max(self.vocab_size - 1)
+            return index.to(device)
         if self.allowed is None:
             return torch.randint(self.vocab_size, (n,), generator=generator, device=device)
         index = torch.randint(self.allowed.numel(), (n,), generator=generator)
@@ -250,6 +251,7 @@ def apply_operations(
     generator: torch.Generator,
     mask_token_id: int | None,
     replacement_sampler: ReplacementSampler | None,
+    draws: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Apply ``mix`` independently to every selected position.
 
@@ -257,8 +259,14 @@ def apply_operations(
     random id from ``replacement_sampler``; otherwise the token is kept. Returns the corrupted copy
     of ``input_ids`` and ``replaced_mask`` (True where a random id was written, which can by chance
     equal the original). ``input_ids`` itself is never modified.
+
+    ``draws`` (float ``[B, T]``) replaces the per-position draws: giving every token of a unit the
+    same value applies the mixture per unit (SpanBERT's ``replacement_method=span``, SPECS §8).
     """
-    u = torch.rand(selected.shape, generator=generator, device=input_ids.device)
+    if draws is None:
+        u = torch.rand(selected.shape, generator=generator, device=input_ids.device)
+    else:
+        u = draws
     to_mask = selected & (u < mix.mask)
     replaced = selected & (u >= mix.mask) & (u < mix.mask + mix.random)
     new_ids = input_ids.clone()
@@ -302,6 +310,8 @@ def candidates(
             "the batch has no 'special_tokens_mask' and no special_token_ids were given; "
             "tokenize with return_special_tokens_mask=True"
         )
+    if "corrupted_mask" in batch:  # positions an earlier step of a Compose already corrupted
+        special = special | batch["corrupted_mask"].bool()
     if "attention_mask" in batch:
         return batch["attention_mask"].bool() & ~special
     return ~special

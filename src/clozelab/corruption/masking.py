@@ -1,0 +1,356 @@
+"""Masked-LM corruption over units: token, whole word, entity, phrase (SPECS §1-4, §10).
+
+``MaskingCorruption`` is the shared second half of every masking scheme ("what happens"): the
+80/10/10 mixture applied per token or per unit, random tokens from a uniform or unigram
+distribution, and a prediction rate separate from the corruption rate (Wettig et al. 2023,
+"Should You Mask 15% in Masked Language Modeling?"). Subclasses only choose positions.
+
+``UnitMasking`` chooses units:
+
+* ``budget="bernoulli"``: every unit is chosen independently with probability ``rate`` (ERNIE 1.0's
+  unit level, SPECS §10; current HF whole-word masking, SPECS §2). The expected fraction of
+  candidate tokens is exactly ``rate``.
+* ``budget="exact"``: BERT's ``create_masked_lm_predictions`` (SPECS §1-2): units in random order,
+  a unit is taken unless it would overflow ``K = min(max_predictions, max(1,
+  round_half_even(n_real * rate)))`` (skipped with *continue*), so the count is <= K (== K for
+  single-token units).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from clozelab.corruption.base import (
+    IGNORE_INDEX,
+    Corruption,
+    OperationMix,
+    ReplacementSampler,
+    apply_operations,
+    candidates,
+    check_choice,
+    check_positive_int,
+    check_probability,
+    check_rate,
+    prediction_budget,
+)
+from clozelab.corruption.units import (
+    UNIT_KINDS,
+    annotated_units,
+    expand_unit_draws,
+    runs,
+    span_bounds,
+    token_units,
+    unit_index,
+    unit_lengths,
+    word_units,
+)
+from clozelab.errors import ClozelabError, config_error
+
+BUDGETS = ("bernoulli", "exact")
+OPERATIONS_PER = ("token", "unit")
+DISTRIBUTIONS = ("uniform", "unigram")
+FILLS = ("word", "token", "none")
+
+
+class MaskingCorruption(Corruption):
+    """Base of the masked-LM schemes: operations, replacement distribution, prediction rate.
+
+    Args:
+        rate: corruption rate, the fraction of candidate tokens chosen (``corruption.rate``).
+        mask_prob, random_prob, keep_prob: what happens to the chosen tokens (BERT's 80/10/10).
+        operations_per: ``"token"`` (one draw per token: BERT, ALBERT, ERNIE) or ``"unit"`` (one
+            draw per unit / merged span: SpanBERT's ``replacement_method=span``).
+        prediction_rate: fraction of candidate tokens that carry an MLM loss; ``None`` = every
+            chosen token (all references). Below ``rate`` a uniform subset of the chosen tokens is
+            predicted; above it, unchosen tokens are added with probability
+            ``(prediction_rate - rate) / (1 - rate)`` and predict themselves (Wettig et al.).
+        replace_from: ``"nonspecial"`` (RoBERTa) or ``"vocab"`` (BERT/HF, specials included).
+        replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies, SpanBERT /
+            fairseq ``freq_weighted_replacement``; the table is counted once from the shards).
+        vocab_size, mask_token_id, special_token_ids: from the tokenizer at run time.
+        corpus_dir: training shards (runtime; needed by ``unigram``).
+        replacement_probs: explicit ``[vocab_size]`` weights (tests, custom tables).
+    """
+
+    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask", "span_bounds")
+    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+
+    def __init__(
+        self,
+        rate: float = 0.15,
+        mask_prob: float = 0.8,
+        random_prob: float = 0.1,
+        keep_prob: float = 0.1,
+        operations_per: str = "token",
+        prediction_rate: float | None = None,
+        replace_from: str = "nonspecial",
+        replace_distribution: str = "uniform",
+        *,
+        vocab_size: int,
+        mask_token_id: int,
+        special_token_ids: Iterable[int],
+        corpus_dir: str | None = None,
+        replacement_probs: Tensor | None = None,
+    ) -> None:
+        self.rate = check_rate(rate)
+        self.mix = OperationMix(mask_prob, random_prob, keep_prob)
+        self.operations_per = check_choice(
+            operations_per, "corruption.operations_per", OPERATIONS_PER
+        )
+        self.prediction_rate = (
+            None
+            if prediction_rate is None
+            else check_probability(prediction_rate, "corruption.prediction_rate")
+        )
+        self.replace_distribution = check_choice(
+            replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
+        )
+        self.vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+            raise config_error(
+                "corruption.mask_token_id",
+                mask_token_id,
+                "must be an integer token id",
+                "use a tokenizer that defines a [MASK] token",
+            )
+        self.mask_token_id = mask_token_id
+        specials = [*(int(i) for i in special_token_ids), mask_token_id]
+        self.corpus_dir = corpus_dir
+        if replacement_probs is None and self.replace_distribution == "unigram" and corpus_dir:
+            from clozelab.corruption.corpus_stats import unigram_counts
+
+            replacement_probs = unigram_counts(corpus_dir, self.vocab_size)
+        self._missing_table = (
+            self.replace_distribution == "unigram"
+            and replacement_probs is None
+            and self.mix.random > 0
+        )
+        self.sampler = ReplacementSampler(
+            self.vocab_size, specials, replace_from, probs=replacement_probs
+        )
+        self.special_token_ids = self.sampler.special_token_ids
+
+    # -- the part subclasses implement ------------------------------------------------------------
+
+    def select(
+        self, batch: Mapping[str, Tensor], eligible: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(selected bool [B, T], unit_ids long [B, T])`` (unit_ids for per-unit ops)."""
+        raise NotImplementedError
+
+    # -- shared second half -----------------------------------------------------------------------
+
+    def __call__(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        if self._missing_table:
+            raise ClozelabError(
+                "corruption.replace_distribution=unigram needs the token frequency table of the "
+                "training shards, and this corruption was built without them. Fix: build it with "
+                "clozelab.pretrain.build_components(cfg, tokenizer, prepared) (clozelab pretrain "
+                "does), or set corruption.replace_distribution=uniform."
+            )
+        input_ids = batch["input_ids"]
+        if input_ids.dim() != 2:
+            raise ValueError(f"{type(self).__name__} expects input_ids [B, T]")
+        eligible = candidates(batch, self.special_token_ids)
+        selected, unit_ids = self.select(batch, eligible, generator)
+        selected = selected & eligible
+        draws = None
+        if self.operations_per == "unit":
+            draws, _, _ = expand_unit_draws(
+                unit_ids.masked_fill(~selected, -1), selected, generator
+            )
+        new_ids, replaced = apply_operations(
+            input_ids, selected, self.mix, generator, self.mask_token_id, self.sampler, draws
+        )
+        predicted = self.predicted(selected, eligible, generator)
+        out = dict(batch)
+        out["input_ids"] = new_ids
+        out["mlm_labels"] = merge_labels(batch.get("mlm_labels"), input_ids, predicted)
+        out["replaced_mask"] = (
+            replaced | batch["replaced_mask"] if "replaced_mask" in batch else replaced
+        )
+        previous = batch.get("corrupted_mask")
+        out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
+        out["span_bounds"] = span_bounds(out["corrupted_mask"])
+        return out
+
+    def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
+        if self.prediction_rate is None:
+            return selected
+        u = torch.rand(selected.shape, generator=generator, device=selected.device)
+        if self.prediction_rate <= self.rate:
+            return selected & (u < self.prediction_rate / self.rate)
+        extra = (self.prediction_rate - self.rate) / (1.0 - self.rate)
+        return selected | (eligible & ~selected & (u < extra))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(rate={self.rate}, mix={self.mix.mask}/{self.mix.random}/"
+            f"{self.mix.keep}, operations_per={self.operations_per!r}, "
+            f"prediction_rate={self.prediction_rate}, "
+            f"replace={self.sampler.replace_from}/{self.replace_distribution})"
+        )
+
+
+def merge_labels(previous: Tensor | None, input_ids: Tensor, predicted: Tensor) -> Tensor:
+    """Original ids at ``predicted`` positions; earlier labels (of a Compose step) kept."""
+    labels = input_ids.masked_fill(~predicted, IGNORE_INDEX)
+    if previous is None:
+        return labels
+    return torch.where(previous != IGNORE_INDEX, previous, labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# budgets over units
+
+
+def greedy_fill(keys: Tensor, lengths: Tensor, valid: Tensor, budget: Tensor) -> Tensor:
+    """BERT's walk over shuffled units: take a unit unless it would overflow the budget.
+
+    ``keys``/``lengths``/``valid`` are ``[B, U]`` (one column per unit), ``budget`` is ``[B]``.
+    Units are visited in increasing ``keys``; a unit that would overflow is skipped and the walk
+    goes on (``continue``, SPECS §1 step 5). Returns ``bool [B, U]`` (taken units).
+
+    Vectorised in passes: each pass first drops every pending unit longer than the remaining budget
+    (it can never fit later, the budget only shrinks), then takes the longest prefix of pending
+    units that fits. Each pass takes at least one unit, and in practice two or three passes suffice.
+    """
+    order = keys.masked_fill(~valid, math.inf).argsort(dim=-1)
+    length_sorted = lengths.gather(1, order)
+    pending = valid.gather(1, order)
+    taken = torch.zeros_like(pending)
+    remaining = budget.clone().to(lengths.dtype)
+    while True:
+        pending = pending & (length_sorted <= remaining.unsqueeze(-1))
+        if not bool(pending.any()):
+            break
+        fits = (length_sorted * pending).cumsum(-1) <= remaining.unsqueeze(-1)
+        take = pending & fits
+        taken |= take
+        pending &= ~take
+        remaining = remaining - (length_sorted * take).sum(-1)
+    return torch.zeros_like(taken).scatter_(1, order, taken)
+
+
+def exact_budget(batch: Mapping[str, Tensor], eligible: Tensor, rate: float, max_predictions):
+    """BERT's ``K`` per row: counts real tokens (specials included, padding excluded)."""
+    attention = batch.get("attention_mask")
+    if attention is None:
+        n_real = torch.full(eligible.shape[:-1], eligible.shape[-1], device=eligible.device)
+    else:
+        n_real = attention.bool().sum(dim=-1)
+    return prediction_budget(n_real, rate, max_predictions)
+
+
+def select_units(
+    unit_ids: Tensor,
+    eligible: Tensor,
+    rate: float,
+    budget: str,
+    k: Tensor | None,
+    generator: torch.Generator,
+) -> Tensor:
+    """Choose whole units with the ``bernoulli`` or ``exact`` budget; returns ``bool [B, T]``."""
+    eligible = eligible & (unit_ids >= 0)  # e.g. tokens outside entities with fill=none
+    index, _ = unit_index(unit_ids, eligible)
+    keys = torch.rand(index.shape, generator=generator, device=index.device)  # one per unit column
+    if budget == "bernoulli":
+        chosen_unit = keys < rate
+    else:
+        lengths = unit_lengths(index)
+        chosen_unit = greedy_fill(keys, lengths, lengths > 0, k)
+    return chosen_unit.gather(1, index.clamp_min(0)) & (index >= 0)
+
+
+class UnitMasking(MaskingCorruption):
+    """Masked LM over units: ``token``, ``whole_word``, ``entity`` or ``phrase``.
+
+    Args (besides ``MaskingCorruption``'s):
+        unit: which units (``whole_word`` reads ``word_ids``; ``entity`` reads ``entity_ids``;
+            ``phrase`` reads ``phrase_ids`` or derives them from the corpus phrase table).
+        budget: ``"bernoulli"`` (per unit) or ``"exact"`` (BERT's K, overflowing units skipped).
+        max_predictions: cap of the exact budget (BERT: 20 at length 128), or None.
+        fill: for entity/phrase units, what the other tokens are: ``word`` units (ERNIE), single
+            ``token`` units, or ``none`` (only annotated units are candidates).
+        phrase_min_count, phrase_threshold: gensim Phrases settings of the phrase table.
+    """
+
+    def __init__(
+        self,
+        rate: float = 0.15,
+        mask_prob: float = 0.8,
+        random_prob: float = 0.1,
+        keep_prob: float = 0.1,
+        unit: str = "whole_word",
+        budget: str = "exact",
+        max_predictions: int | None = None,
+        fill: str = "word",
+        operations_per: str = "token",
+        prediction_rate: float | None = None,
+        replace_from: str = "nonspecial",
+        replace_distribution: str = "uniform",
+        phrase_min_count: int = 5,
+        phrase_threshold: float = 10.0,
+        **runtime,
+    ) -> None:
+        super().__init__(
+            rate,
+            mask_prob,
+            random_prob,
+            keep_prob,
+            operations_per,
+            prediction_rate,
+            replace_from,
+            replace_distribution,
+            **runtime,
+        )
+        self.unit = check_choice(unit, "corruption.unit", UNIT_KINDS)
+        self.budget = check_choice(budget, "corruption.budget", BUDGETS)
+        self.max_predictions = check_positive_int(
+            max_predictions, "corruption.max_predictions", allow_none=True
+        )
+        self.fill = check_choice(fill, "corruption.fill", FILLS)
+        self.phrases = None
+        if self.unit == "phrase":
+            from clozelab.corruption.phrases import PhraseTable
+
+            self.phrases = PhraseTable.for_corpus(
+                self.corpus_dir, phrase_min_count, phrase_threshold
+            )
+
+    def units(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
+        return build_units(self.unit, batch, eligible, self.fill, self.phrases)
+
+    def select(self, batch, eligible, generator):
+        unit_ids = self.units(batch, eligible)
+        k = exact_budget(batch, eligible, self.rate, self.max_predictions)
+        selected = select_units(unit_ids, eligible, self.rate, self.budget, k, generator)
+        return selected, unit_ids
+
+
+def build_units(unit: str, batch, eligible: Tensor, fill: str, phrases=None) -> Tensor:
+    """Unit ids ``[B, T]`` of the given kind (see ``units.py``)."""
+    if unit == "token":
+        return token_units(eligible)
+    if unit == "whole_word":
+        return word_units(batch, eligible)
+    if unit == "entity":
+        return annotated_units(batch, eligible, "entity_ids", fill)
+    if "phrase_ids" not in batch:
+        if phrases is None:
+            raise ClozelabError(
+                "corruption.unit=phrase: the batch has no phrase_ids and no phrase table was "
+                "built. Fix: build the corruption with the training shards (clozelab pretrain "
+                "does) so the phrase table can be learnt."
+            )
+        batch = {**batch, "phrase_ids": phrases.phrase_ids(batch, eligible)}
+    return annotated_units(batch, eligible, "phrase_ids", fill)
+
+
+__all__ = ["MaskingCorruption", "UnitMasking", "greedy_fill", "runs", "select_units"]
