@@ -55,7 +55,7 @@ class InstanceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         row = self.table[index]
         pieces = [(np.array([self.cls_id]), [-1], [-1], [-1], [True], 0)]
-        if self.kind == "segment_pair":
+        if self.kind in inst.PAIR_LABEL_KEYS:
             segments = [(row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
                         (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1)]  # fmt: skip
         else:
@@ -84,8 +84,8 @@ class InstanceDataset(Dataset):
             "entity_ids": _renumber(np.concatenate([np.asarray(p[2]) for p in pieces])),
             "sentence_ids": _renumber(np.concatenate([np.asarray(p[3]) for p in pieces])),
         }
-        if self.kind == "segment_pair":
-            item["next_sentence_label"] = np.int64(row[inst.LABEL])
+        if self.kind in inst.PAIR_LABEL_KEYS:
+            item[inst.PAIR_LABEL_KEYS[self.kind]] = np.int64(row[inst.LABEL])
         return item
 
 

@@ -3,6 +3,9 @@
 - ``segment_pairs``: BERT's ``[CLS] A [SEP] B [SEP]`` with 50% random next sentence, exactly as
   SPECS.md §6 (short_seq_prob, random-document retries, sentence rewind, truncation rule, label
   0 = is next, 1 = random).
+- ``segment_pairs(..., sentence_order=True)``: ALBERT's SOP pairs (SPECS.md §7): the same chunking;
+  a one-sentence chunk gets a random-document B (label 1, ALBERT's NSP-style leak), otherwise A and
+  B are swapped with probability 0.5 (label 1 = swapped, 0 = original order), before truncation.
 - ``packed``: RoBERTa's FULL-SENTENCES (``cross_documents=True``: contiguous sentences that may
   cross a document boundary, where a ``[SEP]`` is inserted) and DOC-SENTENCES (never crosses one).
 
@@ -21,7 +24,9 @@ A_SHARD, A_START, A_END, B_SHARD, B_START, B_END, LABEL = range(7)
 # Columns of a packed instance table.
 P_SHARD, P_START, P_END = range(3)
 
-KINDS = ("segment_pair", "full_sentences", "doc_sentences")
+KINDS = ("segment_pair", "full_sentences", "doc_sentences", "sentence_order")
+#: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
+PAIR_LABEL_KEYS = {"segment_pair": "next_sentence_label", "sentence_order": "sentence_order_label"}
 
 
 def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -50,9 +55,14 @@ def _document_table(shards: list[Shard]) -> np.ndarray:
 
 
 def segment_pairs(
-    shards: list[Shard], max_seq_length: int, short_seq_prob: float, rng: np.random.Generator
+    shards: list[Shard],
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: np.random.Generator,
+    sentence_order: bool = False,
 ) -> np.ndarray:
-    """BERT next-sentence-prediction instances, one pass over every document."""
+    """BERT next-sentence-prediction instances (or, with ``sentence_order``, ALBERT's
+    sentence-order instances), one pass over every document."""
     max_num_tokens = max_seq_length - 3
     documents = _document_table(shards)
     offsets = [np.asarray(s.sentences) for s in shards]
@@ -71,12 +81,15 @@ def segment_pairs(
                 n = i + 1 - chunk_start
                 a_sentences = int(rng.integers(1, n)) if n >= 2 else 1
                 a = (int(starts[chunk_start]), int(starts[chunk_start + a_sentences]))
-                if n == 1 or rng.random() < 0.5:
+                if n == 1 or (not sentence_order and rng.random() < 0.5):
                     label = 1
                     b_shard, b = _random_segment(
                         shards, documents, doc_index, target - (a[1] - a[0]), rng
                     )
                     i -= n - a_sentences  # the unused sentences start the next chunk
+                elif sentence_order and rng.random() < 0.5:  # swapped, then truncated
+                    label, b_shard, b = 1, shard_i, a
+                    a = (a[1], int(starts[i + 1]))
                 else:
                     label, b_shard, b = 0, shard_i, (a[1], int(starts[i + 1]))
                 rows.append(_truncate(shard_i, a, b_shard, b, label, max_num_tokens, rng))
@@ -152,8 +165,9 @@ def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> n
 
 
 def build(kind: str, shards, max_seq_length, short_seq_prob, rng) -> np.ndarray:
-    if kind == "segment_pair":
-        return segment_pairs(shards, max_seq_length, short_seq_prob, rng)
+    if kind in PAIR_LABEL_KEYS:
+        order = kind == "sentence_order"
+        return segment_pairs(shards, max_seq_length, short_seq_prob, rng, sentence_order=order)
     if kind in ("full_sentences", "doc_sentences"):
         return packed(shards, max_seq_length, cross_documents=kind == "full_sentences")
     raise ValueError(f"unknown instance kind {kind!r}; expected one of {KINDS}")

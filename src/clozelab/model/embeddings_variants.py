@@ -1,0 +1,209 @@
+"""Embedding variants the seed systems change (DESIGN §3): sinusoidal positions (Vaswani et al.
+2017), ALBERT's factorized embeddings (Lan et al. 2020: E < H, then a projection to H) and role
+(dialogue) embeddings for ERNIE's dialogue LM (Sun et al. 2019, SPECS §11).
+
+All take ``(input_ids, token_type_ids, position_ids, role_ids)`` and return [B, T, H], and expose
+``word_embeddings`` (the table a decoder ties to; E wide for the factorized one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+from clozelab.model.heads import Dropout, init_bert_weights
+
+
+def sinusoidal_table(n_positions: int, size: int) -> Tensor:
+    """[n_positions, size]: sin on even columns, cos on odd, wavelengths 2pi..10000*2pi."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    rate = torch.exp(torch.arange(0, size, 2, dtype=torch.float64) * (-math.log(10000.0) / size))
+    table = torch.zeros(n_positions, size, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: size // 2])
+    return table.float()
+
+
+class _TableEmbeddings(nn.Module):
+    """word + position + segment (or role) tables of width ``size``, then LayerNorm and dropout.
+
+    Subclasses choose the position table (learned or fixed) and what follows (a projection).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        size: int,
+        max_position_embeddings: int,
+        type_vocab_size: int,
+        layer_norm_eps: float,
+        dropout: float,
+        pad_token_id: int | None,
+        learned_positions: bool,
+        num_roles: int = 0,
+    ):
+        super().__init__()
+        if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
+            raise config_error(
+                "model.pad_token_id", pad_token_id, f"outside the vocabulary of {vocab_size}",
+                "use the tokenizer's pad_token_id",
+            )  # fmt: skip
+        self.vocab_size, self.max_position_embeddings = vocab_size, max_position_embeddings
+        self.pad_token_id = pad_token_id
+        self.word_embeddings = nn.Embedding(vocab_size, size, padding_idx=pad_token_id)
+        if learned_positions:
+            self.position_embeddings = nn.Embedding(max_position_embeddings, size)
+        else:
+            self.register_buffer(
+                "position_table", sinusoidal_table(max_position_embeddings, size), persistent=False
+            )
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, size)
+        self.role_embeddings = nn.Embedding(num_roles, size) if num_roles else None
+        self.norm = nn.LayerNorm(size, eps=layer_norm_eps)
+        self.dropout = Dropout(dropout)
+
+    def _zero_pad(self) -> None:
+        if self.pad_token_id is not None:
+            with torch.no_grad():
+                self.word_embeddings.weight[self.pad_token_id].zero_()
+
+    def _positions(self, seq_len: int, position_ids: Tensor | None) -> Tensor:
+        if seq_len > self.max_position_embeddings:
+            raise config_error(
+                "data.max_seq_length", seq_len,
+                f"longer than model.max_position_embeddings={self.max_position_embeddings}",
+                "lower data.max_seq_length or raise model.max_position_embeddings",
+            )  # fmt: skip
+        if hasattr(self, "position_embeddings"):
+            table = self.position_embeddings.weight
+        else:
+            table = self.position_table
+        return table[:seq_len] if position_ids is None else table[position_ids]
+
+    def _embed(self, input_ids, token_type_ids, position_ids, role_ids) -> Tensor:
+        if role_ids is not None and self.role_embeddings is None:
+            raise config_error(
+                "embedding", type(self).__name__, "the batch has role_ids but no role table",
+                "use embedding=role (ERNIE DLM) or drop role_ids from the batch",
+            )  # fmt: skip
+        x = self.word_embeddings(input_ids)  # (B, T, E)
+        x = x + self._positions(input_ids.shape[-1], position_ids)
+        if role_ids is not None:  # the dialogue role replaces the segment (SPECS §11)
+            x = x + self.role_embeddings(role_ids)
+        elif token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class SinusoidalEmbeddings(_TableEmbeddings):
+    """Word + fixed sinusoidal position + segment embeddings, then LayerNorm and dropout.
+
+    Args: as ``BertEmbeddings``; the position table is fixed (no parameters), so sequences up to
+    ``max_position_embeddings`` are accepted whatever was seen in training.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__(
+            vocab_size, hidden_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
+            dropout, pad_token_id, learned_positions=False,
+        )  # fmt: skip
+        self.hidden_size = hidden_size
+        init_bert_weights(self, std=initializer_range)
+        self._zero_pad()
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
+        return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
+
+
+class FactorizedEmbeddings(_TableEmbeddings):
+    """ALBERT's factorized embeddings: E-wide tables, LayerNorm, dropout, then Linear(E -> H).
+
+    The vocabulary costs V*E + E*H parameters instead of V*H. ``word_embeddings`` is E wide: tie
+    the MLM/SBO decoders with ``embedding_size=E``.
+
+    Args:
+        embedding_size: width E of the tables (ALBERT: 128). E < H is the point; E >= H is
+            accepted (ALBERT's ablation goes up to E = H) but saves nothing.
+        hidden_size: width H the projection maps to (the encoder's).
+        (others as ``BertEmbeddings``)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        embedding_size: int = 128,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+        initializer_range: float = 0.02,
+    ):
+        if embedding_size < 1:
+            raise config_error(
+                "embedding.embedding_size", embedding_size, "must be >= 1",
+                "use e.g. embedding.embedding_size=128 (ALBERT)",
+            )  # fmt: skip
+        super().__init__(vocab_size, embedding_size, max_position_embeddings, type_vocab_size,
+                         layer_norm_eps, dropout, pad_token_id, learned_positions=True)  # fmt: skip
+        self.hidden_size, self.embedding_size = hidden_size, embedding_size
+        self.projection = nn.Linear(embedding_size, hidden_size)
+        init_bert_weights(self, std=initializer_range)
+        self._zero_pad()
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
+        x = self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, E)
+        return self.projection(x)  # (B, T, H)
+
+
+class RoleEmbeddings(_TableEmbeddings):
+    """BERT embeddings plus a dialogue-role table (ERNIE DLM, SPECS §11).
+
+    With ``role_ids`` (Q = 0, R = 1 per token) the role table replaces the segment table; without
+    them (plain-text batches) the segment table is used, so text MLM and dialogue batches share
+    one model.
+
+    Args:
+        num_roles: rows of the role table (2: query, response).
+        (others as ``BertEmbeddings``)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        num_roles: int = 2,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+        initializer_range: float = 0.02,
+    ):
+        if num_roles < 1:
+            raise config_error("embedding.num_roles", num_roles, "must be >= 1", "use 2 (Q, R)")
+        super().__init__(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
+                         layer_norm_eps, dropout, pad_token_id, learned_positions=True,
+                         num_roles=num_roles)  # fmt: skip
+        self.hidden_size = hidden_size
+        init_bert_weights(self, std=initializer_range)
+        self._zero_pad()
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
+        return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)

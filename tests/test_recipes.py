@@ -1,0 +1,88 @@
+"""Every recipe in experiments/ runs end to end in a tiny smoke test; refusals at compose time."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import clozelab
+from clozelab.errors import ClozelabError
+from clozelab.pretrain import pretrain
+from clozelab.validate import validate_pretrain
+
+SMOKE = ("trainer.max_steps=2", "trainer.val_check_interval=2", "initial_validation=false",
+         "eval.suite=null")  # fmt: skip
+
+# Per recipe: overrides that fit the tiny model (H=32), and the objectives whose losses it logs.
+RECIPES = {
+    "bert": ((), ("mlm", "nsp")),
+    "roberta": ((), ("mlm",)),
+    "albert": (("embedding.embedding_size=16",), ("mlm", "sop")),
+    "spanbert": ((), ("mlm", "sbo")),
+    "electra": ((), ("rtd",)),
+    "gpt_baseline": ((), ("lm",)),
+    "elmo_baseline": ((), ("lm",)),
+    "ernie": ((), ("mlm", "nsp")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_runs_end_to_end(compose_pretrain, name):
+    overrides, objectives = RECIPES[name]
+    cfg = compose_pretrain(f"experiment={name}", *SMOKE, *overrides)
+    metrics = pretrain(cfg)
+    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    assert sorted(metrics["objectives"]) == sorted(objectives)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    for objective in objectives:
+        for split in ("train", "val"):
+            key = f"{split}/{objective}_loss"
+            assert key in saved and math.isfinite(saved[key]) and saved[key] > 0, key
+    model = clozelab.load(cfg.paths.output_dir)  # the run reloads with every variant's weights
+    assert not model.load_report["missing"]
+    ids = torch.tensor([[2, 20, 21, 22, 3]])
+    out = model.encode(ids).last_hidden_state
+    assert out.shape == (1, 5, cfg.model.hidden_size) and torch.isfinite(out).all()
+
+
+def test_albert_shares_layers_and_factorizes(compose_pretrain):
+    from clozelab.data.tokenizer import train_wordpiece
+    from clozelab.pretrain import build_components
+
+    cfg = compose_pretrain("experiment=albert", "embedding.embedding_size=16")
+    embedding, encoder, objectives, _ = build_components(cfg, train_wordpiece(["a b c"] * 5, 120))
+    assert len(encoder.layers) == 1 and encoder.num_layers == cfg.model.num_layers
+    assert embedding.word_embeddings.weight.shape[1] == 16
+    assert objectives["mlm"].transform.dense.out_features == 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("corruption=mask", "objective=[mlm,sbo]", "data.instances=full_sentences"),
+         r"span_bounds.*corruption=span"),
+        (("objective=[mlm,nsp]", "data.instances=full_sentences"), r"nsp.*segment_pair"),
+        (("objective=[mlm,sop]", "data.instances=doc_sentences"), r"sop.*sentence_order"),
+        (("objective=[mlm,sop]", "data.instances=segment_pair"), r"sop.*sentence_order"),
+        (("objective=[mlm,nsp]", "data.instances=sentence_order"), r"nsp.*segment_pair"),
+        (("objective=[deletion]",), r"deletion_labels.*corruption=delete"),
+        (("experiment=albert", "objective=[mlm,sop,sbo]", "corruption=span"),
+         r"objective.sbo.embedding_size.*embedding.embedding_size"),
+        (("embedding=factorized",), r"objective.mlm.embedding_size=\$\{embedding"),
+        (("objective=[order]", "corruption=delete"), r"order_labels.*corruption=reorder"),
+        (("objective=[rtd]", "data.instances=full_sentences"), r"random_prob.*electra"),
+        (("experiment=electra", "corruption=delete"), r"mlm_labels"),
+        (("experiment=electra", "corruption=span_delete"), r"steps\[0\].random_prob"),
+        (("experiment=electra", "corruption=span_delete", "+corruption.steps.0.random_prob=0.0",
+          "+corruption.steps.0.mask_prob=0.85", "+corruption.steps.0.keep_prob=0.15"),
+         r"deletes or reorders"),
+    ],
+)  # fmt: skip
+def test_impossible_combinations_are_refused_at_compose_time(compose_pretrain, overrides, message):
+    cfg = compose_pretrain(*overrides)
+    with pytest.raises(ClozelabError, match=message):
+        validate_pretrain(cfg)
