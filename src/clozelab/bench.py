@@ -1,0 +1,281 @@
+"""``clozelab bench``: our pre-training step side by side with HF transformers (DESIGN §7).
+
+Sections (``bench.sections``):
+
+- ``pretrain``: one process, same threads, same weights, same batches (real ``Collator`` +
+  ``TokenMasking``), same AdamW with gradient clipping. Times our step (``PretrainModule``:
+  embed -> encode -> MLM on the predicted positions + NSP) and ``transformers.BertForPreTraining``
+  in alternating rounds, in fp32 and under bf16 autocast. Also: the loss of both models at equal
+  weights (dropout off), MFU against a measured matmul peak, and the share of step time the data
+  pipeline (collate + corruption, as one DataLoader worker does it) would take.
+- ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
+
+Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and prints a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from clozelab.errors import config_error
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("pretrain", "corruption")
+PRECISIONS = ("fp32", "bf16")
+
+
+# ---------------------------------------------------------------------------- peak
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """Measured GFLOP/s of a ``size`` x ``size`` matmul (best of ``repeats``)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def step_flops(
+    L: int, H: int, intermediate: int, V: int, B: int, T: int, predicted: float
+) -> float:
+    """Model FLOPs of one training step (forward x 3): encoder on every position, the MLM
+    decoder on the predicted positions only, NSP on [CLS]."""
+    per_token_layer = 2 * (4 * H * H + 2 * H * intermediate) + 4 * T * H  # dense + attention
+    forward = B * T * L * per_token_layer + predicted * 2 * (H * H + H * V) + B * 2 * (H * H)
+    return 3.0 * forward
+
+
+# ---------------------------------------------------------------------------- batches
+def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng) -> list[dict]:
+    """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length."""
+    items = []
+    for i in range(n):
+        length = seq_len if rng.random() >= short_fraction else int(rng.integers(8, seq_len))
+        ids = rng.integers(5, vocab, length)
+        cut = int(rng.integers(2, length - 2))
+        ids[0], ids[cut], ids[-1] = 2, 3, 3
+        types = np.zeros(length, dtype=np.int64)
+        types[cut + 1 :] = 1
+        special = np.zeros(length, dtype=np.int64)
+        special[[0, cut, length - 1]] = 1
+        items.append({"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special,
+                      "index": i, "next_sentence_label": int(rng.integers(0, 2))})  # fmt: skip
+    return items
+
+
+def make_batches(p: DictConfig, n: int, seed: int) -> tuple[list[dict], float]:
+    """``n`` corrupted batches and the seconds one took to collate + corrupt."""
+    from clozelab.corruption.mask import TokenMasking
+    from clozelab.data.collate import Collator
+
+    rng = np.random.default_rng(seed)
+    corruption = TokenMasking(p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4,
+                              special_token_ids=[0, 1, 2, 3, 4])  # fmt: skip
+    collate = Collator(pad_id=0, corruption=corruption, seed=seed)
+    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
+              for _ in range(n)]  # fmt: skip
+    collate(groups[0])  # warm-up
+    start = time.perf_counter()
+    batches = [collate(g) for g in groups]
+    return batches, (time.perf_counter() - start) / n
+
+
+# ---------------------------------------------------------------------------- models
+def build_pair(p: DictConfig):
+    """Our PretrainModule and an HF BertForPreTraining holding the same weights."""
+    import transformers
+
+    from clozelab.model.embeddings import BertEmbeddings
+    from clozelab.model.encoder import TransformerEncoder
+    from clozelab.model.hf import to_hf_state_dict
+    from clozelab.module import PretrainModule
+    from clozelab.objectives.mlm import MLM
+    from clozelab.objectives.nsp import NSP
+
+    torch.manual_seed(0)
+    H, V = p.hidden_size, p.vocab_size
+    embedding = BertEmbeddings(V, H, max_position_embeddings=max(512, p.seq_len))
+    encoder = TransformerEncoder(H, p.num_layers, p.num_heads, p.intermediate_size)
+    mlm, nsp = MLM(H, V), NSP(H)
+    ours = PretrainModule(embedding, encoder, {"mlm": mlm, "nsp": nsp}, optimizer=None)
+    config = transformers.BertConfig(
+        vocab_size=V, hidden_size=H, num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size,
+        max_position_embeddings=max(512, p.seq_len), hidden_act="gelu",
+    )  # fmt: skip
+    config._attn_implementation = p.hf_attention
+    hf = transformers.BertForPreTraining(config)
+    hf.load_state_dict(to_hf_state_dict(embedding, encoder, mlm, nsp), strict=True)
+    return ours, hf
+
+
+def _ours_loss(model, batch):
+    return model(batch)[0]
+
+
+def _hf_loss(model, batch):
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        labels=batch["mlm_labels"],
+        next_sentence_label=batch["next_sentence_label"],
+    ).loss
+
+
+def _autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer(model, lr: float):
+    from clozelab.optim import parameter_groups
+
+    return torch.optim.AdamW(parameter_groups(model, 0.01), lr=lr, eps=1e-6)
+
+
+def _train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str) -> float:
+    """Seconds for ``steps`` optimizer steps, cycling over ``batches``."""
+    start = time.perf_counter()
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(precision):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def bench_pretrain(p: DictConfig, peaks: dict[str, float]) -> dict[str, Any]:
+    for precision in p.precisions:
+        if precision not in PRECISIONS:
+            raise config_error("bench.pretrain.precisions", precision, "unknown precision",
+                               f"use a list of {list(PRECISIONS)}")  # fmt: skip
+    ours, hf = build_pair(p)
+    batches, data_s = make_batches(p, p.batches, seed=0)
+    tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
+    predicted = float(np.mean([int((b["mlm_labels"] != -100).sum()) for b in batches]))
+    out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
+
+    ours.eval(), hf.eval()
+    with torch.no_grad():
+        a, b = float(_ours_loss(ours, batches[0])), float(_hf_loss(hf, batches[0]))
+    out.update({"pretrain.clozelab_loss": a, "pretrain.hf_loss": b,
+                "pretrain.loss_abs_diff": abs(a - b)})  # fmt: skip
+    ours.train(), hf.train()
+
+    flops = step_flops(p.num_layers, p.hidden_size, p.intermediate_size, p.vocab_size,
+                       p.batch_size, int(batches[0]["input_ids"].shape[1]), predicted)  # fmt: skip
+    models = {"clozelab": (ours, _ours_loss)}
+    if p.hf:
+        models["hf"] = (hf, _hf_loss)
+    for precision in p.precisions:
+        seconds = dict.fromkeys(models, 0.0)
+        optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
+        for name, (model, fn) in models.items():
+            _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
+        for _ in range(p.rounds):  # alternate, so both see the same machine conditions
+            for name, (model, fn) in models.items():
+                seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
+                                              precision)  # fmt: skip
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        for name, total in seconds.items():
+            step_s = total / (p.rounds * p.steps)
+            out[f"pretrain.{name}_step_s{suffix}"] = step_s
+            out[f"pretrain.{name}_tokens_per_s{suffix}"] = tokens / step_s
+            out[f"pretrain.{name}_mfu{suffix}"] = flops / step_s / (peaks[precision] * 1e9)
+    for precision in p.precisions:
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        if p.hf:  # ratios against HF in fp32 (its default), and against HF in the same precision
+            ours_tps = out[f"pretrain.clozelab_tokens_per_s{suffix}"]
+            if "fp32" in p.precisions:
+                out[f"pretrain.ratio{suffix}"] = ours_tps / out["pretrain.hf_tokens_per_s"]
+            if suffix:
+                out[f"pretrain.ratio{suffix}_vs_hf{suffix}"] = (
+                    ours_tps / out[f"pretrain.hf_tokens_per_s{suffix}"]
+                )
+    if "fp32" in p.precisions:
+        step = out["pretrain.clozelab_step_s"]
+        out["pretrain.data_s_per_batch"] = data_s
+        out["pretrain.data_share"] = data_s / (data_s + step)
+    out["pretrain.step_flops"] = flops
+    return out
+
+
+# ---------------------------------------------------------------------------- corruption
+def bench_corruption(c: DictConfig) -> dict[str, Any]:
+    try:
+        module = importlib.import_module("clozelab.corruption.bench")
+    except ModuleNotFoundError:
+        log.warning("bench: clozelab.corruption.bench is not available; corruption skipped")
+        return {"corruption.available": False}
+    kwargs = OmegaConf.to_container(c, resolve=True)
+    presets = kwargs.pop("presets")
+    results = module.bench_corruptions(presets, **kwargs)
+    return {"corruption.available": True, **results}
+
+
+# ---------------------------------------------------------------------------- command
+def _table(results: dict[str, Any]) -> str:
+    width = max(len(k) for k in results)
+    lines = []
+    for key, value in results.items():
+        shown = f"{value:,.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    """Run the selected sections; write ``bench.json`` in ``paths.output_dir``; return it."""
+    b = cfg.bench
+    sections = list(b.sections)
+    for section in sections:
+        if section not in SECTIONS:
+            raise config_error("bench.sections", section, "unknown section",
+                               f"choose from {list(SECTIONS)}")  # fmt: skip
+    if b.threads:
+        torch.set_num_threads(int(b.threads))
+    results: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if "pretrain" in sections:
+        p = b.pretrain
+        peaks = {"fp32": matmul_peak_gflops(b.matmul.size, b.matmul.repeats)}
+        if "bf16" in p.precisions:
+            peaks["bf16"] = matmul_peak_gflops(b.matmul.size, b.matmul.repeats, torch.bfloat16)
+        results.update({f"matmul.{k}_gflops": v for k, v in peaks.items()})
+        results["pretrain.config"] = (
+            f"L{p.num_layers}/H{p.hidden_size}/A{p.num_heads}/I{p.intermediate_size} "
+            f"V{p.vocab_size} seq{p.seq_len} batch{p.batch_size} mask{p.mask_rate}"
+        )
+        results.update(bench_pretrain(p, peaks))
+    if "corruption" in sections:
+        results.update(bench_corruption(b.corruption))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")
+    print(_table(results))
+    log.info("bench.json: %s", run_dir / "bench.json")
+    return results

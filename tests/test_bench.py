@@ -1,0 +1,69 @@
+"""clozelab bench: a tiny smoke run writes bench.json (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from clozelab.bench import bench, step_flops
+from clozelab.errors import ClozelabError
+
+pytest.importorskip("transformers")
+
+TINY_BENCH = [
+    "bench.matmul.size=64", "bench.matmul.repeats=1", "bench.pretrain.num_layers=1",
+    "bench.pretrain.hidden_size=32", "bench.pretrain.num_heads=2",
+    "bench.pretrain.intermediate_size=64", "bench.pretrain.vocab_size=300",
+    "bench.pretrain.seq_len=16", "bench.pretrain.batch_size=4", "bench.pretrain.batches=2",
+    "bench.pretrain.steps=1", "bench.pretrain.rounds=1", "bench.pretrain.warmup_steps=0",
+    "bench.corruption.seq_len=16", "bench.corruption.batch=4",
+]  # fmt: skip
+
+
+def _compose(tmp_path: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.config import conf_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("bench", overrides=[*TINY_BENCH, f"paths.output_dir={tmp_path}",
+                                           *overrides])  # fmt: skip
+
+
+def test_bench_smoke_writes_bench_json(tmp_path, capsys):
+    results = bench(_compose(tmp_path))
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written == results
+    for key in ("pretrain.clozelab_tokens_per_s", "pretrain.hf_tokens_per_s", "pretrain.ratio",
+                "pretrain.ratio_bf16", "pretrain.clozelab_mfu", "pretrain.data_share",
+                "matmul.fp32_gflops", "matmul.bf16_gflops"):  # fmt: skip
+        assert math.isfinite(written[key]) and written[key] > 0, key
+    assert 0 < written["pretrain.data_share"] < 1
+    # Same weights, same batch, dropout off: the same pre-training loss as transformers.
+    assert written["pretrain.loss_abs_diff"] <= 1e-4
+    assert "corruption.available" in written
+    assert "pretrain.ratio" in capsys.readouterr().out
+
+
+def test_bench_sections_and_errors(tmp_path):
+    only = (
+        "bench.sections=[pretrain]",
+        "bench.pretrain.precisions=[fp32]",
+        "bench.pretrain.hf=false",
+    )
+    results = bench(_compose(tmp_path, *only))
+    assert "pretrain.hf_tokens_per_s" not in results and "corruption.available" not in results
+    with pytest.raises(ClozelabError, match="bench.sections"):
+        bench(_compose(tmp_path, "bench.sections=[nope]"))
+    with pytest.raises(ClozelabError, match="bench.pretrain.precisions"):
+        bench(_compose(tmp_path, "bench.sections=[pretrain]", "bench.pretrain.precisions=[fp8]"))
+
+
+def test_step_flops_counts_predicted_positions_only():
+    base = step_flops(4, 256, 1024, 30522, 32, 128, predicted=0)
+    assert step_flops(4, 256, 1024, 30522, 32, 128, predicted=10) - base == 3 * 10 * 2 * (
+        256 * 256 + 256 * 30522
+    )
