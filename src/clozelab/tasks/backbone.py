@@ -1,0 +1,229 @@
+"""The pre-trained body a downstream task fine-tunes: embedding + encoder (+ pooler) + tokenizer.
+
+``load_backbone`` reads a clozelab run directory (``config.yaml`` + ``checkpoints/last.ckpt`` +
+``tokenizer/``), a Lightning checkpoint file inside one, an HF BERT directory (``config.json`` +
+``model.safetensors`` or ``pytorch_model.bin`` + a tokenizer), or builds a randomly initialised
+body (``checkpoint=none``: the "why pre-train" baseline) with the sizes of ``model`` or, with
+``like``, of another checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor, nn
+
+from clozelab.config import build
+from clozelab.data.tokenizer import Tokenizer, load_tokenizer
+from clozelab.errors import config_error
+from clozelab.model.encoder import EncoderOutput
+from clozelab.model.heads import Pooler
+
+log = logging.getLogger(__name__)
+
+NONE = ("none", "null", "random", "")
+
+
+class Backbone(nn.Module):
+    """``embedding -> encoder``; ``pooler`` is the pre-trained [CLS] pooler when there is one."""
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        encoder: nn.Module,
+        tokenizer: Tokenizer,
+        pooler: Pooler | None = None,
+        source: str = "none",
+    ):
+        super().__init__()
+        self.embedding = embedding
+        self.encoder = encoder
+        self.pooler = pooler
+        self.tokenizer = tokenizer
+        self.source = source
+        self.hidden_size = int(encoder.hidden_size)
+        self.num_layers = int(encoder.num_layers)
+        self.max_positions = int(getattr(embedding, "max_position_embeddings", 512))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
+        return self.encoder(hidden, attention_mask, output_hidden_states=output_hidden_states)
+
+
+@dataclass
+class _Found:
+    kind: str  # "run" | "hf"
+    root: Path
+    weights: Path
+
+
+def _locate(path: Path) -> _Found:
+    if path.is_file() and path.suffix == ".ckpt":
+        root = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return _Found("run", root, path)
+    if path.is_dir():
+        if (path / "config.yaml").is_file():
+            ckpts = path / "checkpoints"
+            last = ckpts / "last.ckpt"
+            if not last.is_file():
+                found = sorted(ckpts.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+                if not found:
+                    raise config_error(
+                        "checkpoint",
+                        str(path),
+                        "a run directory without checkpoints/*.ckpt",
+                        "let the pre-training run save a checkpoint, or point to another run",
+                    )
+                last = found[-1]
+            return _Found("run", path, last)
+        for sub in (path, path / "hf", path / "model"):
+            if (sub / "config.json").is_file():
+                for name in ("model.safetensors", "pytorch_model.bin"):
+                    if (sub / name).is_file():
+                        return _Found("hf", sub, sub / name)
+    raise config_error(
+        "checkpoint",
+        str(path),
+        "neither a clozelab run directory (config.yaml + checkpoints/), a .ckpt file nor an HF "
+        "BERT directory (config.json + model.safetensors)",
+        "give one of those, or checkpoint=none for random initialisation",
+    )
+
+
+def _run_modules(found: _Found) -> tuple[nn.Module, nn.Module, dict, DictConfig]:
+    cfg = OmegaConf.load(found.root / "config.yaml")
+    embedding = build(cfg.embedding, "embedding")
+    encoder = build(cfg.encoder, "encoder")
+    ckpt = torch.load(found.weights, map_location="cpu", weights_only=False)
+    return embedding, encoder, ckpt.get("state_dict", ckpt), cfg
+
+
+def _load_prefixed(module: nn.Module, state: dict, prefix: str, key: str) -> None:
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, _ = module.load_state_dict(sub, strict=False)
+    if missing:
+        raise config_error(
+            "checkpoint",
+            key,
+            f"the checkpoint lacks {len(missing)} weights of {prefix.rstrip('.')} ({missing[:3]})",
+            "point to a checkpoint written by clozelab pretrain with the same components",
+        )
+
+
+def _from_run(found: _Found) -> Backbone:
+    embedding, encoder, state, _ = _run_modules(found)
+    _load_prefixed(embedding, state, "embedding.", str(found.weights))
+    _load_prefixed(encoder, state, "encoder.", str(found.weights))
+    pooler = None
+    for prefix in ("objectives.nsp.pooler.", "objectives.sop.pooler.", "pooler."):
+        if any(k.startswith(prefix) for k in state):
+            pooler = Pooler(encoder.hidden_size)
+            _load_prefixed(pooler, state, prefix, str(found.weights))
+            break
+    tokenizer = load_tokenizer(found.root)
+    return Backbone(embedding, encoder, tokenizer, pooler, source=str(found.root))
+
+
+def _hf_state(found: _Found) -> dict[str, Tensor]:
+    if found.weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(found.weights))
+    return torch.load(found.weights, map_location="cpu", weights_only=True)
+
+
+def _hf_modules(found: _Found):
+    from clozelab.model.embeddings import BertEmbeddings
+    from clozelab.model.encoder import TransformerEncoder
+    from clozelab.model.hf import kwargs_from_hf_config
+
+    config = json.loads((found.root / "config.json").read_text("utf-8"))
+    kwargs = kwargs_from_hf_config(config)
+    return BertEmbeddings(**kwargs["embedding"]), TransformerEncoder(**kwargs["encoder"])
+
+
+def _from_hf(found: _Found) -> Backbone:
+    from clozelab.model.hf import from_hf_state_dict
+
+    embedding, encoder = _hf_modules(found)
+    state = _hf_state(found)
+    report = from_hf_state_dict(state, embedding, encoder)
+    if report["missing"]:
+        raise config_error(
+            "checkpoint",
+            str(found.weights),
+            f"missing BERT weights {report['missing'][:3]}",
+            "give a complete HF BERT checkpoint",
+        )
+    pooler = None
+    for prefix in ("pooler.", "bert.pooler."):
+        if f"{prefix}dense.weight" in state:
+            pooler = Pooler(encoder.hidden_size)
+            pooler.dense.weight.data.copy_(state[f"{prefix}dense.weight"])
+            pooler.dense.bias.data.copy_(state[f"{prefix}dense.bias"])
+    return Backbone(embedding, encoder, load_tokenizer(found.root), pooler, str(found.root))
+
+
+def _random(like: str | None, arch: DictConfig | None, tokenizer_path: str | None) -> Backbone:
+    if like:
+        found = _locate(Path(like).expanduser())
+        if found.kind == "run":
+            cfg = OmegaConf.load(found.root / "config.yaml")
+            embedding, encoder = build(cfg.embedding, "embedding"), build(cfg.encoder, "encoder")
+        else:
+            embedding, encoder = _hf_modules(found)
+        return Backbone(embedding, encoder, load_tokenizer(found.root), None, "none")
+    if arch is None or tokenizer_path is None:
+        raise config_error(
+            "checkpoint",
+            "none",
+            "random initialisation needs a tokenizer and model sizes",
+            "set random_init.like=PATH, or random_init.tokenizer and model=NAME",
+        )
+    tokenizer = load_tokenizer(tokenizer_path)
+    arch = arch.copy()
+    with open_dict(arch):
+        arch.model.vocab_size = tokenizer.vocab_size
+    embedding = build(arch.embedding, "embedding")
+    encoder = build(arch.encoder, "encoder")
+    return Backbone(embedding, encoder, tokenizer, None, "none")
+
+
+def load_backbone(
+    checkpoint: str | Path | None,
+    *,
+    like: str | None = None,
+    arch: DictConfig | None = None,
+    tokenizer: str | None = None,
+) -> Backbone:
+    """The body named by ``checkpoint`` (see the module docstring); ``checkpoint`` none/null
+    builds a random one like ``like`` or from ``arch`` (a config with ``model``, ``embedding``,
+    ``encoder`` nodes) and the tokenizer at ``tokenizer``."""
+    if checkpoint is None or str(checkpoint).lower() in NONE:
+        return _random(like, arch, tokenizer)
+    found = _locate(Path(str(checkpoint)).expanduser())
+    backbone = _from_run(found) if found.kind == "run" else _from_hf(found)
+    log.info("Loaded %s backbone from %s", found.kind, found.root)
+    return backbone
+
+
+def is_run_dir(checkpoint: str | Path | None) -> Path | None:
+    """The run directory ``checkpoint`` belongs to, if it is a clozelab run (dir or .ckpt)."""
+    if checkpoint is None or str(checkpoint).lower() in NONE:
+        return None
+    try:
+        found = _locate(Path(str(checkpoint)).expanduser())
+    except Exception:
+        return None
+    return found.root if found.kind == "run" else None

@@ -1,0 +1,199 @@
+"""Examples to model inputs: ``[CLS] A [SEP] (B [SEP])`` sequences, first-subword word labels
+for token labelling, and doc-stride windows over SQuAD passages; ``pad_batch`` collates them.
+
+Every feature is a dict of plain lists; tensors are made per batch with dynamic padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from clozelab.data.tokenizer import Tokenizer
+from clozelab.tasks.readers import QAExample, TextExample, TokenExample
+
+
+def _truncate_pair(a: list[int], b: list[int] | None, budget: int) -> None:
+    """Drop tokens from the end of the longer segment until both fit in ``budget``."""
+    while len(a) + (len(b) if b else 0) > budget:
+        if b and len(b) > len(a):
+            b.pop()
+        else:
+            a.pop()
+
+
+def encode_text(
+    tokenizer: Tokenizer, examples: Sequence[TextExample], max_len: int, labels=None
+) -> list[dict]:
+    """``input_ids``/``token_type_ids`` (+ ``label``: a class index via ``labels``, or a float)."""
+    first = [e.ids for e in tokenizer.encode_batch([x.text or "" for x in examples])]
+    pairs = [x.text_pair for x in examples]
+    has_pair = any(p is not None for p in pairs)
+    second = [e.ids for e in tokenizer.encode_batch([p or "" for p in pairs])] if has_pair else None
+    index = {name: i for i, name in enumerate(labels)} if labels else None
+    features = []
+    for i, example in enumerate(examples):
+        a = list(first[i])
+        b = list(second[i]) if second is not None else None
+        _truncate_pair(a, b, max_len - (3 if b is not None else 2))
+        ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
+        types = [0] * len(ids)
+        if b is not None:
+            ids += [*b, tokenizer.sep_id]
+            types += [1] * (len(b) + 1)
+        feature = {"input_ids": ids, "token_type_ids": types}
+        if example.label is not None:
+            if index is not None:
+                feature["labels"] = index[str(example.label)]
+            else:
+                feature["labels"] = float(example.label)
+        features.append(feature)
+    return features
+
+
+def encode_tokens(
+    tokenizer: Tokenizer, examples: Sequence[TokenExample], max_len: int, tag_index: dict
+) -> list[dict]:
+    """Word-level labels on the first subword of each word (``word_starts``: token positions of
+    the words that fit; later subwords get no label). Words past ``max_len`` are cut and counted
+    as predicted "O" at scoring time."""
+    encodings = tokenizer.hf.encode_batch(
+        [e.words for e in examples], is_pretokenized=True, add_special_tokens=False
+    )
+    features = []
+    for example, enc in zip(examples, encodings, strict=True):
+        kept = enc.ids[: max_len - 2]
+        ids = [tokenizer.cls_id, *kept, tokenizer.sep_id]
+        first_token: dict[int, int] = {}
+        for position, word in enumerate(enc.word_ids[: len(kept)]):
+            if word is not None and word not in first_token:
+                first_token[word] = position + 1  # +1 for [CLS]
+        starts: list[int] = []
+        last = 1
+        truncated = len(kept) < len(enc.ids)
+        for w in range(len(example.words)):
+            if w in first_token:
+                last = first_token[w]
+            elif truncated and w > max(first_token, default=-1):
+                break  # cut by max_len: scored as "O"
+            # a word the tokenizer turned into no tokens keeps the previous word's position
+            starts.append(last)
+        features.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": [0] * len(ids),
+                "word_starts": starts,
+                "word_labels": [tag_index.get(t, 0) for t in example.tags[: len(starts)]],
+                "n_words": len(example.words),
+            }
+        )
+    return features
+
+
+def encode_qa(
+    tokenizer: Tokenizer,
+    examples: Sequence[QAExample],
+    max_len: int = 384,
+    doc_stride: int = 128,
+    max_query_len: int = 64,
+) -> list[dict]:
+    """Windows ``[CLS] question [SEP] passage-piece [SEP]`` over each passage.
+
+    Consecutive windows start ``doc_stride`` passage tokens apart. Each feature keeps the
+    passage tokens' character offsets (``offsets``, None outside the passage) so decoding maps a
+    span back to text and can never leave the passage; training targets are the token positions
+    of the first answer, or 0 ([CLS]) when the window does not contain it.
+    """
+    questions = tokenizer.encode_batch([e.question for e in examples])
+    contexts = tokenizer.encode_batch([e.context for e in examples])
+    features = []
+    for ex_index, (example, q, c) in enumerate(zip(examples, questions, contexts, strict=True)):
+        q_ids = q.ids[:max_query_len]
+        room = max_len - len(q_ids) - 3
+        c_ids, c_offsets = c.ids, c.offsets
+        answer = None
+        if example.answers:
+            char_start = example.answer_starts[0]
+            char_end = char_start + len(example.answers[0])
+            tok_start = next(
+                (i for i, (s, e) in enumerate(c_offsets) if e > char_start), len(c_ids)
+            )
+            tok_end = tok_start
+            for i in range(tok_start, len(c_ids)):
+                if c_offsets[i][0] >= char_end:
+                    break
+                tok_end = i
+            answer = (tok_start, tok_end)
+        start = 0
+        while True:
+            length = min(room, len(c_ids) - start)
+            prefix = [tokenizer.cls_id, *q_ids, tokenizer.sep_id]
+            ids = prefix + list(c_ids[start : start + length]) + [tokenizer.sep_id]
+            offsets: list = [None] * len(prefix)
+            offsets += [tuple(o) for o in c_offsets[start : start + length]] + [None]
+            feature = {
+                "input_ids": ids,
+                "token_type_ids": [0] * len(prefix) + [1] * (length + 1),
+                "offsets": offsets,
+                "example_index": ex_index,
+            }
+            if answer is not None:
+                s, e = answer
+                if start <= s and e < start + length:
+                    feature["start_positions"] = s - start + len(prefix)
+                    feature["end_positions"] = e - start + len(prefix)
+                else:
+                    feature["start_positions"] = feature["end_positions"] = 0
+            features.append(feature)
+            if start + length >= len(c_ids):
+                break
+            start += min(doc_stride, length)
+    return features
+
+
+def context_mask(offsets: list) -> list[bool]:
+    """True on passage tokens (the only positions a QA span may start or end on)."""
+    return [o is not None for o in offsets]
+
+
+def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
+    """Pad ``input_ids``/``token_type_ids`` to the longest feature; build ``attention_mask``;
+    stack the label keys (word-level lists padded with -100 / 0, ``word_mask`` marking words)."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, Tensor] = {}
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(features), width), dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        types[i, :n] = torch.tensor(f["token_type_ids"])
+        mask[i, :n] = 1
+    batch.update(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    first = features[0]
+    if "labels" in first:
+        dtype = torch.float if isinstance(first["labels"], float) else torch.long
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+    if "word_starts" in first:
+        words = max(1, max(len(f["word_starts"]) for f in features))
+        starts = torch.zeros((len(features), words), dtype=torch.long)
+        labels = torch.full((len(features), words), -100, dtype=torch.long)
+        for i, f in enumerate(features):
+            starts[i, : len(f["word_starts"])] = torch.tensor(f["word_starts"], dtype=torch.long)
+            labels[i, : len(f["word_labels"])] = torch.tensor(f["word_labels"], dtype=torch.long)
+        batch["word_starts"] = starts
+        batch["word_labels"] = labels
+        batch["word_mask"] = torch.tensor(
+            [[j < len(f["word_starts"]) for j in range(words)] for f in features]
+        )
+    if "offsets" in first:
+        cmask = torch.zeros((len(features), width), dtype=torch.bool)
+        for i, f in enumerate(features):
+            cmask[i, : len(f["offsets"])] = torch.tensor(context_mask(f["offsets"]))
+        batch["context_mask"] = cmask
+        if "start_positions" in first:
+            batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
+            batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])
+    return batch

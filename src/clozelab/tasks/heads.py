@@ -1,0 +1,230 @@
+"""Task heads on top of a ``Backbone`` and the model that joins them.
+
+- ``ScalarMix``: feature-based use; a softmax-weighted, scaled sum of the last ``k`` layers of a
+  frozen encoder (initialised to their plain average, as ELMo / BERT's feature-based NER).
+- ``CRF``: a linear-chain CRF (negative log-likelihood by the forward algorithm, Viterbi decoding).
+- ``TaskModel``: backbone (fine-tuned, or frozen + scalar mix) with one head per task kind:
+  ``classification`` / ``regression`` on the [CLS] vector (the pooler), ``token`` labels on the
+  first subword of each word (softmax or CRF), ``qa`` start/end pointers restricted to passage
+  tokens.
+
+Shapes: B batch, T tokens, W words, H hidden, L labels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+from clozelab.model.heads import Pooler, init_bert_weights
+from clozelab.tasks.backbone import Backbone
+
+KINDS = ("classification", "regression", "token", "qa")
+MODES = ("finetune", "features")
+
+
+class ScalarMix(nn.Module):
+    """``gamma * sum_k softmax(w)_k * h_k`` over the last ``num_layers`` hidden states."""
+
+    def __init__(self, num_layers: int = 4):
+        super().__init__()
+        self.num_layers = num_layers
+        self.weights = nn.Parameter(torch.zeros(num_layers))  # softmax(0) = plain average
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def forward(self, hidden_states: tuple[Tensor, ...]) -> Tensor:
+        if len(hidden_states) < self.num_layers:
+            raise config_error(
+                "features.layers",
+                self.num_layers,
+                f"the encoder yields only {len(hidden_states)} hidden states (embeddings + layers)",
+                f"use at most {len(hidden_states)}",
+            )
+        stacked = torch.stack(hidden_states[-self.num_layers :])  # (k, B, T, H)
+        w = self.weights.softmax(0).to(stacked.dtype)
+        return self.gamma * torch.einsum("k,kbth->bth", w, stacked)
+
+
+class CRF(nn.Module):
+    """Linear-chain CRF over ``num_tags`` tags; sequences are left-aligned under ``mask``."""
+
+    def __init__(self, num_tags: int):
+        super().__init__()
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
+        self.start = nn.Parameter(torch.zeros(num_tags))
+        self.end = nn.Parameter(torch.zeros(num_tags))
+
+    def nll(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Mean negative log-likelihood of ``tags`` [B, W] given ``emissions`` [B, W, L]."""
+        mask = mask.bool()
+        keep = mask.any(1)
+        emissions, tags, mask = emissions[keep], tags[keep].clamp(min=0), mask[keep]
+        if emissions.shape[0] == 0:
+            return emissions.sum() * 0.0
+        b = torch.arange(emissions.shape[0])
+        score = self.start[tags[:, 0]] + emissions[b, 0, tags[:, 0]]
+        for i in range(1, emissions.shape[1]):
+            step = self.transitions[tags[:, i - 1], tags[:, i]] + emissions[b, i, tags[:, i]]
+            score = score + step * mask[:, i]
+        last = tags[b, mask.sum(1) - 1]
+        score = score + self.end[last]
+        return (self._log_partition(emissions, mask) - score).mean()
+
+    def _log_partition(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        alpha = self.start + emissions[:, 0]  # (B, L)
+        for i in range(1, emissions.shape[1]):
+            nxt = torch.logsumexp(
+                alpha[:, :, None] + self.transitions[None] + emissions[:, i, None, :], dim=1
+            )
+            alpha = torch.where(mask[:, i, None], nxt, alpha)
+        return torch.logsumexp(alpha + self.end, dim=1)
+
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:
+        """The most likely tag sequence of each row (Viterbi), as long as its mask."""
+        mask = mask.bool()
+        lengths = mask.sum(1).tolist()
+        score = self.start + emissions[:, 0]
+        back = []
+        for i in range(1, emissions.shape[1]):
+            total = score[:, :, None] + self.transitions[None]  # (B, from, to)
+            best, index = total.max(1)
+            nxt = best + emissions[:, i]
+            score = torch.where(mask[:, i, None], nxt, score)
+            back.append(index)
+        score = score + self.end
+        out = []
+        for row, n in enumerate(lengths):
+            if n == 0:
+                out.append([])
+                continue
+            tag = int(score[row].argmax())
+            path = [tag]
+            for i in range(n - 1, 0, -1):
+                tag = int(back[i - 1][row, tag])
+                path.append(tag)
+            out.append(path[::-1])
+        return out
+
+
+class TaskModel(nn.Module):
+    """A backbone and the head of one task kind.
+
+    Args:
+        backbone: the pre-trained (or random) body.
+        kind: classification | regression | token | qa.
+        num_labels: classes (classification), tags (token); ignored otherwise.
+        mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds a
+            learned scalar mix of its last ``mix_layers`` hidden states to the head.
+        decoder: ``softmax`` or ``crf`` (token labelling).
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        kind: str,
+        num_labels: int = 2,
+        mode: str = "finetune",
+        mix_layers: int = 4,
+        decoder: str = "softmax",
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise config_error(
+                "task.kind", kind, "not a fine-tuning task kind", f"use one of {KINDS}"
+            )
+        if mode not in MODES:
+            raise config_error("mode", mode, "unknown mode", f"use one of {MODES}")
+        if decoder not in ("softmax", "crf"):
+            raise config_error("task.decoder", decoder, "unknown decoder", "use softmax or crf")
+        self.backbone = backbone
+        self.kind = kind
+        self.mode = mode
+        self.decoder = decoder
+        hidden = backbone.hidden_size
+        self.mix = ScalarMix(mix_layers) if mode == "features" else None
+        if self.mix is not None:
+            backbone.requires_grad_(False)
+        self.dropout = nn.Dropout(dropout)
+        out = {"classification": num_labels, "regression": 1, "token": num_labels, "qa": 2}[kind]
+        self.pooler = None
+        if kind in ("classification", "regression"):
+            if mode == "features":
+                self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+            elif backbone.pooler is None:
+                self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
+        self.output = nn.Linear(hidden, out)
+        init_bert_weights(self.output)
+        if self.pooler is not None:
+            init_bert_weights(self.pooler)
+        self.crf = CRF(num_labels) if kind == "token" and decoder == "crf" else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.mix is not None:
+            self.backbone.eval()  # frozen features: no dropout inside the encoder
+        return self
+
+    def hidden(self, batch: dict[str, Tensor]) -> Tensor:
+        args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        if self.mix is None:
+            return self.backbone(*args).last_hidden_state  # (B, T, H)
+        with torch.no_grad():
+            states = self.backbone(*args, output_hidden_states=True).hidden_states
+        return self.mix(states)
+
+    def _pooled(self, h: Tensor, mask: Tensor) -> Tensor:
+        if self.mode == "features":
+            m = mask[..., None].to(h.dtype)
+            return self.pooler((h * m).sum(1) / m.sum(1).clamp(min=1))  # mean over tokens
+        pooler = self.pooler if self.pooler is not None else self.backbone.pooler
+        return pooler(h)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        h = self.hidden(batch)
+        if self.kind in ("classification", "regression"):
+            logits = self.output(self.dropout(self._pooled(h, batch["attention_mask"])))
+            out = {"logits": logits}
+            if "labels" in batch:
+                if self.kind == "regression":
+                    out["loss"] = F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+                else:
+                    out["loss"] = F.cross_entropy(logits, batch["labels"])
+            return out
+        if self.kind == "token":
+            starts = batch["word_starts"]  # (B, W)
+            words = h.gather(1, starts[..., None].expand(-1, -1, h.shape[-1]))  # (B, W, H)
+            emissions = self.output(self.dropout(words))  # (B, W, L)
+            out = {"emissions": emissions}
+            if "word_labels" in batch:
+                labels = batch["word_labels"]
+                if self.crf is not None:
+                    out["loss"] = self.crf.nll(emissions, labels, batch["word_mask"])
+                else:
+                    flat = emissions.reshape(-1, emissions.shape[-1])
+                    out["loss"] = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100)
+            return out
+        logits = self.output(self.dropout(h))  # (B, T, 2)
+        allowed = batch["context_mask"].clone()
+        allowed[:, 0] = True  # [CLS]: the target of windows without the answer
+        neg = torch.finfo(logits.dtype).min
+        start = logits[..., 0].masked_fill(~allowed, neg)
+        end = logits[..., 1].masked_fill(~allowed, neg)
+        out = {"start_logits": start, "end_logits": end}
+        if "start_positions" in batch:
+            out["loss"] = (
+                F.cross_entropy(start, batch["start_positions"])
+                + F.cross_entropy(end, batch["end_positions"])
+            ) / 2
+        return out
+
+    def predict_tags(self, out: dict[str, Tensor], mask: Tensor) -> list[list[int]]:
+        """Word-level tag indices per row (Viterbi with a CRF, else the argmax)."""
+        if self.crf is not None:
+            return self.crf.decode(out["emissions"], mask)
+        best = out["emissions"].argmax(-1)
+        return [best[i, : int(mask[i].sum())].tolist() for i in range(best.shape[0])]

@@ -1,0 +1,373 @@
+"""Readers of downstream data into examples: GLUE TSV directories (with or without a header, as
+CoLA's raw release), SuperGLUE-style JSONL (RTE), generic csv/tsv/jsonl files named in config,
+CoNLL-2003 (IOB1 or IOB2, read into IOB2), SQuAD v1.1 JSON and HF ``datasets`` names.
+
+``read_task(task, data_dir)`` returns ``{"train": [...], "validation": [...]}`` for a task config
+node (conf/task/*.yaml); relative paths are resolved against ``data_dir`` then ``task.path``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from clozelab.errors import config_error
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class TextExample:
+    """One sentence (or sentence pair) with a class name / index or a real-valued score."""
+
+    text: str
+    text_pair: str | None = None
+    label: str | int | float | None = None
+
+
+@dataclass
+class TokenExample:
+    """A sentence of words and one IOB2 tag per word."""
+
+    words: list[str]
+    tags: list[str]
+
+
+@dataclass
+class QAExample:
+    """A SQuAD question: answers are texts with character offsets into ``context``."""
+
+    id: str
+    question: str
+    context: str
+    answers: list[str] = field(default_factory=list)
+    answer_starts: list[int] = field(default_factory=list)
+    title: str = ""
+
+
+# --- delimited and JSON lines -------------------------------------------------------------------
+
+
+def _column(row: list[str] | dict, key, header: list[str] | None, path: Path, task_key: str):
+    if key is None:
+        return None
+    if isinstance(row, dict):
+        if key not in row:
+            raise config_error(
+                task_key, key, f"no such field in {path} (fields: {sorted(row)})", "name a field"
+            )
+        return row[key]
+    if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
+        index = int(key)
+    elif header is not None and key in header:
+        index = header.index(key)
+    else:
+        raise config_error(
+            task_key,
+            key,
+            f"no such column in {path} (header: {header})",
+            "name a header column, or give a 0-based column index for files without a header",
+        )
+    if index >= len(row) or index < -len(row):
+        raise config_error(task_key, key, f"column out of range in {path}: {row}", "fix the index")
+    return row[index]
+
+
+def read_delimited(
+    path: Path,
+    delimiter: str,
+    text,
+    text_pair=None,
+    label=None,
+    header: bool = True,
+) -> list[TextExample]:
+    """Rows of a TSV/CSV file. TSV is read as GLUE distributes it (no quoting); CSV with quotes.
+    Columns are header names, or 0-based indices (files without a header, e.g. CoLA raw)."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    examples: list[TextExample] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        names = next(rows, None) if header else None
+        for row in rows:
+            if not row or all(not c.strip() for c in row):
+                continue
+            examples.append(
+                TextExample(
+                    text=_column(row, text, names, path, "task.text"),
+                    text_pair=_column(row, text_pair, names, path, "task.text_pair"),
+                    label=_column(row, label, names, path, "task.label"),
+                )
+            )
+    return examples
+
+
+def read_jsonl(path: Path, text, text_pair=None, label=None) -> list[TextExample]:
+    """One JSON object per line (SuperGLUE RTE: premise, hypothesis, label)."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise config_error(
+                    "task.format", "jsonl", f"{path}:{lineno} is not JSON ({exc})", "fix the file"
+                ) from exc
+            examples.append(
+                TextExample(
+                    text=_column(row, text, None, path, "task.text"),
+                    text_pair=_column(row, text_pair, None, path, "task.text_pair"),
+                    label=_column(row, label, None, path, "task.label") if label else None,
+                )
+            )
+    return examples
+
+
+# --- CoNLL-2003 ---------------------------------------------------------------------------------
+
+
+def iob1_to_iob2(tags: list[str]) -> list[str]:
+    """IOB1 (B- only between two adjacent entities of one type) to IOB2 (B- opens every entity)."""
+    out = []
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            prev = out[i - 1] if i else "O"
+            if prev == "O" or prev[2:] != tag[2:]:
+                tag = "B-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def read_conll(path: Path, tag_column: int = -1, scheme: str = "iob1") -> list[TokenExample]:
+    """Sentences of a CoNLL file (word first, the tag in ``tag_column``), blank-line separated,
+    ``-DOCSTART-`` lines skipped; tags come back in IOB2."""
+    if scheme not in ("iob1", "iob2"):
+        raise config_error("task.scheme", scheme, "unknown tagging scheme", "use iob1 or iob2")
+    sentences: list[TokenExample] = []
+    words: list[str] = []
+    tags: list[str] = []
+
+    def flush():
+        if words:
+            fixed = iob1_to_iob2(tags) if scheme == "iob1" else list(tags)
+            sentences.append(TokenExample(list(words), fixed))
+            words.clear()
+            tags.clear()
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                flush()
+                continue
+            if parts[0] == "-DOCSTART-":
+                flush()
+                continue
+            if len(parts) < 2:
+                raise config_error(
+                    "task.format", "conll", f"{path}:{lineno} has no tag column", "fix the file"
+                )
+            tag = parts[tag_column]
+            if tag != "O" and tag[:2] not in ("B-", "I-"):
+                raise config_error(
+                    "task.tag_column",
+                    tag_column,
+                    f"{path}:{lineno}: {tag!r} is not an IOB tag",
+                    "point task.tag_column at the NER column (CoNLL-2003: -1)",
+                )
+            words.append(parts[0])
+            tags.append(tag)
+    flush()
+    return sentences
+
+
+# --- SQuAD --------------------------------------------------------------------------------------
+
+
+def read_squad(path: Path) -> list[QAExample]:
+    """Questions of a SQuAD v1.1 JSON file (``data[].paragraphs[].qas[]``)."""
+    try:
+        payload = json.loads(Path(path).read_text("utf-8"))
+        articles = payload["data"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise config_error(
+            "task.validation", str(path), f"not a SQuAD JSON file ({exc})", "give SQuAD v1.1 JSON"
+        ) from exc
+    examples = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                examples.append(
+                    QAExample(
+                        id=str(qa["id"]),
+                        question=qa["question"],
+                        context=context,
+                        answers=[a["text"] for a in qa.get("answers", [])],
+                        answer_starts=[int(a["answer_start"]) for a in qa.get("answers", [])],
+                        title=article.get("title", ""),
+                    )
+                )
+    return examples
+
+
+# --- HF datasets --------------------------------------------------------------------------------
+
+
+def read_hf(task: DictConfig, split: str) -> list[TextExample]:
+    """Rows of an HF ``datasets`` split (``task.name``/``task.subset``) as text examples."""
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise config_error("task.format", "hf", "needs the datasets package", "install it") from exc
+    try:
+        data = datasets.load_dataset(task.dataset, task.get("subset"), split=split)
+    except Exception as exc:
+        raise config_error(
+            "task.dataset",
+            task.dataset,
+            f"could not load split {split!r} with HF datasets ({type(exc).__name__}: {exc}); "
+            "offline machines cannot download it",
+            "download it once online (it is then cached), or give local files with "
+            "task=custom task.format=csv|tsv|jsonl task.train=PATH task.validation=PATH",
+        ) from exc
+    return [
+        TextExample(
+            text=row[task.text],
+            text_pair=row[task.text_pair] if task.get("text_pair") else None,
+            label=row[task.label] if task.get("label") else None,
+        )
+        for row in data
+    ]
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def resolve_path(task: DictConfig, name: str | None, data_dir: str | Path | None) -> Path | None:
+    """``task.<split>`` as a path: absolute, or under ``data_dir``/``task.path``."""
+    if name is None:
+        return None
+    path = Path(str(name)).expanduser()
+    if not path.is_absolute():
+        base = Path(str(task.get("path") or "")).expanduser()
+        if not base.is_absolute() and data_dir is not None:
+            base = Path(str(data_dir)).expanduser() / base
+        path = base / path
+    return path
+
+
+def _check_file(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise config_error(
+            key,
+            str(path),
+            "no such file",
+            "set data_dir (or CLOZELAB_DATA_DIR) to the folder holding the task's data, or give "
+            f"{key} as an absolute path",
+        )
+    return path
+
+
+def _read_split(task: DictConfig, path: Path, split: str):
+    fmt = task.format
+    if fmt in ("glue", "tsv", "csv"):
+        delimiter = "," if fmt == "csv" else "\t"
+        return read_delimited(
+            path,
+            delimiter,
+            task.text,
+            task.get("text_pair"),
+            task.get("label"),
+            header=bool(task.get("header", True)),
+        )
+    if fmt == "jsonl":
+        return read_jsonl(path, task.text, task.get("text_pair"), task.get("label"))
+    if fmt == "conll":
+        return read_conll(path, int(task.get("tag_column", -1)), task.get("scheme", "iob1"))
+    if fmt == "squad":
+        return read_squad(path)
+    raise config_error(
+        "task.format", fmt, "unknown format", "use glue|tsv|csv|jsonl|conll|squad|hf|bundled"
+    )
+
+
+def subsample(items: list, limit: int | None, seed: int = 0) -> list:
+    """A fixed (seed 0 by default) random subset of ``limit`` items, in their original order."""
+    if not limit or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), int(limit)))
+    return [items[i] for i in keep]
+
+
+def _holdout(examples: list, fraction: float) -> tuple[list, list]:
+    """Split one labelled file into train / validation, whole SQuAD articles kept together."""
+    if not 0.0 < fraction < 1.0:
+        raise config_error("task.holdout", fraction, "must be in (0, 1)", "use e.g. 0.5")
+    if examples and isinstance(examples[0], QAExample):
+        titles = list(dict.fromkeys(e.title for e in examples))
+        cut = set(titles[: max(1, round(len(titles) * fraction))])
+        return [e for e in examples if e.title in cut], [e for e in examples if e.title not in cut]
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    cut = round(len(order) * fraction)
+    first, rest = sorted(order[:cut]), sorted(order[cut:])
+    return [examples[i] for i in first], [examples[i] for i in rest]
+
+
+def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str, list]:
+    """``{"train": [...], "validation": [...]}`` for ``task`` (subsampled as it asks).
+
+    ``task.holdout=F`` (with ``task.train`` null) trains on a fraction F of the validation file
+    and scores on the rest, for data sets whose train split is not at hand (SQuAD, QNLI here)."""
+    fmt = task.get("format")
+    if fmt == "bundled":
+        from clozelab.tasks.bundled import read_bundled
+
+        splits = read_bundled(task)
+    elif fmt == "hf":
+        splits = {
+            "train": read_hf(task, task.get("train") or "train"),
+            "validation": read_hf(task, task.get("validation") or "validation"),
+        }
+    else:
+        val_path = resolve_path(task, task.get("validation"), data_dir)
+        if val_path is None:
+            raise config_error("task.validation", None, "no validation file", "set it")
+        validation = _read_split(task, _check_file(val_path, "task.validation"), "validation")
+        train_path = resolve_path(task, task.get("train"), data_dir)
+        if train_path is not None:
+            train = _read_split(task, _check_file(train_path, "task.train"), "train")
+        elif task.get("holdout"):
+            train, validation = _holdout(validation, float(task.holdout))
+        else:
+            train = []
+        splits = {"train": train, "validation": validation}
+    splits["train"] = subsample(splits["train"], task.get("max_train_examples"))
+    splits["validation"] = subsample(splits["validation"], task.get("max_eval_examples"))
+    return splits
+
+
+def label_names(task: DictConfig, examples: Iterable[TextExample]) -> list[str]:
+    """Class names: ``task.labels`` when given, else the sorted distinct labels of ``examples``."""
+    if task.get("labels"):
+        return [str(x) for x in OmegaConf.to_container(task.labels)]
+    names = sorted({str(e.label) for e in examples if e.label is not None})
+    if len(names) < 2:
+        raise config_error(
+            "task.label", task.get("label"), f"found {len(names)} distinct label(s)", "check it"
+        )
+    return names
+
+
+def iter_tags(examples: Iterable[TokenExample]) -> Iterator[str]:
+    for e in examples:
+        yield from e.tags

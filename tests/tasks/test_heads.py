@@ -1,0 +1,59 @@
+"""CRF against brute force; the scalar mix starts as the average; frozen features stay frozen."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from clozelab.tasks.heads import CRF, ScalarMix, TaskModel
+
+
+def _brute(crf, em, length):
+    scores = {}
+    for path in itertools.product(range(em.shape[-1]), repeat=length):
+        s = crf.start[path[0]] + em[0, path[0]] + crf.end[path[-1]]
+        s = s + sum(
+            crf.transitions[a, b] + em[i + 1, b]
+            for i, (a, b) in enumerate(itertools.pairwise(path))
+        )
+        scores[path] = s
+    return scores
+
+
+def test_crf_nll_and_viterbi_match_brute_force():
+    torch.manual_seed(0)
+    crf = CRF(3)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    em = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    tags = torch.tensor([[0, 2, 1, 1], [2, 2, 0, -100]])
+    total = 0.0
+    decoded = crf.decode(em, mask)
+    for row, length in enumerate((4, 3)):
+        scores = _brute(crf, em[row], length)
+        log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+        gold = tuple(tags[row, :length].tolist())
+        total += float(log_z - scores[gold])
+        assert tuple(decoded[row]) == max(scores, key=lambda k: float(scores[k]))
+    assert (
+        float(crf.nll(em, tags, mask)) == torch.tensor(total / 2).item()
+        or abs(float(crf.nll(em, tags, mask)) - total / 2) < 1e-4
+    )
+
+
+def test_scalar_mix_starts_as_the_average_of_the_last_layers():
+    states = tuple(torch.full((1, 2, 3), float(i)) for i in range(6))
+    mixed = ScalarMix(4)(states)
+    assert torch.allclose(mixed, torch.full((1, 2, 3), (2 + 3 + 4 + 5) / 4))
+
+
+def test_features_mode_freezes_the_backbone(tiny_backbone):
+    model = TaskModel(tiny_backbone(), "classification", 2, mode="features", mix_layers=2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("backbone.") for n in trainable)
+    assert {"mix.weights", "mix.gamma"} <= trainable
+    model.train()
+    assert not model.backbone.training
