@@ -89,4 +89,5 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "callbacks.checkpoint_every_n_steps=3",
     "logger=csv",
+    "eval.suite=null",
 ]

@@ -1,11 +1,20 @@
-"""Training callbacks: the token budget and plain-text progress for non-terminal output."""
+"""Training callbacks: the token budget, plain-text progress for non-terminal output, and the
+two that make a run resumable exactly (RNG state in checkpoints; a checkpoint on SIGTERM/SIGINT/
+SIGUSR1 before exiting)."""
 
 from __future__ import annotations
 
 import logging
+import random
+import signal
+import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +58,120 @@ class LogProgress(pl.Callback):
         if vals:
             log.info("step %d  %s", trainer.global_step,
                      "  ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))  # fmt: skip
+
+
+class RNGState(pl.Callback):
+    """Stores the global RNG states (torch, numpy, random) in each checkpoint and puts them back
+    right before the first training batch of a resumed run.
+
+    The global torch RNG drives dropout; restoring it late (``on_train_start``, after the data
+    loaders are built and any initial work is done) makes the resumed steps draw exactly the
+    numbers the uninterrupted run drew. The data path never touches it (corruption, sampler and
+    worker seeds use their own generators).
+    """
+
+    def __init__(self):
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        # tensors, ints and tuples only: Lightning loads checkpoints with weights_only=True
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        name, keys, pos, has_gauss, gauss = self._pending["numpy"]
+        torch.set_rng_state(self._pending["torch"])
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(self._pending["python"])
+        self._pending = None
+
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+class CheckpointOnSignal(pl.Callback):
+    """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (SLURM's warning before preemption) stop training at
+    the end of the current batch and write ``path`` (the run's ``last.ckpt``) before exiting.
+
+    The handlers only raise Lightning's stop flag; Lightning then raises ``SIGTERMException``
+    between batches, where the state is consistent, and ``on_exception`` saves it. A second
+    SIGINT interrupts at once (no checkpoint) for a user who really wants out. ``signum`` tells
+    the caller which signal stopped the run (None when none did).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.signum: int | None = None
+        self._saved = False
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, trainer):
+        def handle(signum, frame):
+            if signum == signal.SIGINT and self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if self.signum is None:
+                log.warning(
+                    "Received %s: stopping after this batch and writing %s",
+                    signal.Signals(signum).name,
+                    self.path,
+                )
+                self.signum = signum
+            trainer._signal_connector.received_sigterm = True
+
+        return handle
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.signum, self._saved = None, False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handle = self._handler(trainer)
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handle)
+
+    def _restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Save here, in the same loop state as the periodic checkpoints (Lightning resumes those
+        # exactly, also at a validation step or an epoch's last batch); Lightning raises
+        # SIGTERMException at the end of this batch.
+        if trainer.received_sigterm and not self._saved:
+            self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        if self.signum is None:  # Lightning's own handler caught it (signal sent earlier)
+            self.signum = signal.SIGTERM
+        trainer.save_checkpoint(self.path)
+        self._saved = True
+        log.warning(
+            "Checkpoint written to %s at step %d; re-launch the same command to resume",
+            self.path,
+            trainer.global_step,
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+        if isinstance(exception, SIGTERMException) and not self._saved:
+            self._save(trainer)  # the signal came outside a training batch (e.g. in validation)

@@ -11,12 +11,20 @@ USAGE = """usage: clozelab <command> [hydra overrides ...]
 commands:
   prepare    tokenizer + cached shards of data.corpus (no training)
   pretrain   pre-train (default: a small BERT, MLM + NSP, on the bundled Wikipedia sample)
+  finetune   fine-tune one downstream task on several seeds -> RUN/eval/<task>.json
+  evaluate   fine-tune and score a suite (glue, bundled, ner, qa) -> RUN/eval/*.json
+  export     clozelab export RUN_DIR OUT_DIR: an HF transformers BERT directory
+  bench      pre-training step vs HF transformers, corruption throughput -> bench.json
+  preview    corrupted examples + statistics of a corruption -> preview.json
 
 examples:
   clozelab pretrain
   clozelab pretrain experiment=bert model=tiny trainer.max_steps=100
   clozelab pretrain sweep=seeds
   clozelab prepare data.corpus=/data/enwiki-latest-pages-articles.xml.bz2
+  clozelab finetune task=sst2 checkpoint=outputs/DATE/TIME data_dir=../shared/data
+  clozelab evaluate suite=glue checkpoint=outputs/DATE/TIME data_dir=../shared/data
+  clozelab preview corruption=span preview.sequences=1000
   clozelab pretrain --help        (Hydra's help: config groups and their options)
 """
 
@@ -24,6 +32,11 @@ examples:
 COMMANDS = {
     "prepare": ("prepare", "clozelab.prepare:prepare"),
     "pretrain": ("pretrain", "clozelab.pretrain:pretrain"),
+    "finetune": ("finetune", "clozelab.finetune:finetune"),
+    "evaluate": ("evaluate", "clozelab.finetune:evaluate"),
+    "export": (None, "clozelab.export:main"),  # not Hydra: clozelab export RUN_DIR OUT_DIR
+    "bench": ("bench", "clozelab.bench:bench"),
+    "preview": ("preview", "clozelab.preview:preview"),
 }
 
 log = logging.getLogger("clozelab")
@@ -32,6 +45,22 @@ log = logging.getLogger("clozelab")
 def _function(spec: str):
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises other products at start-up; keep the log about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_dependencies() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
 
 
 def run_command(command: str, overrides: list[str]) -> None:
@@ -44,6 +73,7 @@ def run_command(command: str, overrides: list[str]) -> None:
 
     config_name, spec = COMMANDS[command]
     register_overlays()
+    _quiet_dependencies()
 
     def task(cfg):
         try:
@@ -72,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    if COMMANDS[command][0] is None:  # a plain argparse command
+        _function(COMMANDS[command][1])(overrides)
+        return
     run_command(command, overrides)
 
 

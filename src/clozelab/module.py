@@ -48,11 +48,18 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]):
-        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
+        for objective in self.objectives.values():  # e.g. RTD: the generator rewrites input_ids
+            prepare = getattr(objective, "prepare_inputs", None)
+            if prepare is not None:
+                batch = prepare(batch, self.embedding)
+        roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
+        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         encoded = self.encoder(hidden, batch.get("attention_mask"))
         total, logs, counts = None, {}, {}
-        for objective in self.objectives.values():
+        self._objective_losses = {}
+        for name, objective in self.objectives.items():
             out = objective(encoded, batch, self.embedding)
+            self._objective_losses[name] = out.loss
             weighted = objective.weight * out.loss
             total = weighted if total is None else total + weighted
             for key, value in out.logs.items():
@@ -69,12 +76,7 @@ class PretrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, logs, _ = self(batch)
         if not torch.isfinite(loss):
-            bad = [k for k, v in logs.items() if k.endswith("loss") and not torch.isfinite(v)]
-            raise NonFiniteLossError(
-                f"train/loss={loss.item()} at step {self.global_step} (non-finite: {bad}). "
-                "Fix: lower optim.lr, raise optim.eps, or check the data of this batch; the "
-                "last good checkpoint is kept."
-            )
+            self._raise_non_finite(loss, batch)
         tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
         self.tokens_seen += tokens
         self.log_dict({f"train/{k}": v.detach() for k, v in logs.items() if k != "loss"})
@@ -85,6 +87,24 @@ class PretrainModule(pl.LightningModule):
             rate = (self.tokens_seen - self._train_tokens_at_start) / elapsed
             self.log("train/tokens_per_s", rate, prog_bar=True)
         return loss
+
+    def _raise_non_finite(self, loss: torch.Tensor, batch) -> None:
+        bad = {
+            name: float(value)
+            for name, value in getattr(self, "_objective_losses", {}).items()
+            if not torch.isfinite(value)
+        }
+        which = ", ".join(f"objective.{k} loss={v}" for k, v in bad.items()) or "the weighted sum"
+        indices = batch.get("index")
+        sample = f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})" if (
+            indices is not None) else ""  # fmt: skip
+        raise NonFiniteLossError(
+            f"train/loss={float(loss)} at training step {self.global_step + 1}: non-finite loss "
+            f"from {which}{sample}. The run is stopped and marked failed; the last good "
+            "checkpoint in checkpoints/ is kept. Fix: lower optim.lr, raise optim.eps, clip "
+            "gradients (trainer.gradient_clip_val) or inspect these samples; then re-launch the "
+            "same command to resume from the last checkpoint."
+        )
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx):

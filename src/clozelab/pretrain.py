@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,20 +18,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clozelab.api import init_components
-from clozelab.callbacks import LogProgress, TokenBudget
-from clozelab.config import build
+from clozelab.callbacks import CheckpointOnSignal, LogProgress, RNGState, TokenBudget
+from clozelab.checkpoint import AtomicCheckpointIO, check_compatible, remove_stale_temporaries
+from clozelab.config import build, target_class
+from clozelab.corruption.runtime import runtime_kwargs
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.preprocess import prepare
+from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
 from clozelab.module import PretrainModule
-from clozelab.tracking import make_loggers
+from clozelab.tracking import make_loggers, mark_run
 from clozelab.validate import validate_pretrain
 
 log = logging.getLogger(__name__)
 
 
-def build_components(cfg: DictConfig, tokenizer):
-    """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in."""
+def build_components(cfg: DictConfig, tokenizer, prepared=None):
+    """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in (and the
+    training shards, for corruptions that count corpus tables: unigram, phrases)."""
     with open_dict(cfg):
         cfg.model.vocab_size = tokenizer.vocab_size
     embedding = build(cfg.embedding, "embedding")
@@ -39,9 +44,7 @@ def build_components(cfg: DictConfig, tokenizer):
     corruption = build(
         cfg.corruption,
         "corruption",
-        vocab_size=tokenizer.vocab_size,
-        mask_token_id=tokenizer.mask_id,
-        special_token_ids=tokenizer.special_ids,
+        **runtime_kwargs(target_class(cfg.corruption, "corruption"), tokenizer, prepared),
     )
     return embedding, encoder, objectives, corruption
 
@@ -69,6 +72,8 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
             save_top_k=1,
         ),
         pl.callbacks.LearningRateMonitor(logging_interval="step"),
+        RNGState(),
+        CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt"),
     ]
     if max_tokens:
         callbacks.append(TokenBudget(max_tokens))
@@ -85,12 +90,49 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
         enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        reload_dataloaders_every_n_epochs=1,  # train instances and order are rebuilt per epoch
     )
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
     last = run_dir / "checkpoints" / "last.ckpt"
     return last if last.is_file() else None
+
+
+def _vocab_text(tokenizer) -> str:
+    vocab = sorted(tokenizer.hf.get_vocab().items(), key=lambda kv: kv[1])
+    return "".join(f"{token}\n" for token, _ in vocab)
+
+
+def _resume_point(run_dir: Path, module: PretrainModule, tokenizer) -> Path | None:
+    """``last.ckpt`` of the run directory when there is one, after checking that it fits this
+    config (architecture, vocabulary, tokenizer); raises ClozelabError before anything in the run
+    directory is overwritten."""
+    removed = remove_stale_temporaries(run_dir / "checkpoints")
+    if removed:
+        log.warning("Removed %d partial checkpoint file(s) left by a killed write", removed)
+    last = _last_checkpoint(run_dir)
+    if last is None:
+        return None
+    check_compatible(last, module)
+    saved_vocab = run_dir / "tokenizer" / "vocab.txt"
+    if saved_vocab.is_file() and saved_vocab.read_text("utf-8") != _vocab_text(tokenizer):
+        raise ClozelabError(
+            f"tokenizer: the vocabulary of this config differs from {saved_vocab}, which trained "
+            f"the checkpoint {last} (same size, different tokens). Fix: re-launch with the "
+            "tokenizer/data settings in config.yaml beside it, or use a new hydra.run.dir."
+        )
+    return last
+
+
+def _previous_initial(run_dir: Path) -> dict:
+    """The ``initial/...`` metrics of the interrupted run being resumed (kept in metrics.json)."""
+    try:
+        previous = json.loads((run_dir / "metrics.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in previous.items() if k.startswith("initial/")}
 
 
 def _final_metrics(trainer: pl.Trainer, module: PretrainModule, extra: dict) -> dict:
@@ -111,6 +153,20 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _record_failure(run_dir: Path, trainer, loggers, exc: BaseException, signum, initial) -> None:
+    """metrics.json (and the tracker) say how the run ended: interrupted or failed, and why."""
+    if signum is not None:
+        status = "interrupted"
+        error = f"stopped by {signal.Signals(signum).name}; checkpoint written, re-launch to resume"
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        status, error = "interrupted", f"{type(exc).__name__}"
+    else:
+        status, error = "failed", f"{exc}" if isinstance(exc, ClozelabError) else repr(exc)
+    payload = {**initial, "status": status, "error": error, "steps": int(trainer.global_step)}
+    write_json(run_dir / "metrics.json", payload)
+    mark_run(loggers, status, error)
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics."""
     objective_names = validate_pretrain(cfg)
@@ -120,10 +176,8 @@ def pretrain(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
 
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-    prepared.tokenizer.save(run_dir / "tokenizer")
-    embedding, encoder, objectives, corruption = build_components(cfg, prepared.tokenizer)
+    embedding, encoder, objectives, corruption = build_components(cfg, prepared.tokenizer, prepared)
     init_components(cfg.model.get("init_from"), embedding, encoder, objectives, prepared.tokenizer)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     datamodule = PretrainDataModule(
         prepared,
@@ -144,24 +198,30 @@ def pretrain(cfg: DictConfig) -> dict:
         total_steps=_total_steps(cfg),
         weight_decay=cfg.optim.get("weight_decay", 0.01),
     )
+    resume = _resume_point(run_dir, module, prepared.tokenizer)  # before anything is overwritten
+    prepared.tokenizer.save(run_dir / "tokenizer")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     run_name = cfg.get("run_name") or run_dir.name
     loggers = make_loggers(cfg.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
     trainer = _trainer(cfg, run_dir, loggers)
 
-    resume = _last_checkpoint(run_dir)
     initial = {}
     if resume is None and cfg.get("initial_validation", True):
         results = trainer.validate(module, datamodule=datamodule, verbose=False)
         initial = {f"initial/{k}": float(v) for k, v in (results[0] if results else {}).items()}
-    else:
+    elif resume is not None:
         log.info("Resuming from %s", resume)
+        initial = _previous_initial(run_dir)
     start = time.perf_counter()
     status = "completed"
+    stopper = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        write_json(run_dir / "metrics.json", {"status": status, "error": str(exc)})
+        _record_failure(run_dir, trainer, loggers, exc, stopper.signum, initial)
+        if stopper.signum is not None and isinstance(exc, SystemExit):
+            # preempted: the checkpoint is written; exit like a process killed by the signal
+            raise SystemExit(128 + int(stopper.signum)) from None
         raise
     wall = time.perf_counter() - start
     metrics = _final_metrics(
@@ -181,5 +241,10 @@ def pretrain(cfg: DictConfig) -> dict:
     write_json(run_dir / "metrics.json", metrics)
     if metrics["status"] == "completed":
         export_after_run(module, run_dir)  # RUN_DIR/hf/: what transformers loads
+    if metrics["status"] == "completed" and cfg.get("eval") and cfg.eval.get("suite"):
+        from clozelab.finetune import evaluate_run  # downstream scores: RUN_DIR/eval/<task>.json
+
+        metrics.update(evaluate_run(run_dir, cfg.eval, cfg.get("task"), loggers, module=module))
+        write_json(run_dir / "metrics.json", metrics)
     log.info("Run directory: %s", run_dir)
     return metrics

@@ -2,11 +2,13 @@
 
 W&B goes offline when ``WANDB_MODE`` says so, when no API key is configured, or when its server
 cannot be reached within two seconds; a W&B that still fails to start is replaced by a warning, so
-a tracker never stops a run (offline runs are synced later with ``wandb sync``).
+a tracker never stops a run (offline runs are synced later with ``wandb sync``). A tracker that
+raises later, mid-run, is switched off with one warning (``guard``); the CSV log goes on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import netrc
 import os
@@ -64,11 +66,11 @@ def make_loggers(logger_cfg, save_dir: str | Path, run_name: str, config: dict) 
         if kind == "wandb":
             wandb_logger = _wandb(logger_cfg.get("wandb", {}), save_dir, run_name, config)
             if wandb_logger is not None:
-                loggers.append(wandb_logger)
+                loggers.append(guard(wandb_logger))
         elif kind == "tensorboard":
             from pytorch_lightning.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir, name="tensorboard", version=""))
+            loggers.append(guard(TensorBoardLogger(save_dir, name="tensorboard", version="")))
         else:
             raise ValueError(f"logger.kind={kind!r}: unknown; use csv, wandb or tensorboard")
     return loggers
@@ -99,3 +101,77 @@ def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
     except Exception as exc:  # a tracker must never stop a run
         log.warning("W&B could not start (%s); continuing with CSV logging only", exc)
         return None
+
+
+GUARDED = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize",
+           "after_save_checkpoint")  # fmt: skip
+
+
+def guard(logger: Logger) -> Logger:
+    """Make ``logger`` harmless: the first exception any of its calls raises is logged as a warning
+    and the logger goes quiet for the rest of the run, instead of stopping training.
+
+    The methods are wrapped on the instance, so the logger keeps its class (Lightning treats W&B
+    specially by ``isinstance``).
+    """
+    state = {"failed": False}
+    name = type(logger).__name__
+
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            if state["failed"]:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:  # a tracker must never stop a run
+                state["failed"] = True
+                log.warning(
+                    "%s failed in %s (%s: %s); it is switched off for the rest of the run, "
+                    "training goes on with CSV logging",
+                    name,
+                    method.__name__,
+                    type(exc).__name__,
+                    exc,
+                )
+                _close(logger)
+                return None
+
+        return guarded
+
+    for attr in GUARDED:
+        method = getattr(logger, attr, None)
+        if callable(method):
+            setattr(logger, attr, wrap(method))
+    logger.clozelab_guard = state
+    return logger
+
+
+def _close(logger: Logger) -> None:
+    """Finish a switched-off W&B run, so it does not linger as the process's active run (a later
+    WandbLogger in the same process would otherwise attach to it)."""
+    run = getattr(logger, "_experiment", None)
+    if run is None or not hasattr(run, "finish"):
+        return
+    try:
+        run.finish(exit_code=1)
+    except Exception as exc:
+        log.debug("could not finish the switched-off %s run (%s)", type(logger).__name__, exc)
+
+
+def mark_run(loggers, status: str, error: str | None = None) -> None:
+    """Tell the trackers how the run ended ("failed" or "interrupted"); never raises."""
+    for logger in loggers:
+        if getattr(logger, "clozelab_guard", {}).get("failed"):
+            continue
+        try:
+            if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+                run = logger.experiment
+                run.summary["status"] = status
+                if error:
+                    run.summary["error"] = error
+                if status == "interrupted" and hasattr(run, "mark_preempting"):
+                    run.mark_preempting()
+                run.finish(exit_code=1)  # not completed: W&B shows it failed/preempted
+        except Exception as exc:
+            log.warning("Could not mark the %s run %s (%s)", type(logger).__name__, status, exc)

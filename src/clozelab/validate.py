@@ -5,6 +5,8 @@ Each failure is a ClozelabError naming the key, the value and the fix.
 
 from __future__ import annotations
 
+import inspect
+
 from omegaconf import DictConfig
 
 from clozelab.config import target_class
@@ -16,6 +18,7 @@ INSTANCE_KEYS = {
     "segment_pair": ("next_sentence_label",),
     "full_sentences": (),
     "doc_sentences": (),
+    "sentence_order": ("sentence_order_label",),
 }
 BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
              "entity_ids", "sentence_ids")  # fmt: skip
@@ -95,8 +98,12 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     corruption = cfg_select(cfg, "corruption")
     provided = set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ()))
     if corruption is not None and corruption.get("_target_"):
+        corruption_cls = target_class(corruption, "corruption")
+        produces_for = getattr(corruption_cls, "produces_for", None)  # Compose: its steps' keys
         provided |= set(
-            getattr(target_class(corruption, "corruption"), "produces", ("mlm_labels",))
+            produces_for(corruption)
+            if produces_for is not None
+            else getattr(corruption_cls, "produces", ("mlm_labels",))
         )
     names = []
     for name, node in objectives.items():
@@ -113,9 +120,21 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             raise ClozelabError(
                 f"objective.{name} needs the batch keys {missing}, which neither "
                 f"data.instances={kind!r} nor corruption "
-                f"({corruption.get('_target_') if corruption else None}) provides. Fix: choose a "
-                "corruption that produces them."
+                f"({corruption.get('_target_') if corruption else None}) provides. Fix: "
+                f"{getattr(cls, 'requires_fix', 'choose a corruption that produces them')}."
             )
+        table = cfg_select(cfg, "embedding.embedding_size")  # width of a factorized table
+        tied = "embedding_size" in inspect.signature(cls).parameters  # a tied decoder
+        if tied and node.get("embedding_size") != table:
+            raise config_error(
+                f"objective.{name}.embedding_size", node.get("embedding_size"),
+                f"its decoder is tied to the embedding table of width {table} "
+                "(embedding.embedding_size; null: the hidden size)",
+                f"set objective.{name}.embedding_size=${{embedding.embedding_size}}",
+            )  # fmt: skip
+        check_config = getattr(cls, "check_config", None)  # combinations beyond batch keys
+        if check_config is not None:
+            check_config(cfg, name)
         names.append(name)
     return names
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from clozelab.data import instances
@@ -12,8 +15,40 @@ from clozelab.data.dataset import InstanceDataset
 from clozelab.data.preprocess import Prepared
 from clozelab.data.sampler import EpochSampler
 from clozelab.data.shards import open_split
+from clozelab.errors import ClozelabError
 
 VALIDATION_EPOCH = 1 << 20  # a fixed "epoch" for validation instances and masks
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning stores in checkpoints and restores on resume.
+
+    Lightning saves ``state_dict()`` of a train loader that has one (the fit loop's
+    ``combined_loader`` state) and calls ``load_state_dict`` on the rebuilt loader of a resumed
+    run before iterating it; the sampler then starts after the batches already trained on.
+    ``position`` returns the number of batches of this epoch whose training step has run.
+    ``generator`` is seeded from (seed, epoch), so the worker seeds never draw from (and never
+    shift) the global RNG the model's dropout uses.
+    """
+
+    epoch: int = 0
+    position: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict:
+        batches = int(self.position()) if self.position is not None else 0
+        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state.get("epoch", -1)) != self.epoch:
+            return  # saved in another epoch (e.g. at its very end): this epoch starts afresh
+        if state.get("batch_size") != self.batch_size:
+            raise ClozelabError(
+                f"data.batch_size={self.batch_size}: the checkpoint being resumed was trained "
+                f"with data.batch_size={state.get('batch_size')}, so its position in the epoch "
+                "cannot be restored. Fix: re-launch with the batch size it was written with, or "
+                "use a new hydra.run.dir."
+            )
+        self.sampler.start = min(int(state["batches"]) * self.batch_size, len(self.sampler))
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -56,7 +91,10 @@ class PretrainDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
         collator = Collator(self._pad, self.corruption, self.seed)
         collator.epoch = epoch
-        return DataLoader(
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
+        )
+        loader = ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -64,11 +102,22 @@ class PretrainDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             drop_last=shuffle,
             persistent_workers=False,
+            generator=generator,
         )
+        loader.epoch = epoch
+        return loader
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch whose training step has run (0 outside training)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer else 0
-        return self._loader("train", epoch, shuffle=True)
+        loader = self._loader("train", epoch, shuffle=True)
+        loader.position = self._batches_done
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", VALIDATION_EPOCH, shuffle=False)

@@ -1,0 +1,59 @@
+"""Run ``clozelab pretrain OVERRIDES`` and interrupt it at an exact point (fault injection).
+
+usage: python killer.py STEP SIGNAL OVERRIDES...
+
+- SIGNAL in SIGTERM, SIGINT, SIGUSR1, SIGKILL: this process sends itself the signal at the start
+  of training step STEP (1-based), so it arrives while that step is computed, the way a
+  scheduler or a user would; a graceful stop then completes step STEP and checkpoints it.
+- SIGNAL = MIDWRITE: the STEP-th checkpoint file write is cut in the middle (half the bytes
+  written to the temporary file) by a SIGKILL, the worst case for a non-atomic writer.
+
+Everything else is ``python -m clozelab pretrain OVERRIDES``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+
+import torch
+
+from clozelab.cli import main
+from clozelab.module import PretrainModule
+
+
+def kill_at_step(step: int, signum: int) -> None:
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == step - 1:  # the signal arrives while step STEP is computed
+            os.kill(os.getpid(), signum)
+
+    PretrainModule.on_train_batch_start = on_train_batch_start
+
+
+def kill_mid_write(nth: int) -> None:
+    original = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == nth and hasattr(f, "write"):
+            buffer = io.BytesIO()
+            original(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+
+if __name__ == "__main__":
+    at, how = int(sys.argv[1]), sys.argv[2]
+    if how == "MIDWRITE":
+        kill_mid_write(at)
+    else:
+        kill_at_step(at, getattr(signal, how))
+    main(["pretrain", *sys.argv[3:]])

@@ -1,0 +1,204 @@
+"""Kill a tiny run at several points, re-launch the same command, and get the uninterrupted run's
+weights (bitwise) and losses back.
+
+The run: 18 steps over two epochs (13 batches an epoch on the generated corpus), a checkpoint every
+4 steps, validation every 6, dropout on. Points: mid-epoch between checkpoints, on a checkpoint
+step, on a validation step, at an epoch's last batch, after the epoch boundary, and a kill in the
+middle of writing a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY
+
+KILLER = Path(__file__).with_name("killer.py")
+STEPS = 18
+RUN = [
+    "trainer.max_steps=18",
+    "callbacks.checkpoint_every_n_steps=4",
+    "trainer.val_check_interval=6",
+    "trainer.limit_val_batches=1",
+    "initial_validation=false",
+    "eval.suite=null",
+]
+
+
+def _args(corpus, cache_dir, run_dir, *extra) -> list[str]:
+    return [
+        *TINY,
+        f"data.corpus={corpus}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+        *RUN,
+        *extra,
+    ]
+
+
+def _env(cache_dir) -> dict:
+    return dict(os.environ, CLOZELAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+
+
+def _clozelab(args, cache_dir, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clozelab", "pretrain", *args],
+        cwd=cwd,
+        env=_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _killed(at: int, how: str, args, cache_dir, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(KILLER), str(at), how, *args],
+        cwd=cwd,
+        env=_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["state_dict"]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """step -> train/loss, from every CSV row the run (and its resumed parts) wrote."""
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return {
+            int(r["step"]): float(r["train/loss"])
+            for r in csv.DictReader(handle)
+            if r.get("train/loss")
+        }
+
+
+STABLE = (
+    "steps",
+    "tokens_seen",
+    "train/loss",
+    "train/mlm_loss",
+    "train/nsp_loss",
+    "val/loss",
+    "val/mlm_loss",
+    "val/mlm_acc",
+    "val/nsp_loss",
+    "status",
+)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, text_corpus, cache_dir):
+    """The uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    proc = _clozelab(_args(text_corpus, cache_dir, run_dir), cache_dir, run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def _assert_same_as_reference(run_dir: Path, reference: Path) -> None:
+    ours, theirs = _weights(run_dir), _weights(reference)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"
+    ref_losses, losses = _losses(reference), _losses(run_dir)
+    assert len(ref_losses) == STEPS
+    for step, loss in losses.items():  # every step logged by either part equals the reference
+        assert loss == ref_losses[step], f"train/loss at step {step}"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    assert {k: metrics.get(k) for k in STABLE} == {k: ref_metrics.get(k) for k in STABLE}
+
+
+def _kill_and_resume(at, how, tmp_path, text_corpus, cache_dir, reference, expect_rc):
+    run_dir = tmp_path / "run"
+    args = _args(text_corpus, cache_dir, run_dir)
+    first = _killed(at, how, args, cache_dir, tmp_path)
+    assert first.returncode == expect_rc, first.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    second = _clozelab(args, cache_dir, tmp_path)  # the same command again
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stderr + second.stdout
+    _assert_same_as_reference(run_dir, reference)
+    return first, run_dir
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(
+    tmp_path, text_corpus, cache_dir, reference
+):
+    # step 5: between two periodic checkpoints (4 and 8), so only the signal's checkpoint has it
+    first, _ = _kill_and_resume(
+        5, "SIGTERM", tmp_path, text_corpus, cache_dir, reference, 128 + signal.SIGTERM
+    )
+    assert "Received SIGTERM: stopping after this batch" in first.stdout + first.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_the_last_periodic_checkpoint(
+    tmp_path, text_corpus, cache_dir, reference
+):
+    # step 15: past the epoch boundary (13); the last checkpoint is step 12, steps 13-15 are redone
+    _kill_and_resume(15, "SIGKILL", tmp_path, text_corpus, cache_dir, reference, -signal.SIGKILL)
+
+
+def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one(
+    tmp_path, text_corpus, cache_dir, reference
+):
+    # writes: 1 step-4.ckpt, 2 last.ckpt (4), 3 step-8.ckpt, 4 last.ckpt (8) <- killed half-way
+    run_dir = tmp_path / "run"
+    args = _args(text_corpus, cache_dir, run_dir)
+    first = _killed(4, "MIDWRITE", args, cache_dir, tmp_path)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    leftovers = list((run_dir / "checkpoints").glob(".tmp-*"))
+    assert leftovers, "the torn temporary file is there"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert last["global_step"] == 4  # the previous good checkpoint, whole
+    second = _clozelab(args, cache_dir, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    _assert_same_as_reference(run_dir, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("at", "how"),
+    [(6, "SIGINT"), (8, "SIGUSR1"), (13, "SIGTERM"), (14, "SIGINT"), (9, "SIGKILL")],
+    ids=[
+        "sigint-at-validation",
+        "sigusr1-at-checkpoint",
+        "sigterm-at-epoch-end",
+        "sigint-after-epoch-boundary",
+        "sigkill-after-checkpoint",
+    ],
+)
+def test_kill_and_resume_at_more_points(at, how, tmp_path, text_corpus, cache_dir, reference):
+    rc = -signal.SIGKILL if how == "SIGKILL" else 128 + getattr(signal, how)
+    _kill_and_resume(at, how, tmp_path, text_corpus, cache_dir, reference, rc)
+
+
+@pytest.mark.slow
+def test_interrupted_run_is_marked_in_metrics_json(tmp_path, text_corpus, cache_dir):
+    run_dir = tmp_path / "run"
+    first = _killed(
+        3,
+        "SIGINT",
+        _args(text_corpus, cache_dir, run_dir, "trainer.max_steps=6"),
+        cache_dir,
+        tmp_path,
+    )
+    assert first.returncode == 128 + signal.SIGINT, first.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "SIGINT" in metrics["error"]
+    assert metrics["steps"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"] == 3
