@@ -13,6 +13,7 @@ import logging
 import netrc
 import os
 import socket
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -76,6 +77,20 @@ def make_loggers(logger_cfg, save_dir: str | Path, run_name: str, config: dict) 
     return loggers
 
 
+def wandb_run_id(save_dir: Path) -> str:
+    """The W&B run id of this run directory: made once, kept in ``wandb_id.txt``, so a resumed run
+    logs into the run it continues."""
+    path = Path(save_dir) / "wandb_id.txt"
+    if path.is_file():
+        run_id = path.read_text("utf-8").strip()
+        if run_id:
+            return run_id
+    run_id = uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n", "utf-8")
+    return run_id
+
+
 def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
     try:
         from pytorch_lightning.loggers import WandbLogger
@@ -86,6 +101,8 @@ def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
         logger = WandbLogger(
+            id=wandb_run_id(save_dir),
+            resume="allow",  # a re-launched (resumed) run continues the same W&B run
             project=cfg.get("project", "clozelab"),
             entity=cfg.get("entity"),
             group=cfg.get("group"),

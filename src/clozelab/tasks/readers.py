@@ -9,6 +9,7 @@ node (conf/task/*.yaml); relative paths are resolved against ``data_dir`` then `
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import config_error
+from clozelab.errors import ClozelabError, config_error
 
 csv.field_size_limit(sys.maxsize)
 
@@ -80,6 +81,28 @@ def _column(row: list[str] | dict, key, header: list[str] | None, path: Path, ta
     return row[index]
 
 
+def _file_errors(reader):
+    """A task file that is not in the expected format (binary, not UTF-8, a truncated JSON, fields
+    of the wrong type) gives one ClozelabError naming the file, never a stray exception."""
+
+    @functools.wraps(reader)
+    def read(path, *args, **kwargs):
+        try:
+            return reader(path, *args, **kwargs)
+        except ClozelabError:
+            raise
+        except (UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError, IndexError,
+                AttributeError) as exc:  # fmt: skip
+            raise ClozelabError(
+                f"task file {path}: not readable as {reader.__name__.removeprefix('read_')} "
+                f"({type(exc).__name__}: {exc}). Fix: check the file's format and encoding "
+                "(UTF-8) against the task's format setting."
+            ) from exc
+
+    return read
+
+
+@_file_errors
 def read_delimited(
     path: Path,
     delimiter: str,
@@ -108,6 +131,7 @@ def read_delimited(
     return examples
 
 
+@_file_errors
 def read_jsonl(path: Path, text, text_pair=None, label=None) -> list[TextExample]:
     """One JSON object per line (SuperGLUE RTE: premise, hypothesis, label)."""
     examples = []
@@ -146,6 +170,7 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
     return out
 
 
+@_file_errors
 def read_conll(path: Path, tag_column: int = -1, scheme: str = "iob1") -> list[TokenExample]:
     """Sentences of a CoNLL file (word first, the tag in ``tag_column``), blank-line separated,
     ``-DOCSTART-`` lines skipped; tags come back in IOB2."""
@@ -192,6 +217,7 @@ def read_conll(path: Path, tag_column: int = -1, scheme: str = "iob1") -> list[T
 # --- SQuAD --------------------------------------------------------------------------------------
 
 
+@_file_errors
 def read_squad(path: Path) -> list[QAExample]:
     """Questions of a SQuAD v1.1 JSON file (``data[].paragraphs[].qas[]``)."""
     try:
