@@ -145,3 +145,16 @@ def test_real_stsb_conll_squad():
     assert len(squad["train"]) + len(squad["validation"]) == 10570
     titles = {e.title for e in squad["train"]} & {e.title for e in squad["validation"]}
     assert not titles, "a held-out split keeps whole articles apart"
+
+
+def test_unknown_class_and_non_numeric_regression_label_are_clear_errors():
+    from clozelab.data.tokenizer import train_wordpiece
+    from clozelab.errors import ClozelabError
+    from clozelab.tasks.features import encode_text
+    from clozelab.tasks.readers import TextExample
+
+    tok = train_wordpiece(["a fine film", "a dull film"] * 10, vocab_size=120)
+    with pytest.raises(ClozelabError, match="task.label='maybe'"):
+        encode_text(tok, [TextExample("a film", None, "maybe")], 16, ["neg", "pos"])
+    with pytest.raises(ClozelabError, match="regression"):
+        encode_text(tok, [TextExample("a film", None, "high")], 16, None)

@@ -22,8 +22,6 @@ from torch import Tensor, nn
 from clozelab.errors import config_error
 from clozelab.model.encoder import (
     EncoderOutput,
-    FeedForward,
-    SelfAttention,
     TransformerLayer,
     key_padding_mask,
 )
@@ -32,25 +30,9 @@ from clozelab.model.heads import Dropout, canonical_activation, init_bert_weight
 NORMS = ("post", "pre")
 
 
-class PreLNTransformerLayer(nn.Module):
-    """One pre-LN layer: a = x + Drop(Attn(LN(x))); y = a + Drop(FFN(LN(a)))."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        intermediate_size: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-    ):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.attention = SelfAttention(hidden_size, num_heads, attention_dropout)
-        self.output_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.feed_forward = FeedForward(hidden_size, intermediate_size, activation)
-        self.dropout = Dropout(dropout)
+class PreLNTransformerLayer(TransformerLayer):
+    """One pre-LN layer: a = x + Drop(Attn(LN(x))); y = a + Drop(FFN(LN(a))). Same parameters as
+    the post-LN layer; only where the LayerNorms sit differs."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), mask))  # (B, T, H)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from clozelab.data.tokenizer import Tokenizer
+from clozelab.errors import config_error
 from clozelab.tasks.readers import QAExample, TextExample, TokenExample
 
 
@@ -45,12 +46,28 @@ def encode_text(
             types += [1] * (len(b) + 1)
         feature = {"input_ids": ids, "token_type_ids": types}
         if example.label is not None:
-            if index is not None:
-                feature["labels"] = index[str(example.label)]
-            else:
-                feature["labels"] = float(example.label)
+            feature["labels"] = _label(example.label, index, labels)
         features.append(feature)
     return features
+
+
+def _label(label, index: dict | None, labels) -> int | float:
+    """A class index (classification) or a number (regression); an unknown class or a non-number
+    is a clear error naming the label and the fix."""
+    if index is not None:
+        if str(label) not in index:
+            raise config_error(
+                "task.label", str(label), f"not one of the task's classes {list(labels)}",
+                "list every class in task.labels, or fix the label in the task file",
+            )  # fmt: skip
+        return index[str(label)]
+    try:
+        return float(label)
+    except (TypeError, ValueError):
+        raise config_error(
+            "task.label", str(label), "not a number, but the task is a regression",
+            "set task.kind=classification, or fix the label in the task file",
+        ) from None  # fmt: skip
 
 
 def encode_tokens(
