@@ -151,3 +151,15 @@ def test_prepare_command_builds_then_reuses_the_cache(tmp_path, text_corpus):
     main(args)
     (log,) = (tmp_path / "run").glob("*.log")  # Hydra's job log
     assert "Reusing cached shards" in log.read_text()
+
+
+def test_seeds_sweep_runs_every_job(tmp_path, text_corpus, cache_dir):
+    """`sweep=NAME` is a Hydra multirun: one run directory per job, each with its metrics."""
+    overrides = [
+        o for o in _tiny(text_corpus, tmp_path / "unused", cache_dir) if "hydra.run" not in o
+    ]
+    main(["pretrain", "sweep=seeds", *overrides, "seed=1,2", "trainer.max_steps=2",
+          f"hydra.sweep.dir={tmp_path / 'sweep'}"])  # fmt: skip
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["steps"] == 2
