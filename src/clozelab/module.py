@@ -44,7 +44,7 @@ class PretrainModule(pl.LightningModule):
         self.tokens_seen = 0
         self._val_sums: dict[str, list[float]] = {}
         self._train_start: float | None = None
-        self._train_tokens_at_start = 0
+        self.tokens_at_train_start = 0
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]):
@@ -71,7 +71,7 @@ class PretrainModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
         self._train_start = time.perf_counter()
-        self._train_tokens_at_start = self.tokens_seen
+        self.tokens_at_train_start = self.tokens_seen
 
     def training_step(self, batch, batch_idx):
         loss, logs, _ = self(batch)
@@ -84,7 +84,7 @@ class PretrainModule(pl.LightningModule):
         self.log("train/tokens_seen", float(self.tokens_seen), reduce_fx="max")
         if self._train_start is not None:
             elapsed = max(time.perf_counter() - self._train_start, 1e-9)
-            rate = (self.tokens_seen - self._train_tokens_at_start) / elapsed
+            rate = (self.tokens_seen - self.tokens_at_train_start) / elapsed
             self.log("train/tokens_per_s", rate, prog_bar=True)
         return loss
 

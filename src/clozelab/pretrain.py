@@ -232,7 +232,10 @@ def pretrain(cfg: DictConfig) -> dict:
             "status": "interrupted" if trainer.interrupted else status,
             "objectives": objective_names,
             "wall_time_s": round(wall, 2),
-            "tokens_per_s": round(module.tokens_seen / wall, 1) if wall > 0 else 0.0,
+            # this launch's tokens only: a resumed run restores the earlier count
+            "tokens_per_s": round((module.tokens_seen - module.tokens_at_train_start) / wall, 1)
+            if wall > 0
+            else 0.0,
             "cache_reused": prepared.reused,
             "vocab_size": prepared.tokenizer.vocab_size,
             "parameters": sum(p.numel() for p in module.parameters()),
