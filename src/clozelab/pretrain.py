@@ -26,6 +26,7 @@ from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.preprocess import prepare
 from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
+from clozelab.model.compile import apply_model_compile
 from clozelab.module import PretrainModule
 from clozelab.tracking import make_loggers, mark_run
 from clozelab.validate import validate_pretrain
@@ -178,6 +179,7 @@ def pretrain(cfg: DictConfig) -> dict:
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     embedding, encoder, objectives, corruption = build_components(cfg, prepared.tokenizer, prepared)
     init_components(cfg.model.get("init_from"), embedding, encoder, objectives, prepared.tokenizer)
+    apply_model_compile(embedding, encoder, cfg.model)  # in place: state_dict keys unchanged
 
     datamodule = PretrainDataModule(
         prepared,

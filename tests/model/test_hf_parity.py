@@ -273,3 +273,27 @@ def test_real_minilm_weights(monkeypatch):
     assert len(diffs) == config["num_hidden_layers"] + 1
     assert max(diffs) <= TOL, diffs
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("layout", ["padded", "nested"])
+def test_parity_with_unpadding(layout):
+    """encoder.unpad=true: HF's hidden states and MLM/NSP logits at every real token."""
+    hf = hf_model("sdpa")
+    perturb(hf)
+    kw = kwargs_from_hf_config(HF_CONFIG)
+    emb, enc, mlm, nsp = parts = (
+        BertEmbeddings(**kw["embedding"]).eval(),
+        TransformerEncoder(**kw["encoder"], unpad=True, unpad_attention=layout).eval(),
+        MLM(**kw["mlm"]).eval(),
+        NSP(**kw["nsp"]).eval(),
+    )
+    assert from_hf_state_dict(hf.state_dict(), *parts) == {"missing": [], "unexpected": []}
+    ids, mask, types = batch()
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf(ids, mask, types, output_hidden_states=True)
+        states, mlm_logits, nsp_logits = run_ours(emb, enc, mlm, nsp, ids, mask, types)
+    diffs = [(a - b)[real].abs().max().item() for a, b in zip(states, ref.hidden_states)]
+    diffs.append((mlm_logits - ref.prediction_logits)[real].abs().max().item())
+    diffs.append((nsp_logits - ref.seq_relationship_logits).abs().max().item())
+    assert len(diffs) == L + 3 and max(diffs) <= TOL, diffs

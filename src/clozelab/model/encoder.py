@@ -12,7 +12,10 @@ exactly as in BERT, so a checkpoint maps one to one.
 Attention goes through ``F.scaled_dot_product_attention``, unmasked when the batch has no
 padding. One exception, for speed: training with attention dropout on CPU, where SDPA would fall
 back to its plain-math path with a slow dropout, computes the same math itself with the fast
-dropout of ``clozelab.model.heads``.
+dropout of ``clozelab.model.heads`` (only with ``attention_backend="auto"`` and outside
+``torch.compile``). ``attention_backend`` restricts SDPA to one kernel
+(``clozelab.model.attention``); ``unpad`` runs the dense parts of every layer on the real tokens
+of a padded batch only (``clozelab.model.unpad``).
 
 Shape legend: B batch, T sequence length, H hidden size, nh heads, hs head size (H // nh),
 I intermediate size.
@@ -20,6 +23,7 @@ I intermediate size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
+from clozelab.model.attention import attention_context, check_backend
 from clozelab.model.heads import (
     Dropout,
     canonical_activation,
@@ -34,6 +39,7 @@ from clozelab.model.heads import (
     get_activation,
     init_bert_weights,
 )
+from clozelab.model.unpad import Packing, check_unpad_attention
 
 
 @dataclass
@@ -96,27 +102,58 @@ def _attention_with_cpu_dropout(
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection, through SDPA."""
+    """Multi-head self-attention with a fused QKV projection, through SDPA.
 
-    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.1):
+    ``forward(x, mask)`` takes x [B, T, H]; with a ``packing`` it takes the packed real tokens
+    x [N, H] of an unpadded batch (``clozelab.model.unpad``) and returns [N, H].
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        attention_dropout: float = 0.1,
+        attention_backend: str = "auto",
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_size = hidden_size // num_heads
         self.attention_dropout = attention_dropout
+        self.attention_backend = check_backend(attention_backend)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # rows: [query; key; value]
         self.out = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        B, T, H = x.shape
+    def forward(self, x: Tensor, mask: Tensor | None = None, packing: Packing | None = None):
+        if packing is not None:
+            return self.out(self._attend_packed(self.qkv(x), mask, packing))  # (N, H)
+        B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)  # (B, T, 3, nh, hs)
+        return self.out(self._attend(qkv, mask))  # (B, T, H)
+
+    def _attend(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, T, 3, nh, hs) -> (B, T, H): attention of every head, heads side by side."""
+        B, T = qkv.shape[:2]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs), views
         p = self.attention_dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if (p > 0.0 and qkv.device.type == "cpu" and self.attention_backend == "auto"
+                and not torch.compiler.is_compiling()):  # fmt: skip
             y = _attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
         else:  # SDPA scales by 1/sqrt(hs), like BERT
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H), heads side by side
-        return self.out(y)
+        return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
+
+    def _attend_packed(self, qkv: Tensor, mask: Tensor | None, packing: Packing) -> Tensor:
+        """(N, 3H) -> (N, H), on the padded layout or on nested (jagged) tensors."""
+        if packing.offsets is None:  # scatter into the padded layout, gather the real rows back
+            full = packing.unpack(qkv).view(packing.batch, packing.length, 3, self.num_heads,
+                                            self.head_size)  # fmt: skip
+            return packing.pack(self._attend(full, mask))  # (N, H)
+        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_size).unbind(1)  # 3 x (N, nh, hs)
+        p = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            packing.nested(q), packing.nested(k), packing.nested(v), dropout_p=p
+        )  # (B, nh, j, hs), jagged
+        return y.transpose(1, 2).values().reshape(qkv.shape[0], -1)  # (N, H)
 
 
 class FeedForward(nn.Module):
@@ -145,16 +182,18 @@ class TransformerLayer(nn.Module):
         attention_dropout: float = 0.1,
         activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
+        attention_backend: str = "auto",
     ):
         super().__init__()
-        self.attention = SelfAttention(hidden_size, num_heads, attention_dropout)
+        self.attention = SelfAttention(hidden_size, num_heads, attention_dropout, attention_backend)
         self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.feed_forward = FeedForward(hidden_size, intermediate_size, activation)
         self.output_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))  # (B, T, H)
+    def forward(self, x: Tensor, mask: Tensor | None = None, packing: Packing | None = None):
+        """x [B, T, H], or the packed real tokens [N, H] with a ``packing``."""
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask, packing)))  # (B, T, H)
         return self.output_norm(x + self.dropout(self.feed_forward(x)))  # (B, T, H)
 
 
@@ -171,6 +210,11 @@ class TransformerEncoder(nn.Module):
         activation: feed-forward activation ("gelu" = exact erf, as HF "gelu").
         layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
         initializer_range: std of the normal initialisation of weights (BERT: 0.02).
+        attention_backend: SDPA kernel: auto | flash | efficient | math | cudnn
+            (``clozelab.model.attention``; an unavailable kernel warns and falls back to auto).
+        unpad: run the dense parts of each layer on the real tokens of padded batches only.
+        unpad_attention: with ``unpad``, attention on the ``padded`` layout or on ``nested``
+            (jagged) tensors (``clozelab.model.unpad``).
     """
 
     def __init__(
@@ -184,6 +228,9 @@ class TransformerEncoder(nn.Module):
         activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
+        attention_backend: str = "auto",
+        unpad: bool = False,
+        unpad_attention: str = "padded",
     ):
         super().__init__()
         if num_heads < 1 or hidden_size % num_heads != 0:
@@ -208,6 +255,8 @@ class TransformerEncoder(nn.Module):
         self.attention_dropout = attention_dropout
         self.activation = canonical_activation(activation)
         self.layer_norm_eps = layer_norm_eps
+        self.attention_backend = check_backend(attention_backend)
+        self.unpad, self.unpad_attention = bool(unpad), check_unpad_attention(unpad_attention)
         self.layers = nn.ModuleList(
             TransformerLayer(
                 hidden_size,
@@ -217,6 +266,7 @@ class TransformerEncoder(nn.Module):
                 attention_dropout,
                 self.activation,
                 layer_norm_eps,
+                self.attention_backend,
             )
             for _ in range(num_layers)
         )
@@ -230,12 +280,49 @@ class TransformerEncoder(nn.Module):
     ) -> EncoderOutput:
         """Encode ``hidden`` [B, T, H]; ``attention_mask`` [B, T] is 1 for tokens, 0 for padding."""
         mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) bool, or None
-        states: list[Tensor] = [hidden] if output_hidden_states else []
-        for layer in self.layers:
-            hidden = layer(hidden, mask)  # (B, T, H)
+        return run_layers(self, self.layers, hidden, attention_mask, mask, output_hidden_states)
+
+
+def run_layers(
+    encoder: nn.Module,
+    layers: Sequence[nn.Module],
+    hidden: Tensor,
+    attention_mask: Tensor | None,
+    mask: Tensor | None,
+    output_hidden_states: bool = False,
+    final_norm: nn.Module | None = None,
+) -> EncoderOutput:
+    """The layer loop of the transformer encoders: ``layers`` in order, then ``final_norm``.
+
+    Reads the ``encoder``'s ``attention_backend``, ``unpad``, ``unpad_attention``, ``num_heads``,
+    ``hidden_size`` and ``attention_dropout``. With ``unpad`` and padding in a 2-D
+    ``attention_mask``, the layers run on the packed real tokens and every returned state is
+    scattered back to [B, T, H] (zeros at padding); a 4-D mask is used as it is, padded.
+    """
+    packing = None
+    if encoder.unpad and mask is not None and attention_mask is not None and (
+            attention_mask.dim() == 2):  # fmt: skip
+        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+        if not bool(keep.all()):  # the causal mask is never None: check the padding itself
+            packing = Packing.from_mask(keep, nested=encoder.unpad_attention == "nested")
+    states: list[Tensor] = [hidden] if output_hidden_states else []
+    nested = packing is not None and packing.offsets is not None
+    p = encoder.attention_dropout if encoder.training else 0.0
+    head_size = encoder.hidden_size // encoder.num_heads
+    masked = mask is not None and not nested
+    context = attention_context(encoder.attention_backend, hidden, head_size, masked, p, nested)
+    x = hidden if packing is None else packing.pack(hidden)  # (B, T, H) or (N, H)
+    with context:
+        for layer in layers:
+            x = layer(x, mask, packing)
             if output_hidden_states:
-                states.append(hidden)
-        return EncoderOutput(last_hidden_state=hidden, hidden_states=tuple(states))
+                states.append(x if packing is None else packing.unpack(x))
+    if final_norm is not None:
+        x = final_norm(x)
+    last = x if packing is None else packing.unpack(x)  # (B, T, H)
+    if output_hidden_states:
+        states[-1] = last
+    return EncoderOutput(last_hidden_state=last, hidden_states=tuple(states))
 
 
 def _divisor_near(n: int, target: int) -> int:
@@ -251,4 +338,5 @@ __all__ = [
     "TransformerEncoder",
     "TransformerLayer",
     "key_padding_mask",
+    "run_layers",
 ]

@@ -20,12 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
+from clozelab.model.attention import check_backend
 from clozelab.model.encoder import (
     EncoderOutput,
     TransformerLayer,
     key_padding_mask,
+    run_layers,
 )
 from clozelab.model.heads import Dropout, canonical_activation, init_bert_weights
+from clozelab.model.unpad import Packing, check_unpad_attention
 
 NORMS = ("post", "pre")
 
@@ -34,8 +37,8 @@ class PreLNTransformerLayer(TransformerLayer):
     """One pre-LN layer: a = x + Drop(Attn(LN(x))); y = a + Drop(FFN(LN(a))). Same parameters as
     the post-LN layer; only where the LayerNorms sit differs."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), mask))  # (B, T, H)
+    def forward(self, x: Tensor, mask: Tensor | None = None, packing: Packing | None = None):
+        x = x + self.dropout(self.attention(self.attention_norm(x), mask, packing))  # (B, T, H)
         return x + self.dropout(self.feed_forward(self.output_norm(x)))  # (B, T, H)
 
 
@@ -59,6 +62,8 @@ class TransformerStack(nn.Module):
         norm: ``post`` (BERT) or ``pre`` (pre-LN, with a final LayerNorm).
         share_layers: one set of layer weights applied ``num_layers`` times (ALBERT).
         causal: each position attends only to itself and earlier positions (GPT).
+        attention_backend, unpad, unpad_attention: as ``TransformerEncoder`` (the causal
+            encoder unpads with ``unpad_attention="padded"`` only).
     """
 
     def __init__(
@@ -75,6 +80,9 @@ class TransformerStack(nn.Module):
         norm: str = "pre",
         share_layers: bool = False,
         causal: bool = False,
+        attention_backend: str = "auto",
+        unpad: bool = False,
+        unpad_attention: str = "padded",
     ):
         super().__init__()
         if norm not in NORMS:
@@ -91,6 +99,10 @@ class TransformerStack(nn.Module):
         self.intermediate_size = intermediate_size
         self.activation = canonical_activation(activation)
         self.norm, self.share_layers, self.causal = norm, share_layers, causal
+        self.attention_dropout = attention_dropout
+        self.attention_backend = check_backend(attention_backend)
+        self.unpad = bool(unpad)
+        self.unpad_attention = check_unpad_attention(unpad_attention, causal=causal)
         layer_class = PreLNTransformerLayer if norm == "pre" else TransformerLayer
         n_distinct = 1 if share_layers else num_layers
         self.layers = nn.ModuleList(
@@ -102,6 +114,7 @@ class TransformerStack(nn.Module):
                 attention_dropout,
                 self.activation,
                 layer_norm_eps,
+                self.attention_backend,
             )
             for _ in range(n_distinct)
         )
@@ -119,16 +132,9 @@ class TransformerStack(nn.Module):
             mask = causal_mask(attention_mask, hidden.shape[1], hidden.device)
         else:
             mask = key_padding_mask(attention_mask)
-        states: list[Tensor] = [hidden] if output_hidden_states else []
-        for i in range(self.num_layers):
-            hidden = self.layers[0 if self.share_layers else i](hidden, mask)  # (B, T, H)
-            if output_hidden_states:
-                states.append(hidden)
-        if self.final_norm is not None:
-            hidden = self.final_norm(hidden)
-            if output_hidden_states:
-                states[-1] = hidden
-        return EncoderOutput(last_hidden_state=hidden, hidden_states=tuple(states))
+        layers = [self.layers[0 if self.share_layers else i] for i in range(self.num_layers)]
+        return run_layers(self, layers, hidden, attention_mask, mask, output_hidden_states,
+                          self.final_norm)  # fmt: skip
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:

@@ -60,11 +60,12 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     64-bit draw of the default generator; that is about 4x faster than ``F.dropout``, whose
     per-element Bernoulli draws cost more than the layer's LayerNorm and residual together. The
     probability is quantised to a multiple of 1/65536 (0.1 -> 0.100006) and the scale uses the
-    quantised value, so the output stays unbiased. Other devices use ``F.dropout``.
+    quantised value, so the output stays unbiased. Other devices, and code traced by
+    ``torch.compile`` (which fuses its own random mask), use ``F.dropout``.
     """
     if not training or p <= 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     drop = round(p * 65536)  # dropped elements per 65536
     if drop == 0:

@@ -1,0 +1,94 @@
+"""``model.compile``: ``torch.compile`` for the embedding and the encoder layers, in place.
+
+Each transformer layer is compiled on its own (``nn.Module.compile``), not the encoder as a
+whole: the layers share one compiled graph, and the encoder's data-dependent steps (is there
+padding? which tokens are real?) stay in eager Python between them. The embedding is compiled
+too; other encoders (BiLSTM) are compiled whole. The objectives are not compiled: the MLM
+decoder's fused chunked cross-entropy is already one custom autograd function.
+
+Compiling in place keeps every module where it was, so ``state_dict`` keys, checkpoints, resume,
+``clozelab export`` and ``clozelab.load`` see the same names as an eager run (no ``_orig_mod.``).
+
+Config keys (``conf/model/*.yaml``): ``compile`` (false | true), ``compile_mode`` (default |
+reduce-overhead | max-autotune | max-autotune-no-cudagraphs), ``compile_dynamic`` (null: let
+PyTorch decide after the first shape change | true | false), ``compile_backend`` (inductor, or
+a debugging backend such as aot_eager / eager).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from clozelab.errors import config_error
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_targets(embedding: nn.Module, encoder: nn.Module) -> dict[str, nn.Module]:
+    """The modules ``model.compile`` compiles, by their name in the PretrainModule."""
+    targets = {"embedding": embedding}
+    layers = getattr(encoder, "layers", None)
+    if isinstance(layers, nn.ModuleList):
+        targets.update({f"encoder.layers.{i}": layer for i, layer in enumerate(layers)})
+    else:
+        targets["encoder"] = encoder
+    return targets
+
+
+def compile_components(
+    embedding: nn.Module,
+    encoder: nn.Module,
+    mode: str = "default",
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+) -> list[str]:
+    """Compile the embedding and each encoder layer in place; returns the compiled names.
+
+    Compilation itself happens lazily, at the first forward call."""
+    if mode not in COMPILE_MODES:
+        raise config_error("model.compile_mode", mode, "unknown torch.compile mode",
+                           f"use one of {list(COMPILE_MODES)}")  # fmt: skip
+    if dynamic not in (None, True, False):
+        raise config_error("model.compile_dynamic", dynamic, "must be null, true or false",
+                           "use null (PyTorch decides)")  # fmt: skip
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise config_error("model.compile_backend", backend, "unknown torch.compile backend",
+                           f"use inductor (or one of {sorted(backends)})")  # fmt: skip
+    options = {"backend": backend, "dynamic": dynamic}
+    if backend == "inductor":
+        options["mode"] = mode
+    targets = compile_targets(embedding, encoder)
+    for module in targets.values():
+        module.compile(**options)
+    log.info("model.compile: %s (%s, mode=%s, dynamic=%s)", ", ".join(targets), backend, mode,
+             dynamic)  # fmt: skip
+    return list(targets)
+
+
+def apply_model_compile(embedding: nn.Module, encoder: nn.Module, model_cfg: Mapping) -> list[str]:
+    """``compile_components`` as ``model.compile*`` asks; [] when ``model.compile`` is false."""
+    if not model_cfg.get("compile", False):
+        return []
+    return compile_components(
+        embedding,
+        encoder,
+        mode=model_cfg.get("compile_mode", "default"),
+        dynamic=model_cfg.get("compile_dynamic"),
+        backend=model_cfg.get("compile_backend", "inductor"),
+    )
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Was ``module`` compiled in place (``nn.Module.compile``)?"""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+__all__ = ["COMPILE_MODES", "apply_model_compile", "compile_components", "compile_targets",
+           "is_compiled"]  # fmt: skip
