@@ -16,6 +16,7 @@ from clozelab.errors import ClozelabError, config_error
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
 INSTANCE_KEYS = {
     "segment_pair": ("next_sentence_label",),
+    "sentence_pair": ("next_sentence_label",),
     "full_sentences": (),
     "doc_sentences": (),
     "sentence_order": ("sentence_order_label",),

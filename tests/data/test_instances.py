@@ -157,3 +157,49 @@ def test_full_sentences_insert_separator_between_documents(tmp_path):
     item = InstanceDataset(shards, table, "full_sentences", CLS, SEP)[0]
     assert len(item["input_ids"]) == 20 + 2 + 2
     assert list(np.nonzero(item["input_ids"] == SEP)[0]) == [11, 16, 23]
+
+
+def _sentence_index(shard, start, end):
+    """Index of the sentence [start, end) covers exactly, or None."""
+    i = int(np.searchsorted(shard.sentences, start, side="right") - 1)
+    whole = shard.sentences[i] == start and shard.sentences[i + 1] == end
+    return i if whole else None
+
+
+def test_sentence_pairs_are_single_natural_sentences(corpus_shards):
+    """RoBERTa SENTENCE-PAIR: A is one sentence; B the next one (label 0) or one sentence of
+    another document (label 1); each sentence starts a pair or follows as next exactly once."""
+    table = inst.build("sentence_pair", corpus_shards, 128, 0.1, np.random.default_rng(2))
+    used = {i: np.zeros(len(s.sentences) - 1, dtype=int) for i, s in enumerate(corpus_shards)}
+    for row in table:
+        shard_a, shard_b = corpus_shards[row[inst.A_SHARD]], corpus_shards[row[inst.B_SHARD]]
+        a = _sentence_index(shard_a, row[inst.A_START], row[inst.A_END])
+        b = _sentence_index(shard_b, row[inst.B_START], row[inst.B_END])
+        assert a is not None and b is not None  # no truncation at this length: whole sentences
+        used[row[inst.A_SHARD]][a] += 1
+        same_doc = row[inst.A_SHARD] == row[inst.B_SHARD] and doc_of(
+            shard_a, row[inst.A_START]
+        ) == doc_of(shard_b, row[inst.B_START])
+        if row[inst.LABEL] == 0:
+            assert row[inst.B_SHARD] == row[inst.A_SHARD] and b == a + 1 and same_doc
+            used[row[inst.A_SHARD]][b] += 1
+        else:
+            assert not same_doc
+    assert all((u == 1).all() for u in used.values())
+    assert 0.5 < table[:, inst.LABEL].mean() < 0.75
+    lengths = table[:, inst.A_END] - table[:, inst.A_START] + table[:, inst.B_END] - table[:, 4]
+    segments = inst.segment_pairs(corpus_shards, 128, 0.1, np.random.default_rng(2))
+    assert lengths.mean() < 0.6 * (segments[:, 2] - segments[:, 1] + segments[:, 5]
+                                   - segments[:, 4]).mean()  # fmt: skip
+
+
+def test_sentence_pairs_truncate_and_are_seeded(tmp_path):
+    shards = make_shards(tmp_path, [[50, 60, 10], [70], [40, 45]])
+    table = inst.sentence_pairs(shards, 64, np.random.default_rng(0))
+    len_a = table[:, inst.A_END] - table[:, inst.A_START]
+    len_b = table[:, inst.B_END] - table[:, inst.B_START]
+    assert (len_a >= 1).all() and (len_b >= 1).all() and (len_a + len_b + 3 <= 64).all()
+    assert np.array_equal(table, inst.sentence_pairs(shards, 64, np.random.default_rng(0)))
+    item = InstanceDataset(shards, table, "sentence_pair", CLS, SEP)[0]
+    assert item["next_sentence_label"] == table[0, inst.LABEL]
+    assert item["special_tokens_mask"].sum() == 3

@@ -6,6 +6,10 @@
 - ``segment_pairs(..., sentence_order=True)``: ALBERT's SOP pairs (SPECS.md §7): the same chunking;
   a one-sentence chunk gets a random-document B (label 1, ALBERT's NSP-style leak), otherwise A and
   B are swapped with probability 0.5 (label 1 = swapped, 0 = original order), before truncation.
+- ``sentence_pairs``: RoBERTa's SENTENCE-PAIR (Liu et al. 2019, §4.2): ``[CLS] A [SEP] B [SEP]``
+  where A is one natural sentence and B the sentence after it (label 0) or, with probability 0.5
+  (always at a document's last sentence), one sentence of another document (label 1); a sentence
+  not used as B starts the next pair. Pairs are far shorter than ``max_seq_length``.
 - ``packed``: RoBERTa's FULL-SENTENCES (``cross_documents=True``: contiguous sentences that may
   cross a document boundary, where a ``[SEP]`` is inserted) and DOC-SENTENCES (never crosses one).
 
@@ -24,9 +28,13 @@ A_SHARD, A_START, A_END, B_SHARD, B_START, B_END, LABEL = range(7)
 # Columns of a packed instance table.
 P_SHARD, P_START, P_END = range(3)
 
-KINDS = ("segment_pair", "full_sentences", "doc_sentences", "sentence_order")
+KINDS = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences", "sentence_order")
 #: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
-PAIR_LABEL_KEYS = {"segment_pair": "next_sentence_label", "sentence_order": "sentence_order_label"}
+PAIR_LABEL_KEYS = {
+    "segment_pair": "next_sentence_label",
+    "sentence_pair": "next_sentence_label",
+    "sentence_order": "sentence_order_label",
+}
 
 
 def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -98,14 +106,51 @@ def segment_pairs(
     return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
 
 
-def _random_segment(shards, documents, doc_index, target_b, rng):
-    """B from a random other document (10 tries), from a random sentence until >= target_b."""
+def sentence_pairs(
+    shards: list[Shard], max_seq_length: int, rng: np.random.Generator
+) -> np.ndarray:
+    """RoBERTa's SENTENCE-PAIR instances: one sentence A and one sentence B (next or random)."""
+    max_num_tokens = max_seq_length - 3
+    documents = _document_table(shards)
+    rows: list[tuple[int, ...]] = []
+    for doc_index, (shard_i, doc_i) in enumerate(documents):
+        starts = np.asarray(shards[shard_i].sentences)
+        lo, hi = int(shards[shard_i].documents[doc_i]), int(shards[shard_i].documents[doc_i + 1])
+        i = lo
+        while i < hi:
+            a = (int(starts[i]), int(starts[i + 1]))
+            if i + 1 < hi and rng.random() >= 0.5:
+                label, b_shard, b = 0, int(shard_i), (a[1], int(starts[i + 2]))
+                i += 2
+            else:  # B: one sentence of another document; sentence i + 1 starts the next pair
+                label = 1
+                b_shard, b = _random_sentence(shards, documents, doc_index, rng)
+                i += 1
+            rows.append(_truncate(int(shard_i), a, b_shard, b, label, max_num_tokens, rng))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+
+
+def _other_document(documents, doc_index, rng) -> tuple[int, int]:
+    """(shard, document) of a random document other than ``doc_index`` (10 tries, as BERT)."""
     other = doc_index
     for _ in range(10):
         other = int(rng.integers(0, len(documents)))
         if other != doc_index:
             break
     shard_i, doc_i = documents[other]
+    return int(shard_i), int(doc_i)
+
+
+def _random_sentence(shards, documents, doc_index, rng):
+    shard_i, doc_i = _other_document(documents, doc_index, rng)
+    shard = shards[shard_i]
+    sentence = int(rng.integers(int(shard.documents[doc_i]), int(shard.documents[doc_i + 1])))
+    return shard_i, (int(shard.sentences[sentence]), int(shard.sentences[sentence + 1]))
+
+
+def _random_segment(shards, documents, doc_index, target_b, rng):
+    """B from a random other document (10 tries), from a random sentence until >= target_b."""
+    shard_i, doc_i = _other_document(documents, doc_index, rng)
     shard = shards[shard_i]
     lo, hi = int(shard.documents[doc_i]), int(shard.documents[doc_i + 1])
     start_sentence = int(rng.integers(lo, hi))
@@ -165,6 +210,8 @@ def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> n
 
 
 def build(kind: str, shards, max_seq_length, short_seq_prob, rng) -> np.ndarray:
+    if kind == "sentence_pair":
+        return sentence_pairs(shards, max_seq_length, rng)
     if kind in PAIR_LABEL_KEYS:
         order = kind == "sentence_order"
         return segment_pairs(shards, max_seq_length, short_seq_prob, rng, sentence_order=order)

@@ -2,7 +2,7 @@
 
 A two-way classifier on the pooled [CLS] vector (``tanh(dense(h_[CLS]))``), trained with the
 batch-mean cross-entropy. Label convention as in BERT and HF: 0 = B follows A, 1 = B is random.
-Needs segment-pair instances.
+Needs segment-pair (BERT) or sentence-pair (RoBERTa SENTENCE-PAIR) instances.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class NSP(Objective):
 
     name = "nsp"
     requires = ("next_sentence_label",)
-    instance_kinds = ("segment_pair",)
+    instance_kinds = ("segment_pair", "sentence_pair")
 
     def __init__(self, hidden_size: int, weight: float = 1.0, initializer_range: float = 0.02):
         super().__init__(weight=weight)
