@@ -19,7 +19,7 @@ def test_contract():
     nsp = NSP(H, weight=2.0)
     assert isinstance(nsp, Objective)
     assert nsp.name == "nsp" and nsp.requires == ("next_sentence_label",)
-    assert nsp.instance_kinds == ("segment_pair",) and nsp.weight == 2.0
+    assert nsp.instance_kinds == ("segment_pair", "sentence_pair") and nsp.weight == 2.0
     assert nsp.classifier.weight.shape == (2, H) and nsp.pooler.dense.weight.shape == (H, H)
 
 
