@@ -107,7 +107,8 @@ class CheckpointOnSignal(pl.Callback):
     The handlers only raise Lightning's stop flag; Lightning then raises ``SIGTERMException``
     between batches, where the state is consistent, and ``on_exception`` saves it. A second
     SIGINT interrupts at once (no checkpoint) for a user who really wants out. ``signum`` tells
-    the caller which signal stopped the run (None when none did).
+    the caller which signal stopped the run (None when none did); ``hand_on`` then passes it to
+    the handler installed before training (submitit's, which requeues a SLURM job).
     """
 
     def __init__(self, path: str | Path):
@@ -115,6 +116,7 @@ class CheckpointOnSignal(pl.Callback):
         self.signum: int | None = None
         self._saved = False
         self._previous: dict[int, object] = {}
+        self._before: dict[int, object] = {}  # the handlers of the last training, kept
 
     def _handler(self, trainer):
         def handle(signum, frame):
@@ -139,6 +141,15 @@ class CheckpointOnSignal(pl.Callback):
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, handle)
+        self._before = dict(self._previous)
+
+    def hand_on(self) -> None:
+        """Call the handler that was installed before training for the signal that stopped it,
+        when that is a Python function (e.g. submitit's checkpoint-and-requeue, which exits)."""
+        handler = self._before.get(self.signum) if self.signum is not None else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            log.info("Passing %s on to %s", signal.Signals(self.signum).name, handler)
+            handler(self.signum, None)
 
     def _restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():

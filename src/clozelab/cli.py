@@ -76,12 +76,13 @@ def run_command(command: str, overrides: list[str]) -> None:
     _quiet_dependencies()
 
     def task(cfg):
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from clozelab.sweep import run_job  # failures isolated, finished jobs skipped
+
+            return run_job(command, _function(spec), cfg)
         try:
             return _function(spec)(cfg)
         except ClozelabError as exc:
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
-                log.error("job failed: %s", exc)  # the other jobs of the sweep go on
-                return None
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 

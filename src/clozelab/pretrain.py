@@ -28,7 +28,8 @@ from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
 from clozelab.model.compile import apply_model_compile
 from clozelab.module import PretrainModule
-from clozelab.tracking import make_loggers, mark_run
+from clozelab.protocol import protocol
+from clozelab.tracking import finish_run, make_loggers, mark_run
 from clozelab.validate import validate_pretrain
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,16 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     return embedding, encoder, objectives, corruption
 
 
-def _total_steps(cfg: DictConfig) -> int | None:
+def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
+    """The run's length in steps, for the LR schedule: max_steps, or the steps max_tokens lasts
+    (padding is not counted, so a step adds batch_size x the mean sequence length)."""
     steps = cfg.trainer.get("max_steps", -1)
     if steps and steps > 0:
         return int(steps)
     tokens = cfg.trainer.get("max_tokens")
     if tokens:
-        return max(1, int(tokens) // (cfg.data.batch_size * cfg.data.max_seq_length))
+        per_sequence = datamodule.mean_train_tokens() or cfg.data.max_seq_length
+        return max(1, round(int(tokens) / (cfg.data.batch_size * per_sequence)))
     return None
 
 
@@ -197,7 +201,7 @@ def pretrain(cfg: DictConfig) -> dict:
         objectives,
         optimizer=build(cfg.optim, "optim"),
         scheduler_cfg=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        total_steps=_total_steps(cfg),
+        total_steps=_total_steps(cfg, datamodule),
         weight_decay=cfg.optim.get("weight_decay", 0.01),
     )
     resume = _resume_point(run_dir, module, prepared.tokenizer)  # before anything is overwritten
@@ -222,7 +226,9 @@ def pretrain(cfg: DictConfig) -> dict:
     except BaseException as exc:
         _record_failure(run_dir, trainer, loggers, exc, stopper.signum, initial)
         if stopper.signum is not None and isinstance(exc, SystemExit):
-            # preempted: the checkpoint is written; exit like a process killed by the signal
+            # preempted: the checkpoint is written; a scheduler's own handler (submitit requeues
+            # the job) gets the signal, then exit like a process killed by it
+            stopper.hand_on()
             raise SystemExit(128 + int(stopper.signum)) from None
         raise
     wall = time.perf_counter() - start
@@ -241,6 +247,7 @@ def pretrain(cfg: DictConfig) -> dict:
             "cache_reused": prepared.reused,
             "vocab_size": prepared.tokenizer.vocab_size,
             "parameters": sum(p.numel() for p in module.parameters()),
+            "protocol": protocol(cfg),  # budget, model, data, suite: what runs compare on
         },
     )
     write_json(run_dir / "metrics.json", metrics)
@@ -251,5 +258,6 @@ def pretrain(cfg: DictConfig) -> dict:
 
         metrics.update(evaluate_run(run_dir, cfg.eval, cfg.get("task"), loggers, module=module))
         write_json(run_dir / "metrics.json", metrics)
+    finish_run(loggers, metrics)  # the W&B summary: flat val/... and eval/... keys
     log.info("Run directory: %s", run_dir)
     return metrics

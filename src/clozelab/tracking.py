@@ -81,6 +81,11 @@ def wandb_run_id(save_dir: Path) -> str:
     """The W&B run id of this run directory: made once, kept in ``wandb_id.txt``, so a resumed run
     logs into the run it continues."""
     path = Path(save_dir) / "wandb_id.txt"
+    agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if agent_id:  # under `wandb agent`: the run the W&B sweep created for this job
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(agent_id + "\n", "utf-8")
+        return agent_id
     if path.is_file():
         run_id = path.read_text("utf-8").strip()
         if run_id:
@@ -100,14 +105,15 @@ def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
             return None
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+        group, job_type, tags, config = wandb_identity(cfg, config)
         logger = WandbLogger(
             id=wandb_run_id(save_dir),
             resume="allow",  # a re-launched (resumed) run continues the same W&B run
             project=cfg.get("project", "clozelab"),
             entity=cfg.get("entity"),
-            group=cfg.get("group"),
-            job_type=cfg.get("job_type", "pretrain"),
-            tags=list(cfg.get("tags") or []),
+            group=group,
+            job_type=job_type,
+            tags=tags,
             name=run_name,
             save_dir=str(save_dir),
             mode=mode,
@@ -118,6 +124,53 @@ def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
     except Exception as exc:  # a tracker must never stop a run
         log.warning("W&B could not start (%s); continuing with CSV logging only", exc)
         return None
+
+
+def wandb_identity(cfg, config: dict) -> tuple[str | None, str, list[str], dict]:
+    """Group, job type, tags and config of a W&B run, so its grouping and parallel-coordinates
+    views work: group = ``logger.wandb.group``, else the sweep (``sweep_meta.name``), else the
+    recipe; job type = ``logger.wandb.job_type``, else the command (pretrain, finetune,
+    evaluate); tags = ``logger.wandb.tags`` plus the corruption, the objectives, the recipe and
+    the setting; the config gets the config-group choices (``choices.setting`` ...)."""
+    from clozelab.protocol import hydra_choices
+
+    choices = hydra_choices()
+    sweep = (config.get("sweep_meta") or {}).get("name")
+    group = cfg.get("group") or sweep or choices.get("experiment")
+    job_type = cfg.get("job_type") or _command() or "pretrain"
+    derived = [choices.get("corruption") or _target_name(config.get("corruption"))]
+    derived += list(config.get("objective") or {})
+    derived += [choices.get("experiment"), choices.get("setting")]
+    tags = list(dict.fromkeys(t for t in [*(cfg.get("tags") or []), *derived] if t))
+    return group, job_type, tags, {**config, "choices": choices}
+
+
+def _command() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.name if HydraConfig.initialized() else None
+
+
+def _target_name(node) -> str | None:
+    target = node.get("_target_") if isinstance(node, dict) else None
+    return target.rsplit(".", 1)[-1].lower() if target else None
+
+
+def finish_run(loggers, metrics: dict) -> None:
+    """Put a run's final numbers (metrics.json's flat keys: ``val/mlm_loss``,
+    ``eval/<task>/<metric>``, status, tokens) in its W&B summary and finish the W&B run, so the
+    next job of a sweep in this process starts its own run; never raises."""
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    for logger in loggers:
+        if getattr(logger, "clozelab_guard", {}).get("failed"):
+            continue
+        if type(logger).__name__ != "WandbLogger" or logger._experiment is None:
+            continue
+        try:
+            logger.experiment.summary.update(flat)
+            logger.experiment.finish(exit_code=0 if metrics.get("status") == "completed" else 1)
+        except Exception as exc:
+            log.warning("Could not write the W&B summary (%s)", exc)
 
 
 GUARDED = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize",

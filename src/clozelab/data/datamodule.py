@@ -83,6 +83,11 @@ class PretrainDataModule(pl.LightningDataModule):
         table = instances.build(self.kind, shards, self.max_seq_length, self.short_seq_prob, rng)
         return InstanceDataset(shards, table, self.kind, self._cls, self._sep)
 
+    def mean_train_tokens(self) -> float:
+        """Mean tokens of a training sequence (epoch 0's instances; padding excluded)."""
+        table = self.dataset("train", 0).table
+        return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
+
     def _loader(self, split: str, epoch: int, shuffle: bool, start: int = 0) -> DataLoader:
         dataset = self.dataset(split, epoch)
         rank, world = (

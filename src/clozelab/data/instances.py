@@ -209,6 +209,14 @@ def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> n
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
+def lengths(kind: str, table: np.ndarray) -> np.ndarray:
+    """Tokens of each instance with its [CLS]/[SEP]s (the [SEP]s FULL-SENTENCES inserts at
+    document boundaries not counted): what it adds to a token budget."""
+    if kind in PAIR_LABEL_KEYS:
+        return table[:, A_END] - table[:, A_START] + table[:, B_END] - table[:, B_START] + 3
+    return table[:, P_END] - table[:, P_START] + 2
+
+
 def build(kind: str, shards, max_seq_length, short_seq_prob, rng) -> np.ndarray:
     if kind == "sentence_pair":
         return sentence_pairs(shards, max_seq_length, rng)
