@@ -91,3 +91,14 @@ TINY = [
     "logger=csv",
     "eval.suite=null",
 ]
+
+
+def compose_config(*overrides: str, name: str = "pretrain", hydra: bool = False):
+    """A composed config (with the ``hydra`` node when ``hydra``), experiments/sweeps registered."""
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.config import conf_dir, register_overlays
+
+    register_overlays()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)

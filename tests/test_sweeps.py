@@ -15,24 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY
-from hydra import compose, initialize_config_dir
+from helpers import TINY, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from clozelab.cli import main
-from clozelab.config import conf_dir, overlay_names, register_overlays, resource_dir
+from clozelab.config import overlay_names, resource_dir
 from clozelab.errors import ClozelabError
 from clozelab.sweep import claim, config_hash, job_return
 from clozelab.validate import validate_pretrain
 
 REPORT_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.json", "csv/metrics.csv")
-
-
-def _compose(*overrides: str, hydra: bool = False):
-    register_overlays()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("pretrain", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def _grid(params: dict) -> list[list[str]]:
@@ -67,7 +60,7 @@ def test_sweep_file_opens_with_question_paper_command_and_records_its_baseline(n
     assert head[1].startswith("# Question: ")
     assert any(line.startswith(("# Paper", "# Method")) for line in head[:8])
     assert any(line.startswith(f"# Command: clozelab pretrain sweep={name}") for line in head)
-    cfg = _compose(f"sweep={name}", hydra=True)
+    cfg = compose_config(f"sweep={name}", hydra=True)
     meta, params = cfg.sweep_meta, dict(cfg.hydra.sweeper.params)
     assert meta.name == name == cfg.logger.wandb.group
     if meta.get("objective"):  # Optuna: a search space and the metric each job returns
@@ -85,18 +78,20 @@ def test_sweep_file_opens_with_question_paper_command_and_records_its_baseline(n
 def test_every_grid_point_is_a_valid_compute_matched_config(name):
     """Each job of each grid composes and passes the compose-time checks (an impossible
     combination such as SBO without spans would fail here), with the sweep's token budget."""
-    params = dict(_compose(f"sweep={name}", hydra=True).hydra.sweeper.params)
+    params = dict(compose_config(f"sweep={name}", hydra=True).hydra.sweeper.params)
     budgets = set()
     for job in _grid(params):
-        cfg = _compose(f"sweep={name}", *job)
+        cfg = compose_config(f"sweep={name}", *job)
         validate_pretrain(cfg)
         budgets.add((cfg.trainer.max_tokens, cfg.trainer.max_steps, cfg.model.hidden_size))
     assert len(budgets) == 1  # every setting gets the same budget and model
 
 
 def test_grid_settings_are_what_their_names_say():
-    settings = _compose("sweep=nsp_ablation", hydra=True).hydra.sweeper.params.setting
-    nsp = {job[0]: _compose("sweep=nsp_ablation", *job) for job in _grid({"setting": settings})}
+    settings = compose_config("sweep=nsp_ablation", hydra=True).hydra.sweeper.params.setting
+    nsp = {
+        job[0]: compose_config("sweep=nsp_ablation", *job) for job in _grid({"setting": settings})
+    }
     table = {k.split("=")[1]: (c.data.instances, sorted(c.objective)) for k, c in nsp.items()}
     assert table == {
         "segment_pair_nsp": ("segment_pair", ["mlm", "nsp"]),
@@ -105,10 +100,10 @@ def test_grid_settings_are_what_their_names_say():
         "doc_sentences": ("doc_sentences", ["mlm"]),
         "sentence_order_sop": ("sentence_order", ["mlm", "sop"]),
     }
-    sbo = _compose("sweep=objectives", "setting=span_sbo", "experiment=bert")
+    sbo = compose_config("sweep=objectives", "setting=span_sbo", "experiment=bert")
     assert sbo.corruption._target_.endswith("SpanMasking")
     assert sorted(sbo.objective) == ["mlm", "sbo"]
-    only = _compose("sweep=masking_rate", "experiment=roberta", "setting=ops_mask_only")
+    only = compose_config("sweep=masking_rate", "experiment=roberta", "setting=ops_mask_only")
     assert (only.corruption.mask_prob, only.corruption.random_prob) == (1.0, 0.0)
     assert only.data.instances == "full_sentences"  # the recipe under the sweep stays
 
@@ -231,7 +226,7 @@ def test_slurm_launcher_gives_one_task_per_device_and_requeues_on_usr1(tmp_path,
     (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    cfg = _compose("hydra/launcher=slurm", "trainer.devices=4", f"hydra.sweep.dir={tmp_path}",
+    cfg = compose_config("hydra/launcher=slurm", "trainer.devices=4", f"hydra.sweep.dir={tmp_path}",
                    hydra=True)  # fmt: skip
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params.pop("_target_").endswith("SlurmLauncher")
