@@ -30,6 +30,7 @@ from clozelab.corruption.base import (
     OperationMix,
     ReplacementSampler,
     apply_operations,
+    ascending,
     candidates,
     check_choice,
     check_positive_int,
@@ -139,7 +140,8 @@ class MaskingCorruption(Corruption):
     def select(
         self, batch: Mapping[str, Tensor], eligible: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        """Return ``(selected bool [B, T], unit_ids long [B, T])`` (unit_ids for per-unit ops)."""
+        """Return ``(selected bool [B, T], unit_ids long [B, T] | None)``: the units for per-unit
+        operations; ``None`` means the merged runs of ``selected`` (SpanBERT's spans)."""
         raise NotImplementedError
 
     # -- shared second half -----------------------------------------------------------------------
@@ -160,11 +162,11 @@ class MaskingCorruption(Corruption):
         eligible = candidates(batch, self.special_token_ids)
         selected, unit_ids = self.select(batch, eligible, generator)
         selected = selected & eligible
+        merged = runs(selected)
         draws = None
         if self.operations_per == "unit":
-            draws, _, _ = expand_unit_draws(
-                unit_ids.masked_fill(~selected, -1), selected, generator
-            )
+            index = merged[0] if unit_ids is None else None
+            draws = unit_draws(unit_ids, selected, generator, index)
         new_ids, replaced = apply_operations(
             input_ids, selected, self.mix, generator, self.mask_token_id, self.sampler, draws
         )
@@ -176,8 +178,12 @@ class MaskingCorruption(Corruption):
             replaced | batch["replaced_mask"] if "replaced_mask" in batch else replaced
         )
         previous = batch.get("corrupted_mask")
-        out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
-        out["span_bounds"] = span_bounds(out["corrupted_mask"])
+        if previous is None:
+            out["corrupted_mask"] = selected
+            out["span_bounds"] = span_bounds(selected, merged)
+        else:
+            out["corrupted_mask"] = selected | previous.bool()
+            out["span_bounds"] = span_bounds(out["corrupted_mask"])
         return out
 
     def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
@@ -196,6 +202,17 @@ class MaskingCorruption(Corruption):
             f"prediction_rate={self.prediction_rate}, "
             f"replace={self.sampler.replace_from}/{self.replace_distribution})"
         )
+
+
+def unit_draws(
+    unit_ids: Tensor | None, selected: Tensor, generator: torch.Generator, index: Tensor | None
+) -> Tensor:
+    """One uniform draw per selected unit, copied onto its tokens (``expand_unit_draws``);
+    ``index`` is the units' 0.. numbering when the caller already has it (merged runs)."""
+    if index is None:
+        return expand_unit_draws(unit_ids.masked_fill(~selected, -1), selected, generator)[0]
+    per_unit = torch.rand(selected.shape, generator=generator, device=selected.device)
+    return per_unit.gather(1, index.clamp_min(0))  # read only at selected positions
 
 
 def merge_labels(previous: Tensor | None, input_ids: Tensor, predicted: Tensor) -> Tensor:
@@ -221,7 +238,7 @@ def greedy_fill(keys: Tensor, lengths: Tensor, valid: Tensor, budget: Tensor) ->
     (it can never fit later, the budget only shrinks), then takes the longest prefix of pending
     units that fits. Each pass takes at least one unit, and in practice two or three passes suffice.
     """
-    order = keys.masked_fill(~valid, math.inf).argsort(dim=-1)
+    order = ascending(keys.masked_fill(~valid, math.inf))
     length_sorted = lengths.gather(1, order)
     pending = valid.gather(1, order)
     taken = torch.zeros_like(pending)

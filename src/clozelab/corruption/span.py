@@ -18,12 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import check_positive_int, check_probability, choose_k
+from clozelab.corruption.base import (
+    ascending,
+    check_positive_int,
+    check_probability,
+    choose_k,
+)
 from clozelab.corruption.masking import MaskingCorruption, exact_budget
-from clozelab.corruption.units import runs, shift_left, shift_right, unit_index, word_units
+from clozelab.corruption.units import word_units
 from clozelab.errors import config_error
 
 
@@ -35,40 +41,86 @@ def geometric_pmf(p: float, lower: int, upper: int) -> Tensor:
     return pmf / pmf.sum()
 
 
-def sample_lengths(pmf: Tensor, lower: int, shape, generator: torch.Generator) -> Tensor:
-    """Draw lengths ``lower + i`` with probability ``pmf[i]`` (inverse CDF)."""
+def length_cdf(pmf: Tensor) -> Tensor:
+    """Cumulative ``pmf`` with its last entry exactly 1 (``sample_lengths``'s table)."""
     cdf = pmf.cumsum(0)
     cdf[-1] = 1.0
+    return cdf
+
+
+def sample_lengths(
+    pmf: Tensor, lower: int, shape, generator: torch.Generator, cdf: Tensor | None = None
+) -> Tensor:
+    """Draw lengths ``lower + i`` with probability ``pmf[i]`` (inverse CDF; ``cdf`` is
+    ``length_cdf(pmf)``, precomputed by callers that draw often)."""
+    cdf = length_cdf(pmf) if cdf is None else cdf
     u = torch.rand(shape, generator=generator, dtype=torch.float64)
     return torch.searchsorted(cdf, u, right=True).clamp_max(len(pmf) - 1) + lower
 
 
 class WordLayout:
-    """Per-row word geometry shared by span and n-gram masking (all ``[B, W]`` by word ordinal)."""
+    """Per-row word geometry shared by span and n-gram masking.
+
+    Words are maximal runs of equal ``word_ids`` over candidate tokens, numbered 0.. per row in
+    positional order: ``ordinal`` per token (clamped at 0 off candidates, so always a valid gather
+    index; ``word`` has -1 there). Blocks are runs of candidates between specials (spans and n-grams
+    stop at their end): ``block_last`` per token is the ordinal of the last word of its block. By
+    word ordinal (``[B, T]``): ``start`` / ``end`` token of each word. A few batched cumsum /
+    scatter calls; each array is computed on first use.
+    """
 
     def __init__(self, batch: Mapping[str, Tensor], eligible: Tensor):
+        if "word_ids" not in batch:
+            word_units(batch, eligible)  # raises the error that names the missing key
+        raw = batch["word_ids"]
         b, t = eligible.shape
+        self.t = t
+        self.eligible = eligible
+        self.ineligible = ~eligible
         self.positions = torch.arange(t, device=eligible.device).expand(b, t)
-        self.word, self.n_words = unit_index(word_units(batch, eligible), eligible)
-        w = self.word.clamp_min(0)
-        is_start = eligible & (self.word != shift_right(self.word, -1))
-        is_end = eligible & (self.word != shift_left(self.word, -1))
-        dump = torch.full_like(w, t)  # positions that are no start/end write to a dropped column
-        self.start = torch.full((b, t + 1), t, dtype=torch.long, device=eligible.device)
-        self.start.scatter_(1, torch.where(is_start, w, dump), self.positions)
-        self.start = self.start[:, :t]
-        self.end = torch.full((b, t + 1), -1, dtype=torch.long, device=eligible.device)
-        self.end.scatter_(1, torch.where(is_end, w, dump), self.positions)
-        self.end = self.end[:, :t]
-        # last word ordinal of each block (a run of candidates between specials): spans stop there
-        block_end = eligible & ~shift_left(eligible, False)
-        marks = self.word.masked_fill(~block_end, t).flip(-1)
-        token_block_last = marks.cummin(-1).values.flip(-1)  # next block end at or after t
-        self.block_last = token_block_last.gather(1, self.start.clamp_max(t - 1)).clamp_max(t - 1)
+        same = torch.zeros_like(eligible)  # continues the word of the previous candidate token
+        same[:, 1:] = (raw[:, 1:] == raw[:, :-1]) & eligible[:, :-1]
+        self.is_start = eligible & ~same
+        ordinal = self.is_start.cumsum(-1) - 1
+        self.n_words = ordinal[:, -1] + 1
+        self.ordinal = ordinal.clamp_min(0)
+        self._start = self._end = self._block_last = None
 
-    def last_word(self, first: Tensor, n: Tensor) -> Tensor:
-        """Ordinal of the n-th word from ``first``, stopped at the end of ``first``'s block."""
-        return torch.minimum(first + n - 1, self.block_last.gather(1, first))
+    @property
+    def word(self) -> Tensor:
+        return self.ordinal.masked_fill(self.ineligible, -1)
+
+    def _by_word(self, where: Tensor, fill: int) -> Tensor:
+        """``[B, T]`` by word ordinal: the position of the ``where`` token of each word."""
+        b, t = where.shape
+        out = torch.full((b, t + 1), fill, dtype=torch.long, device=where.device)
+        out.scatter_(1, torch.where(where, self.ordinal, t), self.positions)
+        return out[:, :t]
+
+    @property
+    def start(self) -> Tensor:
+        if self._start is None:
+            self._start = self._by_word(self.is_start, self.t)
+        return self._start
+
+    @property
+    def end(self) -> Tensor:
+        if self._end is None:
+            next_is_break = torch.ones_like(self.eligible)  # next token: other word or special
+            next_is_break[:, :-1] = self.is_start[:, 1:] | self.ineligible[:, 1:]
+            self._end = self._by_word(self.eligible & next_is_break, -1)
+        return self._end
+
+    @property
+    def block_last(self) -> Tensor:
+        if self._block_last is None:
+            # block id: specials count up, so a block's candidates share the id of the special
+            # before them (whose ordinal, the previous word's, is smaller: the max is unaffected)
+            block = self.ineligible.cumsum(-1)
+            last = torch.zeros(block.shape[0], self.t + 1, dtype=torch.long, device=block.device)
+            last.scatter_reduce_(1, block, self.ordinal, "amax")
+            self._block_last = last.gather(1, block)
+        return self._block_last
 
 
 class SpanMasking(MaskingCorruption):
@@ -124,65 +176,67 @@ class SpanMasking(MaskingCorruption):
                 "SpanBERT uses span_lower=1 span_upper=10",
             )
         self.pmf = geometric_pmf(p, self.span_lower, self.span_upper)
+        self.cdf = length_cdf(self.pmf)
 
     def budget(self, eligible: Tensor) -> Tensor:
         n = eligible.sum(-1).to(torch.float64)
         return torch.ceil(n * self.rate).to(torch.long)  # float64 like Python's math.ceil
 
     @staticmethod
-    def _owners(anchors: Tensor, start: Tensor, end: Tensor, valid: Tensor, t: int):
+    def _owners(first: Tensor, last: Tensor, valid: Tensor, words: WordLayout, width: int):
         """Accepted spans (anchor not covered by an earlier accepted one) and, per token, the index
-        of the first accepted span covering it. Returns ``(owned [B, T], owner [B, T])``."""
-        m = anchors.shape[1]
-        earlier = torch.ones(m, m, dtype=torch.bool, device=anchors.device).tril(-1)
+        of the first accepted span covering it. Spans are word ranges ``[first, last]`` (ordinals);
+        anchor ``i`` lies in word ``first[i]``. Returns ``(owned [B, T], owner [B, T])``."""
+        b, m = first.shape
+        earlier = torch.ones(m, m, dtype=torch.bool, device=first.device).tril(-1)
+        anchor = first.unsqueeze(2)
         covers = (
-            (start.unsqueeze(1) <= anchors.unsqueeze(2))
-            & (anchors.unsqueeze(2) <= end.unsqueeze(1))
-            & earlier
-            & valid.unsqueeze(1)
+            (first.unsqueeze(1) <= anchor) & (anchor <= last.unsqueeze(1)) & earlier
         )  # [B, i, j]: span j (earlier) covers anchor i
+        covers &= valid.unsqueeze(1)
         accepted = valid
-        for _ in range(
-            m + 1
-        ):  # fixed point of the recursion; exact after <= m rounds, ~3 in practice
+        for _ in range(m + 1):  # fixed point of the recursion; exact after <= m rounds, ~4 here
             update = valid & ~(covers & accepted.unsqueeze(1)).any(-1)
             if torch.equal(update, accepted):
                 break
             accepted = update
-        positions = torch.arange(t, device=anchors.device).view(1, t, 1)
-        inside = (positions >= start.unsqueeze(1)) & (positions <= end.unsqueeze(1))
-        inside &= accepted.unsqueeze(1)  # [B, T, M]: reduce over the contiguous last dim
-        span_index = torch.arange(m, device=anchors.device, dtype=torch.int16)
-        owner = torch.where(inside, span_index, m).amin(-1).long()
-        return owner < m, owner
+        # first accepted span over each word: scatter the span index over its words (min wins)
+        offsets = torch.arange(width, device=first.device)
+        inside = (offsets <= (last - first).unsqueeze(-1)) & accepted.unsqueeze(-1)  # [B, M, L]
+        t = words.t
+        target = torch.where(inside, first.unsqueeze(-1) + offsets, t).view(b, -1)
+        span_index = torch.arange(m, device=first.device).view(1, m, 1).expand(b, m, width)
+        by_word = torch.full((b, t + 1), m, dtype=torch.long, device=first.device)
+        by_word.scatter_reduce_(1, target, span_index.reshape(b, -1), "amin")
+        owner = by_word.gather(1, words.ordinal)
+        return (owner < m) & words.eligible, owner
 
     def select(self, batch, eligible, generator):
         b, t = eligible.shape
         words = WordLayout(batch, eligible)
-        n_cand = eligible.sum(-1)
         k = self.budget(eligible)
+        k_max = int(k.max()) if k.numel() else 0
         # 2K distinct anchors always reach the budget: every rejected anchor lies in the masked
         # set, which stays below K until the end, so at least K anchors are accepted. Most rows need
         # far fewer: try a short prefix of the same draws first (same result: span i depends only on
         # spans j < i, and the budget cut only on the first spans that reach K).
-        m_full = int(min(t, max(1, 2 * int(k.max()) if k.numel() else 1)))
-        keys = torch.rand(b, t, generator=generator).masked_fill(~eligible, math.inf)
-        anchor_keys, anchors = keys.topk(m_full, dim=-1, largest=False, sorted=True)  # [B, M]
-        valid = torch.isfinite(anchor_keys)
-        lengths = sample_lengths(self.pmf, self.span_lower, (b, m_full), generator)
-        first = words.word.gather(1, anchors).clamp_min(0)
-        start = words.start.gather(1, first)
-        end = words.end.gather(1, words.last_word(first, lengths))
-        m = min(m_full, int(k.max()) // 2 + 4 if k.numel() else 1)
+        m_full = min(t, max(1, 2 * k_max))
+        keys = torch.rand(b, t, generator=generator).masked_fill(words.ineligible, math.inf)
+        anchors = ascending(keys, m_full)  # [B, M]
+        valid = eligible.gather(1, anchors)
+        lengths = sample_lengths(self.pmf, self.span_lower, (b, m_full), generator, self.cdf)
+        first = words.ordinal.gather(1, anchors)
+        last = torch.minimum(first + lengths - 1, words.block_last.gather(1, anchors))
+        m = min(m_full, k_max // 2 + 4)
         while True:
-            owned, owner = self._owners(anchors[:, :m], start[:, :m], end[:, :m], valid[:, :m], t)
-            owned &= eligible
+            owned, owner = self._owners(
+                first[:, :m], last[:, :m], valid[:, :m], words, self.span_upper
+            )
             if m >= m_full or bool((owned.sum(-1) >= k).all()):
                 break
             m = m_full
         order = (owner * t + words.positions).to(torch.float32)
-        selected = choose_k(order, owned, torch.minimum(k, n_cand))
-        return selected, runs(selected)[0]
+        return choose_k(order, owned, k), None
 
 
 class NgramMasking(MaskingCorruption):
@@ -231,6 +285,7 @@ class NgramMasking(MaskingCorruption):
         n = torch.arange(1, self.max_n + 1, dtype=torch.float64)
         weights = 1.0 / n if favor_shorter else n
         self.pmf = weights / weights.sum()
+        self.cdf = length_cdf(self.pmf)
 
     def select(self, batch, eligible, generator):
         b, t = eligible.shape
@@ -238,59 +293,52 @@ class NgramMasking(MaskingCorruption):
         k = exact_budget(batch, eligible, self.rate, self.max_predictions)
         n_words = words.n_words
         w_max = int(n_words.max()) if n_words.numel() else 0
-        covered = torch.zeros(b, t + self.max_n, dtype=torch.bool, device=eligible.device)
+        units = words.word if self.operations_per == "unit" else None
         if w_max == 0:
-            return covered[:, :t].gather(1, words.word.clamp_min(0)) & eligible, words.word
-        columns = torch.arange(t, device=eligible.device).expand(b, t)
-        keys = torch.rand(b, t, generator=generator).masked_fill(columns >= n_words[:, None], 2.0)
-        order = keys.argsort(-1)[:, :w_max]  # [B, W] word ordinals in visiting order
-        draws = sample_lengths(self.pmf, 1, (b, w_max), generator)
-        # token length of the n-gram of each size from each word: [B, W, max_n]
-        sizes = torch.arange(1, self.max_n + 1, device=eligible.device)
-        first = order.unsqueeze(-1).expand(b, w_max, self.max_n)
-        last = torch.minimum(
-            first + sizes - 1, words.block_last.gather(1, order).unsqueeze(-1)
-        ).clamp_min(0)
-        start = words.start.gather(1, order).unsqueeze(-1)
-        end = words.end.gather(1, last.reshape(b, -1)).reshape(b, w_max, self.max_n)
-        token_len = (end - start + 1).masked_fill(sizes > draws.unsqueeze(-1), t + 1)  # [B, W, N]
-        avail = (last[..., -1] - order + 1).clamp_min(1)  # words before the block end, [B, W]
-        live = torch.arange(w_max, device=eligible.device) < n_words.unsqueeze(-1)  # [B, W]
-        covered = self._walk(order, token_len, avail, live, k, t).to(eligible.device)
-        selected = covered.gather(1, words.word.clamp_min(0)) & eligible
-        return selected, words.word
+            return torch.zeros_like(eligible), units
+        live = words.positions < n_words.unsqueeze(-1)
+        keys = torch.rand(b, t, generator=generator).masked_fill(~live, 2.0)
+        order = ascending(keys, w_max)  # [B, W] word ordinals in visiting order
+        draws = sample_lengths(self.pmf, 1, (b, w_max), generator, self.cdf)
+        covered = self._walk(words, order, draws, live, k).to(eligible.device)
+        return covered.gather(1, words.ordinal) & eligible, units
 
-    def _walk(self, order, token_len, avail, live, k, t) -> Tensor:
+    def _walk(
+        self, words: WordLayout, order: Tensor, draws: Tensor, live: Tensor, k: Tensor
+    ) -> Tensor:
         """ALBERT's sequential walk, one shuffled rank of every row at once.
 
         The walk is inherently sequential over ranks (fallback and overlap depend on what is
-        taken), so each step is a handful of operations on ``[B]``/``[B, N]`` arrays; they run as
-        NumPy on zero-copy views of the CPU tensors, whose per-call overhead is ~4x lower than
-        torch's at these sizes (the walk was 80% of the scheme's time). Same draws, same result.
+        taken). The tables of the n-gram of each size from the r-th word start of each row (token
+        length, and where its words lie in ``covered``) are built with batched torch; each step of
+        the walk is then a dozen NumPy operations on ``[B, N]`` zero-copy views, whose per-call
+        overhead is ~4x lower than torch's at these sizes. An n-gram longer than the drawn n or
+        than the words left in its block never fits (the truncated one is the shorter n-gram).
+        Returns ``bool [B, T]`` by word ordinal: the covered words.
         """
-        import numpy as np
-
-        b, w_max, n_max = token_len.shape
-        rows = np.arange(b)[:, None]
-        offsets = np.arange(n_max)
-        order_np = order.cpu().numpy()
-        # per (row, rank): token length of the n-gram of each size, t + 1 past the drawn n
-        lens = token_len.cpu().numpy()
-        avail_np = avail.clamp_max(n_max).cpu().numpy()
-        live_np = live.cpu().numpy()
-        k_np = k.cpu().numpy().astype(np.int64)
-        covered = np.zeros((b, t + n_max), dtype=bool)
-        used = np.zeros(b, dtype=np.int64)
+        b, w_max = order.shape
+        n_max, t = self.max_n, words.t
+        width = t + n_max
+        sizes = torch.arange(n_max, device=order.device).view(1, n_max, 1)  # n - 1
+        start = words.start.gather(1, order)
+        block_last = words.block_last.gather(1, start.clamp_max(t - 1))
+        last = (order.unsqueeze(1) + sizes).clamp_max_(t - 1)  # [B, N, W]
+        lens = words.end.gather(1, last.view(b, -1)).view(b, n_max, w_max)
+        lens -= (start - 1).unsqueeze(1)  # token lengths
+        cap = torch.minimum(draws, block_last - order + 1).masked_fill_(~live[:, :w_max], 0)
+        lens.masked_fill_(sizes >= cap.unsqueeze(1), t + 1)
+        flat = order + torch.arange(0, b * width, width, device=order.device).unsqueeze(-1)
+        flat = flat.unsqueeze(1) + sizes  # into covered
+        lens, flat = (x.permute(2, 0, 1).contiguous().cpu().numpy() for x in (lens, flat))
+        covered = np.zeros(b * width, dtype=bool)
+        remaining = k.cpu().numpy().astype(np.int64)
+        last_live = (words.n_words - 1).cpu().numpy()
         for r in range(w_max):  # the r-th shuffled word start of every row at once
-            active = live_np[:, r] & (used < k_np)
-            if not active.any():
+            fits = lens[r] <= remaining[:, None]  # a prefix: lengths grow with n (the fallback)
+            seen = covered[flat[r]]
+            take = fits[:, 0] & ~(seen & fits).any(-1)
+            covered[flat[r]] = seen | (fits & take[:, None])
+            remaining -= (lens[r] * fits).max(-1) * take
+            if not ((remaining > 0) & (last_live > r)).any():
                 break
-            # lengths grow with n: the n-grams that fit are a prefix
-            n_pick = (lens[:, r] <= (k_np - used)[:, None]).sum(-1)
-            n_words = np.minimum(n_pick, avail_np[:, r])
-            idx = order_np[:, r, None] + offsets
-            gram = offsets < n_words[:, None]
-            take = active & (n_pick > 0) & ~(covered[rows, idx] & gram).any(-1)
-            covered[rows, idx] |= gram & take[:, None]
-            used += np.where(take, lens[:, r][np.arange(b), np.maximum(n_pick - 1, 0)], 0)
-        return torch.from_numpy(covered[:, :t])
+        return torch.from_numpy(covered.reshape(b, width)[:, :t])

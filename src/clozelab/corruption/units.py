@@ -92,15 +92,15 @@ def runs(selected: Tensor) -> tuple[Tensor, Tensor]:
     return run_id.masked_fill(~selected, -1), starts.sum(-1)
 
 
-def span_bounds(selected: Tensor) -> Tensor:
+def span_bounds(selected: Tensor, merged: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``long [B, S, 2]``: (first, last) position of every merged selected span, padded with -1.
 
     S is the largest number of spans in a row (at least 1). Spans are in positional order. Only
     contiguous runs are merged, and selections never cover specials, so a span never crosses
-    [SEP].
+    [SEP]. ``merged`` is ``runs(selected)`` when the caller has it.
     """
     batch, width = selected.shape
-    run_id, n_runs = runs(selected)
+    run_id, n_runs = runs(selected) if merged is None else merged
     s_max = max(int(n_runs.max()) if n_runs.numel() else 0, 1)
     starts = selected & ~shift_right(selected, False)
     ends = selected & ~shift_left(selected, False)
