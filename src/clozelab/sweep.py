@@ -47,6 +47,11 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, payload: dict) -> None:
+    """Atomic JSON write, by global rank 0 only (every rank of a multi-task job runs the job)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), "utf-8")
