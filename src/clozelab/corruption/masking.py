@@ -40,6 +40,7 @@ from clozelab.corruption.base import (
 )
 from clozelab.corruption.units import (
     UNIT_KINDS,
+    Runs,
     annotated_units,
     expand_unit_draws,
     runs,
@@ -162,10 +163,10 @@ class MaskingCorruption(Corruption):
         eligible = candidates(batch, self.special_token_ids)
         selected, unit_ids = self.select(batch, eligible, generator)
         selected = selected & eligible
-        merged = runs(selected)
+        merged = Runs(selected)
         draws = None
         if self.operations_per == "unit":
-            index = merged[0] if unit_ids is None else None
+            index = merged.run_id if unit_ids is None else None
             draws = unit_draws(unit_ids, selected, generator, index)
         new_ids, replaced = apply_operations(
             input_ids, selected, self.mix, generator, self.mask_token_id, self.sampler, draws

@@ -15,6 +15,7 @@ already masked). Here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -55,7 +56,13 @@ def sample_lengths(
     ``length_cdf(pmf)``, precomputed by callers that draw often)."""
     cdf = length_cdf(pmf) if cdf is None else cdf
     u = torch.rand(shape, generator=generator, dtype=torch.float64)
-    return torch.searchsorted(cdf, u, right=True).clamp_max(len(pmf) - 1) + lower
+    return torch.bucketize(u, cdf[:-1], right=True) + lower  # u < 1 = cdf[-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _earlier(m: int, device: torch.device) -> Tensor:
+    """``bool [m, m]``: column j is before row i."""
+    return torch.ones(m, m, dtype=torch.bool, device=device).tril(-1)
 
 
 class WordLayout:
@@ -188,7 +195,7 @@ class SpanMasking(MaskingCorruption):
         of the first accepted span covering it. Spans are word ranges ``[first, last]`` (ordinals);
         anchor ``i`` lies in word ``first[i]``. Returns ``(owned [B, T], owner [B, T])``."""
         b, m = first.shape
-        earlier = torch.ones(m, m, dtype=torch.bool, device=first.device).tril(-1)
+        earlier = _earlier(m, first.device)
         anchor = first.unsqueeze(2)
         covers = (
             (first.unsqueeze(1) <= anchor) & (anchor <= last.unsqueeze(1)) & earlier
@@ -205,9 +212,9 @@ class SpanMasking(MaskingCorruption):
         inside = (offsets <= (last - first).unsqueeze(-1)) & accepted.unsqueeze(-1)  # [B, M, L]
         t = words.t
         target = torch.where(inside, first.unsqueeze(-1) + offsets, t).view(b, -1)
-        span_index = torch.arange(m, device=first.device).view(1, m, 1).expand(b, m, width)
+        span_index = torch.arange(m, device=first.device).repeat_interleave(width).expand(b, -1)
         by_word = torch.full((b, t + 1), m, dtype=torch.long, device=first.device)
-        by_word.scatter_reduce_(1, target, span_index.reshape(b, -1), "amin")
+        by_word.scatter_reduce_(1, target, span_index, "amin")
         owner = by_word.gather(1, words.ordinal)
         return (owner < m) & words.eligible, owner
 
@@ -329,16 +336,22 @@ class NgramMasking(MaskingCorruption):
         lens.masked_fill_(sizes >= cap.unsqueeze(1), t + 1)
         flat = order + torch.arange(0, b * width, width, device=order.device).unsqueeze(-1)
         flat = flat.unsqueeze(1) + sizes  # into covered
-        lens, flat = (x.permute(2, 0, 1).contiguous().cpu().numpy() for x in (lens, flat))
+        lens, flat = lens.cpu().numpy(), flat.cpu().numpy()  # rank r: [:, :, r] views
         covered = np.zeros(b * width, dtype=bool)
         remaining = k.cpu().numpy().astype(np.int64)
         last_live = (words.n_words - 1).cpu().numpy()
+        all_live = int(last_live.min())  # up to this rank every row still has words
         for r in range(w_max):  # the r-th shuffled word start of every row at once
-            fits = lens[r] <= remaining[:, None]  # a prefix: lengths grow with n (the fallback)
-            seen = covered[flat[r]]
-            take = fits[:, 0] & ~(seen & fits).any(-1)
-            covered[flat[r]] = seen | (fits & take[:, None])
-            remaining -= (lens[r] * fits).max(-1) * take
-            if not ((remaining > 0) & (last_live > r)).any():
+            at, length = flat[..., r], lens[..., r]
+            fits = length <= remaining[:, None]  # a prefix: lengths grow with n (the fallback)
+            seen = covered[at]
+            take = fits[:, 0] > (seen & fits).any(-1)  # fits and does not overlap
+            gram = fits & take[:, None]
+            covered[at] = seen | gram
+            remaining -= (length * gram).max(-1)
+            if r < all_live:
+                if remaining.max() <= 0:
+                    break
+            elif not ((remaining > 0) & (last_live > r)).any():
                 break
         return torch.from_numpy(covered.reshape(b, width)[:, :t])

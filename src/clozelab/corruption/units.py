@@ -17,18 +17,21 @@ UNIT_KINDS = ("token", "whole_word", "entity", "phrase")
 """Unit kinds ``UnitMasking`` understands (n-grams and geometric spans have their own schemes)."""
 
 
+def _filled(x: Tensor, fill) -> Tensor:
+    # zeros_like is a memset, cheaper than writing a scalar into a column of empty_like
+    return torch.zeros_like(x) if fill in (0, False) else torch.full_like(x, fill)
+
+
 def shift_right(x: Tensor, fill) -> Tensor:
     """``x[:, t-1]`` at position t, ``fill`` at t = 0."""
-    out = torch.empty_like(x)
-    out[:, 0] = fill
+    out = _filled(x, fill)
     out[:, 1:] = x[:, :-1]
     return out
 
 
 def shift_left(x: Tensor, fill) -> Tensor:
     """``x[:, t+1]`` at position t, ``fill`` at the last position."""
-    out = torch.empty_like(x)
-    out[:, -1] = fill
+    out = _filled(x, fill)
     out[:, :-1] = x[:, 1:]
     return out
 
@@ -87,29 +90,40 @@ def runs(selected: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns ``(run_id [B, T]`` (-1 off runs, 0.. per row), ``n_runs [B])``.
     """
-    starts = selected & ~shift_right(selected, False)
-    run_id = starts.long().cumsum(-1) - 1
-    return run_id.masked_fill(~selected, -1), starts.sum(-1)
+    merged = Runs(selected)
+    return merged.run_id, merged.n
 
 
-def span_bounds(selected: Tensor, merged: tuple[Tensor, Tensor] | None = None) -> Tensor:
+class Runs:
+    """The maximal runs of ``selected`` (``bool [B, T]``): ``starts`` (first position of each),
+    ``run_id`` (-1 off runs, 0.. per row in positional order) and ``n`` (runs per row)."""
+
+    def __init__(self, selected: Tensor):
+        self.selected = selected
+        self.starts = selected & ~shift_right(selected, False)
+        index = self.starts.cumsum(-1)
+        self.n = index[:, -1] if index.shape[-1] else index.sum(-1)
+        self.run_id = (index - 1).masked_fill_(~selected, -1)
+
+
+def span_bounds(selected: Tensor, merged: Runs | None = None) -> Tensor:
     """``long [B, S, 2]``: (first, last) position of every merged selected span, padded with -1.
 
     S is the largest number of spans in a row (at least 1). Spans are in positional order. Only
     contiguous runs are merged, and selections never cover specials, so a span never crosses
-    [SEP]. ``merged`` is ``runs(selected)`` when the caller has it.
+    [SEP]. ``merged`` is ``Runs(selected)`` when the caller has it.
     """
     batch, width = selected.shape
-    run_id, n_runs = runs(selected) if merged is None else merged
-    s_max = max(int(n_runs.max()) if n_runs.numel() else 0, 1)
-    starts = selected & ~shift_right(selected, False)
+    merged = Runs(selected) if merged is None else merged
+    s_max = max(int(merged.n.max()) if merged.n.numel() else 0, 1)
     ends = selected & ~shift_left(selected, False)
     positions = torch.arange(width, device=selected.device).expand(batch, width)
-    bounds = torch.full((batch, s_max + 1, 2), -1, dtype=torch.long, device=selected.device)
-    dump = torch.full_like(run_id, s_max)  # non-start/end positions write into a dropped slot
-    bounds[:, :, 0].scatter_(1, torch.where(starts, run_id, dump), positions)
-    bounds[:, :, 1].scatter_(1, torch.where(ends, run_id, dump), positions)
-    return bounds[:, :s_max].contiguous()
+    first = torch.full((batch, s_max + 1), -1, dtype=torch.long, device=selected.device)
+    last = torch.full((batch, s_max + 1), -1, dtype=torch.long, device=selected.device)
+    # positions that are no start/end write into the dropped slot s_max
+    first.scatter_(1, torch.where(merged.starts, merged.run_id, s_max), positions)
+    last.scatter_(1, torch.where(ends, merged.run_id, s_max), positions)
+    return torch.stack((first[:, :s_max], last[:, :s_max]), dim=-1)
 
 
 def expand_unit_draws(
