@@ -39,6 +39,8 @@ class LogProgress(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        if not trainer.is_global_zero:  # one line per step, not one per rank
+            return
         if step % self.every == 0 or step == trainer.max_steps:
             metrics = trainer.callback_metrics
             loss = metrics.get("train/loss")
@@ -52,7 +54,7 @@ class LogProgress(pl.Callback):
             )
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if vals:

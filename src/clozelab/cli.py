@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: clozelab <command> [hydra overrides ...]
 
@@ -14,6 +16,8 @@ commands:
   finetune   fine-tune one downstream task on several seeds -> RUN/eval/<task>.json
   evaluate   fine-tune and score a suite (glue, bundled, ner, qa) -> RUN/eval/*.json
   export     clozelab export RUN_DIR OUT_DIR: an HF transformers BERT directory
+  report     clozelab report SWEEP_DIR [...] [--out DIR] [--baseline K=V ...] [--metric NAME ...]:
+             per-setting mean ± std, 95% CI, paired tests vs the baseline, plots
   bench      pre-training step vs HF transformers, corruption throughput -> bench.json
   preview    corrupted examples + statistics of a corruption -> preview.json
 
@@ -21,6 +25,7 @@ examples:
   clozelab pretrain
   clozelab pretrain experiment=bert model=tiny trainer.max_steps=100
   clozelab pretrain sweep=seeds
+  clozelab report multirun/DATE/TIME
   clozelab prepare data.corpus=/data/enwiki-latest-pages-articles.xml.bz2
   clozelab finetune task=sst2 checkpoint=outputs/DATE/TIME data_dir=../shared/data
   clozelab evaluate suite=glue checkpoint=outputs/DATE/TIME data_dir=../shared/data
@@ -35,6 +40,7 @@ COMMANDS = {
     "finetune": ("finetune", "clozelab.finetune:finetune"),
     "evaluate": ("evaluate", "clozelab.finetune:evaluate"),
     "export": (None, "clozelab.export:main"),  # not Hydra: clozelab export RUN_DIR OUT_DIR
+    "report": (None, "clozelab.report:main"),  # not Hydra: clozelab report SWEEP_DIR ...
     "bench": ("bench", "clozelab.bench:bench"),
     "preview": ("preview", "clozelab.preview:preview"),
 }
@@ -59,8 +65,23 @@ def _quiet_dependencies() -> None:
 
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # val/ metrics are token-weighted sums reduced across ranks by PretrainModule itself
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
+
+
+def point_rank_launcher(command: str, overrides: list[str]) -> None:
+    """Make ``sys.argv`` re-run this command: Lightning's DDP launcher starts the other ranks of
+    one machine by running ``sys.argv`` again (``python -m SPEC argv[1:]`` under ``python -m``,
+    else ``python argv[0] argv[1:]``)."""
+    import __main__
+
+    if getattr(__main__, "__spec__", None) is not None:  # python -m clozelab <command> ...
+        sys.argv = [sys.argv[0], command, *overrides]
+    else:  # the console script: a plain script path that runs the command
+        os.environ["CLOZELAB_COMMAND"] = command
+        sys.argv = [str(Path(__file__).with_name("rank_entry.py")), *overrides]
 
 
 def run_command(command: str, overrides: list[str]) -> None:
@@ -76,6 +97,7 @@ def run_command(command: str, overrides: list[str]) -> None:
     _quiet_dependencies()
 
     def task(cfg):
+        point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             from clozelab.sweep import run_job  # failures isolated, finished jobs skipped
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from clozelab.errors import ClozelabError
+from clozelab.objectives.base import data_parallel
 from clozelab.optim import build_scheduler, parameter_groups
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -74,19 +75,37 @@ class PretrainModule(pl.LightningModule):
         self.tokens_at_train_start = self.tokens_seen
 
     def training_step(self, batch, batch_idx):
-        loss, logs, _ = self(batch)
+        world = self.trainer.world_size
+        with data_parallel(world, self._sum_across_ranks):  # losses: global-batch means
+            loss, logs, _ = self(batch)
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
-        tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
-        self.tokens_seen += tokens
-        self.log_dict({f"train/{k}": v.detach() for k, v in logs.items() if k != "loss"})
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
+        tokens = batch["attention_mask"].sum()
+        if world > 1:
+            logs, tokens = self._mean_across_ranks(logs, tokens)
+        self.tokens_seen += int(tokens)
+        self.log_dict({f"train/{k}": v for k, v in logs.items() if k != "loss"})
+        self.log("train/loss", logs["loss"], prog_bar=True)
         self.log("train/tokens_seen", float(self.tokens_seen), reduce_fx="max")
         if self._train_start is not None:
             elapsed = max(time.perf_counter() - self._train_start, 1e-9)
             rate = (self.tokens_seen - self.tokens_at_train_start) / elapsed
             self.log("train/tokens_per_s", rate, prog_bar=True)
         return loss
+
+    def _sum_across_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def _mean_across_ranks(self, logs: dict, tokens: torch.Tensor) -> tuple[dict, int]:
+        """One all-reduce for the step's logs: their mean over the ranks (for the losses, the mean
+        over the global batch: see ``global_mean``; accuracies: the mean of the ranks' values)
+        and the non-padding tokens of all ranks, so every rank counts the same tokens_seen."""
+        keys = sorted(logs)
+        values = [logs[k].to(self.device, torch.float64).reshape(()) for k in keys]
+        summed = self._sum_across_ranks(torch.stack([*values, tokens.to(torch.float64)]))
+        world = self.trainer.world_size
+        return {k: v / world for k, v in zip(keys, summed[:-1])}, int(summed[-1])
 
     def _raise_non_finite(self, loss: torch.Tensor, batch) -> None:
         bad = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from clozelab.api import init_components
 from clozelab.callbacks import CheckpointOnSignal, LogProgress, RNGState, TokenBudget
@@ -29,6 +30,7 @@ from clozelab.export import export_after_run
 from clozelab.model.compile import apply_model_compile
 from clozelab.module import PretrainModule
 from clozelab.protocol import protocol
+from clozelab.scale import trainer_kwargs, world_size
 from clozelab.tracking import finish_run, make_loggers, mark_run
 from clozelab.validate import validate_pretrain
 
@@ -53,20 +55,22 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
 
 def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
     """The run's length in steps, for the LR schedule: max_steps, or the steps max_tokens lasts
-    (padding is not counted, so a step adds batch_size x the mean sequence length)."""
+    (padding is not counted, so a step adds batch_size x ranks x the mean sequence length)."""
     steps = cfg.trainer.get("max_steps", -1)
     if steps and steps > 0:
         return int(steps)
     tokens = cfg.trainer.get("max_tokens")
     if tokens:
         per_sequence = datamodule.mean_train_tokens() or cfg.data.max_seq_length
-        return max(1, round(int(tokens) / (cfg.data.batch_size * per_sequence)))
+        global_batch = cfg.data.batch_size * world_size(cfg.trainer)
+        return max(1, round(int(tokens) / (global_batch * per_sequence)))
     return None
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = trainer_kwargs(cfg.trainer)  # strategy/plugin nodes built, precision resolved
     max_tokens = kwargs.pop("max_tokens", None)
+    plugins = [*kwargs.pop("plugins"), AtomicCheckpointIO()]
     callbacks: list[pl.Callback] = [
         pl.callbacks.ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -95,7 +99,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
         enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         reload_dataloaders_every_n_epochs=1,  # train instances and order are rebuilt per epoch
     )
 
@@ -205,8 +209,9 @@ def pretrain(cfg: DictConfig) -> dict:
         weight_decay=cfg.optim.get("weight_decay", 0.01),
     )
     resume = _resume_point(run_dir, module, prepared.tokenizer)  # before anything is overwritten
-    prepared.tokenizer.save(run_dir / "tokenizer")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # one writer of the run directory (every rank runs this)
+        prepared.tokenizer.save(run_dir / "tokenizer")
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     run_name = cfg.get("run_name") or run_dir.name
     loggers = make_loggers(cfg.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
     trainer = _trainer(cfg, run_dir, loggers)
@@ -250,6 +255,8 @@ def pretrain(cfg: DictConfig) -> dict:
             "protocol": protocol(cfg),  # budget, model, data, suite: what runs compare on
         },
     )
+    if not trainer.is_global_zero:
+        return metrics  # rank 0 writes metrics.json, exports and evaluates
     write_json(run_dir / "metrics.json", metrics)
     if metrics["status"] == "completed":
         export_after_run(module, run_dir)  # RUN_DIR/hf/: what transformers loads

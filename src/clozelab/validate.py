@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from clozelab.config import target_class
 from clozelab.data.instances import KINDS
 from clozelab.errors import ClozelabError, config_error
+from clozelab.scale import validate_trainer
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
 INSTANCE_KEYS = {
@@ -175,4 +176,5 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_model(cfg)
     validate_corruption(cfg)
     validate_budget(cfg)
+    validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
     return validate_objectives(cfg)

@@ -37,7 +37,7 @@ def test_loader_state_round_trip_resumes_at_the_next_batch():
     first = _loader()
     expected = [b.tolist() for b in first][3:]
     state = first.state_dict()
-    assert state == {"epoch": 1, "batches": 3, "batch_size": 4}
+    assert state == {"epoch": 1, "batches": 3, "batch_size": 4, "world_size": 1}
     resumed = _loader(done=0)
     resumed.load_state_dict(state)
     assert [b.tolist() for b in resumed] == expected

@@ -36,17 +36,30 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         batches = int(self.position()) if self.position is not None else 0
-        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size}
+        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size,
+                "world_size": getattr(self.sampler, "world_size", 1)}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        """Skip the batches already trained on. The ranks' step-k batches together are items
+        [k*G, (k+1)*G) of the epoch's order (G = batch_size x world_size), so the position
+        carries over to any world size with the same global batch G."""
         if int(state.get("epoch", -1)) != self.epoch:
             return  # saved in another epoch (e.g. at its very end): this epoch starts afresh
-        if state.get("batch_size") != self.batch_size:
+        world = getattr(self.sampler, "world_size", 1)
+        saved_world = int(state.get("world_size", 1))
+        saved_batch = int(state.get("batch_size") or 0)
+        if saved_batch * saved_world != self.batch_size * world:
+            same_world = saved_world == world
             raise ClozelabError(
-                f"data.batch_size={self.batch_size}: the checkpoint being resumed was trained "
-                f"with data.batch_size={state.get('batch_size')}, so its position in the epoch "
-                "cannot be restored. Fix: re-launch with the batch size it was written with, or "
-                "use a new hydra.run.dir."
+                f"data.batch_size={self.batch_size}"
+                + ("" if same_world else f" on {world} ranks")
+                + ": the checkpoint being resumed was trained with "
+                f"data.batch_size={saved_batch}"
+                + ("" if same_world else f" on {saved_world} ranks")
+                + ", so its position in the epoch cannot be restored. Fix: re-launch with the "
+                "global batch it was written with (data.batch_size x trainer.devices x "
+                f"trainer.num_nodes = {saved_batch * saved_world}), or use a new "
+                "hydra.run.dir."
             )
         self.sampler.start = min(int(state["batches"]) * self.batch_size, len(self.sampler))
 

@@ -10,6 +10,9 @@ class EpochSampler(Sampler[int]):
     """Permutes ``n`` items with (seed, epoch); rank r of w takes every w-th item (all ranks get the
     same count); ``start`` skips the first ``start`` items of this rank's order (resume mid-epoch).
 
+    With batches of B per rank, the w ranks' k-th batches together hold items [k*B*w, (k+1)*B*w)
+    of the permutation: the k-th batch of one process with batch size B*w, for any w.
+
     ``len()`` is always the whole epoch of this rank, also when ``start`` > 0: Lightning counts the
     batches of a resumed epoch from where it stopped, so the epoch must keep its full length for
     the run to end the epoch (and validate, and schedule) exactly where an uninterrupted run does.

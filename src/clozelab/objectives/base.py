@@ -5,17 +5,68 @@ An objective is an ``nn.Module`` that owns its head(s) and its loss:
 Each subclass declares the batch keys it reads (``requires``) and the instance kinds it can
 train on (``instance_kinds``), so an impossible combination is refused when the config is
 composed, before any data is read. The total pre-training loss is ``sum(weight * loss)``.
+
+Losses that average over targets pass through ``global_mean``: inside ``data_parallel`` (a
+training step on several ranks) it turns a rank's mean into that rank's share of the mean over
+the whole global batch (SPECS §5 pitfall), so the averaged gradients equal one process's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
+
+#: (world size, sum across ranks) while a data-parallel training step runs; None otherwise.
+_DATA_PARALLEL: ContextVar[tuple[int, Callable[[Tensor], Tensor]] | None] = ContextVar(
+    "clozelab_data_parallel", default=None
+)
+
+
+@contextmanager
+def data_parallel(world_size: int, all_reduce_sum: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Make ``global_mean`` average over the global batch of ``world_size`` ranks whose gradients
+    are averaged (DDP, FSDP, DeepSpeed and XLA all do); ``all_reduce_sum`` sums a tensor over the
+    ranks (every rank must make the same calls). A no-op on one rank."""
+    if world_size <= 1:
+        yield
+        return
+    token = _DATA_PARALLEL.set((int(world_size), all_reduce_sum))
+    try:
+        yield
+    finally:
+        _DATA_PARALLEL.reset(token)
+
+
+def global_mean(local_mean: Tensor, n: Tensor | int, offset: int = 0) -> Tensor:
+    """This rank's share of a mean over the whole global batch.
+
+    ``local_mean`` is ``sum / d`` over this rank's ``n`` targets, with ``d = n + offset``
+    (SpanBERT's ``n + 1``) or, when ``offset`` is 0, ``d = max(n, 1)``. Inside
+    ``data_parallel`` on ``w`` ranks it returns ``sum * w / D`` (``D`` from the targets of all
+    ranks), so that the mean of the ranks' values, and of their gradients, is
+    ``sum over ranks / D``: the global mean, not the mean of per-rank means, which differs
+    whenever ranks hold different counts. Elsewhere (one process,
+    validation) it returns ``local_mean`` unchanged.
+    """
+    context = _DATA_PARALLEL.get()
+    if context is None:
+        return local_mean
+    world, all_reduce_sum = context
+    count = torch.as_tensor(n, device=local_mean.device).to(torch.float64).reshape(())
+    total = all_reduce_sum(count.clone())
+    if offset:
+        local, whole = count + offset, total + offset
+    else:
+        local, whole = count.clamp_min(1), total.clamp_min(1)
+    return local_mean * (local * world / whole).to(local_mean.dtype)
 
 
 @dataclass
@@ -24,7 +75,8 @@ class ObjectiveOutput:
 
     Attributes:
         loss: scalar, already averaged over ``n_targets`` (unweighted; the caller applies
-            ``objective.weight``).
+            ``objective.weight``); in a data-parallel training step, this rank's share of the
+            global-batch mean (``global_mean``).
         n_targets: how many targets the loss averages over (predicted tokens for MLM,
             sequences for NSP), for token-weighted reduction across batches and devices.
         logs: detached scalars to log, named ``<objective>_<metric>`` (e.g. ``mlm_acc``).

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.model.heads import get_activation, init_bert_weights
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX
 
 
@@ -38,7 +38,9 @@ def binary_token_loss(logits: Tensor, labels: Tensor, keep: Tensor, name: str) -
     logits = logits.float()[keep]  # (N,)
     targets = labels[keep].float()  # (N,)
     n = targets.numel()
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / max(n, 1)
+    loss = global_mean(
+        F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / max(n, 1), n
+    )
     with torch.no_grad():
         acc = ((logits > 0).float() == targets).float().sum() / max(n, 1)
     return ObjectiveOutput(loss=loss, n_targets=n, logs={f"{name}_loss": loss.detach(),

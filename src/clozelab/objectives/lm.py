@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.heads import LMTransform
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
 
 DIRECTIONS = ("forward", "both")
@@ -111,7 +111,7 @@ class LanguageModel(Objective):
         loss_sum, correct = tied_decoder_cross_entropy(
             self.transform(states), embedding.word_embeddings.weight, self.bias, targets
         )
-        loss = loss_sum / max(n, 1)
+        loss = global_mean(loss_sum / max(n, 1), n)
         return ObjectiveOutput(loss=loss, n_targets=n, logs={
             "lm_loss": loss.detach(), "lm_acc": correct.float() / max(n, 1)})  # fmt: skip
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.heads import LMTransform
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 IGNORE_INDEX = -100
 
@@ -97,7 +97,7 @@ class MLM(Objective):
         loss_sum, correct = tied_decoder_cross_entropy(
             h, self.decoder_weight(embedding), self.bias, targets
         )
-        loss = loss_sum / max(n, 1)
+        loss = global_mean(loss_sum / max(n, 1), n)  # the global token mean on many ranks
         acc = correct.float() / max(n, 1)
         return ObjectiveOutput(
             loss=loss, n_targets=n, logs={"mlm_loss": loss.detach(), "mlm_acc": acc}

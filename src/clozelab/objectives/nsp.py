@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.model.heads import Pooler, init_bert_weights
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 
 class NSP(Objective):
@@ -46,7 +46,7 @@ class NSP(Objective):
         self.check_batch(batch)
         labels = batch["next_sentence_label"].reshape(-1)  # (B,)
         logits = self.logits(encoder_output.last_hidden_state).float()  # (B, 2)
-        loss = F.cross_entropy(logits, labels)
+        loss = global_mean(F.cross_entropy(logits, labels), labels.numel())
         with torch.no_grad():
             acc = (logits.argmax(-1) == labels).float().mean()
         return ObjectiveOutput(

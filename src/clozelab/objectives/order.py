@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.model.heads import init_bert_weights
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX
 
 
@@ -66,7 +66,7 @@ class OrderPrediction(Objective):
         scores = self.scores(encoder_output.last_hidden_state, batch.get("attention_mask"))
         picked, targets = scores[keep], labels[keep]  # (N, T), (N,)
         n = targets.numel()
-        loss = F.cross_entropy(picked, targets, reduction="sum") / max(n, 1)
+        loss = global_mean(F.cross_entropy(picked, targets, reduction="sum") / max(n, 1), n)
         with torch.no_grad():
             hit = picked.argmax(-1) == targets
             positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from clozelab.errors import ClozelabError, config_error
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.heads import LMTransform
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.deletion import BinaryTokenHead
 from clozelab.objectives.mlm import IGNORE_INDEX
 
@@ -154,7 +154,7 @@ class RTD(Objective):
         targets = flat.index_select(0, positions)  # (N,)
         logits = self.generator_logits(batch, embedding, positions).float()  # (N, V)
         n = targets.numel()
-        loss = F.cross_entropy(logits, targets, reduction="sum") / max(n, 1)
+        loss = global_mean(F.cross_entropy(logits, targets, reduction="sum") / max(n, 1), n)
         with torch.no_grad():
             sampled = gumbel_sample(logits.detach(), self.temperature)  # (N,)
             acc = (logits.argmax(-1) == targets).float().sum() / max(n, 1)
@@ -181,7 +181,7 @@ class RTD(Objective):
             labels, dtype=torch.bool)  # fmt: skip
         z, y = logits[keep], labels[keep].float()
         n = y.numel()
-        disc = F.binary_cross_entropy_with_logits(z, y, reduction="sum") / max(n, 1)
+        disc = global_mean(F.binary_cross_entropy_with_logits(z, y, reduction="sum") / max(n, 1), n)
         loss = self.generator_weight * gen_loss + self.discriminator_weight * disc
         with torch.no_grad():
             logs = {

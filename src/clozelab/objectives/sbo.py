@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.heads import get_activation, init_bert_weights
-from clozelab.objectives.base import Objective, ObjectiveOutput
+from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
 
 
@@ -128,7 +128,7 @@ class SBO(Objective):
                 "build the SBO head and the embedding with the same vocab_size",
             )
         loss_sum, correct = tied_decoder_cross_entropy(y, weight, self.bias, target)
-        loss = loss_sum / (n + 1)
+        loss = global_mean(loss_sum / (n + 1), n, offset=1)
         acc = correct.float() / max(n, 1)
         return ObjectiveOutput(
             loss=loss, n_targets=n, logs={"sbo_loss": loss.detach(), "sbo_acc": acc}

@@ -1,0 +1,213 @@
+"""PNG plots of a sweep report (matplotlib, Agg, no pyplot state):
+
+- per metric: the metric against the first numeric axis (e.g. ``corruption.rate``), one line per
+  combination of the other axes (e.g. 80/10/10 vs mask-only), mean ± std over seeds as error
+  bars; without a numeric axis, grouped bars (groups: the first axis; bars: the others);
+  the seeds' own values as dots, the best setting starred;
+- ``loss_curves.png``: the pre-training ``train/loss`` and ``val/loss`` of csv/metrics.csv per
+  setting, mean over seeds with a ±std band, against tokens seen (else steps).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from clozelab.report_jobs import read_csv_rows
+from clozelab.report_stats import better_text
+
+CURVES = ("train/loss", "val/loss")
+TOKENS = "train/tokens_seen"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "metric"
+
+
+def _colors(count: int):
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def numeric_axis(report) -> int | None:
+    """Index of the first axis whose values are all numbers (at least two of them)."""
+    for i, _ in enumerate(report.axes):
+        values = {s.key[i] for s in report.settings}
+        try:
+            [float(v) for v in values]
+        except ValueError:
+            continue
+        if len(values) > 1:
+            return i
+    return None
+
+
+def _hue(setting, keep: list[int], axes: list[str]) -> str:
+    return " ".join(f"{axes[i]}={setting.key[i]}" for i in keep) or "all"
+
+
+def _err(summary) -> float:
+    return summary.std if summary.std is not None else 0.0
+
+
+def _finish(fig, ax, metric, way, path: Path, legend: bool) -> Path:
+    ax.set_title(f"{metric} ({better_text(way)})")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.annotate("mean ± std over seeds; dots: seeds; ★ best", (0, 0), xytext=(0, -34),
+                xycoords="axes fraction", textcoords="offset points", fontsize=7, va="top",
+                color="0.35")  # fmt: skip
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _lines(metric, report, x_axis: int, path: Path) -> Path:
+    keep = [i for i in range(len(report.axes)) if i != x_axis]
+    groups: dict[str, list] = defaultdict(list)
+    for row in metric.rows:
+        groups[_hue(row.setting, keep, report.axes)].append(row)
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    every = [float(r.setting.key[x_axis]) for r in metric.rows]
+    dodge = 0.012 * (max(every) - min(every))  # the lines' points side by side, not on top
+    for index, (color, (label, rows)) in enumerate(
+        zip(_colors(len(groups)), groups.items(), strict=True)
+    ):
+        rows = sorted((r for r in rows if r.summary.mean is not None),
+                      key=lambda r: float(r.setting.key[x_axis]))  # fmt: skip
+        if not rows:
+            continue
+        shift = (index - (len(groups) - 1) / 2) * dodge
+        xs = [float(r.setting.key[x_axis]) + shift for r in rows]
+        ax.errorbar(xs, [r.summary.mean for r in rows], yerr=[_err(r.summary) for r in rows],
+                    marker="o", capsize=3, color=color, label=label)  # fmt: skip
+        for x, row in zip(xs, rows, strict=True):
+            seeds = list(row.summary.values.values())
+            ax.scatter([x] * len(seeds), seeds, s=10, color=color, alpha=0.45, zorder=3)
+            if row.is_best:
+                ax.scatter([x], [row.summary.mean], marker="*", s=180, color=color,
+                           edgecolors="black", zorder=4)  # fmt: skip
+    ax.set_xlabel(report.axes[x_axis])
+    return _finish(fig, ax, metric.name, metric.direction, path, legend=len(groups) > 1)
+
+
+def _bars(metric, report, path: Path) -> Path:
+    axes = report.axes
+    group_of = (lambda s: s.key[0]) if axes else (lambda s: "all jobs")
+    keep = list(range(1, len(axes)))
+    groups = list(dict.fromkeys(group_of(r.setting) for r in metric.rows))
+    hues = list(dict.fromkeys(_hue(r.setting, keep, axes) for r in metric.rows))
+    width = 0.8 / len(hues)
+    fig = Figure(figsize=(max(6.4, 1.1 * len(groups) * max(1, len(hues)) ** 0.5), 4.2))
+    ax = fig.subplots()
+    colors = dict(zip(hues, _colors(len(hues)), strict=True))
+    low, high, drawn = np.inf, -np.inf, set()
+    for row in metric.rows:
+        summary = row.summary
+        if summary.mean is None:
+            continue
+        hue = _hue(row.setting, keep, axes)
+        x = groups.index(group_of(row.setting)) + (hues.index(hue) - (len(hues) - 1) / 2) * width
+        ax.bar(x, summary.mean, width * 0.9, yerr=_err(summary), capsize=3, color=colors[hue],
+               label=hue if hue not in drawn else None, alpha=0.85)  # fmt: skip
+        drawn.add(hue)
+        seeds = list(summary.values.values())
+        ax.scatter([x] * len(seeds), seeds, s=10, color="black", alpha=0.6, zorder=3)
+        if row.is_best:
+            ax.scatter([x], [summary.mean + _err(summary)], marker="*", s=180, color="gold",
+                       edgecolors="black", zorder=4)  # fmt: skip
+        points = [*seeds, summary.mean - _err(summary), summary.mean + _err(summary)]
+        low, high = min(low, *points), max(high, *points)
+    if np.isfinite(low):
+        pad = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_ylim(low - pad, high + pad)  # bars are compared on their tops, not from zero
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0, ha="right"
+                  if len(groups) > 4 else "center")  # fmt: skip
+    ax.set_xlabel(axes[0] if axes else "")
+    return _finish(fig, ax, metric.name, metric.direction, path, legend=len(hues) > 1)
+
+
+def _curve(job, column: str, use_tokens: bool) -> list[tuple[int, float, float]]:
+    """(step, x, value) of one column of a job's csv/metrics.csv."""
+    rows = read_csv_rows(job.path / "csv" / "metrics.csv")
+    steps, tokens = [0.0], [0.0]
+    for row in rows:
+        if row.get(TOKENS) and row.get("step"):
+            steps.append(float(row["step"]))
+            tokens.append(float(row[TOKENS]))
+    out = []
+    for row in rows:
+        if row.get(column) and row.get("step"):
+            step = int(float(row["step"]))
+            x = float(np.interp(step, steps, tokens)) if use_tokens else float(step)
+            out.append((step, x, float(row[column])))
+    return out
+
+
+def _has_tokens(jobs) -> bool:
+    return all(any(r.get(TOKENS) for r in read_csv_rows(j.path / "csv" / "metrics.csv"))
+               for j in jobs)  # fmt: skip
+
+
+def loss_curves(report, path: Path) -> Path | None:
+    jobs = {s.label: [j for j in s.jobs if j.completed] for s in report.settings}
+    every = [j for js in jobs.values() for j in js]
+    columns = [c for c in CURVES if any(_curve(j, c, False) for j in every)]
+    if not columns:
+        return None
+    use_tokens = _has_tokens(every)
+    fig = Figure(figsize=(6.0 * len(columns) + 2.5, 4.2))
+    panels = np.atleast_1d(fig.subplots(1, len(columns)))
+    colors = _colors(len(jobs))
+    for ax, column in zip(panels, columns, strict=True):
+        for color, (label, members) in zip(colors, jobs.items(), strict=True):
+            by_step: dict[int, list[tuple[float, float]]] = defaultdict(list)
+            for job in members:
+                for step, x, value in _curve(job, column, use_tokens):
+                    by_step[step].append((x, value))
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            xs = np.array([np.mean([p[0] for p in by_step[s]]) for s in steps])
+            values = [np.array([p[1] for p in by_step[s]]) for s in steps]
+            mean = np.array([v.mean() for v in values])
+            std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+            ax.plot(xs, mean, color=color, label=f"{label} (n={len(members)})", lw=1.4)
+            ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+        ax.set_title(f"{column} during pre-training")
+        ax.set_xlabel("tokens seen" if use_tokens else "step")
+        ax.set_ylabel(column)
+        ax.grid(True, alpha=0.3)
+    panels[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                      frameon=False, title="mean ± std over seeds")  # fmt: skip
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def write_plots(report, directory: Path) -> list[Path]:
+    """Every plot of the report, in ``directory`` (created)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    x_axis = numeric_axis(report)
+    written = []
+    for metric in report.metrics:
+        if not any(r.summary.mean is not None for r in metric.rows):
+            continue
+        path = directory / f"{slug(metric.name)}.png"
+        if x_axis is not None:
+            written.append(_lines(metric, report, x_axis, path))
+        else:
+            written.append(_bars(metric, report, path))
+    curves = loss_curves(report, directory / "loss_curves.png")
+    if curves is not None:
+        written.append(curves)
+    return written
