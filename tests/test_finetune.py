@@ -132,14 +132,43 @@ def test_bundled_zero_shot_tasks(tmp_path, tiny_tok):
         assert (tmp_path / "eval" / f"{name}.json").is_file()
 
 
-def test_span_ner_is_refused_clearly(tmp_path, tiny_tok):
-    (tmp_path / "d.txt").write_text("Paris NNP I-NP I-LOC\n", "utf-8")
+def test_span_ner_end_to_end_on_conll(tmp_path, tiny_tok):
+    sent = "Paris NNP I-NP I-LOC\nLondon NNP I-NP I-LOC\nis VBZ I-VP O\ngood JJ I-NP O\n\n"
+    sent += "bad JJ I-NP O\nmovie NN I-NP I-MISC\n\n"
+    (tmp_path / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + sent * 8, "utf-8")
+    (tmp_path / "dev.txt").write_text(sent * 2, "utf-8")
     task = OmegaConf.merge(
-        load_task("conll2003"),
-        {"kind": "span_ner", "path": str(tmp_path), "train": "d.txt", "validation": "d.txt"},
+        load_task("conll2003_spans"), {"path": str(tmp_path), **SMALL, "epochs": 30}
     )
-    with pytest.raises(ClozelabError, match="span"):
-        _run(task, tmp_path, tiny_tok, seeds=[1])
+    result = _run(task, tmp_path, tiny_tok, seeds=[1])
+    saved = json.loads((tmp_path / "eval" / "conll2003_spans.json").read_text())
+    assert saved["kind"] == "span_ner" and saved["metric"] == "entity_f1"
+    assert saved["protocol"]["max_span_length"] == 8 and saved["protocol"]["decoding"] == "flat"
+    assert set(saved["metrics"]) == {"entity_f1", "entity_precision", "entity_recall"}
+    assert result["value"] == pytest.approx(1.0)
+
+
+def test_nested_span_ner_end_to_end_from_jsonl(tmp_path, tiny_tok):
+    def entity(start, end, kind):
+        return {"start": start, "end": end, "type": kind}
+
+    rows = [
+        {"tokens": ["the", "king", "of", "Paris", "is", "good"],
+         "entities": [entity(1, 4, "PER"), entity(3, 4, "LOC")]},
+        {"tokens": ["London", "music", "history"],
+         "entities": [entity(0, 3, "ORG"), entity(0, 1, "LOC")]},
+    ]  # fmt: skip
+    lines = [json.dumps(r) for r in rows]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines * 8) + "\n", "utf-8")
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+    task = OmegaConf.merge(
+        load_task("nested_ner"),
+        {"path": str(tmp_path), "train": "train.jsonl", "validation": "dev.jsonl", **SMALL,
+         "epochs": 30, "lr": 3e-3},
+    )  # fmt: skip
+    result = _run(task, tmp_path, tiny_tok, seeds=[1], mode="finetune")
+    assert result["protocol"]["decoding"] == "nested"
+    assert result["value"] == pytest.approx(1.0), "all four nested entities are found"
 
 
 def _compose(name, *overrides):

@@ -120,6 +120,8 @@ def run_task(
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
+            **({"max_span_length": task.get("max_span_length", 8),
+                "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),
         }  # fmt: skip
     names = sorted({k for r in runs for k in r["metrics"]})
     summary = {k: _summary([float(r["metrics"][k]) for r in runs]) for k in names}

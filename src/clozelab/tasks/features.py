@@ -1,5 +1,6 @@
 """Examples to model inputs: ``[CLS] A [SEP] (B [SEP])`` sequences, first-subword word labels
-for token labelling, and doc-stride windows over SQuAD passages; ``pad_batch`` collates them.
+for token labelling, word boundaries and gold spans for span NER, and doc-stride windows over
+SQuAD passages; ``pad_batch`` collates them.
 
 Every feature is a dict of plain lists; tensors are made per batch with dynamic padding.
 """
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from clozelab.data.tokenizer import Tokenizer
 from clozelab.errors import config_error
-from clozelab.tasks.readers import QAExample, TextExample, TokenExample
+from clozelab.tasks.readers import QAExample, SpanExample, TextExample, TokenExample
 
 
 def _truncate_pair(a: list[int], b: list[int] | None, budget: int) -> None:
@@ -70,39 +71,82 @@ def _label(label, index: dict | None, labels) -> int | float:
         ) from None  # fmt: skip
 
 
+def _word_tokens(tokenizer: Tokenizer, sentences: Sequence[list[str]], max_len: int):
+    """Per sentence: ``[CLS] subwords [SEP]`` ids cut to ``max_len``, and the token positions of
+    the first / last subword of each word that fits. A word the tokenizer turned into no tokens
+    takes the previous word's positions; words cut by ``max_len`` are left out."""
+    encodings = tokenizer.hf.encode_batch(
+        list(sentences), is_pretokenized=True, add_special_tokens=False
+    )
+    for words, enc in zip(sentences, encodings, strict=True):
+        kept = enc.ids[: max_len - 2]
+        first_token: dict[int, int] = {}
+        last_token: dict[int, int] = {}
+        for position, word in enumerate(enc.word_ids[: len(kept)]):
+            if word is not None:
+                first_token.setdefault(word, position + 1)  # +1 for [CLS]
+                last_token[word] = position + 1
+        starts: list[int] = []
+        ends: list[int] = []
+        first = last = 1
+        truncated = len(kept) < len(enc.ids)
+        for w in range(len(words)):
+            if w in first_token:
+                first, last = first_token[w], last_token[w]
+            elif truncated and w > max(first_token, default=-1):
+                break
+            starts.append(first)
+            ends.append(last)
+        yield [tokenizer.cls_id, *kept, tokenizer.sep_id], starts, ends
+
+
 def encode_tokens(
     tokenizer: Tokenizer, examples: Sequence[TokenExample], max_len: int, tag_index: dict
 ) -> list[dict]:
     """Word-level labels on the first subword of each word (``word_starts``: token positions of
     the words that fit; later subwords get no label). Words past ``max_len`` are cut and counted
     as predicted "O" at scoring time."""
-    encodings = tokenizer.hf.encode_batch(
-        [e.words for e in examples], is_pretokenized=True, add_special_tokens=False
-    )
     features = []
-    for example, enc in zip(examples, encodings, strict=True):
-        kept = enc.ids[: max_len - 2]
-        ids = [tokenizer.cls_id, *kept, tokenizer.sep_id]
-        first_token: dict[int, int] = {}
-        for position, word in enumerate(enc.word_ids[: len(kept)]):
-            if word is not None and word not in first_token:
-                first_token[word] = position + 1  # +1 for [CLS]
-        starts: list[int] = []
-        last = 1
-        truncated = len(kept) < len(enc.ids)
-        for w in range(len(example.words)):
-            if w in first_token:
-                last = first_token[w]
-            elif truncated and w > max(first_token, default=-1):
-                break  # cut by max_len: scored as "O"
-            # a word the tokenizer turned into no tokens keeps the previous word's position
-            starts.append(last)
+    aligned = _word_tokens(tokenizer, [e.words for e in examples], max_len)
+    for example, (ids, starts, _) in zip(examples, aligned, strict=True):
         features.append(
             {
                 "input_ids": ids,
                 "token_type_ids": [0] * len(ids),
                 "word_starts": starts,
                 "word_labels": [tag_index.get(t, 0) for t in example.tags[: len(starts)]],
+                "n_words": len(example.words),
+            }
+        )
+    return features
+
+
+def encode_spans(
+    tokenizer: Tokenizer,
+    examples: Sequence[SpanExample],
+    max_len: int,
+    type_index: dict,
+    max_span_length: int,
+) -> list[dict]:
+    """Word boundaries for span classification: ``word_starts`` / ``word_ends`` (first / last
+    subword of each word that fits) and ``span_gold`` rows ``(first word, last word, label)`` of
+    the gold entities the model can represent (inside the kept words, at most
+    ``max_span_length`` words); the others still count as missed at scoring time."""
+    features = []
+    aligned = _word_tokens(tokenizer, [e.words for e in examples], max_len)
+    for example, (ids, starts, ends) in zip(examples, aligned, strict=True):
+        gold = [
+            (s, e - 1, type_index[kind])
+            for s, e, kind in example.spans
+            if e <= len(starts) and e - s <= max_span_length
+        ]
+        features.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": [0] * len(ids),
+                "word_starts": starts,
+                "word_ends": ends,
+                "span_gold": gold,
                 "n_words": len(example.words),
             }
         )
@@ -175,9 +219,20 @@ def context_mask(offsets: list) -> list[bool]:
     return [o is not None for o in offsets]
 
 
+def _pad_rows(rows: Sequence[list], fill: int, tail: tuple[int, ...] = ()) -> Tensor:
+    """Lists of ints (or of ``tail``-shaped tuples) as one [B, max(1, longest), *tail] tensor."""
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width, *tail), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
 def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
     """Pad ``input_ids``/``token_type_ids`` to the longest feature; build ``attention_mask``;
-    stack the label keys (word-level lists padded with -100 / 0, ``word_mask`` marking words)."""
+    stack the label keys (word-level lists padded with -100 / 0, ``word_mask`` marking words,
+    ``span_gold`` rows padded with -1)."""
     width = max(len(f["input_ids"]) for f in features)
     batch: dict[str, Tensor] = {}
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
@@ -194,17 +249,15 @@ def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
         dtype = torch.float if isinstance(first["labels"], float) else torch.long
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
     if "word_starts" in first:
-        words = max(1, max(len(f["word_starts"]) for f in features))
-        starts = torch.zeros((len(features), words), dtype=torch.long)
-        labels = torch.full((len(features), words), -100, dtype=torch.long)
-        for i, f in enumerate(features):
-            starts[i, : len(f["word_starts"])] = torch.tensor(f["word_starts"], dtype=torch.long)
-            labels[i, : len(f["word_labels"])] = torch.tensor(f["word_labels"], dtype=torch.long)
-        batch["word_starts"] = starts
-        batch["word_labels"] = labels
+        for key, fill in (("word_starts", 0), ("word_ends", 0), ("word_labels", -100)):
+            if key in first:
+                batch[key] = _pad_rows([f[key] for f in features], fill)
+        words = batch["word_starts"].shape[1]
         batch["word_mask"] = torch.tensor(
             [[j < len(f["word_starts"]) for j in range(words)] for f in features]
         )
+    if "span_gold" in first:
+        batch["span_gold"] = _pad_rows([f["span_gold"] for f in features], -1, (3,))
     if "offsets" in first:
         cmask = torch.zeros((len(features), width), dtype=torch.bool)
         for i, f in enumerate(features):

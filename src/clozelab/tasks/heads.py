@@ -6,7 +6,7 @@
 - ``TaskModel``: backbone (fine-tuned, or frozen + scalar mix) with one head per task kind:
   ``classification`` / ``regression`` on the [CLS] vector (the pooler), ``token`` labels on the
   first subword of each word (softmax or CRF), ``qa`` start/end pointers restricted to passage
-  tokens.
+  tokens, ``span_ner`` span classification (``tasks/spans.py``).
 
 Shapes: B batch, T tokens, W words, H hidden, L labels.
 """
@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from clozelab.errors import config_error
 from clozelab.model.heads import Pooler, init_bert_weights
 from clozelab.tasks.backbone import Backbone
+from clozelab.tasks.spans import SpanHead
 
-KINDS = ("classification", "regression", "token", "qa")
+KINDS = ("classification", "regression", "token", "qa", "span_ner")
 MODES = ("finetune", "features")
 
 
@@ -114,12 +115,14 @@ class TaskModel(nn.Module):
 
     Args:
         backbone: the pre-trained (or random) body.
-        kind: classification | regression | token | qa.
-        num_labels: classes (classification), tags (token); ignored otherwise.
+        kind: classification | regression | token | qa | span_ner.
+        num_labels: classes (classification), tags (token), types + 1 (span_ner); ignored
+            otherwise.
         mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds a
             learned scalar mix of its last ``mix_layers`` hidden states to the head.
         decoder: ``softmax`` or ``crf`` (token labelling).
         dropout: dropout before the output layer.
+        max_span_length, span_decoding: span_ner only (see ``SpanHead``).
     """
 
     def __init__(
@@ -131,6 +134,8 @@ class TaskModel(nn.Module):
         mix_layers: int = 4,
         decoder: str = "softmax",
         dropout: float = 0.1,
+        max_span_length: int = 8,
+        span_decoding: str = "nested",
     ):
         super().__init__()
         if kind not in KINDS:
@@ -150,14 +155,17 @@ class TaskModel(nn.Module):
         if self.mix is not None:
             backbone.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
-        out = {"classification": num_labels, "regression": 1, "token": num_labels, "qa": 2}[kind]
         self.pooler = None
         if kind in ("classification", "regression"):
             if mode == "features":
                 self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
             elif backbone.pooler is None:
                 self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
-        self.output = nn.Linear(hidden, out)
+        if kind == "span_ner":
+            self.output = SpanHead(hidden, num_labels, max_span_length, dropout, span_decoding)
+        else:
+            out = {"classification": num_labels, "regression": 1, "token": num_labels, "qa": 2}
+            self.output = nn.Linear(hidden, out[kind])
         init_bert_weights(self.output)
         if self.pooler is not None:
             init_bert_weights(self.pooler)
@@ -208,6 +216,8 @@ class TaskModel(nn.Module):
                     flat = emissions.reshape(-1, emissions.shape[-1])
                     out["loss"] = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100)
             return out
+        if self.kind == "span_ner":
+            return self.output(h, batch)
         logits = self.output(self.dropout(h))  # (B, T, 2)
         allowed = batch["context_mask"].clone()
         allowed[:, 0] = True  # [CLS]: the target of windows without the answer
@@ -228,3 +238,7 @@ class TaskModel(nn.Module):
             return self.crf.decode(out["emissions"], mask)
         best = out["emissions"].argmax(-1)
         return [best[i, : int(mask[i].sum())].tolist() for i in range(best.shape[0])]
+
+    def predict_spans(self, out: dict[str, Tensor]) -> list[list[tuple[int, int, int, float]]]:
+        """Per row, the predicted ``(start, end_exclusive, label, probability)`` word spans."""
+        return self.output.decode(out)

@@ -1,7 +1,8 @@
 """Task metrics: torchmetrics for accuracy / F1 / MCC / Pearson / Spearman, entity-level F1 over
-IOB2 tags (exact span and type match, micro-averaged as conlleval), and SQuAD v1.1 exact match
-and token F1 with the official answer normalisation (lower case, no punctuation, no articles
-a/an/the, single spaces), each a maximum over the gold answers, in percent."""
+IOB2 tags or entity spans (exact span and type match, micro-averaged as conlleval), and SQuAD
+v1.1 exact match and token F1 with the official answer normalisation (lower case, no
+punctuation, no articles a/an/the, single spaces), each a maximum over the gold answers, in
+percent."""
 
 from __future__ import annotations
 
@@ -83,9 +84,15 @@ def entity_spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:
 
 def entity_f1(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
     """Micro precision, recall and F1 of exact entity matches over sentences of IOB2 tags."""
+    return span_f1([entity_spans(g) for g in gold], [entity_spans(p) for p in pred])
+
+
+def span_f1(gold: Sequence[set], pred: Sequence[set]) -> dict[str, float]:
+    """Micro precision, recall and F1 of exact ``(start, end, type)`` matches, sentence by
+    sentence (sets, so nested and overlapping entities count each)."""
     tp = n_gold = n_pred = 0
-    for g, p in zip(gold, pred, strict=True):
-        gs, ps = entity_spans(g), entity_spans(p)
+    for gs, ps in zip(gold, pred, strict=True):
+        gs, ps = set(gs), set(ps)
         tp += len(gs & ps)
         n_gold += len(gs)
         n_pred += len(ps)

@@ -1,6 +1,7 @@
 """Readers of downstream data into examples: GLUE TSV directories (with or without a header, as
 CoLA's raw release), SuperGLUE-style JSONL (RTE), generic csv/tsv/jsonl files named in config,
-CoNLL-2003 (IOB1 or IOB2, read into IOB2), SQuAD v1.1 JSON and HF ``datasets`` names.
+CoNLL-2003 (IOB1 or IOB2, read into IOB2), entity-span JSONL (nested NER), SQuAD v1.1 JSON and HF
+``datasets`` names.
 
 ``read_task(task, data_dir)`` returns ``{"train": [...], "validation": [...]}`` for a task config
 node (conf/task/*.yaml); relative paths are resolved against ``data_dir`` then ``task.path``.
@@ -20,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.errors import ClozelabError, config_error
+from clozelab.tasks.metrics import entity_spans
 
 csv.field_size_limit(sys.maxsize)
 
@@ -39,6 +41,15 @@ class TokenExample:
 
     words: list[str]
     tags: list[str]
+
+
+@dataclass
+class SpanExample:
+    """A sentence of words and its entities as ``(start, end_exclusive, type)`` word spans;
+    entities may nest or overlap."""
+
+    words: list[str]
+    spans: list[tuple[int, int, str]]
 
 
 @dataclass
@@ -131,28 +142,60 @@ def read_delimited(
     return examples
 
 
-@_file_errors
-def read_jsonl(path: Path, text, text_pair=None, label=None) -> list[TextExample]:
-    """One JSON object per line (SuperGLUE RTE: premise, hypothesis, label)."""
-    examples = []
+def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise config_error(
                     "task.format", "jsonl", f"{path}:{lineno} is not JSON ({exc})", "fix the file"
                 ) from exc
-            examples.append(
-                TextExample(
-                    text=_column(row, text, None, path, "task.text"),
-                    text_pair=_column(row, text_pair, None, path, "task.text_pair"),
-                    label=_column(row, label, None, path, "task.label") if label else None,
-                )
-            )
+
+
+@_file_errors
+def read_jsonl(path: Path, text, text_pair=None, label=None) -> list[TextExample]:
+    """One JSON object per line (SuperGLUE RTE: premise, hypothesis, label)."""
+    return [
+        TextExample(
+            text=_column(row, text, None, path, "task.text"),
+            text_pair=_column(row, text_pair, None, path, "task.text_pair"),
+            label=_column(row, label, None, path, "task.label") if label else None,
+        )
+        for _, row in _json_lines(path)
+    ]
+
+
+@_file_errors
+def read_entities_jsonl(path: Path, tokens="tokens", entities="entities") -> list[SpanExample]:
+    """Nested NER as JSON lines: ``{"tokens": [...], "entities": [{"start": 0, "end": 2,
+    "type": "ORG"}, ...]}``, word offsets with ``end`` exclusive; entities may nest or overlap."""
+    examples = []
+    for lineno, row in _json_lines(path):
+        words = [str(w) for w in _column(row, tokens, None, path, "task.tokens")]
+        spans = []
+        for entity in _column(row, entities, None, path, "task.entities"):
+            start, end, kind = int(entity["start"]), int(entity["end"]), str(entity["type"])
+            if not 0 <= start < end <= len(words):
+                raise config_error(
+                    "task.entities", entities,
+                    f"{path}:{lineno}: entity {entity} is not a span of the {len(words)} tokens",
+                    "give word offsets with 0 <= start < end <= len(tokens), end exclusive",
+                )  # fmt: skip
+            spans.append((start, end, kind))
+        examples.append(SpanExample(words, sorted(set(spans))))
     return examples
+
+
+def as_span_examples(examples: Iterable[TokenExample | SpanExample]) -> list[SpanExample]:
+    """Span examples; IOB2-tagged sentences become their entity spans (as conlleval reads them)."""
+    return [
+        e if isinstance(e, SpanExample) else SpanExample(e.words, sorted(entity_spans(e.tags)))
+        for e in examples
+    ]
 
 
 # --- CoNLL-2003 ---------------------------------------------------------------------------------
@@ -315,6 +358,9 @@ def _read_split(task: DictConfig, path: Path, split: str):
             task.get("label"),
             header=bool(task.get("header", True)),
         )
+    if fmt == "jsonl" and task.get("kind") == "span_ner":
+        tokens, entities = task.get("tokens", "tokens"), task.get("entities", "entities")
+        return read_entities_jsonl(path, tokens, entities)
     if fmt == "jsonl":
         return read_jsonl(path, task.text, task.get("text_pair"), task.get("label"))
     if fmt == "conll":

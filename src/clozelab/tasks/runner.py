@@ -19,16 +19,18 @@ from omegaconf import DictConfig
 
 from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
-from clozelab.tasks.features import encode_qa, encode_text, encode_tokens, pad_batch
+from clozelab.tasks.features import encode_qa, encode_spans, encode_text, encode_tokens, pad_batch
 from clozelab.tasks.heads import TaskModel
 from clozelab.tasks.metrics import (
     best_span,
     classification_metrics,
     entity_f1,
     regression_metrics,
+    span_f1,
     squad_scores,
 )
-from clozelab.tasks.readers import iter_tags, label_names
+from clozelab.tasks.readers import as_span_examples, iter_tags, label_names
+from clozelab.tasks.spans import NONE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ DEFAULT_METRICS = {
     "regression": ["pearson", "spearman"],
     "token": ["entity_f1"],
     "qa": ["exact_match", "f1"],
+    "span_ner": ["entity_f1"],
 }
 
 
@@ -80,15 +83,32 @@ def prepare(task: DictConfig, splits: dict, backbone: Backbone) -> Prepared:
         validation = encode_qa(tok, splits["validation"], max_len, stride, query)
         return Prepared(kind, train, validation, 2, [], splits["validation"])
     if kind == "span_ner":
-        raise config_error(
-            "task.kind",
-            kind,
-            "span-classification NER is not implemented yet",
-            "use task.kind=token (softmax or task.decoder=crf) for NER",
-        )
+        train = as_span_examples(splits["train"])
+        validation = as_span_examples(splits["validation"])
+        labels = [NONE_LABEL, *_span_types(task, train + validation)]
+        index = {t: i for i, t in enumerate(labels)}
+        k = int(task.get("max_span_length", 8))
+        enc = lambda xs: encode_spans(tok, xs, max_len, index, k)  # noqa: E731
+        return Prepared(kind, enc(train), enc(validation), len(labels), labels, validation)
     raise config_error(
-        "task.kind", kind, "unknown task kind", "use classification|regression|token|qa"
+        "task.kind", kind, "unknown task kind", "use classification|regression|token|qa|span_ner"
     )
+
+
+def _span_types(task: DictConfig, examples: list) -> list[str]:
+    """Entity types: ``task.labels`` when given (each gold type must be among them), else the
+    sorted types found in the data."""
+    found = sorted({kind for e in examples for _, _, kind in e.spans})
+    types = [str(x) for x in task.labels] if task.get("labels") else found
+    unknown = sorted(set(found) - set(types))
+    if unknown or NONE_LABEL in types:
+        raise config_error(
+            "task.labels", types,
+            f"entity types {unknown} are not listed" if unknown else
+            f"{NONE_LABEL!r} is the label of non-entities, not a type",
+            "list every entity type of the data in task.labels (or leave it null)",
+        )  # fmt: skip
+    return types
 
 
 def _batches(features: list[dict], size: int, shuffle: bool, rng: random.Random | None):
@@ -212,6 +232,15 @@ def _score_tokens(model, prepared, task, outputs, names):
     return {k: v for k, v in entity_f1(gold, pred_tags).items() if k in names or k == "entity_f1"}
 
 
+def _score_spans(model, prepared, task, outputs, names):
+    pred: list[set] = [set() for _ in prepared.validation]
+    for idx, _, out in outputs:
+        for row, spans in zip(idx, model.predict_spans(out), strict=True):
+            pred[row] = {(s, e, prepared.labels[label]) for s, e, label, _ in spans}
+    gold = [set(e.spans) for e in prepared.examples]
+    return {k: v for k, v in span_f1(gold, pred).items() if k in names or k == "entity_f1"}
+
+
 def _score_qa(model, prepared, task, outputs, names):
     max_answer = int(task.get("max_answer_length", 30))
     best: dict[int, tuple[float, str]] = {}
@@ -241,6 +270,7 @@ SCORERS: dict[str, Callable] = {
     "regression": _score_sequence,
     "token": _score_tokens,
     "qa": _score_qa,
+    "span_ner": _score_spans,
 }
 
 
@@ -263,6 +293,8 @@ def run_seed(
         mix_layers=mix_layers,
         decoder=task.get("decoder", "softmax"),
         dropout=float(task.get("dropout", 0.1)),
+        max_span_length=int(task.get("max_span_length", 8)),
+        span_decoding=task.get("decoding", "nested"),
     )
     pad_id = backbone.tokenizer.pad_id
     facts = train(model, prepared, task, seed, pad_id)
