@@ -26,7 +26,7 @@ RECIPES = {
     "electra": ((), ("rtd",)),
     "gpt_baseline": ((), ("lm",)),
     "elmo_baseline": ((), ("lm",)),
-    "ernie": ((), ("mlm", "nsp")),
+    "ernie": ((), ("mlm", "nsp", "dlm")),
 }
 
 

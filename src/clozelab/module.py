@@ -49,7 +49,28 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]):
-        for objective in self.objectives.values():  # e.g. RTD: the generator rewrites input_ids
+        """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
+        ``{"text": batch, "dialogue": batch}``: the two streams' totals are summed."""
+        self._objective_losses = {}
+        if "input_ids" in batch:
+            return self._forward_stream(batch)
+        total, logs, counts = 0.0, {}, {}
+        for part in batch.values():
+            part_total, part_logs, part_counts = self._forward_stream(part)
+            total = total + part_total
+            logs.update(part_logs)
+            counts.update(part_counts)
+        logs["loss"] = total
+        return total, logs, counts
+
+    def _forward_stream(self, batch: dict[str, torch.Tensor]):
+        """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
+        objectives whose ``streams`` include "dialogue" run; those that train on text too log as
+        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
+        stream = "dialogue" if "dialogue_label" in batch else "text"
+        objectives = {name: objective for name, objective in self.objectives.items()
+                      if stream in getattr(objective, "streams", ("text",))}  # fmt: skip
+        for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             prepare = getattr(objective, "prepare_inputs", None)
             if prepare is not None:
                 batch = prepare(batch, self.embedding)
@@ -57,16 +78,23 @@ class PretrainModule(pl.LightningModule):
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         encoded = self.encoder(hidden, batch.get("attention_mask"))
         total, logs, counts = None, {}, {}
-        self._objective_losses = {}
-        for name, objective in self.objectives.items():
+        for name, objective in objectives.items():
             out = objective(encoded, batch, self.embedding)
-            self._objective_losses[name] = out.loss
+            tag = "dialogue_" if stream == "dialogue" and "text" in objective.streams else ""
+            self._objective_losses[tag + name] = out.loss
             weighted = objective.weight * out.loss
             total = weighted if total is None else total + weighted
             for key, value in out.logs.items():
-                logs[key] = value
-                counts[key] = out.n_targets
+                logs[tag + key] = value
+                counts[tag + key] = out.n_targets
+        if total is None:
+            raise ClozelabError(
+                f"objective: none of {list(self.objectives)} trains on {stream} batches. Fix: add "
+                "one that does (mlm trains on both text and dialogue batches)."
+            )
         logs["loss"] = total
+        if stream == "dialogue":
+            logs["dialogue_loss"] = total
         return total, logs, counts
 
     # ------------------------------------------------------------------ training
@@ -81,7 +109,8 @@ class PretrainModule(pl.LightningModule):
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
         logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
-        tokens = batch["attention_mask"].sum()
+        parts = [batch] if "input_ids" in batch else list(batch.values())  # joint dialogue step
+        tokens = sum(part["attention_mask"].sum() for part in parts)
         if world > 1:
             logs, tokens = self._mean_across_ranks(logs, tokens)
         self.tokens_seen += int(tokens)
@@ -126,8 +155,10 @@ class PretrainModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ validation
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         _, logs, counts = self(batch)
+        if "dialogue_label" in batch:  # val/loss stays the text loss; this is val/dialogue_loss
+            logs.pop("loss")
         for key, value in logs.items():
             weight = float(counts.get(key, 1))
             if weight > 0 and math.isfinite(float(value)):

@@ -24,6 +24,7 @@ from clozelab.checkpoint import AtomicCheckpointIO, check_compatible, remove_sta
 from clozelab.config import build, target_class
 from clozelab.corruption.runtime import runtime_kwargs
 from clozelab.data.datamodule import PretrainDataModule
+from clozelab.data.dialogue_stream import DialogueStream
 from clozelab.data.preprocess import prepare
 from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
@@ -198,6 +199,7 @@ def pretrain(cfg: DictConfig) -> dict:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
+        dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
     )
     module = PretrainModule(
         embedding,

@@ -24,6 +24,7 @@ INSTANCE_KEYS = {
 }
 BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
              "entity_ids", "sentence_ids")  # fmt: skip
+DIALOGUE_KEYS = ("dialogue_label", "role_ids")  # dialogue batches (data.dialogue, ERNIE DLM)
 
 
 def _int(cfg, key: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -98,15 +99,19 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         raise ClozelabError("objective: no objective selected. Fix: e.g. objective=[mlm,nsp].")
     kind = cfg_select(cfg, "data.instances")
     corruption = cfg_select(cfg, "corruption")
-    provided = set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ()))
+    corrupted = set()
     if corruption is not None and corruption.get("_target_"):
         corruption_cls = target_class(corruption, "corruption")
         produces_for = getattr(corruption_cls, "produces_for", None)  # Compose: its steps' keys
-        provided |= set(
+        corrupted = set(
             produces_for(corruption)
             if produces_for is not None
             else getattr(corruption_cls, "produces", ("mlm_labels",))
         )
+    # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
+    provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
+    if cfg_select(cfg, "data.dialogue.corpus"):
+        provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
     for name, node in objectives.items():
         cls = target_class(node, f"objective.{name}")
@@ -117,7 +122,9 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
                 f"data.instances={kind!r}. Fix: set data.instances={kinds[0]} or drop {name} "
                 f"from objective."
             )
-        missing = [k for k in getattr(cls, "requires", ()) if k not in provided]
+        streams = [s for s in getattr(cls, "streams", ("text",)) if s in provided]
+        missing = [k for k in getattr(cls, "requires", ())
+                   if not streams or any(k not in provided[s] for s in streams)]  # fmt: skip
         if missing:
             raise ClozelabError(
                 f"objective.{name} needs the batch keys {missing}, which neither "
@@ -139,6 +146,51 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             check_config(cfg, name)
         names.append(name)
     return names
+
+
+def validate_dialogue(cfg: DictConfig) -> None:
+    """``data.dialogue`` (ERNIE DLM batches): its knobs, a role table in the embedding, and an
+    objective that trains on dialogue batches. Nothing to check without a dialogue corpus."""
+    node = cfg_select(cfg, "data.dialogue")
+    if node is None or not node.get("corpus"):
+        return
+    from clozelab.data.dialogue_instances import PATTERNS
+    from clozelab.data.dialogue_stream import SCHEDULES
+
+    corpus = node.get("corpus")
+    if node.get("schedule") not in SCHEDULES:
+        raise config_error(
+            "data.dialogue.schedule", node.get("schedule"), "unknown schedule",
+            f"use one of {list(SCHEDULES)}",
+        )  # fmt: skip
+    if node.get("schedule") == "alternate":
+        _int(cfg, "data.dialogue.every", 2)
+    _int(cfg, "data.dialogue.batch_size", 1)
+    _probability(cfg, "data.dialogue.fake_rate", False, False)
+    _probability(cfg, "data.dialogue.validation_fraction", False, True)
+    patterns = list(node.get("patterns") or [])
+    if not patterns or set(patterns) - set(PATTERNS):
+        raise config_error(
+            "data.dialogue.patterns", patterns, f"must be a non-empty subset of {list(PATTERNS)}",
+            "e.g. data.dialogue.patterns=[QRQ,QRR,QQR]",
+        )  # fmt: skip
+    embedding = cfg_select(cfg, "embedding")
+    if embedding is not None and embedding.get("_target_"):
+        cls = target_class(embedding, "embedding")
+        if "num_roles" not in inspect.signature(cls).parameters:
+            raise ClozelabError(
+                f"data.dialogue.corpus={corpus!r}: dialogue batches carry role_ids (Q/R), but "
+                f"embedding ({embedding._target_}) has no role table. Fix: add embedding=role."
+            )
+    objectives = cfg_select(cfg, "objective") or {}
+    streams = [getattr(target_class(n, f"objective.{k}"), "streams", ("text",))
+               for k, n in objectives.items()]  # fmt: skip
+    if not any("dialogue" in s for s in streams):
+        raise ClozelabError(
+            f"data.dialogue.corpus={corpus!r}, but none of objective={list(objectives)} trains on "
+            "dialogue batches. Fix: add dlm (e.g. objective=[mlm,nsp,dlm]) or set "
+            "data.dialogue.corpus=null."
+        )
 
 
 def validate_data(cfg: DictConfig) -> None:
@@ -176,5 +228,6 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_model(cfg)
     validate_corruption(cfg)
     validate_budget(cfg)
+    validate_dialogue(cfg)
     validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
     return validate_objectives(cfg)

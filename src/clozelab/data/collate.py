@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 PAD_VALUES = {"input_ids": None, "token_type_ids": 0, "special_tokens_mask": 1,
-              "word_ids": -1, "entity_ids": -1, "sentence_ids": -1}  # fmt: skip
+              "word_ids": -1, "entity_ids": -1, "sentence_ids": -1, "role_ids": 0}  # fmt: skip
+LABEL_KEYS = ("next_sentence_label", "sentence_order_label", "dialogue_label")  # one per sequence
 
 
 def batch_seed(seed: int, epoch: int, indices) -> int:
@@ -45,7 +46,7 @@ class Collator:
         batch["attention_mask"] = torch.from_numpy(mask)
         indices = [int(item["index"]) for item in items]
         batch["index"] = torch.tensor(indices)
-        for key in ("next_sentence_label", "sentence_order_label"):
+        for key in LABEL_KEYS:
             if key in items[0]:
                 batch[key] = torch.tensor([int(item[key]) for item in items])
         if self.corruption is not None:

@@ -76,8 +76,11 @@ class PretrainDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        dialogue=None,
     ):
+        """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches."""
         super().__init__()
+        self.dialogue = dialogue
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -134,8 +137,12 @@ class PretrainDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer else 0
         loader = self._loader("train", epoch, shuffle=True)
+        if self.dialogue is not None:  # text and dialogue batches (data/dialogue_stream.py)
+            loader = self.dialogue.train_loader(loader)
         loader.position = self._batches_done
         return loader
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", VALIDATION_EPOCH, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loader = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
+        dialogue = self.dialogue.val_loader(loader) if self.dialogue is not None else None
+        return loader if dialogue is None else [loader, dialogue]

@@ -95,6 +95,8 @@ class Objective(nn.Module):
         requires: batch keys ``forward`` reads besides the encoder output.
         instance_kinds: instance kinds the objective works with (e.g. ``("segment_pair",)``
             for NSP), or None for any.
+        streams: the batches it trains on: ``"text"`` (the corpus instances) and/or
+            ``"dialogue"`` (ERNIE DLM triples, ``data.dialogue``); MLM trains on both.
 
     Args:
         weight: factor of this objective's loss in the total loss.
@@ -103,6 +105,7 @@ class Objective(nn.Module):
     name: ClassVar[str] = "objective"
     requires: ClassVar[tuple[str, ...]] = ()
     instance_kinds: ClassVar[tuple[str, ...] | None] = None
+    streams: ClassVar[tuple[str, ...]] = ("text",)
 
     def __init__(self, weight: float = 1.0):
         super().__init__()

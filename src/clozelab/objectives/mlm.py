@@ -39,6 +39,7 @@ class MLM(Objective):
     name = "mlm"
     requires = ("mlm_labels",)
     instance_kinds = None
+    streams = ("text", "dialogue")  # ERNIE DLM: MLM over all turns of dialogue batches too
 
     def __init__(
         self,

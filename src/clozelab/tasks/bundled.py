@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import random
 from pathlib import Path
@@ -22,24 +21,13 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 
+from clozelab.data.dialogue import read_chatterbot
+from clozelab.data.packages import package_dir
 from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.readers import TextExample, _holdout
 
 ZERO_SHOT = ("word_similarity", "response_selection")
-
-
-def package_dir(package: str) -> Path:
-    """Where an installed package lives, without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise config_error(
-            "task.source",
-            package,
-            "this bundled task reads data shipped in that package, which is not installed",
-            f"pip install {package.replace('_', '-')}",
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def gensim_file(name: str) -> Path:
@@ -76,15 +64,7 @@ def read_word_pairs(path: Path) -> list[tuple[str, str, float]]:
 
 def read_conversations(directory: Path) -> list[tuple[str, str]]:
     """(utterance, reply) pairs of consecutive turns in every ``*.yml`` conversation file."""
-    import yaml
-
-    pairs = []
-    for path in sorted(directory.glob("*.yml")):
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
-        for turns in data.get("conversations") or []:
-            turns = [str(t).strip() for t in turns if t is not None and str(t).strip()]
-            pairs.extend(itertools.pairwise(turns))
-    return pairs
+    return [pair for turns in read_chatterbot(directory) for pair in itertools.pairwise(turns)]
 
 
 def read_bundled(task: DictConfig) -> dict[str, list]:
