@@ -125,3 +125,29 @@ def test_two_cpu_ranks_make_the_update_of_one_process_on_the_global_batch(
                            torch.load(out / f"batch0_{k}.pt")["input_ids"])  # fmt: skip
     assert _max_diff(naive, expected) > 1e-5
     assert len(batches) == STEPS
+
+
+@pytest.mark.slow
+def test_clozelab_pretrain_trainer_ddp_runs_two_cpu_processes(tmp_path, cache_dir, text_corpus):
+    """The command users type: Lightning's launcher starts rank 1 by re-running it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import TINY
+
+    run = tmp_path / "run"
+    command = [str(Path(sys.executable).with_name("clozelab")), "pretrain", *TINY,
+               f"data.corpus={text_corpus}", f"paths.cache_dir={cache_dir}",
+               f"hydra.run.dir={run}", "trainer=ddp", "trainer.devices=2",
+               "trainer.accelerator=cpu"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran, in the same directory
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stdout + done.stderr

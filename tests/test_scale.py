@@ -258,3 +258,28 @@ def test_global_mean_is_a_no_op_on_one_process():
     assert global_mean(loss, 7) is loss
     with data_parallel(1, lambda t: pytest.fail("no reduction on one rank")):
         assert global_mean(loss, 7) is loss
+
+
+# --------------------------------------------------------------------------- DDP launch
+
+
+def test_ddp_child_processes_re_run_the_clozelab_command(monkeypatch):
+    """Lightning starts ranks 1..n-1 by re-running sys.argv: the console script points it at
+    rank_entry.py (command in CLOZELAB_COMMAND), ``python -m clozelab`` keeps the command."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import __main__
+    from clozelab.cli import point_rank_launcher
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.delenv("CLOZELAB_COMMAND", raising=False)
+    monkeypatch.setattr(__main__, "__spec__", None, raising=False)
+    point_rank_launcher("pretrain", ["model=tiny", "trainer=ddp"])
+    assert Path(sys.argv[0]).name == "rank_entry.py" and Path(sys.argv[0]).is_file()
+    assert sys.argv[1:] == ["model=tiny", "trainer=ddp"]
+    assert os.environ["CLOZELAB_COMMAND"] == "pretrain"
+    monkeypatch.setattr(__main__, "__spec__", importlib.util.find_spec("clozelab.__main__"))
+    point_rank_launcher("pretrain", ["model=tiny"])
+    assert sys.argv[1:] == ["pretrain", "model=tiny"]

@@ -53,8 +53,8 @@ def global_mean(local_mean: Tensor, n: Tensor | int, offset: int = 0) -> Tensor:
     ``data_parallel`` on ``w`` ranks it returns ``sum * w / D`` (``D`` from the targets of all
     ranks), so that the mean of the ranks' values, and of their gradients, is
     ``sum over ranks / D``: the global mean, not the mean of per-rank means, which differs
-    whenever ranks hold different counts. Elsewhere (one process,
-    validation) it returns ``local_mean`` unchanged.
+    whenever ranks hold different counts. Elsewhere (one process, validation) it returns
+    ``local_mean`` unchanged.
     """
     context = _DATA_PARALLEL.get()
     if context is None:
