@@ -247,6 +247,19 @@ def test_two_sweep_dirs_merge_into_one_report(tmp_path):
     assert "# Sweep report: first + second" in text and str(second) in text
 
 
+def test_a_folder_of_sweeps_finds_each_grid_and_lists_repeated_seeds_as_duplicates(tmp_path):
+    make_sweep(tmp_path / "all" / "first", skip=[("0.4", "b", "1")])
+    make_sweep(tmp_path / "all" / "second")
+    out = tmp_path / "out"
+    result = report([tmp_path / "all"], out)
+    status = [j.status for j in result.jobs]
+    assert len(status) == 24 and status.count("missing") == 1
+    assert status.count("duplicate") == 11  # the second sweep repeats the first one's seeds
+    assert all(r.summary.n == 3 for r in rows_of(result, "val/mlm_loss").values())
+    text = (out / "report.md").read_text()
+    assert f"same setting and seed as {tmp_path / 'all' / 'first' / '0'}, which is counted" in text
+
+
 def test_report_files_tables_and_plots(tmp_path):
     out = tmp_path / "out"
     result = report([make_sweep(tmp_path / "sweep")], out, command="clozelab report SWEEP")

@@ -128,6 +128,22 @@ def same_value(text: str, other) -> bool:
         return False
 
 
+def mark_duplicates(settings: list[Setting], seed: str) -> None:
+    """A second completed job of the same setting and seed (a sweep run twice, two dirs merged)
+    is listed as a duplicate and left out of the statistics (the first in grid order counts)."""
+    for setting in settings:
+        first: dict[str, Job] = {}
+        for job in setting.jobs:
+            if not job.completed:
+                continue
+            key = job_seed(job, seed)
+            if key in first:
+                job.status = "duplicate"
+                job.error = f"same setting and {seed} as {first[key].path}, which is counted"
+            else:
+                first[key] = job
+
+
 def group_settings(jobs: list[Job], axes: list[str]) -> list[Setting]:
     """Settings in grid order (the order their first job comes in)."""
     settings: dict[tuple[str, ...], Setting] = {}
@@ -279,6 +295,7 @@ def build_report(
     axes = sweep_axes(jobs, seed)
     fixed = fixed_overrides(jobs, axes, seed)
     settings = group_settings(jobs, axes)
+    mark_duplicates(settings, seed)
     base = resolve_baseline(baseline, jobs, axes, settings)
     reports = [metric_report(n, w, settings, axes, base, seed)
                for n, w in metric_names(jobs, list(metrics or []))]  # fmt: skip

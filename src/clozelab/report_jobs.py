@@ -210,6 +210,13 @@ def _missing_jobs(sweep_dir: Path, index: int, jobs: list[Job]) -> list[Job]:
     return missing
 
 
+def _sweep_of(job_dir: Path, root: Path) -> Path:
+    """The sweep a job belongs to: its parent when that holds multirun.yaml (a folder of several
+    sweeps given at once), else the directory given."""
+    parent = job_dir.parent
+    return parent if (parent / "multirun.yaml").is_file() else root
+
+
 def load_jobs(sweep_dirs: list[Path]) -> list[Job]:
     """Every job of the sweep directories, missing grid points included, in grid order."""
     jobs: list[Job] = []
@@ -219,7 +226,7 @@ def load_jobs(sweep_dirs: list[Path]) -> list[Job]:
                 f"SWEEP_DIR {root}: no such directory. Fix: give the hydra.sweep.dir of a sweep "
                 "(e.g. multirun/DATE/TIME, which holds one directory per job)."
             )
-        found = [read_job(path, root, index) for path in find_job_dirs(root)]
+        found = [read_job(path, _sweep_of(path, root), index) for path in find_job_dirs(root)]
         if not found:
             raise ClozelabError(
                 f"SWEEP_DIR {root}: holds no job directories (expected {root}/<job num>/ with "
@@ -227,7 +234,8 @@ def load_jobs(sweep_dirs: list[Path]) -> list[Job]:
                 "the sweep's hydra.sweep.dir."
             )
         jobs.extend(found)
-        jobs.extend(_missing_jobs(root, index, found))
+        for sweep in dict.fromkeys([root, *(job.sweep_dir for job in found)]):
+            jobs.extend(_missing_jobs(sweep, index, [j for j in found if j.sweep_dir == sweep]))
     return sorted(jobs, key=lambda job: job.order)
 
 

@@ -26,6 +26,7 @@ from clozelab.report_stats import better_text
 
 CURVES = ("train/loss", "val/loss")
 TOKENS = "train/tokens_seen"
+MAX_LEGEND = 12
 
 
 def slug(name: str) -> str:
@@ -98,7 +99,8 @@ def _lines(metric, report, x_axis: int, path: Path) -> Path:
                 ax.scatter([x], [row.summary.mean], marker="*", s=180, color=color,
                            edgecolors="black", zorder=4)  # fmt: skip
     ax.set_xlabel(report.axes[x_axis])
-    return _finish(fig, ax, metric.name, metric.direction, path, legend=len(groups) > 1)
+    legend = 1 < len(groups) <= MAX_LEGEND  # e.g. Optuna trials: one point each, no legend
+    return _finish(fig, ax, metric.name, metric.direction, path, legend=legend)
 
 
 def _bars(metric, report, path: Path) -> Path:
@@ -134,7 +136,7 @@ def _bars(metric, report, path: Path) -> Path:
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0, ha="right"
                   if len(groups) > 4 else "center")  # fmt: skip
     ax.set_xlabel(axes[0] if axes else "")
-    return _finish(fig, ax, metric.name, metric.direction, path, legend=len(hues) > 1)
+    return _finish(fig, ax, metric.name, metric.direction, path, legend=1 < len(hues) <= MAX_LEGEND)
 
 
 def _curve(job, column: str, use_tokens: bool) -> list[tuple[int, float, float]]:
