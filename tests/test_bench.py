@@ -67,3 +67,30 @@ def test_step_flops_counts_predicted_positions_only():
     assert step_flops(4, 256, 1024, 30522, 32, 128, predicted=10) - base == 3 * 10 * 2 * (
         256 * 256 + 256 * 30522
     )
+
+
+def test_unpad_section_side_by_side(tmp_path):
+    results = bench(_compose(tmp_path, "bench.sections=[unpad]", "bench.unpad.min_length=4",
+                             "bench.unpad.layouts=[padded,nested]",
+                             "bench.unpad.precisions=[fp32,bf16]"))  # fmt: skip
+    assert json.loads((tmp_path / "bench.json").read_text()) == results
+    assert 0 < results["unpad.real_token_fraction"] < 1  # lengths uniform in [4, 16]
+    for key in ("unpad.padded_tokens_per_s", "unpad.unpad_tokens_per_s", "unpad.ratio",
+                "unpad.ratio_nested", "unpad.hf_tokens_per_s", "unpad.ratio_vs_hf",
+                "unpad.ratio_bf16", "unpad.unpad_nested_tokens_per_s_bf16"):  # fmt: skip
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert results["unpad.loss_abs_diff"] <= 1e-5  # unpadding changes no number that counts
+    assert "pretrain.clozelab_tokens_per_s" not in results
+    assert "unpad=False" in results["pretrain.encoder"]
+
+
+def test_encoder_options_and_device_errors(tmp_path):
+    results = bench(_compose(tmp_path, "bench.sections=[pretrain]", "bench.pretrain.hf=false",
+                             "bench.pretrain.precisions=[fp32]", "bench.pretrain.unpad=true",
+                             "bench.pretrain.attention_backend=math"))  # fmt: skip
+    assert "attention_backend=math, unpad=True" in results["pretrain.encoder"]
+    assert results["pretrain.loss_abs_diff"] <= 1e-4  # still HF's loss at equal weights
+    with pytest.raises(ClozelabError, match="bench.device"):
+        bench(_compose(tmp_path, "bench.device=tpu"))
+    with pytest.raises(ClozelabError, match="bench.unpad.layouts"):
+        bench(_compose(tmp_path, "bench.sections=[unpad]", "bench.unpad.layouts=[ragged]"))

@@ -8,9 +8,16 @@ Sections (``bench.sections``):
   in alternating rounds, in fp32 and under bf16 autocast. Also: the loss of both models at equal
   weights (dropout off), MFU against a measured matmul peak, and the share of step time the data
   pipeline (collate + corruption, as one DataLoader worker does it) would take.
+  ``bench.pretrain.attention_backend`` / ``unpad`` / ``unpad_attention`` / ``compile`` set our
+  encoder's GPU-path options (``conf/encoder``, ``model.compile``).
+- ``unpad``: padded batches (row lengths uniform in [``bench.unpad.min_length``, seq_len]): our
+  step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
+  loss of both at equal weights, and HF on the same batches.
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 
-Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and prints a table.
+``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
+synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
+prints a table.
 """
 
 from __future__ import annotations
@@ -34,19 +41,31 @@ from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "corruption")
+SECTIONS = ("pretrain", "unpad", "corruption")
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- peak
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+def matmul_peak_gflops(
+    size: int = 2048, repeats: int = 5, dtype=torch.float32, device: str | torch.device = "cpu"
+) -> float:
     """Measured GFLOP/s of a ``size`` x ``size`` matmul (best of ``repeats``)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # warm-up
+    _sync(device)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
@@ -62,11 +81,18 @@ def step_flops(
 
 
 # ---------------------------------------------------------------------------- batches
-def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng) -> list[dict]:
-    """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length."""
+def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng,
+               min_length: int | None = None) -> list[dict]:  # fmt: skip
+    """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length; with
+    ``min_length``, every length uniform in [min_length, seq_len]."""
     items = []
     for i in range(n):
-        length = seq_len if rng.random() >= short_fraction else int(rng.integers(8, seq_len))
+        if min_length is not None:
+            length = int(rng.integers(max(min_length, 5), seq_len + 1))
+        elif rng.random() >= short_fraction:
+            length = seq_len
+        else:
+            length = int(rng.integers(8, seq_len))
         ids = rng.integers(5, vocab, length)
         cut = int(rng.integers(2, length - 2))
         ids[0], ids[cut], ids[-1] = 2, 3, 3
@@ -79,7 +105,7 @@ def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng) -> 
     return items
 
 
-def make_batches(p: DictConfig, n: int, seed: int) -> tuple[list[dict], float]:
+def make_batches(p: DictConfig, n: int, seed: int, min_length: int | None = None):
     """``n`` corrupted batches and the seconds one took to collate + corrupt."""
     from clozelab.corruption.mask import TokenMasking
     from clozelab.data.collate import Collator
@@ -88,7 +114,7 @@ def make_batches(p: DictConfig, n: int, seed: int) -> tuple[list[dict], float]:
     corruption = TokenMasking(p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4,
                               special_token_ids=[0, 1, 2, 3, 4])  # fmt: skip
     collate = Collator(pad_id=0, corruption=corruption, seed=seed)
-    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
+    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng, min_length)
               for _ in range(n)]  # fmt: skip
     collate(groups[0])  # warm-up
     start = time.perf_counter()
@@ -97,13 +123,23 @@ def make_batches(p: DictConfig, n: int, seed: int) -> tuple[list[dict], float]:
 
 
 # ---------------------------------------------------------------------------- models
-def build_pair(p: DictConfig):
-    """Our PretrainModule and an HF BertForPreTraining holding the same weights."""
-    import transformers
+def encoder_options(p: DictConfig, **overrides) -> dict[str, Any]:
+    """Our encoder's GPU-path options from ``bench.pretrain`` (and ``overrides``)."""
+    options = {
+        "attention_backend": p.get("attention_backend", "auto"),
+        "unpad": bool(p.get("unpad", False)),
+        "unpad_attention": p.get("unpad_attention", "padded"),
+    }
+    options.update(overrides)
+    return options
 
+
+def build_ours(p: DictConfig, **encoder_kw):
+    """Our PretrainModule (BERT embedding, post-LN encoder, MLM + NSP); seeded, so two calls
+    give the same weights. ``bench.pretrain.compile`` compiles it in place."""
+    from clozelab.model.compile import compile_components
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
-    from clozelab.model.hf import to_hf_state_dict
     from clozelab.module import PretrainModule
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
@@ -111,9 +147,21 @@ def build_pair(p: DictConfig):
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
     embedding = BertEmbeddings(V, H, max_position_embeddings=max(512, p.seq_len))
-    encoder = TransformerEncoder(H, p.num_layers, p.num_heads, p.intermediate_size)
-    mlm, nsp = MLM(H, V), NSP(H)
-    ours = PretrainModule(embedding, encoder, {"mlm": mlm, "nsp": nsp}, optimizer=None)
+    encoder = TransformerEncoder(H, p.num_layers, p.num_heads, p.intermediate_size,
+                                 **encoder_options(p, **encoder_kw))  # fmt: skip
+    ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
+    if p.get("compile", False):
+        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"))
+    return ours
+
+
+def build_hf(p: DictConfig, ours):
+    """An HF BertForPreTraining holding ``ours``' weights."""
+    import transformers
+
+    from clozelab.model.hf import to_hf_state_dict
+
+    H, V = p.hidden_size, p.vocab_size
     config = transformers.BertConfig(
         vocab_size=V, hidden_size=H, num_hidden_layers=p.num_layers,
         num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size,
@@ -121,8 +169,16 @@ def build_pair(p: DictConfig):
     )  # fmt: skip
     config._attn_implementation = p.hf_attention
     hf = transformers.BertForPreTraining(config)
-    hf.load_state_dict(to_hf_state_dict(embedding, encoder, mlm, nsp), strict=True)
-    return ours, hf
+    state = to_hf_state_dict(ours.embedding, ours.encoder, ours.objectives["mlm"],
+                             ours.objectives["nsp"])  # fmt: skip
+    hf.load_state_dict(state, strict=True)
+    return hf
+
+
+def build_pair(p: DictConfig):
+    """Our PretrainModule and an HF BertForPreTraining holding the same weights."""
+    ours = build_ours(p)
+    return ours, build_hf(p, ours)
 
 
 def _ours_loss(model, batch):
@@ -139,9 +195,9 @@ def _hf_loss(model, batch):
     ).loss
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -153,35 +209,70 @@ def _optimizer(model, lr: float):
 
 def _train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str) -> float:
     """Seconds for ``steps`` optimizer steps, cycling over ``batches``."""
+    device = next(model.parameters()).device
+    _sync(device)
     start = time.perf_counter()
     for i in range(steps):
         batch = batches[i % len(batches)]
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(precision):
+        with _autocast(precision, device):
             loss = loss_fn(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def bench_pretrain(p: DictConfig, peaks: dict[str, float]) -> dict[str, Any]:
-    for precision in p.precisions:
+def time_models(models: dict[str, tuple], batches, p: DictConfig, precision: str) -> dict:
+    """Seconds per training step of each ``(model, loss_fn)``: warm-up, then ``p.rounds``
+    rounds of ``p.steps`` steps, the models alternating so they see the same machine."""
+    seconds = dict.fromkeys(models, 0.0)
+    optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
+    for name, (model, fn) in models.items():
+        _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
+    for _ in range(p.rounds):
+        for name, (model, fn) in models.items():
+            seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
+                                          precision)  # fmt: skip
+    return {name: total / (p.rounds * p.steps) for name, total in seconds.items()}
+
+
+def _check_precisions(key: str, precisions) -> None:
+    for precision in precisions:
         if precision not in PRECISIONS:
-            raise config_error("bench.pretrain.precisions", precision, "unknown precision",
+            raise config_error(key, precision, "unknown precision",
                                f"use a list of {list(PRECISIONS)}")  # fmt: skip
-    ours, hf = build_pair(p)
+
+
+def _to_device(batches: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+
+
+def _eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
+    """Each model's loss on ``batch`` in eval mode (dropout off), fp32."""
+    losses = {}
+    for name, (model, fn) in models.items():
+        model.eval()
+        with torch.no_grad():
+            losses[name] = float(fn(model, batch))
+        model.train()
+    return losses
+
+
+def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict[str, Any]:
+    _check_precisions("bench.pretrain.precisions", p.precisions)
+    device = torch.device(device)
+    ours, hf = (m.to(device) for m in build_pair(p))
     batches, data_s = make_batches(p, p.batches, seed=0)
     tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
     predicted = float(np.mean([int((b["mlm_labels"] != -100).sum()) for b in batches]))
+    batches = _to_device(batches, device)
     out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
 
-    ours.eval(), hf.eval()
-    with torch.no_grad():
-        a, b = float(_ours_loss(ours, batches[0])), float(_hf_loss(hf, batches[0]))
+    a, b = _eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
     out.update({"pretrain.clozelab_loss": a, "pretrain.hf_loss": b,
                 "pretrain.loss_abs_diff": abs(a - b)})  # fmt: skip
-    ours.train(), hf.train()
 
     flops = step_flops(p.num_layers, p.hidden_size, p.intermediate_size, p.vocab_size,
                        p.batch_size, int(batches[0]["input_ids"].shape[1]), predicted)  # fmt: skip
@@ -189,17 +280,8 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float]) -> dict[str, Any]:
     if p.hf:
         models["hf"] = (hf, _hf_loss)
     for precision in p.precisions:
-        seconds = dict.fromkeys(models, 0.0)
-        optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
-        for name, (model, fn) in models.items():
-            _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
-        for _ in range(p.rounds):  # alternate, so both see the same machine conditions
-            for name, (model, fn) in models.items():
-                seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
-                                              precision)  # fmt: skip
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, total in seconds.items():
-            step_s = total / (p.rounds * p.steps)
+        for name, step_s in time_models(models, batches, p, precision).items():
             out[f"pretrain.{name}_step_s{suffix}"] = step_s
             out[f"pretrain.{name}_tokens_per_s{suffix}"] = tokens / step_s
             out[f"pretrain.{name}_mfu{suffix}"] = flops / step_s / (peaks[precision] * 1e9)
@@ -218,6 +300,51 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float]) -> dict[str, Any]:
         out["pretrain.data_s_per_batch"] = data_s
         out["pretrain.data_share"] = data_s / (data_s + step)
     out["pretrain.step_flops"] = flops
+    return out
+
+
+# ---------------------------------------------------------------------------- unpad
+def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
+    """Our step on padded batches with ``encoder.unpad`` off and on, side by side (and HF).
+
+    Keys: ``unpad.real_token_fraction``, ``unpad.<name>_tokens_per_s[_bf16]`` for ``padded``
+    (unpad off), ``unpad`` (on, attention on the padded layout), ``unpad_nested`` (on, nested
+    attention) and ``hf``; ``unpad.ratio[_nested][_bf16]`` (unpadded / padded),
+    ``unpad.ratio_vs_hf[_bf16]``; ``unpad.loss_abs_diff`` (unpadded vs padded loss at equal
+    weights, dropout off)."""
+    _check_precisions("bench.unpad.precisions", u.precisions)
+    for layout in u.layouts:
+        if layout not in ("padded", "nested"):
+            raise config_error("bench.unpad.layouts", layout, "unknown attention layout",
+                               "use a list of [padded, nested]")  # fmt: skip
+    device = torch.device(device)
+    models = {"padded": (build_ours(p, unpad=False).to(device), _ours_loss)}
+    for layout in u.layouts:
+        name = "unpad" if layout == "padded" else f"unpad_{layout}"
+        models[name] = (build_ours(p, unpad=True, unpad_attention=layout).to(device), _ours_loss)
+    if u.hf:
+        models["hf"] = (build_hf(p, models["padded"][0]).to(device), _hf_loss)
+    batches, _ = make_batches(p, p.batches, seed=1, min_length=u.min_length)
+    real = float(np.mean([float(b["attention_mask"].float().mean()) for b in batches]))
+    tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
+    batches = _to_device(batches, device)
+    out: dict[str, Any] = {"unpad.min_length": int(u.min_length), "unpad.real_token_fraction": real}
+    losses = _eval_losses(models, batches[0])
+    out["unpad.loss_abs_diff"] = max(abs(v - losses["padded"]) for k, v in losses.items()
+                                     if k.startswith("unpad"))  # fmt: skip
+    for precision in u.precisions:
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        for name, step_s in time_models(models, batches, p, precision).items():
+            out[f"unpad.{name}_tokens_per_s{suffix}"] = tokens / step_s
+        base = out[f"unpad.padded_tokens_per_s{suffix}"]
+        for name in models:
+            if name.startswith("unpad"):
+                tail = name[len("unpad") :]
+                out[f"unpad.ratio{tail}{suffix}"] = out[f"unpad.{name}_tokens_per_s{suffix}"] / base
+        if u.hf and "unpad" in models:
+            out[f"unpad.ratio_vs_hf{suffix}"] = (
+                out[f"unpad.unpad_tokens_per_s{suffix}"] / out[f"unpad.hf_tokens_per_s{suffix}"]
+            )
     return out
 
 
@@ -252,6 +379,12 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         if section not in SECTIONS:
             raise config_error("bench.sections", section, "unknown section",
                                f"choose from {list(SECTIONS)}")  # fmt: skip
+    device = b.get("device", "cpu")
+    if device not in DEVICES:
+        raise config_error("bench.device", device, "unknown device", f"use one of {list(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise config_error("bench.device", device, "PyTorch sees no CUDA device",
+                           "run on a GPU with CUDA torch, or use bench.device=cpu")  # fmt: skip
     if b.threads:
         torch.set_num_threads(int(b.threads))
     results: dict[str, Any] = {
@@ -259,18 +392,25 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
     }
-    if "pretrain" in sections:
-        p = b.pretrain
-        peaks = {"fp32": matmul_peak_gflops(b.matmul.size, b.matmul.repeats)}
-        if "bf16" in p.precisions:
-            peaks["bf16"] = matmul_peak_gflops(b.matmul.size, b.matmul.repeats, torch.bfloat16)
-        results.update({f"matmul.{k}_gflops": v for k, v in peaks.items()})
+    p = b.pretrain
+    if "pretrain" in sections or "unpad" in sections:
         results["pretrain.config"] = (
             f"L{p.num_layers}/H{p.hidden_size}/A{p.num_heads}/I{p.intermediate_size} "
             f"V{p.vocab_size} seq{p.seq_len} batch{p.batch_size} mask{p.mask_rate}"
         )
-        results.update(bench_pretrain(p, peaks))
+        options = {**encoder_options(p), "compile": p.get("compile", False)}
+        results["pretrain.encoder"] = ", ".join(f"{k}={v}" for k, v in options.items())
+    if "pretrain" in sections:
+        peaks = {"fp32": matmul_peak_gflops(b.matmul.size, b.matmul.repeats, device=device)}
+        if "bf16" in p.precisions:
+            peaks["bf16"] = matmul_peak_gflops(b.matmul.size, b.matmul.repeats, torch.bfloat16,
+                                               device)  # fmt: skip
+        results.update({f"matmul.{k}_gflops": v for k, v in peaks.items()})
+        results.update(bench_pretrain(p, peaks, device))
+    if "unpad" in sections:
+        results.update(bench_unpad(p, b.unpad, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
     run_dir = Path(cfg.paths.output_dir)
