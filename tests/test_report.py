@@ -229,6 +229,24 @@ def test_failed_missing_and_unrun_jobs_are_listed_and_their_settings_marked(tmp_
 # --- merged dirs, outputs, metrics --------------------------------------------------------------
 
 
+def test_one_seed_per_setting_and_a_nan_value_are_reported_not_dropped(tmp_path):
+    """Optuna-like: every trial its own setting with one seed (from config.yaml, not an
+    override); a diverged trial's NaN loss is named under the table."""
+    root = tmp_path / "optuna"
+    for num, (lr, loss) in enumerate([("0.001", 3.0), ("0.0003", 2.5), ("0.003", float("nan"))]):
+        write_job(root, num, [f"optim.lr={lr}"], {"val/mlm_loss": loss})
+    out = tmp_path / "out"
+    result = report([root], out)
+    assert result.axes == ["optim.lr"] and result.seeds == ["1"]
+    loss = rows_of(result, "val/mlm_loss")
+    assert [k for k, r in loss.items() if r.is_best] == [("0.0003",)]
+    assert loss["0.0003",].summary.std is None and loss["0.0003",].paired.p_t is None
+    assert loss["0.003",].summary.n == 0
+    text = (out / "report.md").read_text()
+    assert f"completed jobs without a (finite) value, not counted: `{root / '2'}`" in text
+    assert "| 0.0003 | ★ | 1 | 2.5 | — | -0.5 | — |" in text  # one seed: no std, CI, test
+
+
 def test_two_sweep_dirs_merge_into_one_report(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for root, setting, rate in ((first, "a", "0.15"), (second, "b", "0.15")):

@@ -83,6 +83,7 @@ class MetricReport:
     direction: str | None
     rows: list[Row]
     best: str | None  # setting label
+    no_value: list[Path] = field(default_factory=list)  # completed jobs without it (or NaN)
 
 
 @dataclass
@@ -280,7 +281,8 @@ def metric_report(name, way, settings, axes, baseline, seed) -> MetricReport:
     top = next((r.summary.mean for r in rows if r.setting.label == winner), None)
     for row in rows:  # equal means are all best
         row.is_best = winner is not None and row.summary.mean == top
-    return MetricReport(name, way, rows, winner)
+    lacking = [j.path for s in settings for j in s.jobs if j.completed and j.value(name) is None]
+    return MetricReport(name, way, rows, winner, lacking)
 
 
 def build_report(

@@ -104,6 +104,9 @@ def _metric_section(report, metric, short, plots_rel) -> list[str]:
         rows.append(cells)
     lines += _table(header, rows)
     notes = sorted({r.paired.note for r in metric.rows if r.paired and r.paired.note})
+    if metric.no_value:
+        jobs = ", ".join(f"`{p}`" for p in metric.no_value)
+        notes.append(f"completed jobs without a (finite) value, not counted: {jobs}")
     lines += [""] + [f"- {n}" for n in notes] if notes else []
     if metric.name in plots_rel:
         lines += ["", f"![{metric.name}]({plots_rel[metric.name]})"]
@@ -279,7 +282,7 @@ def write_json(report, path: Path) -> None:
                       "jobs": [str(j.path) for j in s.jobs],
                       "budget": {m: v.__dict__ for m, v in report.budget[s.label].items()}}
                      for s in report.settings],
-        "metrics": {m.name: {"direction": m.direction, "best": m.best,
+        "metrics": {m.name: {"direction": m.direction, "best": m.best, "no_value": m.no_value,
                              "rows": [_row_record(report, m, r, short) for r in m.rows]}
                     for m in report.metrics},
         "jobs": [{"path": j.path, "status": j.status, "error": j.error,
