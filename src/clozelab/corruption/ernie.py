@@ -24,6 +24,7 @@ class ErnieMasking(MaskingCorruption):
     """Args (besides ``MaskingCorruption``'s):
     level_probs: ``{basic: p, phrase: p, entity: p}``, summing to 1.
     basic_unit: ``whole_word`` (ERNIE's English basic unit) or ``token``.
+    phrase_source: ``collocations`` (gensim Phrases) or ``spacy_chunks`` (``data.phrases``).
     phrase_min_count, phrase_threshold: gensim Phrases settings of the phrase table.
     """
 
@@ -39,6 +40,7 @@ class ErnieMasking(MaskingCorruption):
         prediction_rate: float | None = None,
         replace_from: str = "nonspecial",
         replace_distribution: str = "uniform",
+        phrase_source: str = "collocations",
         phrase_min_count: int = 5,
         phrase_threshold: float = 10.0,
         **runtime,
@@ -77,10 +79,10 @@ class ErnieMasking(MaskingCorruption):
         self.basic_unit = check_choice(basic_unit, "corruption.basic_unit", ("whole_word", "token"))
         self.phrases = None
         if values[1] > 0:
-            from clozelab.corruption.phrases import PhraseTable
+            from clozelab.corruption.phrases import phrase_source as phrases_from
 
-            self.phrases = PhraseTable.for_corpus(
-                self.corpus_dir, phrase_min_count, phrase_threshold
+            self.phrases = phrases_from(
+                phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
 
     def levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,7 +98,8 @@ class ErnieMasking(MaskingCorruption):
         if bool((level == 2).any()):
             entity = build_units("entity", batch, eligible, "word")
             units = torch.where(level == 2, entity, units)
-        if self.phrases is not None and bool((level == 1).any()):
+        has_phrases = self.phrases is not None or "phrase_ids" in batch
+        if self.level_probs[1] > 0 and has_phrases and bool((level == 1).any()):
             phrase = build_units("phrase", batch, eligible, "word", self.phrases)
             units = torch.where(level == 1, phrase, units)
         selected = select_units(units, eligible, self.rate, "bernoulli", None, generator)

@@ -296,6 +296,8 @@ class UnitMasking(MaskingCorruption):
         max_predictions: cap of the exact budget (BERT: 20 at length 128), or None.
         fill: for entity/phrase units, what the other tokens are: ``word`` units (ERNIE), single
             ``token`` units, or ``none`` (only annotated units are candidates).
+        phrase_source: ``collocations`` (gensim Phrases over the shards) or ``spacy_chunks``
+            (noun chunks stored in the shards at preprocessing, ``data.phrases=spacy_chunks``).
         phrase_min_count, phrase_threshold: gensim Phrases settings of the phrase table.
     """
 
@@ -313,6 +315,7 @@ class UnitMasking(MaskingCorruption):
         prediction_rate: float | None = None,
         replace_from: str = "nonspecial",
         replace_distribution: str = "uniform",
+        phrase_source: str = "collocations",
         phrase_min_count: int = 5,
         phrase_threshold: float = 10.0,
         **runtime,
@@ -336,10 +339,10 @@ class UnitMasking(MaskingCorruption):
         self.fill = check_choice(fill, "corruption.fill", FILLS)
         self.phrases = None
         if self.unit == "phrase":
-            from clozelab.corruption.phrases import PhraseTable
+            from clozelab.corruption.phrases import phrase_source as phrases_from
 
-            self.phrases = PhraseTable.for_corpus(
-                self.corpus_dir, phrase_min_count, phrase_threshold
+            self.phrases = phrases_from(
+                phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
 
     def units(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
@@ -360,14 +363,15 @@ def build_units(unit: str, batch, eligible: Tensor, fill: str, phrases=None) -> 
         return word_units(batch, eligible)
     if unit == "entity":
         return annotated_units(batch, eligible, "entity_ids", fill)
-    if "phrase_ids" not in batch:
-        if phrases is None:
-            raise ClozelabError(
-                "corruption.unit=phrase: the batch has no phrase_ids and no phrase table was "
-                "built. Fix: build the corruption with the training shards (clozelab pretrain "
-                "does) so the phrase table can be learnt."
-            )
+    if phrases is not None:  # the collocation table wins over phrase ids from the data
         batch = {**batch, "phrase_ids": phrases.phrase_ids(batch, eligible)}
+    elif "phrase_ids" not in batch:
+        raise ClozelabError(
+            "corruption.unit=phrase: the batch has no phrase_ids and no phrase table was built. "
+            "Fix: build the corruption with the training shards (clozelab pretrain does) so the "
+            "collocation table can be learnt, or store noun chunks at preprocessing "
+            "(data.phrases=spacy_chunks with corruption.phrase_source=spacy_chunks)."
+        )
     return annotated_units(batch, eligible, "phrase_ids", fill)
 
 

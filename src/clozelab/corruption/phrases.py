@@ -26,6 +26,7 @@ from torch import Tensor
 from clozelab.corruption.corpus_stats import cache_dir, write_json
 from clozelab.corruption.units import unit_index, word_units
 from clozelab.data.shards import open_split
+from clozelab.errors import ClozelabError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,34 @@ def phrase_key(hashes) -> int:
     for h in hashes[:-1]:
         prefix = (prefix * MIX + h + 1) % MOD
     return prefix * (MOD + 1) + hashes[-1]
+
+
+PHRASE_SOURCES = ("collocations", "spacy_chunks")
+
+
+def phrase_source(
+    source: str, corpus_dir, min_count: int, threshold: float
+) -> PhraseTable | None:
+    """Where phrase units come from (``corruption.phrase_source``).
+
+    ``collocations``: the gensim table of the shards under ``corpus_dir`` (None without shards: the
+    batch must bring ``phrase_ids``). ``spacy_chunks``: none; the batch brings the noun chunks found
+    at preprocessing (``data.phrases=spacy_chunks``), which the shards must hold.
+    """
+    from clozelab.corruption.base import check_choice
+
+    check_choice(source, "corruption.phrase_source", PHRASE_SOURCES)
+    if source == "collocations":
+        return PhraseTable.for_corpus(corpus_dir, min_count, threshold)
+    if corpus_dir is not None:
+        shards = open_split(corpus_dir, verify=False)
+        if shards and shards[0].phrase_ids is None:
+            raise ClozelabError(
+                "corruption.phrase_source=spacy_chunks: the training shards hold no phrase units. "
+                "Fix: set data.phrases=spacy_chunks (noun chunks found by spaCy at preprocessing), "
+                "or corruption.phrase_source=collocations."
+            )
+    return None
 
 
 class PhraseTable:

@@ -39,6 +39,12 @@ class InstanceDataset(Dataset):
         tokens = np.asarray(shard.tokens[start:end], dtype=np.int64)
         words = np.asarray(shard.word_ids[start:end], dtype=np.int64)
         entities = np.asarray(shard.entity_ids[start:end], dtype=np.int64)
+        # phrase units stored at preprocessing (data.phrases), as one more id array
+        phrases = (
+            None
+            if shard.phrase_ids is None
+            else np.asarray(shard.phrase_ids[start:end], dtype=np.int64)
+        )
         sentence = np.searchsorted(shard.sentences, np.arange(start, end), side="right") - 1
         special = np.zeros(len(tokens), dtype=bool)
         if insert_separators:
@@ -50,7 +56,9 @@ class InstanceDataset(Dataset):
                 entities = np.insert(entities, inner, -1)
                 sentence = np.insert(sentence, inner, -1)
                 special = np.insert(special, inner, True)
-        return tokens, words, entities, sentence, special
+                if phrases is not None:
+                    phrases = np.insert(phrases, inner, -1)
+        return tokens, words, entities, sentence, special, phrases
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         row = self.table[index]
@@ -61,14 +69,17 @@ class InstanceDataset(Dataset):
         else:
             segments = [(row[inst.P_SHARD], row[inst.P_START], row[inst.P_END], 0)]
         cross = self.kind == "full_sentences"
+        phrase_pieces: list = [[-1]]  # [CLS]; the rest when the shards hold phrases
         for shard_i, start, end, segment in segments:
-            tokens, words, entities, sentence, special = self._segment(
+            tokens, words, entities, sentence, special, phrases = self._segment(
                 int(shard_i), int(start), int(end), cross
             )
             # offset by segment so ids from the two segments never collide
             shift = segment * (1 << 40)
             entities = entities + (entities >= 0) * shift
             sentence = sentence + (sentence >= 0) * shift
+            if phrases is not None:  # the segment, then its [SEP]
+                phrase_pieces += [phrases + (phrases >= 0) * shift, [-1]]
             pieces.append((tokens, words, entities, sentence, special, segment))
             pieces.append((np.array([self.sep_id]), [-1], [-1], [-1], [True], segment))
         input_ids = np.concatenate([p[0] for p in pieces])
@@ -84,6 +95,8 @@ class InstanceDataset(Dataset):
             "entity_ids": _renumber(np.concatenate([np.asarray(p[2]) for p in pieces])),
             "sentence_ids": _renumber(np.concatenate([np.asarray(p[3]) for p in pieces])),
         }
+        if len(phrase_pieces) > 1:
+            item["phrase_ids"] = _renumber(np.concatenate([np.asarray(p) for p in phrase_pieces]))
         if self.kind in inst.PAIR_LABEL_KEYS:
             item[inst.PAIR_LABEL_KEYS[self.kind]] = np.int64(row[inst.LABEL])
         return item

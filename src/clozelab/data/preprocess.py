@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clozelab.data.annotate import AnnotationSettings, Annotator
 from clozelab.data.corpus import corpus_fingerprint, iter_documents
 from clozelab.data.document import Document
 from clozelab.data.sentences import split_sentences
@@ -115,45 +116,78 @@ def _publish(tmp: Path, target: Path) -> None:
 # --------------------------------------------------------------------------- document encoding
 
 _WORKER_TOKENIZER: Tokenizer | None = None
+_WORKER_ANNOTATOR: Annotator | None = None
 
 
-def _init_worker(tokenizer_json: str, lowercase: bool) -> None:
-    global _WORKER_TOKENIZER
+def _init_worker(tokenizer_json: str, lowercase: bool, settings: AnnotationSettings) -> None:
+    global _WORKER_TOKENIZER, _WORKER_ANNOTATOR
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, lowercase)
+    _WORKER_ANNOTATOR = settings.build()
 
 
-def encode_document(doc: Document, tokenizer: Tokenizer):
-    """One document -> per sentence: (token ids, word index in the sentence, entity index in the
-    document or -1)."""
-    sentences = split_sentences(doc)
-    if not sentences:
-        return []
-    encodings = tokenizer.encode_batch([text for text, _ in sentences])
-    out, n_entities = [], 0
-    for (_, entities), enc in zip(sentences, encodings):
-        ids = np.asarray(enc.ids, dtype=np.int32)
-        if len(ids) == 0:
-            continue
-        words = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
-        entity_ids = np.full(len(ids), -1, dtype=np.int32)
-        if entities:
+def _span_ids(offsets: np.ndarray, spans, out: np.ndarray, first: int) -> int:
+    """Number the tokens wholly inside each character span ``first``, ``first + 1``, ... (spans
+    covering no token get no number); returns the next free number."""
+    for start, end in spans:
+        inside = (offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])
+        if inside.any():
+            out[inside] = first
+            first += 1
+    return first
+
+
+def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None):
+    """Documents -> per document, per sentence: (token ids, word index in the sentence, entity
+    index in the document or -1), plus the phrase index in the document or -1 when the annotator
+    finds phrases. The annotator (``annotate.Annotator``) sees the sentences of all ``docs`` at
+    once (spaCy batches them) and replaces the documents' own entity spans when it finds
+    entities."""
+    split = [split_sentences(doc) for doc in docs]
+    flat = [text for sentences in split for text, _ in sentences]
+    entities = phrases = None
+    if annotator is not None and flat:
+        entities, phrases = annotator(flat)
+    encodings = tokenizer.encode_batch(flat) if flat else []
+    out, at = [], 0
+    for sentences in split:
+        encoded, n_entities, n_phrases = [], 0, 0
+        for text_spans in sentences:
+            enc = encodings[at]
+            spans = text_spans[1] if entities is None else entities[at]
+            at += 1
+            ids = np.asarray(enc.ids, dtype=np.int32)
+            if len(ids) == 0:
+                continue
+            words = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            for start, end in entities:
-                inside = (
-                    (offsets[:, 0] >= start)
-                    & (offsets[:, 1] <= end)
-                    & (offsets[:, 1] > offsets[:, 0])
-                )
-                if inside.any():
-                    entity_ids[inside] = n_entities
-                    n_entities += 1
-        out.append((ids, words, entity_ids))
+            entity_ids = np.full(len(ids), -1, dtype=np.int32)
+            n_entities = _span_ids(offsets, spans, entity_ids, n_entities)
+            if phrases is None:
+                encoded.append((ids, words, entity_ids))
+                continue
+            phrase_ids = np.full(len(ids), -1, dtype=np.int32)
+            n_phrases = _span_ids(offsets, phrases[at - 1], phrase_ids, n_phrases)
+            encoded.append((ids, words, entity_ids, phrase_ids))
+        out.append(encoded)
     return out
 
 
+def encode_document(doc: Document, tokenizer: Tokenizer, annotator=None):
+    """One document -> per sentence: (token ids, word index in the sentence, entity index in the
+    document or -1[, phrase index in the document or -1]); see ``encode_documents``."""
+    return encode_documents([doc], tokenizer, annotator)[0]
+
+
 def _encode_chunk(docs: list[Document]):
-    return [encode_document(doc, _WORKER_TOKENIZER) for doc in docs]
+    before = _annotation_counts(_WORKER_ANNOTATOR)
+    encoded = encode_documents(docs, _WORKER_TOKENIZER, _WORKER_ANNOTATOR)
+    after = _annotation_counts(_WORKER_ANNOTATOR)
+    return encoded, (after[0] - before[0], after[1] - before[1])
+
+
+def _annotation_counts(annotator) -> tuple[int, float]:
+    return (0, 0.0) if annotator is None else (annotator.sentences, annotator.seconds)
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -167,21 +201,40 @@ def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def _encoded_documents(docs: Iterable[Document], tokenizer: Tokenizer, workers: int):
-    """Encoded documents in corpus order; at most 2 x workers chunks in flight."""
+def _encoded_documents(
+    docs: Iterable[Document],
+    tokenizer: Tokenizer,
+    workers: int,
+    settings: AnnotationSettings,
+    counts: list,
+):
+    """Encoded documents in corpus order; at most 2 x workers chunks in flight. ``counts``
+    accumulates the annotator's (sentences, seconds) over every process."""
+
+    def unpack(result):
+        encoded, (sentences, seconds) = result
+        counts[0] += sentences
+        counts[1] += seconds
+        return encoded
+
     if workers <= 0:
-        for doc in docs:
-            yield encode_document(doc, tokenizer)
+        annotator = settings.build()
+        for chunk in _chunks(docs, CHUNK_DOCUMENTS):
+            before = _annotation_counts(annotator)
+            encoded = encode_documents(chunk, tokenizer, annotator)
+            after = _annotation_counts(annotator)
+            yield from unpack((encoded, (after[0] - before[0], after[1] - before[1])))
         return
     ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    with ctx.Pool(workers, _init_worker, (tokenizer.to_str(), tokenizer.lowercase)) as pool:
+    init = (tokenizer.to_str(), tokenizer.lowercase, settings)
+    with ctx.Pool(workers, _init_worker, init) as pool:
         pending: deque = deque()
         for chunk in _chunks(docs, CHUNK_DOCUMENTS):
             pending.append(pool.apply_async(_encode_chunk, (chunk,)))
             if len(pending) >= 2 * workers:
-                yield from pending.popleft().get()
+                yield from unpack(pending.popleft().get())
         while pending:
-            yield from pending.popleft().get()
+            yield from unpack(pending.popleft().get())
 
 
 def _limited(docs: Iterable[Document], max_documents: int | None) -> Iterator[Document]:
@@ -199,18 +252,27 @@ def build_shards(
     workers: int,
     max_documents: int | None = None,
     shard_tokens: int = 50_000_000,
+    settings: AnnotationSettings | None = None,
 ) -> dict:
+    settings = settings or AnnotationSettings()
+    phrases = settings.phrases != "none"
     writers = {
-        "train": ShardWriter(directory / "train", tokenizer.vocab_size, shard_tokens),
-        "validation": ShardWriter(directory / "validation", tokenizer.vocab_size, shard_tokens),
+        name: ShardWriter(directory / name, tokenizer.vocab_size, shard_tokens, phrases=phrases)
+        for name in ("train", "validation")
     }
     docs = _limited(iter_documents(corpus), max_documents)
-    with progress("Tokenising documents") as advance:
-        for i, sentences in enumerate(_encoded_documents(docs, tokenizer, workers)):
+    label = "Tokenising and annotating documents" if settings.active else "Tokenising documents"
+    counts = [0, 0.0]
+    start = time.perf_counter()
+    with progress(label) as advance:
+        encoded = _encoded_documents(docs, tokenizer, workers, settings, counts)
+        for i, sentences in enumerate(encoded):
             held_out = validation_every > 0 and i % validation_every == validation_every - 1
             writers["validation" if held_out else "train"].add_document(sentences)
             advance(1)
     stats = {name: writer.close() for name, writer in writers.items()}
+    if settings.active:
+        stats["annotation"] = _annotation_stats(settings, counts, time.perf_counter() - start)
     if stats["train"]["tokens"] == 0:
         raise config_error(
             "data.corpus",
@@ -219,6 +281,19 @@ def build_shards(
             "point data.corpus to a non-empty corpus",
         )
     return stats
+
+
+def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict:
+    sentences, seconds = counts
+    source = f"entities={settings.entities} phrases={settings.phrases}"
+    rate = sentences / seconds if seconds > 0 else 0.0
+    log.info(
+        "Annotated %d sentences (%s) in %.1f s of worker time (%.0f sentences/s per process; "
+        "%.1f s wall for the whole preprocessing)",
+        sentences, source, seconds, rate, wall,
+    )  # fmt: skip
+    return {"source": source, "sentences": sentences, "seconds": round(seconds, 3),
+            "sentences_per_s_per_process": round(rate, 1)}  # fmt: skip
 
 
 def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
@@ -240,6 +315,10 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         "validation_every": validation_every,
         "max_documents": max_documents,
     }
+    annotation = AnnotationSettings.from_config(data_cfg)
+    annotation_key = annotation.cache_key()
+    if annotation_key is not None:  # the default (anchors, no phrases) keeps the old keys
+        settings["annotation"] = annotation_key
     key = _digest(settings)
     directory = cache_dir / "shards" / key
     if directory.is_dir():
@@ -264,6 +343,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             validation_every,
             workers=int(data_cfg.get("preprocessing_workers", 2)),
             max_documents=max_documents,
+            settings=annotation,
         )
         stats["settings"] = settings
         stats["seconds"] = round(time.perf_counter() - start, 2)

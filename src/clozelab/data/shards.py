@@ -8,6 +8,8 @@ A split directory holds ``shard-00000/``, ``shard-00001/`` ... Each shard stores
 - ``entity_ids.bin``  int32, shard-global entity index of each token, -1 outside entities
 - ``sentences.bin``   int64, token offset where each sentence starts, plus a final end offset
 - ``documents.bin``   int64, sentence index where each document starts, plus a final end index
+- ``phrase_ids.bin``  int32, shard-global phrase index of each token, -1 outside phrases (only
+  when preprocessing finds phrases: ``data.phrases=spacy_chunks``)
 - ``meta.json``       dtypes, lengths and a CRC32 per file (a torn or corrupt shard is detected)
 """
 
@@ -27,6 +29,7 @@ ARRAYS = {
     "sentences": np.int64,
     "documents": np.int64,
 }
+OPTIONAL = {"phrase_ids": np.int32}  # present when the writer was asked for them
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -56,7 +59,14 @@ class _Appender:
 class ShardWriter:
     """Streams documents into shards of at most ``shard_tokens`` tokens each."""
 
-    def __init__(self, directory: str | Path, vocab_size: int, shard_tokens: int = 50_000_000):
+    def __init__(
+        self,
+        directory: str | Path,
+        vocab_size: int,
+        shard_tokens: int = 50_000_000,
+        phrases: bool = False,
+    ):
+        self.phrases = phrases
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tokens_dtype = token_dtype(vocab_size)
@@ -69,6 +79,8 @@ class ShardWriter:
         path = self.directory / f"shard-{self.n_shards:05d}"
         path.mkdir()
         dtypes = dict(ARRAYS, tokens=self.tokens_dtype)
+        if self.phrases:
+            dtypes.update(OPTIONAL)
         self._open = {
             "path": path,
             "files": {name: _Appender(path / f"{name}.bin", dt) for name, dt in dtypes.items()},
@@ -77,12 +89,14 @@ class ShardWriter:
             "documents": 0,
             "words": 0,
             "entities": 0,
+            "phrases": 0,
         }
         self.n_shards += 1
 
-    def add_document(self, sentences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def add_document(self, sentences: list[tuple[np.ndarray, ...]]) -> None:
         """Add one document: per sentence (token ids, word index within the sentence, entity index
-        within the document or -1)."""
+        within the document or -1[, phrase index within the document or -1: with
+        ``phrases=True``])."""
         if not sentences:
             return
         if self._open is None or self._open["tokens"] >= self.shard_tokens:
@@ -101,6 +115,10 @@ class ShardWriter:
         files["word_ids"].append(words + shard["words"])
         n_entities = int(entities.max()) + 1 if len(entities) else 0
         files["entity_ids"].append(np.where(entities >= 0, entities + shard["entities"], -1))
+        if self.phrases:
+            phrases = np.concatenate([s[3] for s in sentences])
+            files["phrase_ids"].append(np.where(phrases >= 0, phrases + shard["phrases"], -1))
+            shard["phrases"] += int(phrases.max()) + 1 if len(phrases) and phrases.max() >= 0 else 0
         shard["words"] += int(words.max()) + 1 if len(words) else 0
         shard["entities"] += max(n_entities, 0)
         shard["tokens"] += len(tokens)
@@ -114,7 +132,7 @@ class ShardWriter:
     def _word_shifts(sentences) -> list[int]:
         """Offsets that make word indices unique across the sentences of a document."""
         shifts, total = [], 0
-        for _, words, _ in sentences:
+        for _, words, *_ in sentences:
             shifts.append(total)
             total += int(words.max()) + 1 if len(words) else 0
         return shifts
@@ -147,6 +165,7 @@ class Shard:
     entity_ids: np.ndarray
     sentences: np.ndarray  # [n_sentences + 1] token offsets
     documents: np.ndarray  # [n_documents + 1] sentence offsets
+    phrase_ids: np.ndarray | None = None  # only in shards written with phrases
 
     @property
     def n_documents(self) -> int:
@@ -164,7 +183,7 @@ def open_shard(path: Path, verify: bool = True) -> Shard:
     except (OSError, ValueError) as exc:
         raise ShardError(f"{meta_path}: unreadable shard metadata ({exc})") from exc
     arrays = {}
-    for name in ARRAYS:
+    for name in (*ARRAYS, *(k for k in OPTIONAL if k in meta)):
         file = path / f"{name}.bin"
         info = meta.get(name)
         if info is None or not file.is_file():
