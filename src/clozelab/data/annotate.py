@@ -38,22 +38,8 @@ class AnnotationSettings:
     @classmethod
     def from_config(cls, data_cfg) -> AnnotationSettings:
         get = data_cfg.get
-        entities = get("entities", "anchors") or "anchors"
-        if entities not in ENTITY_SOURCES:
-            raise config_error(
-                "data.entities",
-                entities,
-                f"must be one of {list(ENTITY_SOURCES)}",
-                "set data.entities=anchors (Wikipedia links), gazetteer or spacy",
-            )
-        phrases = get("phrases", "none") or "none"
-        if phrases not in PHRASE_SOURCES:
-            raise config_error(
-                "data.phrases",
-                phrases,
-                f"must be one of {list(PHRASE_SOURCES)}",
-                "set data.phrases=none or spacy_chunks",
-            )
+        entities = _choice(get("entities") or "anchors", "entities", ENTITY_SOURCES)
+        phrases = _choice(get("phrases") or "none", "phrases", PHRASE_SOURCES)
         gazetteer = get("gazetteer")
         if entities == "gazetteer" and not gazetteer:
             raise config_error(
@@ -123,6 +109,17 @@ class AnnotationSettings:
     def build(self) -> Annotator | None:
         """The annotator for these settings (loads the gazetteer / spaCy model), or None."""
         return Annotator(self) if self.active else None
+
+
+def _choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise config_error(
+            f"data.{name}",
+            value,
+            f"must be one of {list(choices)}",
+            f"set data.{name}={choices[0]}",
+        )
+    return value
 
 
 class Annotator:
