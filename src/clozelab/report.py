@@ -342,7 +342,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="clozelab report",
         description="Aggregate the jobs of one or more sweeps (merged): per setting mean ± std "
-        "over seeds, 95%% t confidence intervals, paired tests against the baseline setting, "
+        "over seeds, 95% t confidence intervals, paired tests against the baseline setting, "
         "the best setting per metric; report.md, report.csv, report.json and PNG plots.",
     )
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
