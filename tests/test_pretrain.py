@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 
 from clozelab.pretrain import pretrain
 
@@ -83,3 +84,40 @@ def test_resumed_run_keeps_its_wandb_run_id(tmp_path):
     first = wandb_run_id(tmp_path)
     assert wandb_run_id(tmp_path) == first and len(first) == 12
     assert wandb_run_id(tmp_path / "other") != first
+
+
+def test_validation_reference_is_one_yardstick_for_every_corruption(compose_pretrain, tmp_path):
+    """``validation_reference``: the same sequences also scored under a fixed corruption. Equal
+    to the run's own corruption it reproduces val/mlm_loss exactly (same draws); a run at another
+    rate scores its untrained model (same seed, same weights) under the reference exactly as the
+    first run scored it under its own 15% masking."""
+    from omegaconf import OmegaConf
+
+    run = ("trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=3")
+    cfg = compose_pretrain(*run)
+    reference = OmegaConf.to_container(cfg.corruption)
+    with open_dict(cfg):
+        cfg.validation_reference = OmegaConf.create(reference)
+    same = pretrain(cfg)
+    assert same["val/ref_mlm_loss"] == pytest.approx(same["val/mlm_loss"], rel=1e-6)
+    assert same["val/ref_mlm_acc"] == pytest.approx(same["val/mlm_acc"], rel=1e-6)
+
+    other = compose_pretrain(*run, "corruption.rate=0.6", f"paths.output_dir={tmp_path / 'r60'}")
+    with open_dict(other):
+        other.validation_reference = OmegaConf.create(reference)
+    moved = pretrain(other)
+    initial_own = same["initial/val/mlm_loss"]
+    assert moved["initial/val/ref_mlm_loss"] == pytest.approx(initial_own, rel=1e-6)
+    assert moved["initial/val/mlm_loss"] != pytest.approx(initial_own, rel=1e-6)
+
+
+def test_validation_reference_needs_mlm(compose_pretrain):
+    from omegaconf import OmegaConf
+
+    from clozelab.errors import ClozelabError
+
+    cfg = compose_pretrain("objective=[sop]", "data.instances=sentence_order")
+    with open_dict(cfg):
+        cfg.validation_reference = OmegaConf.create(OmegaConf.to_container(cfg.corruption))
+    with pytest.raises(ClozelabError, match="validation_reference.*Fix: add mlm"):
+        pretrain(cfg)

@@ -293,3 +293,28 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path, text_corpus, c
     assert metrics["status"] == "completed" and metrics["steps"] == 400
     log = (sweep / "0" / "pretrain.log").read_text()
     assert "Received SIGUSR1" in log and "Resuming from" in log
+
+
+def _start_methods():
+    import multiprocessing
+
+    from clozelab.data.datamodule import worker_context
+
+    context = worker_context(2)
+    return multiprocessing.get_start_method(allow_none=True), context and context.get_start_method()
+
+
+def test_loader_workers_start_inside_a_joblib_job():
+    """joblib's loky workers install the "loky" start method, which cannot start torch's
+    DataLoader workers (data.num_workers > 0 in a hydra/launcher=joblib sweep): the loaders then
+    fork on Linux; outside such a pool they keep the platform's own method."""
+    import sys
+
+    from joblib import Parallel, delayed
+
+    from clozelab.data.datamodule import worker_context
+
+    inside = Parallel(n_jobs=2, backend="loky")(delayed(_start_methods)() for _ in range(2))
+    expected = "fork" if sys.platform.startswith("linux") else "spawn"
+    assert inside == [("loky", expected)] * 2
+    assert worker_context(0) is None

@@ -156,7 +156,11 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        _, logs, counts = self(batch)
+        streams = getattr(self.trainer.datamodule, "val_streams", None) if self._trainer else None
+        if streams and streams[dataloader_idx] == "reference":
+            logs, counts = self._reference_mlm(batch)
+        else:
+            _, logs, counts = self(batch)
         if "dialogue_label" in batch:  # val/loss stays the text loss; this is val/dialogue_loss
             logs.pop("loss")
         for key, value in logs.items():
@@ -165,6 +169,15 @@ class PretrainModule(pl.LightningModule):
                 total = self._val_sums.setdefault(key, [0.0, 0.0])
                 total[0] += float(value) * weight
                 total[1] += weight
+
+    def _reference_mlm(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """MLM alone on the reference-corrupted validation batch, logged as ``ref_mlm_*``: one
+        yardstick for runs whose own corruption differs (e.g. masking rates)."""
+        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
+        encoded = self.encoder(hidden, batch.get("attention_mask"))
+        out = self.objectives["mlm"](encoded, batch, self.embedding)
+        logs = {f"ref_{key}": value for key, value in out.logs.items()}
+        return logs, {key: out.n_targets for key in logs}
 
     def on_validation_epoch_end(self) -> None:
         """Token-weighted means over the whole validation set (summed across ranks first)."""

@@ -54,6 +54,15 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     return embedding, encoder, objectives, corruption
 
 
+def _reference_corruption(cfg: DictConfig, prepared):
+    """The ``validation_reference`` corruption (validation's fixed yardstick), or None."""
+    spec = cfg.get("validation_reference")
+    if spec is None:
+        return None
+    kind = target_class(spec, "validation_reference")
+    return build(spec, "validation_reference", **runtime_kwargs(kind, prepared.tokenizer, prepared))
+
+
 def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
     """The run's length in steps, for the LR schedule: max_steps, or the steps max_tokens lasts
     (padding is not counted, so a step adds batch_size x ranks x the mean sequence length)."""
@@ -200,6 +209,7 @@ def pretrain(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
+        reference_corruption=_reference_corruption(cfg, prepared),
     )
     module = PretrainModule(
         embedding,

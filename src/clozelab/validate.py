@@ -230,4 +230,10 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_budget(cfg)
     validate_dialogue(cfg)
     validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
-    return validate_objectives(cfg)
+    names = validate_objectives(cfg)
+    if cfg.get("validation_reference") is not None and "mlm" not in names:
+        raise ClozelabError(
+            f"validation_reference: scores MLM, but objective={names} has no mlm. Fix: add mlm "
+            "to objective, or set validation_reference=null."
+        )
+    return names

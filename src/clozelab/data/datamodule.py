@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +20,18 @@ from clozelab.data.shards import open_split
 from clozelab.errors import ClozelabError
 
 VALIDATION_EPOCH = 1 << 20  # a fixed "epoch" for validation instances and masks
+
+
+def worker_context(num_workers: int):
+    """The start method of the loader's worker processes: the platform's own, except inside a
+    process pool that installed another one (a joblib/loky sweep job: its "loky" context cannot
+    start torch's workers), where Linux forks and other systems spawn."""
+    if num_workers == 0:
+        return None
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method in (None, "fork", "spawn", "forkserver"):
+        return None
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 class ResumableDataLoader(DataLoader):
@@ -77,10 +91,13 @@ class PretrainDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         dialogue=None,
+        reference_corruption=None,
     ):
-        """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches."""
+        """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
+        ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
+        fixed-rate yardstick, ``validation_reference``); ``val_streams`` names each loader."""
         super().__init__()
-        self.dialogue = dialogue
+        self.dialogue, self.reference_corruption = dialogue, reference_corruption
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -104,13 +121,15 @@ class PretrainDataModule(pl.LightningDataModule):
         table = self.dataset("train", 0).table
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
-    def _loader(self, split: str, epoch: int, shuffle: bool, start: int = 0) -> DataLoader:
+    def _loader(
+        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None
+    ) -> DataLoader:
         dataset = self.dataset(split, epoch)
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
-        collator = Collator(self._pad, self.corruption, self.seed)
+        collator = Collator(self._pad, corruption or self.corruption, self.seed)
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
@@ -124,6 +143,7 @@ class PretrainDataModule(pl.LightningDataModule):
             drop_last=shuffle,
             persistent_workers=False,
             generator=generator,
+            multiprocessing_context=worker_context(self.num_workers),
         )
         loader.epoch = epoch
         return loader
@@ -142,7 +162,24 @@ class PretrainDataModule(pl.LightningDataModule):
         loader.position = self._batches_done
         return loader
 
+    @property
+    def val_streams(self) -> list[str]:
+        """What each validation loader holds: ``text``, then ``dialogue`` and ``reference``."""
+        return (
+            ["text"]
+            + (["dialogue"] if self.dialogue is not None else [])
+            + (["reference"] if self.reference_corruption is not None else [])
+        )
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         loader = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
-        dialogue = self.dialogue.val_loader(loader) if self.dialogue is not None else None
-        return loader if dialogue is None else [loader, dialogue]
+        loaders = [loader]
+        if self.dialogue is not None:
+            loaders.append(self.dialogue.val_loader(loader))
+        if self.reference_corruption is not None:
+            loaders.append(
+                self._loader(
+                    "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
+                )
+            )
+        return loader if len(loaders) == 1 else loaders

@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clozelab.data.collate import Collator
-from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader
+from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader, worker_context
 from clozelab.data.dialogue import read_dialogues
 from clozelab.data.dialogue_instances import DialogueCorpus, DialogueDataset, split_dialogues
 from clozelab.data.sampler import EpochSampler
@@ -219,6 +219,7 @@ class DialogueStream:
             batch_sampler=steps,
             collate_fn=MixedCollator(text.collate_fn, self.collator(text.collate_fn, text.epoch)),
             num_workers=text.num_workers,
+            multiprocessing_context=worker_context(text.num_workers),
             persistent_workers=False,
             generator=text.generator,
         )
@@ -239,4 +240,5 @@ class DialogueStream:
             sampler=sampler,
             collate_fn=self.collator(text.collate_fn, VALIDATION_EPOCH),
             num_workers=text.num_workers,
+            multiprocessing_context=worker_context(text.num_workers),
         )
