@@ -20,6 +20,7 @@ TINY_BENCH = [
     "bench.pretrain.seq_len=16", "bench.pretrain.batch_size=4", "bench.pretrain.batches=2",
     "bench.pretrain.steps=1", "bench.pretrain.rounds=1", "bench.pretrain.warmup_steps=0",
     "bench.corruption.seq_len=16", "bench.corruption.batch=4",
+    "bench.corruption.presets=[mask,span]",
 ]  # fmt: skip
 
 
