@@ -46,21 +46,15 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     embedding = build(cfg.embedding, "embedding")
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
-    corruption = build(
-        cfg.corruption,
-        "corruption",
-        **runtime_kwargs(target_class(cfg.corruption, "corruption"), tokenizer, prepared),
-    )
+    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
     return embedding, encoder, objectives, corruption
 
 
-def _reference_corruption(cfg: DictConfig, prepared):
-    """The ``validation_reference`` corruption (validation's fixed yardstick), or None."""
-    spec = cfg.get("validation_reference")
-    if spec is None:
-        return None
-    kind = target_class(spec, "validation_reference")
-    return build(spec, "validation_reference", **runtime_kwargs(kind, prepared.tokenizer, prepared))
+def build_corruption(node: DictConfig, key: str, tokenizer, prepared=None):
+    """The corruption under config ``key`` (``corruption``, ``validation_reference``) with the
+    tokenizer's ids and the shards' tables it needs."""
+    kind = target_class(node, key)
+    return build(node, key, **runtime_kwargs(kind, tokenizer, prepared))
 
 
 def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
@@ -199,6 +193,11 @@ def pretrain(cfg: DictConfig) -> dict:
     init_components(cfg.model.get("init_from"), embedding, encoder, objectives, prepared.tokenizer)
     apply_model_compile(embedding, encoder, cfg.model)  # in place: state_dict keys unchanged
 
+    reference = cfg.get("validation_reference")  # validation's fixed yardstick, off by default
+    if reference is not None:
+        reference = build_corruption(
+            reference, "validation_reference", prepared.tokenizer, prepared
+        )
     datamodule = PretrainDataModule(
         prepared,
         corruption,
@@ -209,7 +208,7 @@ def pretrain(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
-        reference_corruption=_reference_corruption(cfg, prepared),
+        reference_corruption=reference,
     )
     module = PretrainModule(
         embedding,

@@ -95,9 +95,10 @@ class PretrainDataModule(pl.LightningDataModule):
     ):
         """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
         ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
-        fixed-rate yardstick, ``validation_reference``); ``val_streams`` names each loader."""
+        fixed-rate yardstick, ``validation_reference``)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
+        self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -162,24 +163,16 @@ class PretrainDataModule(pl.LightningDataModule):
         loader.position = self._batches_done
         return loader
 
-    @property
-    def val_streams(self) -> list[str]:
-        """What each validation loader holds: ``text``, then ``dialogue`` and ``reference``."""
-        return (
-            ["text"]
-            + (["dialogue"] if self.dialogue is not None else [])
-            + (["reference"] if self.reference_corruption is not None else [])
-        )
-
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        loader = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
-        loaders = [loader]
+        """The text loader, then the dialogue and reference ones when configured; ``val_streams``
+        names each, in order."""
+        text = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
+        loaders = {"text": text}
         if self.dialogue is not None:
-            loaders.append(self.dialogue.val_loader(loader))
+            loaders["dialogue"] = self.dialogue.val_loader(text)
         if self.reference_corruption is not None:
-            loaders.append(
-                self._loader(
-                    "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
-                )
+            loaders["reference"] = self._loader(
+                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
             )
-        return loader if len(loaders) == 1 else loaders
+        self.val_streams = list(loaders)
+        return text if len(loaders) == 1 else list(loaders.values())
