@@ -56,6 +56,10 @@ def test_classification_end_to_end_writes_the_eval_json(tmp_path, tiny_tok):
     assert saved["seeds"] == [1, 2] and saved["metric"] == "accuracy"
     assert saved["protocol"]["epochs"] == 15 and saved["protocol"]["train_examples"] == 16
     assert result["value"] > 0.8, "a separable toy task is learnt"
+    assert saved["protocol"]["pooling"] == "cls"  # BERT's default when fine-tuning
+    mean_task = OmegaConf.merge(task, {"pooling": "mean"})
+    mean = _run(mean_task, tmp_path, tiny_tok, seeds=[1])
+    assert mean["protocol"]["pooling"] == "mean" and mean["value"] > 0.8
 
 
 def test_regression_and_feature_mode(tmp_path, tiny_tok):
@@ -75,6 +79,7 @@ def test_regression_and_feature_mode(tmp_path, tiny_tok):
     )
     result = _run(task, tmp_path, tiny_tok, seeds=[1], mode="features", mix_layers=2)
     assert result["metric"] == "pearson" and result["protocol"]["mode"] == "features"
+    assert result["protocol"]["pooling"] == "mean"  # frozen features: mean pooling by default
 
 
 @pytest.mark.parametrize("decoder", ["softmax", "crf"])

@@ -120,6 +120,8 @@ def run_task(
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
+            **({"pooling": task.get("pooling") or ("mean" if mode == "features" else "cls")}
+               if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
                 "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),
         }  # fmt: skip

@@ -1,11 +1,14 @@
-"""CRF against brute force; the scalar mix starts as the average; frozen features stay frozen."""
+"""CRF against brute force; the scalar mix starts as the average; frozen features stay frozen;
+[CLS] and mean pooling."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
+from clozelab.errors import ClozelabError
 from clozelab.tasks.heads import CRF, ScalarMix, TaskModel
 
 
@@ -57,3 +60,50 @@ def test_features_mode_freezes_the_backbone(tiny_backbone):
     assert {"mix.weights", "mix.gamma"} <= trainable
     model.train()
     assert not model.backbone.training
+
+
+def _batch(ids, pad):
+    ids = torch.tensor(ids)
+    mask = (ids != pad).long()
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.mark.parametrize("mode", ["finetune", "features"])
+def test_pooling_reads_cls_or_the_mean_of_the_real_tokens(tiny_backbone, mode):
+    torch.manual_seed(0)
+    backbone = tiny_backbone()
+    pad = backbone.tokenizer.pad_id
+    kw = {"mode": mode, "mix_layers": 2}
+    assert TaskModel(backbone, "classification", 2, **kw).pooling == (
+        "cls" if mode == "finetune" else "mean"
+    )
+    batch = _batch([[2, 7, 8, 9, 3, pad, pad], [2, 11, 12, 3, pad, pad, pad]], pad)
+    for pooling in ("cls", "mean"):
+        model = TaskModel(backbone, "classification", 2, pooling=pooling, **kw).eval()
+        with torch.no_grad():
+            h = model.hidden(batch)
+            pooled = model._pooled(h, batch["attention_mask"])
+            m = batch["attention_mask"][..., None].float()
+            if pooling == "cls":  # BERT's pooler: tanh(dense(h[:, 0]))
+                expected = model.pooler.dense(h[:, 0]).tanh()
+            else:
+                expected = model.pooler((h * m).sum(1) / m.sum(1))
+            assert torch.allclose(pooled, expected, atol=1e-6)
+            # More padding never changes the pooled vector of a row.
+            wider = _batch([[*r, pad, pad] for r in batch["input_ids"].tolist()], pad)
+            again = model._pooled(model.hidden(wider), wider["attention_mask"])
+            assert torch.allclose(pooled, again, atol=1e-5)
+    cls_out = TaskModel(backbone, "classification", 2, pooling="cls", **kw).eval()
+    with torch.no_grad():
+        h = cls_out.hidden(batch)
+        changed = h.clone()
+        changed[:, 1:] += 1.0  # only non-[CLS] positions move
+        assert torch.allclose(
+            cls_out._pooled(h, batch["attention_mask"]),
+            cls_out._pooled(changed, batch["attention_mask"]),
+        )
+
+
+def test_unknown_pooling_names_the_key_and_the_choices(tiny_backbone):
+    with pytest.raises(ClozelabError, match=r"task\.pooling.*max.*cls.*mean"):
+        TaskModel(tiny_backbone(), "classification", 2, pooling="max")

@@ -4,7 +4,8 @@
   frozen encoder (initialised to their plain average, as ELMo / BERT's feature-based NER).
 - ``CRF``: a linear-chain CRF (negative log-likelihood by the forward algorithm, Viterbi decoding).
 - ``TaskModel``: backbone (fine-tuned, or frozen + scalar mix) with one head per task kind:
-  ``classification`` / ``regression`` on the [CLS] vector (the pooler), ``token`` labels on the
+  ``classification`` / ``regression`` on a pooled vector (``pooling``: the [CLS] vector through the
+  pooler, BERT; or the mean of the token vectors through a fresh pooler), ``token`` labels on the
   first subword of each word (softmax or CRF), ``qa`` start/end pointers restricted to passage
   tokens, ``span_ner`` span classification (``tasks/spans.py``).
 
@@ -24,6 +25,7 @@ from clozelab.tasks.spans import SpanHead
 
 KINDS = ("classification", "regression", "token", "qa", "span_ner")
 MODES = ("finetune", "features")
+POOLINGS = ("cls", "mean")
 
 
 class ScalarMix(nn.Module):
@@ -123,6 +125,10 @@ class TaskModel(nn.Module):
         decoder: ``softmax`` or ``crf`` (token labelling).
         dropout: dropout before the output layer.
         max_span_length, span_decoding: span_ner only (see ``SpanHead``).
+        pooling: classification / regression only: ``cls`` (the [CLS] vector through the
+            pooler, pre-trained when the checkpoint has one) or ``mean`` (the mean of the
+            non-padding token vectors through a fresh pooler); ``None``: ``cls`` when
+            fine-tuning, ``mean`` for frozen features.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class TaskModel(nn.Module):
         dropout: float = 0.1,
         max_span_length: int = 8,
         span_decoding: str = "nested",
+        pooling: str | None = None,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -144,12 +151,18 @@ class TaskModel(nn.Module):
             )
         if mode not in MODES:
             raise config_error("mode", mode, "unknown mode", f"use one of {MODES}")
+        pooling = pooling or ("mean" if mode == "features" else "cls")
+        if pooling not in POOLINGS:
+            raise config_error(
+                "task.pooling", pooling, "unknown pooling", f"use one of {POOLINGS} or null"
+            )
         if decoder not in ("softmax", "crf"):
             raise config_error("task.decoder", decoder, "unknown decoder", "use softmax or crf")
         self.backbone = backbone
         self.kind = kind
         self.mode = mode
         self.decoder = decoder
+        self.pooling = pooling
         hidden = backbone.hidden_size
         self.mix = ScalarMix(mix_layers) if mode == "features" else None
         if self.mix is not None:
@@ -157,7 +170,7 @@ class TaskModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pooler = None
         if kind in ("classification", "regression"):
-            if mode == "features":
+            if pooling == "mean":
                 self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
             elif backbone.pooler is None:
                 self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
@@ -186,7 +199,7 @@ class TaskModel(nn.Module):
         return self.mix(states)
 
     def _pooled(self, h: Tensor, mask: Tensor) -> Tensor:
-        if self.mode == "features":
+        if self.pooling == "mean":
             m = mask[..., None].to(h.dtype)
             return self.pooler((h * m).sum(1) / m.sum(1).clamp(min=1))  # mean over tokens
         pooler = self.pooler if self.pooler is not None else self.backbone.pooler

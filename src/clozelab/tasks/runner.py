@@ -295,6 +295,7 @@ def run_seed(
         dropout=float(task.get("dropout", 0.1)),
         max_span_length=int(task.get("max_span_length", 8)),
         span_decoding=task.get("decoding", "nested"),
+        pooling=task.get("pooling"),
     )
     pad_id = backbone.tokenizer.pad_id
     facts = train(model, prepared, task, seed, pad_id)
