@@ -1,0 +1,60 @@
+"""Pool the per-seed scores of the pre-trained and ``checkpoint=none`` arms and test the gap.
+
+Each argument is ``LABEL:ROOT:TASK:METRIC``; ROOT holds fine-tuning run folders whose names end in
+``_pre`` or ``_none``, each with ``eval/TASK.json`` (``clozelab finetune ... eval_dir=DIR/eval``).
+Prints a markdown table row per argument (mean ± sample std, Welch's t-test) and writes every
+row, with the per-seed values and the protocol, to ``results.json`` beside this script.
+
+usage: python summarize.py LABEL:ROOT:TASK:METRIC [...]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+
+def arm_values(root: Path, arm: str, task: str, metric: str) -> tuple[list[float], dict]:
+    values: list[float] = []
+    protocol: dict = {}
+    for run in sorted(root.glob(f"*_{arm}")):
+        path = run / "eval" / f"{task}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            values += result["metrics"][metric]["values"]
+            protocol = result["protocol"]
+    if len(values) < 2:
+        sys.exit(f"{root}: fewer than 2 {arm} seeds of {task} {metric}")
+    return values, protocol
+
+
+def main() -> None:
+    rows = []
+    for spec in sys.argv[1:]:
+        label, root, task, metric = spec.split(":")
+        pre, protocol = arm_values(Path(root), "pre", task, metric)
+        none, _ = arm_values(Path(root), "none", task, metric)
+        welch = stats.ttest_ind(pre, none, equal_var=False)
+        row = {
+            "study": label, "task": task, "metric": metric, "pretrained": pre, "none": none,
+            "pretrained_mean": statistics.mean(pre), "pretrained_std": statistics.stdev(pre),
+            "none_mean": statistics.mean(none), "none_std": statistics.stdev(none),
+            "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
+            "protocol": protocol,
+        }  # fmt: skip
+        rows.append(row)
+        print(
+            f"| {label} | {task} {metric} | {row['pretrained_mean']:.3f} ± "
+            f"{row['pretrained_std']:.3f} | {row['none_mean']:.3f} ± {row['none_std']:.3f} | "
+            f"{len(pre)} / {len(none)} | t = {row['welch_t']:.2f}, p = {row['welch_p']:.2g} |"
+        )
+    out = Path(__file__).with_name("results.json")
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
