@@ -26,6 +26,7 @@ from clozelab.errors import config_error
 from clozelab.pretrain import write_json
 from clozelab.tasks.backbone import NONE, Backbone, is_run_dir, load_backbone
 from clozelab.tasks.bundled import ZERO_SHOT, score_zero_shot
+from clozelab.tasks.heads import resolve_pooling
 from clozelab.tasks.readers import read_task
 from clozelab.tasks.runner import DEFAULT_METRICS, prepare, run_seed
 
@@ -120,7 +121,7 @@ def run_task(
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
-            **({"pooling": task.get("pooling") or ("mean" if mode == "features" else "cls")}
+            **({"pooling": resolve_pooling(task.get("pooling"), mode)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
                 "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),

@@ -63,6 +63,12 @@ class PretrainModule(pl.LightningModule):
         logs["loss"] = total
         return total, logs, counts
 
+    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embedding then encoder: the (B, T, H) states every objective reads."""
+        roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
+        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
+        return self.encoder(hidden, batch.get("attention_mask"))
+
     def _forward_stream(self, batch: dict[str, torch.Tensor]):
         """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
         objectives whose ``streams`` include "dialogue" run; those that train on text too log as
@@ -74,9 +80,7 @@ class PretrainModule(pl.LightningModule):
             prepare = getattr(objective, "prepare_inputs", None)
             if prepare is not None:
                 batch = prepare(batch, self.embedding)
-        roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
-        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
-        encoded = self.encoder(hidden, batch.get("attention_mask"))
+        encoded = self._encode(batch)
         total, logs, counts = None, {}, {}
         for name, objective in objectives.items():
             out = objective(encoded, batch, self.embedding)
@@ -173,9 +177,7 @@ class PretrainModule(pl.LightningModule):
     def _reference_mlm(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         """MLM alone on the reference-corrupted validation batch, logged as ``ref_mlm_*``: one
         yardstick for runs whose own corruption differs (e.g. masking rates)."""
-        hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
-        encoded = self.encoder(hidden, batch.get("attention_mask"))
-        out = self.objectives["mlm"](encoded, batch, self.embedding)
+        out = self.objectives["mlm"](self._encode(batch), batch, self.embedding)
         logs = {f"ref_{key}": value for key, value in out.logs.items()}
         return logs, {key: out.n_targets for key in logs}
 

@@ -11,11 +11,12 @@ usage: python summarize.py LABEL:ROOT:TASK:METRIC [...]
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from scipy import stats
+
+from clozelab.report_stats import summarize
 
 
 def arm_values(root: Path, arm: str, task: str, metric: str) -> tuple[list[float], dict]:
@@ -39,10 +40,11 @@ def main() -> None:
         pre, protocol = arm_values(Path(root), "pre", task, metric)
         none, _ = arm_values(Path(root), "none", task, metric)
         welch = stats.ttest_ind(pre, none, equal_var=False)
+        a, b = (summarize(dict(enumerate(v))) for v in (pre, none))
         row = {
             "study": label, "task": task, "metric": metric, "pretrained": pre, "none": none,
-            "pretrained_mean": statistics.mean(pre), "pretrained_std": statistics.stdev(pre),
-            "none_mean": statistics.mean(none), "none_std": statistics.stdev(none),
+            "pretrained_mean": a.mean, "pretrained_std": a.std,
+            "none_mean": b.mean, "none_std": b.std,
             "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
             "protocol": protocol,
         }  # fmt: skip

@@ -37,15 +37,14 @@ MAX_WORDS = 4
 FILTER_MIN_KEYS = 4096
 
 
-def _powers() -> Tensor:
+def _powers() -> np.ndarray:
     out = [1]
     for _ in range(MAX_PIECES - 1):
         out.append(out[-1] * RADIX % MOD)
-    return torch.tensor(out, dtype=torch.long)
+    return np.array(out, dtype=np.int64)
 
 
 POWERS = _powers()
-POWERS_NP = POWERS.numpy()
 
 
 def word_hash(pieces) -> int:
@@ -97,17 +96,16 @@ class PhraseTable:
         self.keys = {}
         for n in range(2, MAX_WORDS + 1):
             keys = [phrase_key([word_hash(w) for w in p]) for p in phrases if len(p) == n]
-            self.keys[n] = torch.tensor(sorted(set(keys)), dtype=torch.long)
+            self.keys[n] = np.array(sorted(set(keys)), dtype=np.int64)
         # Big tables: a bitmap over the low key bits (16 slots per key) rules out almost every
         # word start in one lookup, and only the few that pass are binary-searched (a search from
         # every word start into ~10^5 keys is ~6x slower, all branch mispredictions).
-        self.keys_np = {n: keys.numpy() for n, keys in self.keys.items()}
         n_keys = sum(len(k) for k in self.keys.values())
         self.filter = None
         if n_keys > FILTER_MIN_KEYS:
             size = 1 << min(22, (16 * n_keys - 1).bit_length())
             self.filter = np.zeros(size, dtype=bool)
-            for keys in self.keys_np.values():
+            for keys in self.keys.values():
                 self.filter[keys & (size - 1)] = True
 
     def __len__(self) -> int:
@@ -156,7 +154,7 @@ class PhraseTable:
         # word hash: the sum of its tokens' terms, as a difference of running sums
         word_start = np.maximum.accumulate(np.where(start, positions, 0), axis=1)
         offset = np.clip(positions - word_start, 0, MAX_PIECES - 1)
-        terms = np.where(candidate, (tokens + 1) * POWERS_NP[offset] % MOD, 0)
+        terms = np.where(candidate, (tokens + 1) * POWERS[offset] % MOD, 0)
         running = np.cumsum(terms, axis=1)
         s_row, s_col = np.nonzero(start)  # word starts and ends, in the same (row, word) order
         e_row, e_col = np.nonzero(end)
@@ -171,7 +169,7 @@ class PhraseTable:
         valid_word = positions < n_words[:, None]
         match_len = np.zeros((b, t), dtype=np.int64)
         for n in range(MAX_WORDS, 1, -1):  # loop over phrase lengths (<= 3 iterations)
-            keys = self.keys_np.get(n)
+            keys = self.keys.get(n)
             if keys is None or len(keys) == 0 or t < n:
                 continue
             width = t - n + 1

@@ -25,6 +25,7 @@ from clozelab.data.dialogue import read_chatterbot
 from clozelab.data.packages import package_dir
 from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
+from clozelab.tasks.heads import masked_mean
 from clozelab.tasks.readers import TextExample, _holdout
 
 ZERO_SHOT = ("word_similarity", "response_selection")
@@ -101,8 +102,7 @@ def mean_vectors(backbone: Backbone, texts: list[str], batch_size: int = 64) -> 
         lengths = torch.tensor([len(ids[j]) for j in idx])
         positions = torch.arange(h.shape[1])[None, :]
         mask = (positions >= 1) & (positions <= lengths[:, None])  # tokens, no [CLS]/[SEP]
-        m = mask[..., None].to(h.dtype)
-        out[idx] = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        out[idx] = masked_mean(h, mask)
     return out
 
 

@@ -28,6 +28,22 @@ MODES = ("finetune", "features")
 POOLINGS = ("cls", "mean")
 
 
+def resolve_pooling(pooling: str | None, mode: str) -> str:
+    """``task.pooling`` in effect: null is ``cls`` when fine-tuning, ``mean`` for features."""
+    pooling = pooling or ("mean" if mode == "features" else "cls")
+    if pooling not in POOLINGS:
+        raise config_error(
+            "task.pooling", pooling, "unknown pooling", f"use one of {POOLINGS} or null"
+        )
+    return pooling
+
+
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``h`` (B, T, H) over the positions where ``mask`` (B, T) is set -> (B, H)."""
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class ScalarMix(nn.Module):
     """``gamma * sum_k softmax(w)_k * h_k`` over the last ``num_layers`` hidden states."""
 
@@ -151,11 +167,7 @@ class TaskModel(nn.Module):
             )
         if mode not in MODES:
             raise config_error("mode", mode, "unknown mode", f"use one of {MODES}")
-        pooling = pooling or ("mean" if mode == "features" else "cls")
-        if pooling not in POOLINGS:
-            raise config_error(
-                "task.pooling", pooling, "unknown pooling", f"use one of {POOLINGS} or null"
-            )
+        pooling = resolve_pooling(pooling, mode)
         if decoder not in ("softmax", "crf"):
             raise config_error("task.decoder", decoder, "unknown decoder", "use softmax or crf")
         self.backbone = backbone
@@ -200,8 +212,7 @@ class TaskModel(nn.Module):
 
     def _pooled(self, h: Tensor, mask: Tensor) -> Tensor:
         if self.pooling == "mean":
-            m = mask[..., None].to(h.dtype)
-            return self.pooler((h * m).sum(1) / m.sum(1).clamp(min=1))  # mean over tokens
+            return self.pooler(masked_mean(h, mask))
         pooler = self.pooler if self.pooler is not None else self.backbone.pooler
         return pooler(h)
 
