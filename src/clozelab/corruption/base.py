@@ -45,6 +45,9 @@ class Corruption:
 
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: Ids the model needs beyond the tokenizer's vocabulary (T5 sentinels): the embedding and
+    #: softmax get ``tokenizer.vocab_size + extra_vocab`` rows (SEQ2SEQ contract).
+    extra_vocab: int = 0
 
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
