@@ -154,11 +154,20 @@ def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> 
     with a decoder that reads them: an encoder-only model cannot use (source, target) pairs."""
     from clozelab.objectives.seq2seq import TARGET_KEYS
 
+    decoder = cfg_select(cfg, "decoder")
+    if decoder is not None and not any(n.get("decoder") is not None for n in objectives.values()):
+        raise config_error(
+            "decoder", decoder.get("_target_"),
+            f"no objective of objective={list(objectives)} runs a decoder",
+            "add objective=[seq2seq] (encoder-decoder pre-training) or drop decoder=",
+        )  # fmt: skip
     if not set(TARGET_KEYS) <= corrupted:
         return
-    readers = [name for name, node in objectives.items()
-               if set(TARGET_KEYS) <= set(getattr(target_class(node, f"objective.{name}"),
-                                                  "requires", ()))]  # fmt: skip
+    readers = [
+        name
+        for name, node in objectives.items()
+        if set(TARGET_KEYS) <= set(target_class(node, f"objective.{name}").requires)
+    ]
     if not readers:
         raise ClozelabError(
             f"corruption ({cfg.corruption.get('_target_')}) produces seq2seq (source, target) "
