@@ -148,9 +148,9 @@ def preview(cfg: DictConfig) -> dict:
     tok = prepared.tokenizer
     cls = target_class(cfg.corruption, "corruption")
     corruption = build(cfg.corruption, "corruption", **runtime_kwargs(cls, tok, prepared))
-    data = PretrainDataModule(
+    data = PretrainDataModule(  # the corruption sets the raw instance length
         prepared,
-        None,
+        corruption,
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,

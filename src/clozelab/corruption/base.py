@@ -50,6 +50,9 @@ class Corruption:
 
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: Ids the model needs beyond the tokenizer's vocabulary (T5 sentinels): the embedding and
+    #: softmax get ``tokenizer.vocab_size + extra_vocab`` rows (SEQ2SEQ contract).
+    extra_vocab: int = 0
 
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
@@ -57,6 +60,22 @@ class Corruption:
         raise NotImplementedError(
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
+
+    def output_length(self, n_tokens: int, n_special: int) -> int:
+        """Longest corrupted row (encoder input) from a row of ``n_tokens`` real tokens,
+        ``n_special`` of them special. Corruptions that shorten or lengthen rows override it."""
+        return n_tokens
+
+    def instance_length(self, max_seq_length: int, n_special: int) -> int:
+        """Longest raw row whose corrupted form fits in ``max_seq_length`` (T5's
+        ``random_spans_helper`` search): the length the data module builds instances at.
+        ``output_length`` must not decrease with the row length."""
+        n = max_seq_length
+        while self.output_length(n + 1, n_special) <= max_seq_length:
+            n += 1
+        while n > n_special + 1 and self.output_length(n, n_special) > max_seq_length:
+            n -= 1
+        return n
 
 
 # --------------------------------------------------------------------------------------------------

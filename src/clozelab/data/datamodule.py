@@ -78,6 +78,17 @@ class ResumableDataLoader(DataLoader):
         self.sampler.start = min(int(state["batches"]) * self.batch_size, len(self.sampler))
 
 
+def instance_length(corruption, kind: str, max_seq_length: int) -> int:
+    """Length of the raw instances: the longest whose corrupted form fits ``max_seq_length``
+    (``Corruption.instance_length``; T5 span corruption builds longer raw rows, insertion shorter
+    ones). Without a corruption (or a plain callable) it is ``max_seq_length``."""
+    fit = getattr(corruption, "instance_length", None)
+    if fit is None:
+        return max_seq_length
+    n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
+    return int(fit(max_seq_length, n_special))
+
+
 class PretrainDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -113,6 +124,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.train_shards = open_split(prepared.train_dir, verify=False)
         self.validation_shards = open_split(prepared.validation_dir, verify=False)
         self._cls, self._sep, self._pad = tok.cls_id, tok.sep_id, tok.pad_id
+        self.instance_length = instance_length(corruption, instances, max_seq_length)
 
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
@@ -120,7 +132,7 @@ class PretrainDataModule(pl.LightningDataModule):
         table = instances.build(
             self.kind,
             shards,
-            self.max_seq_length,
+            self.instance_length,
             self.short_seq_prob,
             rng,
             self.sop_single_sentence,
