@@ -42,13 +42,14 @@ log = logging.getLogger(__name__)
 
 def build_components(cfg: DictConfig, tokenizer, prepared=None):
     """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in (and the
-    training shards, for corruptions that count corpus tables: unigram, phrases)."""
-    with open_dict(cfg):
-        cfg.model.vocab_size = tokenizer.vocab_size
+    training shards, for corruptions that count corpus tables: unigram, phrases). The model's
+    vocabulary is the tokenizer's plus the corruption's ``extra_vocab`` (T5 sentinels)."""
+    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
+    with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
+        cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
     embedding = build(cfg.embedding, "embedding")
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
-    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
     return embedding, encoder, objectives, corruption
 
 
@@ -183,6 +184,10 @@ def _record_failure(run_dir: Path, trainer, loggers, exc: BaseException, signum,
     mark_run(loggers, status, error)
 
 
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items() if share)
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics."""
     objective_names = validate_pretrain(cfg)
@@ -207,12 +212,16 @@ def pretrain(cfg: DictConfig) -> dict:
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,
+        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
     )
+    pair_kinds = datamodule.pair_kinds()
+    if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs
+        log.info("Pairs of %s (epoch 0): %s", cfg.data.instances, _shares(pair_kinds))
     module = PretrainModule(
         embedding,
         encoder,
