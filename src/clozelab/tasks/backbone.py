@@ -23,6 +23,7 @@ from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.errors import config_error
 from clozelab.model.encoder import EncoderOutput
 from clozelab.model.heads import Pooler
+from clozelab.model.layer_pool import embed_texts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ class Backbone(nn.Module):
     ) -> EncoderOutput:
         hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
         return self.encoder(hidden, attention_mask, output_hidden_states=output_hidden_states)
+
+    def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
+        """Vectors of ``texts`` in one call (``model/layer_pool.embed_texts``): ``layers`` an
+        index (-1: last layer) or a list averaged (``[-4, -3, -2, -1]``), ``pool`` mean | cls |
+        none."""
+        self.eval()
+
+        def encode(input_ids, attention_mask, token_type_ids):
+            return self(input_ids, attention_mask, token_type_ids, True).hidden_states
+
+        return embed_texts(
+            encode, self.tokenizer, texts, layers=layers, pool=pool,
+            max_length=self.max_positions, batch_size=batch_size,
+        )  # fmt: skip
 
 
 @dataclass
