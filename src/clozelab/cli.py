@@ -91,10 +91,16 @@ def run_command(command: str, overrides: list[str]) -> None:
 
     from clozelab.config import conf_dir, register_overlays
     from clozelab.errors import ClozelabError
+    from clozelab.keys import preflight
 
     config_name, spec = COMMANDS[command]
     register_overlays()
     _quiet_dependencies()
+    try:
+        preflight(config_name, overrides)  # misspelt keys, bad arguments: before any work
+    except ClozelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     def task(cfg):
         point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now
