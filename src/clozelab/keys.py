@@ -57,7 +57,7 @@ def flat_keys(node, prefix: str = "") -> list[str]:
     """Every dotted key of a config (lists are leaves)."""
     out = []
     if isinstance(node, DictConfig):
-        for key in node.keys():
+        for key in node:
             path = f"{prefix}{key}"
             out.append(path)
             child = node._get_node(key)
@@ -91,7 +91,7 @@ def _check_keys(node, group: str, accepted: Iterable[str], what: str) -> None:
     if not isinstance(node, DictConfig):
         return
     accepted = set(accepted)
-    unknown = [str(k) for k in node.keys() if str(k) not in accepted and str(k) not in HYDRA_KEYS]
+    unknown = [str(k) for k in node if str(k) not in accepted and str(k) not in HYDRA_KEYS]
     if unknown:
         _refuse(group, unknown, accepted, what)
 
