@@ -45,7 +45,7 @@ def brute_force_perm_mask(order: list[int]) -> torch.Tensor:
 
 
 def test_perm_mask_matches_brute_force_from_the_order():
-    batch, out = run(batch=make_batch(b=6, t=24))
+    _, out = run(batch=make_batch(b=6, t=24))
     predicted = predicted_of(out)
     for row in range(6):
         # recover the order from the query stream's mask: place = 1 + predicted tokens it sees
@@ -58,13 +58,15 @@ def test_perm_mask_matches_brute_force_from_the_order():
 
 
 def test_order_properties():
-    batch, out = run()
+    _, out = run()
     predicted = predicted_of(out)
     perm = out["perm_mask"]
     # non-predicted tokens see every non-predicted token and no predicted one
     rows = ~predicted
     assert not (perm & ~predicted[:, None, :] & rows[:, :, None]).any()
-    assert torch.equal(perm & rows[:, :, None], predicted[:, None, :].expand_as(perm) & rows[:, :, None])
+    assert torch.equal(
+        perm & rows[:, :, None], predicted[:, None, :].expand_as(perm) & rows[:, :, None]
+    )
     # a predicted token never sees itself in the query stream; predicted tokens form a chain
     assert perm.diagonal(dim1=1, dim2=2)[predicted].all()
     pp = predicted[:, :, None] & predicted[:, None, :]

@@ -21,8 +21,17 @@ transformers = pytest.importorskip("transformers")
 
 V, H, L, A, FF = 99, 32, 2, 4, 37
 TOL = 1e-4
-HF_CONFIG = dict(vocab_size=V, d_model=H, n_layer=L, n_head=A, d_inner=FF, ff_activation="gelu",
-                 mem_len=None, dropout=0.1, layer_norm_eps=1e-12)  # fmt: skip
+HF_CONFIG = dict(
+    vocab_size=V,
+    d_model=H,
+    n_layer=L,
+    n_head=A,
+    d_inner=FF,
+    ff_activation="gelu",
+    mem_len=None,
+    dropout=0.1,
+    layer_norm_eps=1e-12,
+)
 
 
 def hf_model(**extra):
@@ -33,7 +42,11 @@ def hf_model(**extra):
 def ours(seed: int = 1):
     torch.manual_seed(seed)
     kw = kwargs_from_xlnet_config({"model_type": "xlnet", **HF_CONFIG})
-    parts = WordEmbeddings(**kw["embedding"]), XLNetEncoder(**kw["encoder"]), PermutationLM(**kw["plm"])
+    parts = (
+        WordEmbeddings(**kw["embedding"]),
+        XLNetEncoder(**kw["encoder"]),
+        PermutationLM(**kw["plm"]),
+    )
     return tuple(p.eval() for p in parts)
 
 
@@ -47,14 +60,22 @@ def plm_batch(b: int = 3, t: int = 12, seed: int = 0, pad_last: int = 3):
     mask[-1, t - pad_last :] = 0
     special[-1, t - pad_last - 1] = 1
     types = (torch.arange(t) > t // 2).long().expand(b, t).clone()
-    batch = {"input_ids": ids, "attention_mask": mask, "special_tokens_mask": special,
-             "token_type_ids": types}  # fmt: skip
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "special_tokens_mask": special,
+        "token_type_ids": types,
+    }
     return PermutationTargets(k=3)(batch, g)
 
 
 def run_ours(emb, enc, batch, **kw):
-    return enc(emb(batch["input_ids"]), batch["attention_mask"],
-               token_type_ids=batch["token_type_ids"], **kw)  # fmt: skip
+    return enc(
+        emb(batch["input_ids"]),
+        batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------------------------- streams
@@ -84,8 +105,13 @@ def test_content_stream_at_z_t_sees_exactly_z_le_t():
     emb, enc, _ = ours()
     batch = plm_batch(b=1, pad_last=0)
     hidden = emb(batch["input_ids"]).detach().requires_grad_(True)
-    out = enc(hidden, batch["attention_mask"], token_type_ids=batch["token_type_ids"],
-              perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])  # fmt: skip
+    out = enc(
+        hidden,
+        batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        perm_mask=batch["perm_mask"],
+        target_mapping=batch["target_mapping"],
+    )
     order = order_of(batch)[0]
     expected = order[None, :] <= order[:, None]  # i sees j iff z-place of j <= that of i
     assert torch.equal(dependence(out.last_hidden_state, hidden), expected)
@@ -95,8 +121,13 @@ def test_query_stream_never_sees_its_own_content():
     emb, enc, _ = ours()
     batch = plm_batch(b=1, pad_last=0)
     hidden = emb(batch["input_ids"]).detach().requires_grad_(True)
-    out = enc(hidden, batch["attention_mask"], token_type_ids=batch["token_type_ids"],
-              perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])  # fmt: skip
+    out = enc(
+        hidden,
+        batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        perm_mask=batch["perm_mask"],
+        target_mapping=batch["target_mapping"],
+    )
     order = order_of(batch)[0]
     positions = batch["target_mapping"][0].argmax(-1)  # (M,)
     seen = dependence(out.query_hidden_state, hidden)  # (M, T)
@@ -107,10 +138,12 @@ def test_query_stream_never_sees_its_own_content():
     changed = dict(batch, input_ids=batch["input_ids"].clone())
     changed["input_ids"][0, positions[0]] = (changed["input_ids"][0, positions[0]] + 1) % V
     with torch.no_grad():
-        a = run_ours(emb, enc, batch, perm_mask=batch["perm_mask"],
-                     target_mapping=batch["target_mapping"]).query_hidden_state  # fmt: skip
-        b = run_ours(emb, enc, changed, perm_mask=batch["perm_mask"],
-                     target_mapping=batch["target_mapping"]).query_hidden_state  # fmt: skip
+        a = run_ours(
+            emb, enc, batch, perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"]
+        ).query_hidden_state
+        b = run_ours(
+            emb, enc, changed, perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"]
+        ).query_hidden_state
     first = int(order[positions].argmin())  # ... nor any other prediction before it
     assert torch.allclose(a[0, positions == positions[0]], b[0, positions == positions[0]])
     assert torch.allclose(a[0, first], b[0, first])
@@ -146,13 +179,20 @@ def test_hf_xlnet_import_gives_the_same_logits(padding):
     batch = plm_batch(pad_last=padding)
     kw = {"perm_mask": batch["perm_mask"].float(), "target_mapping": batch["target_mapping"]}
     with torch.no_grad():
-        ref = hf(batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"], **kw).logits  # fmt: skip
+        ref = hf(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            **kw,
+        ).logits
         got = plm.logits(run_ours(emb, enc, batch, **kw).query_hidden_state, emb)
         assert (ref - got).abs().max() < TOL
         # fine-tuning view: no perm mask, no targets: the content stream = XLNetModel's output
-        ref_h = hf.transformer(batch["input_ids"], attention_mask=batch["attention_mask"],
-                               token_type_ids=batch["token_type_ids"]).last_hidden_state  # fmt: skip
+        ref_h = hf.transformer(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+        ).last_hidden_state
         got_h = run_ours(emb, enc, batch).last_hidden_state
         assert (ref_h - got_h).abs().max() < TOL
 
@@ -163,11 +203,17 @@ def test_plm_loss_equals_hf_loss():
     from_hf_xlnet_state_dict(hf.state_dict(), emb, enc, plm.bias, strict=True)
     batch = plm_batch()
     with torch.no_grad():
-        ref = hf(batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"], perm_mask=batch["perm_mask"].float(),
-                 target_mapping=batch["target_mapping"], labels=batch["plm_labels"]).loss  # fmt: skip
-        out = run_ours(emb, enc, batch, perm_mask=batch["perm_mask"],
-                       target_mapping=batch["target_mapping"])  # fmt: skip
+        ref = hf(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            perm_mask=batch["perm_mask"].float(),
+            target_mapping=batch["target_mapping"],
+            labels=batch["plm_labels"],
+        ).loss
+        out = run_ours(
+            emb, enc, batch, perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"]
+        )
         loss = plm(out, batch, emb).loss
     assert abs(float(ref) - float(loss)) < TOL
 
@@ -186,8 +232,12 @@ def test_export_loads_into_hf_without_missing_keys(tmp_path):
     batch = plm_batch(seed=4)
     kw = {"perm_mask": batch["perm_mask"].float(), "target_mapping": batch["target_mapping"]}
     with torch.no_grad():
-        ref = loaded.eval()(batch["input_ids"], attention_mask=batch["attention_mask"],
-                            token_type_ids=batch["token_type_ids"], **kw).logits  # fmt: skip
+        ref = loaded.eval()(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            **kw,
+        ).logits
         got = plm.logits(run_ours(emb, enc, batch, **kw).query_hidden_state, emb)
     assert (ref - got).abs().max() < TOL
 
@@ -199,10 +249,15 @@ def test_memory_matches_hf_mems():
     from_hf_xlnet_state_dict(hf.state_dict(), emb, enc)
     first, second = plm_batch(b=2, pad_last=0, seed=5), plm_batch(b=2, pad_last=0, seed=6)
     with torch.no_grad():
-        ref1 = hf.transformer(first["input_ids"], token_type_ids=first["token_type_ids"],
-                              use_mems=True)  # fmt: skip
-        ref2 = hf.transformer(second["input_ids"], token_type_ids=second["token_type_ids"],
-                              mems=ref1.mems, use_mems=True)  # fmt: skip
+        ref1 = hf.transformer(
+            first["input_ids"], token_type_ids=first["token_type_ids"], use_mems=True
+        )
+        ref2 = hf.transformer(
+            second["input_ids"],
+            token_type_ids=second["token_type_ids"],
+            mems=ref1.mems,
+            use_mems=True,
+        )
         out1 = run_ours(emb, enc, dict(first, attention_mask=None))
         out2 = run_ours(emb, enc, dict(second, attention_mask=None), mems=out1.mems)
     for a, b in zip(ref1.mems, out1.mems):

@@ -72,11 +72,16 @@ class PermutationTargets(Corruption):
     ) -> None:
         self.k = check_positive_int(k, "corruption.k")
         if self.k < 2:
-            raise config_error("corruption.k", k, "one token in k is predicted: k must be >= 2",
-                               "use 6 or 7 (XLNet)")  # fmt: skip
+            raise config_error(
+                "corruption.k",
+                k,
+                "one token in k is predicted: k must be >= 2",
+                "use 6 or 7 (XLNet)",
+            )
         self.max_gram = check_positive_int(max_gram, "corruption.max_gram")
-        self.num_predict = check_positive_int(num_predict, "corruption.num_predict",
-                                              allow_none=True)  # fmt: skip
+        self.num_predict = check_positive_int(
+            num_predict, "corruption.num_predict", allow_none=True
+        )
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         grams = torch.arange(1, self.max_gram + 1, dtype=torch.float64)
         self.gram_probs = (1.0 / grams) / (1.0 / grams).sum()  # p(n) ∝ 1/n
@@ -85,18 +90,26 @@ class PermutationTargets(Corruption):
     def budget(self, eligible: Tensor) -> Tensor:
         """[B] tokens to predict per row."""
         n = eligible.sum(-1)
-        goal = (n // self.k).clamp_min(1) if self.num_predict is None else torch.full_like(
-            n, self.num_predict)  # fmt: skip
+        goal = (
+            (n // self.k).clamp_min(1)
+            if self.num_predict is None
+            else torch.full_like(n, self.num_predict)
+        )
         return torch.minimum(goal, n)
 
     def span_cover(self, b: int, t: int, generator: torch.Generator) -> Tensor:
         """bool [B, T]: the union of the spans laid window after window from position 0."""
         windows = math.ceil(t / self.k) + 1  # the shortest window (n = 1) is k tokens
-        grams = torch.multinomial(self.gram_probs.expand(b, -1), windows, replacement=True,
-                                  generator=generator) + 1  # (B, W)  # fmt: skip
+        grams = (
+            torch.multinomial(
+                self.gram_probs.expand(b, -1), windows, replacement=True, generator=generator
+            )
+            + 1
+        )  # (B, W)
         context = self.k * grams  # (B, W)
-        offset = (torch.rand(b, windows, generator=generator, dtype=torch.float64)
-                  * (context - grams)).long()  # in [0, k*n - n)  # fmt: skip
+        offset = (
+            torch.rand(b, windows, generator=generator, dtype=torch.float64) * (context - grams)
+        ).long()  # in [0, k*n - n)
         begin = context.cumsum(-1) - context + offset  # (B, W)
         end = begin + grams
         inside = end <= t
@@ -155,5 +168,7 @@ class PermutationTargets(Corruption):
         return out
 
     def __repr__(self) -> str:
-        return (f"PermutationTargets(k={self.k}, max_gram={self.max_gram}, "
-                f"num_predict={self.num_predict})")  # fmt: skip
+        return (
+            f"PermutationTargets(k={self.k}, max_gram={self.max_gram}, "
+            f"num_predict={self.num_predict})"
+        )

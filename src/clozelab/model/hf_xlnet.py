@@ -48,8 +48,11 @@ def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
 
     layout: dict[str, tuple] = {
         "transformer.word_embedding.weight": (embedding.word_embeddings.weight, same, same),
-        "transformer.mask_emb": (encoder.mask_emb, lambda t: t.view(1, 1, H),
-                                 lambda t: t.reshape(H)),  # fmt: skip
+        "transformer.mask_emb": (
+            encoder.mask_emb,
+            lambda t: t.view(1, 1, H),
+            lambda t: t.reshape(H),
+        ),
     }
     for i, layer in enumerate(encoder.layers):
         a, p = layer.attention, f"transformer.layer.{i}."
@@ -60,9 +63,12 @@ def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
         layout[p + "rel_attn.o"] = (a.o.weight, out_to, out_from)
         for name in ("r_r_bias", "r_s_bias", "r_w_bias", "seg_embed"):
             layout[p + f"rel_attn.{name}"] = (getattr(a, name), same, same)
-        for ours, theirs in ((a.norm, "rel_attn.layer_norm"), (layer.output_norm, "ff.layer_norm"),
-                             (layer.feed_forward.fc1, "ff.layer_1"),
-                             (layer.feed_forward.fc2, "ff.layer_2")):  # fmt: skip
+        for ours, theirs in (
+            (a.norm, "rel_attn.layer_norm"),
+            (layer.output_norm, "ff.layer_norm"),
+            (layer.feed_forward.fc1, "ff.layer_1"),
+            (layer.feed_forward.fc2, "ff.layer_2"),
+        ):
             layout[p + theirs + ".weight"] = (ours.weight, same, same)
             layout[p + theirs + ".bias"] = (ours.bias, same, same)
     if bias is not None:
@@ -73,10 +79,11 @@ def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
 def _check(embedding: nn.Module, encoder: nn.Module) -> None:
     if not hasattr(encoder, "mask_emb") or not hasattr(embedding, "word_embeddings"):
         raise config_error(
-            "embedding/encoder", f"{type(embedding).__name__}/{type(encoder).__name__}",
+            "embedding/encoder",
+            f"{type(embedding).__name__}/{type(encoder).__name__}",
             "HF XLNet weights map only onto the word-only embedding + XLNetEncoder",
             "use experiment=xlnet (embedding=word encoder=xlnet)",
-        )  # fmt: skip
+        )
 
 
 def to_hf_xlnet_state_dict(
@@ -105,8 +112,10 @@ def from_hf_xlnet_state_dict(
     the prefix) into our modules, in place; ``{"missing": [...], "unexpected": [...]}`` in HF
     names. A shape mismatch always raises; ``strict`` raises on either list too."""
     _check(embedding, encoder)
-    normalised = {(k if k.startswith(("transformer.", "lm_loss.")) else BODY_PREFIX + k): v
-                  for k, v in state.items()}  # fmt: skip
+    normalised = {
+        (k if k.startswith(("transformer.", "lm_loss.")) else BODY_PREFIX + k): v
+        for k, v in state.items()
+    }
     used, missing = set(), []
     for key, (tensor, _, from_hf) in _hf_layout(embedding, encoder, lm_bias).items():
         value = normalised.get(key)
@@ -116,9 +125,11 @@ def from_hf_xlnet_state_dict(
         converted = from_hf(value)
         if tuple(converted.shape) != tuple(tensor.shape):
             raise config_error(
-                f"checkpoint[{key}]", tuple(value.shape), "does not fit this model's sizes",
+                f"checkpoint[{key}]",
+                tuple(value.shape),
+                "does not fit this model's sizes",
                 "build the model with the checkpoint's config.json sizes",
-            )  # fmt: skip
+            )
         tensor.copy_(converted)
         used.add(key)
     if "lm_loss.weight" in normalised and lm_bias is not None:
@@ -133,9 +144,13 @@ def from_hf_xlnet_state_dict(
 
 
 def xlnet_config_dict(
-    embedding: nn.Module, encoder: nn.Module, *, with_lm_head: bool = True,
-    initializer_range: float = 0.02, **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
+    embedding: nn.Module,
+    encoder: nn.Module,
+    *,
+    with_lm_head: bool = True,
+    initializer_range: float = 0.02,
+    **extra: Any,
+) -> dict[str, Any]:
     """An HF ``config.json`` dict (``model_type`` "xlnet") for these modules."""
     _check(embedding, encoder)
     config: dict[str, Any] = {
@@ -168,25 +183,49 @@ def kwargs_from_xlnet_config(config: Mapping[str, Any]) -> dict[str, dict[str, A
     """Constructor kwargs of ``WordEmbeddings``, ``XLNetEncoder`` and ``PermutationLM`` for an
     HF XLNet ``config.json`` dict; a ClozelabError for what the encoder does not compute."""
     if config.get("model_type") != "xlnet":
-        raise config_error("config.json model_type", config.get("model_type"), "not XLNet",
-                           "load an XLNet checkpoint")  # fmt: skip
+        raise config_error(
+            "config.json model_type",
+            config.get("model_type"),
+            "not XLNet",
+            "load an XLNet checkpoint",
+        )
     for key, supported in (("attn_type", "bi"), ("bi_data", False), ("same_length", False)):
         if config.get(key, supported) != supported:
-            raise config_error(f"config.json {key}", config[key], "not supported",
-                               f"use {key}={supported!r} (XLNet's pre-training default)")  # fmt: skip
+            raise config_error(
+                f"config.json {key}",
+                config[key],
+                "not supported",
+                f"use {key}={supported!r} (XLNet's pre-training default)",
+            )
     H, n = config["d_model"], config["n_head"]
     if config.get("d_head", H // n) * n != H:
-        raise config_error("config.json d_head", config.get("d_head"), "d_head * n_head != d_model",
-                           "use d_head = d_model / n_head")  # fmt: skip
+        raise config_error(
+            "config.json d_head",
+            config.get("d_head"),
+            "d_head * n_head != d_model",
+            "use d_head = d_model / n_head",
+        )
     act = canonical_activation(config.get("ff_activation", "gelu"), key="config.json ff_activation")
     dropout, std = config.get("dropout", 0.1), config.get("initializer_range", 0.02)
     return {
-        "embedding": {"vocab_size": config["vocab_size"], "hidden_size": H, "dropout": dropout,
-                      "pad_token_id": config.get("pad_token_id"), "initializer_range": std},
-        "encoder": {"hidden_size": H, "num_layers": config["n_layer"], "num_heads": n,
-                    "intermediate_size": config["d_inner"], "dropout": dropout,
-                    "activation": act, "layer_norm_eps": config.get("layer_norm_eps", 1e-12),
-                    "initializer_range": std, "clamp_len": config.get("clamp_len", -1),
-                    "mem_len": config.get("mem_len") or 0},
+        "embedding": {
+            "vocab_size": config["vocab_size"],
+            "hidden_size": H,
+            "dropout": dropout,
+            "pad_token_id": config.get("pad_token_id"),
+            "initializer_range": std,
+        },
+        "encoder": {
+            "hidden_size": H,
+            "num_layers": config["n_layer"],
+            "num_heads": n,
+            "intermediate_size": config["d_inner"],
+            "dropout": dropout,
+            "activation": act,
+            "layer_norm_eps": config.get("layer_norm_eps", 1e-12),
+            "initializer_range": std,
+            "clamp_len": config.get("clamp_len", -1),
+            "mem_len": config.get("mem_len") or 0,
+        },
         "plm": {"vocab_size": config["vocab_size"]},
-    }  # fmt: skip
+    }

@@ -125,16 +125,18 @@ class RelativeAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         klen = k.shape[2]
         bias_h = self._content_bias(q, pos_keys, ctx, klen)
-        y = F.scaled_dot_product_attention(q + self.r_w_bias[:, None], k, v, attn_mask=bias_h,
-                                           dropout_p=p)  # fmt: skip
+        y = F.scaled_dot_product_attention(
+            q + self.r_w_bias[:, None], k, v, attn_mask=bias_h, dropout_p=p
+        )
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
         residual = h
         if g is not None:
             M = g.shape[1]
             q_g = self._heads(F.linear(g, self.qkv.weight[:H]))  # (B, nh, M, hs)
             bias_g = self._query_bias(q_g, pos_keys, ctx, klen, T)
-            y_g = F.scaled_dot_product_attention(q_g + self.r_w_bias[:, None], k, v,
-                                                 attn_mask=bias_g, dropout_p=p)  # fmt: skip
+            y_g = F.scaled_dot_product_attention(
+                q_g + self.r_w_bias[:, None], k, v, attn_mask=bias_g, dropout_p=p
+            )
             y_g = y_g * ctx.target_valid[:, None, :, None].to(y_g.dtype)  # HF: zero rows -> 0
             y = torch.cat([y, y_g.transpose(1, 2).reshape(B, M, H)], dim=1)  # (B, T+M, H)
             residual = torch.cat([h, g], dim=1)
@@ -233,13 +235,18 @@ class XLNetEncoder(nn.Module):
         super().__init__()
         if num_heads < 1 or hidden_size % num_heads:
             raise config_error(
-                "model.hidden_size / model.num_heads", f"{hidden_size} / {num_heads}",
+                "model.hidden_size / model.num_heads",
+                f"{hidden_size} / {num_heads}",
                 "the hidden size must be a multiple of the number of heads",
                 "choose model.num_heads dividing model.hidden_size",
-            )  # fmt: skip
+            )
         if hidden_size % 2:
-            raise config_error("model.hidden_size", hidden_size, "the sinusoidal relative "
-                               "encodings need an even width", "use an even hidden size")  # fmt: skip
+            raise config_error(
+                "model.hidden_size",
+                hidden_size,
+                "the sinusoidal relative encodings need an even width",
+                "use an even hidden size",
+            )
         if num_layers < 1:
             raise config_error("model.num_layers", num_layers, "must be at least 1", "set >= 1")
         if not 0.0 <= dropout < 1.0:
@@ -253,8 +260,9 @@ class XLNetEncoder(nn.Module):
         self.layer_norm_eps, self.clamp_len, self.mem_len = layer_norm_eps, clamp_len, mem_len
         self.mask_emb = nn.Parameter(torch.zeros(hidden_size))  # w: the query stream's start
         self.layers = nn.ModuleList(
-            XLNetLayer(hidden_size, num_heads, intermediate_size, dropout, self.activation,
-                       layer_norm_eps)  # fmt: skip
+            XLNetLayer(
+                hidden_size, num_heads, intermediate_size, dropout, self.activation, layer_norm_eps
+            )
             for _ in range(num_layers)
         )
         self.dropout = Dropout(dropout)
@@ -268,8 +276,11 @@ class XLNetEncoder(nn.Module):
     def _context(self, hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen):
         B, T, _ = hidden.shape
         device, klen = hidden.device, mlen + T
-        pos = self.dropout(relative_position_encoding(klen, T, self.hidden_size, self.clamp_len,
-                                                      device).to(hidden.dtype))  # fmt: skip
+        pos = self.dropout(
+            relative_position_encoding(klen, T, self.hidden_size, self.clamp_len, device).to(
+                hidden.dtype
+            )
+        )
         keep = None  # (B, K) key may be attended (memory always)
         if attention_mask is not None and attention_mask.dim() == 2:
             keep = attention_mask.bool() if attention_mask.dtype != torch.bool else attention_mask
@@ -326,8 +337,7 @@ class XLNetEncoder(nn.Module):
             mems: one [B, mlen, H] memory per layer from a previous segment.
         """
         mlen = mems[0].shape[1] if mems is not None else 0
-        ctx = self._context(hidden, attention_mask, token_type_ids, perm_mask, target_mapping,
-                            mlen)  # fmt: skip
+        ctx = self._context(hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen)
         h = hidden
         g = None
         if target_mapping is not None:

@@ -46,10 +46,12 @@ class PermutationLM(Objective):
         query = getattr(encoder_output, "query_hidden_state", None)
         if query is None:
             raise config_error(
-                "encoder", type(encoder_output).__name__,
+                "encoder",
+                type(encoder_output).__name__,
                 "objective plm reads the query stream of a two-stream encoder, and this "
-                "encoder output has none", "use encoder=xlnet (experiment=xlnet)",
-            )  # fmt: skip
+                "encoder output has none",
+                "use encoder=xlnet (experiment=xlnet)",
+            )
         labels = batch["plm_labels"]  # (B, M)
         rows = labels != IGNORE_INDEX
         targets = labels[rows]  # (N,)
@@ -58,5 +60,8 @@ class PermutationLM(Objective):
             query[rows], embedding.word_embeddings.weight, self.bias, targets
         )
         loss = global_mean(loss_sum / max(n, 1), n)
-        return ObjectiveOutput(loss=loss, n_targets=n, logs={
-            "plm_loss": loss.detach(), "plm_acc": correct.float() / max(n, 1)})  # fmt: skip
+        return ObjectiveOutput(
+            loss=loss,
+            n_targets=n,
+            logs={"plm_loss": loss.detach(), "plm_acc": correct.float() / max(n, 1)},
+        )
