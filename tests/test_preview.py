@@ -7,7 +7,7 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase"])
+@pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase", "plm"])
 def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
     from clozelab.preview import preview
 
@@ -51,6 +51,11 @@ def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
         assert abs(written["op_fractions"]["mask"] - 0.8) < 0.1
     if name == "delete":
         assert written["op_fractions"]["delete"] == 1.0
+    if name == "plm":  # XLNet: ~1/6 predicted in spans, every rule of the order kept
+        assert 0.12 < written["plm_predicted_fraction"] < 0.2
+        assert 1.5 < written["plm_span_length_tokens_mean"] < 3.0
+        assert written["plm_order_violations"] == 0
+        assert 0 < written["plm_first_prediction_context_fraction_mean"] < 1
 
 
 def test_bench_corruptions_reports_every_key():

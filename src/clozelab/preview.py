@@ -167,6 +167,7 @@ def preview(cfg: DictConfig) -> dict:
         generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + start)
         pairs.append((clean, corruption(clean, generator)))
     stats = corruption_stats(pairs, tok.mask_id)
+    stats.update(corruption.preview_statistics(pairs))
     stats["corruption"] = cfg.corruption.get("_target_")
     stats["produces"] = list(getattr(cls, "produces", ()))
     examples = [

@@ -53,6 +53,11 @@ class Corruption:
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
 
+    def preview_statistics(self, pairs: list[tuple[dict, dict]]) -> dict:
+        """Scheme-specific statistics ``clozelab preview`` adds to its generic ones, from
+        (clean batch, corrupted batch) pairs; none by default."""
+        return {}
+
 
 # --------------------------------------------------------------------------------------------------
 # validation helpers

@@ -167,6 +167,54 @@ class PermutationTargets(Corruption):
         out["plm_labels"] = batch["input_ids"].gather(1, where).masked_fill(~valid, IGNORE_INDEX)
         return out
 
+    def preview_statistics(self, pairs: list[tuple[dict, dict]]) -> dict:
+        """Predicted fraction, span lengths (maximal runs of predicted tokens) and the order's
+        properties: how much of the sequence each prediction sees, and violations of XLNet's
+        rules (a non-predicted token seeing a predicted one, a prediction seeing itself, two
+        predictions seeing each other); the violation count is 0 by construction."""
+        from clozelab.corruption.units import Runs
+
+        eligible_total = predicted_total = violations = 0
+        lengths: dict[int, int] = {}
+        context, first_context = [], []
+        for clean, out in pairs:
+            eligible = candidates(clean, self.special_token_ids)
+            predicted = out["target_mapping"].sum(1) > 0  # (B, T)
+            real = clean["attention_mask"].bool()
+            perm = out["perm_mask"]
+            eligible_total += int(eligible.sum())
+            predicted_total += int(predicted.sum())
+            visible = ~perm & real[:, None, :]  # (B, T, T) the query stream's context
+            both = predicted[:, :, None] & predicted[:, None, :]
+            violations += int((visible & (~predicted)[:, :, None] & predicted[:, None, :]).sum())
+            violations += int((visible.diagonal(dim1=1, dim2=2) & predicted).sum())
+            violations += int((visible & visible.transpose(1, 2) & both).sum())
+            share = visible.sum(-1).float() / real.sum(-1, keepdim=True).float()  # (B, T)
+            context.append(share[predicted])
+            n_seen = (visible & predicted[:, None, :]).sum(-1)  # predictions seen before it
+            first_context.append(share[predicted & (n_seen == 0)])
+            runs = Runs(predicted)
+            b, t = predicted.shape
+            col = runs.run_id.clamp_min(0)
+            size = torch.zeros(b, t, dtype=torch.long).scatter_add_(1, col, predicted.long())
+            valid = torch.arange(t).expand(b, t) < runs.n[:, None]
+            for k, v in zip(*torch.unique(size[valid], return_counts=True)):
+                lengths[int(k)] = lengths.get(int(k), 0) + int(v)
+        n_spans = max(sum(lengths.values()), 1)
+        context_all = torch.cat(context) if context else torch.zeros(0)
+        firsts = torch.cat(first_context) if first_context else torch.zeros(0)
+        return {
+            "plm_predicted_fraction": predicted_total / max(eligible_total, 1),
+            "plm_k": self.k,
+            "plm_span_length_tokens_mean": sum(k * v for k, v in lengths.items()) / n_spans,
+            "plm_span_length_tokens_histogram": {str(k): v for k, v in sorted(lengths.items())},
+            "plm_context_fraction_mean": float(context_all.mean()) if len(context_all) else None,
+            "plm_first_prediction_context_fraction_mean": (
+                float(firsts.mean()) if len(firsts) else None
+            ),
+            "plm_order_violations": violations,
+        }
+
     def __repr__(self) -> str:
         return (
             f"PermutationTargets(k={self.k}, max_gram={self.max_gram}, "
