@@ -10,7 +10,7 @@ import inspect
 from omegaconf import DictConfig
 
 from clozelab.config import target_class
-from clozelab.data.instances import KINDS
+from clozelab.data.instances import KINDS, SINGLE_SENTENCE
 from clozelab.errors import ClozelabError, config_error
 from clozelab.scale import validate_trainer
 
@@ -202,6 +202,14 @@ def validate_data(cfg: DictConfig) -> None:
     _int(cfg, "data.batch_size", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
+    single = cfg_select(cfg, "data.sop_single_sentence")
+    if single is not None and single not in SINGLE_SENTENCE:
+        raise config_error(
+            "data.sop_single_sentence",
+            single,
+            f"must be one of {list(SINGLE_SENTENCE)}",
+            "set data.sop_single_sentence=split (the paper's swap-only SOP)",
+        )
     if not cfg_select(cfg, "data.corpus"):
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
 
