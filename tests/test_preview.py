@@ -23,7 +23,7 @@ PREVIEW_DROP = (
 
 
 @pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase"])
-def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
+def test_preview_writes_statistics(compose_pretrain, tmp_path, name, capsys):
     from clozelab.preview import preview
 
     cfg = compose_pretrain(
@@ -50,6 +50,13 @@ def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
         assert abs(written["op_fractions"]["mask"] - 0.8) < 0.1
     if name == "delete":
         assert written["op_fractions"]["delete"] == 1.0
+    printed = capsys.readouterr().out
+    assert "legend: [MASK] a masked token · {new<-old} a token replaced" in printed
+    assert "merged spans" in written["span_lengths"]
+    if name in ("span", "whole_word"):
+        assert "merged span lengths in words (length:count): 1:" in printed
+    assert ("span_bounds" in written["produces"]) == (name in ("span", "phrase"))
+    assert "mlm_labels" in written["produces"] or name == "delete"
 
 
 @pytest.mark.parametrize("single", ["random_document", "split"])
