@@ -23,7 +23,7 @@ PREVIEW_DROP = (
 
 
 @pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase", "plm"])
-def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
+def test_preview_writes_statistics(compose_pretrain, tmp_path, name, capsys):
     from clozelab.preview import preview
 
     cfg = compose_pretrain(
@@ -55,6 +55,14 @@ def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
         assert 1.5 < written["plm_span_length_tokens_mean"] < 3.0
         assert written["plm_order_violations"] == 0
         assert 0 < written["plm_first_prediction_context_fraction_mean"] < 1
+        return
+    printed = capsys.readouterr().out
+    assert "legend: [MASK] a masked token · {new<-old} a token replaced" in printed
+    assert "merged spans" in written["span_lengths"]
+    if name in ("span", "whole_word"):
+        assert "merged span lengths in words (length:count): 1:" in printed
+    assert ("span_bounds" in written["produces"]) == (name in ("span", "phrase"))
+    assert "mlm_labels" in written["produces"] or name == "delete"
 
 
 @pytest.mark.parametrize("single", ["random_document", "split"])

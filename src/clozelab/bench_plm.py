@@ -44,7 +44,7 @@ def build_plm_pair(p: DictConfig, dropout: float = 0.1):
     the same weights."""
     import transformers
 
-    from clozelab.model.embeddings_variants import WordEmbeddings
+    from clozelab.model.char_cnn import WordEmbeddings
     from clozelab.model.hf_xlnet import to_hf_xlnet_state_dict, xlnet_config_dict
     from clozelab.model.xlnet import XLNetEncoder
     from clozelab.module import PretrainModule
@@ -52,7 +52,7 @@ def build_plm_pair(p: DictConfig, dropout: float = 0.1):
 
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
-    embedding = WordEmbeddings(V, H, dropout=dropout)
+    embedding = WordEmbeddings(V, H, dropout=dropout, pad_token_id=None)
     encoder = XLNetEncoder(H, p.num_layers, p.num_heads, p.intermediate_size, dropout=dropout)
     plm = PermutationLM(V)
     ours = PretrainModule(embedding, encoder, {"plm": plm}, optimizer=None)

@@ -7,7 +7,7 @@ import torch
 
 from clozelab.corruption.permutation import PermutationTargets
 from clozelab.errors import ClozelabError
-from clozelab.model.embeddings_variants import WordEmbeddings
+from clozelab.model.char_cnn import WordEmbeddings
 from clozelab.model.hf_xlnet import (
     from_hf_xlnet_state_dict,
     kwargs_from_xlnet_config,

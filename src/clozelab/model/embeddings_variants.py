@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
+from clozelab.model.embeddings import Embedding
 from clozelab.model.heads import Dropout, init_bert_weights
 
 
@@ -27,7 +28,7 @@ def sinusoidal_table(n_positions: int, size: int) -> Tensor:
     return table.float()
 
 
-class _TableEmbeddings(nn.Module):
+class _TableEmbeddings(Embedding):
     """word + position + segment (or role) tables of width ``size``, then LayerNorm and dropout.
 
     Subclasses choose the position table (learned or fixed) and what follows (a projection).
@@ -207,39 +208,3 @@ class RoleEmbeddings(_TableEmbeddings):
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
         return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
-
-
-class WordEmbeddings(nn.Module):
-    """Word table and dropout only: XLNet's input (SPECS §18). Positions and segments enter the
-    attention as relative encodings (``clozelab.model.xlnet``), so the embedding carries neither;
-    ``token_type_ids`` / ``position_ids`` are accepted and unused, ``role_ids`` refused.
-
-    Args:
-        vocab_size, hidden_size, dropout, initializer_range: as ``BertEmbeddings``.
-        pad_token_id: row kept at zero (None: none; XLNet's table has no padding row).
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int,
-        dropout: float = 0.1,
-        pad_token_id: int | None = None,
-        initializer_range: float = 0.02,
-    ):
-        super().__init__()
-        self.vocab_size, self.hidden_size, self.pad_token_id = vocab_size, hidden_size, pad_token_id
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.dropout = Dropout(dropout)
-        init_bert_weights(self, std=initializer_range)
-        if pad_token_id is not None:
-            with torch.no_grad():
-                self.word_embeddings.weight[pad_token_id].zero_()
-
-    def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
-        if role_ids is not None:
-            raise config_error(
-                "embedding", type(self).__name__, "the batch has role_ids but no role table",
-                "use embedding=role (ERNIE DLM) or drop role_ids from the batch",
-            )  # fmt: skip
-        return self.dropout(self.word_embeddings(input_ids))  # (B, T, H)

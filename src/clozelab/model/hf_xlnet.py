@@ -180,8 +180,9 @@ def xlnet_config_dict(
 
 
 def kwargs_from_xlnet_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Constructor kwargs of ``WordEmbeddings``, ``XLNetEncoder`` and ``PermutationLM`` for an
-    HF XLNet ``config.json`` dict; a ClozelabError for what the encoder does not compute."""
+    """Constructor kwargs of ``WordEmbeddings`` (``clozelab.model.char_cnn``; no padding row, as
+    XLNet's table), ``XLNetEncoder`` and ``PermutationLM`` for an HF XLNet ``config.json`` dict;
+    a ClozelabError for what the encoder does not compute."""
     if config.get("model_type") != "xlnet":
         raise config_error(
             "config.json model_type",
@@ -212,7 +213,7 @@ def kwargs_from_xlnet_config(config: Mapping[str, Any]) -> dict[str, dict[str, A
             "vocab_size": config["vocab_size"],
             "hidden_size": H,
             "dropout": dropout,
-            "pad_token_id": config.get("pad_token_id"),
+            "pad_token_id": None,  # XLNet's table has no padding row
             "initializer_range": std,
         },
         "encoder": {
