@@ -163,3 +163,20 @@ def test_insertion_objective_is_refused_without_insertion_labels(compose_pretrai
     for corruption in ("insert", "mask_insert"):  # composed or alone: accepted
         cfg = compose_pretrain("objective=[insertion]", f"corruption={corruption}")
         assert validate_objectives(cfg) == ["insertion"]
+
+
+# one preset per class (test_config composes and builds every preset, test_preview runs each)
+SEQ2SEQ_PRESETS = ["t5_span", "t5_bert", "bart", "mass", "insert_restore"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_PRESETS)
+def test_seq2seq_presets_compose_with_a_decoder_and_are_refused_without(compose_pretrain, name):
+    from clozelab.errors import ClozelabError
+    from clozelab.validate import validate_pretrain
+
+    layout = ("embedding=t5", "encoder=t5", "decoder=t5", "objective=[seq2seq]")
+    validate_pretrain(
+        compose_pretrain(*layout, f"corruption={name}", "data.instances=doc_sentences")
+    )
+    with pytest.raises(ClozelabError, match="encoder-only"):
+        validate_pretrain(compose_pretrain("objective=[mlm]", f"corruption={name}"))
