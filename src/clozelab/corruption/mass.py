@@ -19,10 +19,10 @@ from torch import Tensor
 
 from clozelab.corruption.base import (
     OperationMix,
-    ReplacementSampler,
     apply_operations,
     candidates,
     check_rate,
+    replacement_sampler,
     round_half_even,
 )
 from clozelab.corruption.seq2seq import Seq2SeqCorruption, compact, decoder_side
@@ -33,10 +33,13 @@ class MassMasking(Seq2SeqCorruption):
     """Args:
     fragment: fragment length as a fraction of the row's non-special tokens (paper: 0.5).
     mask_prob, random_prob, keep_prob: the fragment's operations in the encoder (80/10/10).
+    replace_from, replace_distribution: where random tokens come from (``TokenMasking``'s knobs;
+        MASS: uniform over the non-special ids).
     decoder_start, bos: see ``Seq2SeqCorruption`` (MASS: [MASK], keeps [CLS]).
     """
 
     produces = (*Seq2SeqCorruption.produces, "decoder_position_ids")
+    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
 
     def __init__(
         self,
@@ -44,14 +47,21 @@ class MassMasking(Seq2SeqCorruption):
         mask_prob: float = 0.8,
         random_prob: float = 0.1,
         keep_prob: float = 0.1,
+        replace_from: str = "nonspecial",
+        replace_distribution: str = "uniform",
         decoder_start: str = "mask",
         bos: bool = True,
+        corpus_dir: str | None = None,
+        replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
         super().__init__(decoder_start, bos, **runtime)
         self.fragment = check_rate(fragment, "corruption.fragment") if fragment != 1 else 1.0
         self.mix = OperationMix(mask_prob, random_prob, keep_prob)
-        self.sampler = ReplacementSampler(self.vocab_size, self.special_token_ids, "nonspecial")
+        self.sampler = replacement_sampler(
+            self.vocab_size, [*self.special_token_ids, self.mask_token_id], replace_from,
+            replace_distribution, corpus_dir, replacement_probs, needed=self.mix.random > 0,
+        )  # fmt: skip
 
     def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         eligible = candidates(batch, self.special_token_ids)
@@ -64,6 +74,7 @@ class MassMasking(Seq2SeqCorruption):
         return to_positions(inside, eligible)
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
+        self.sampler.check_table()
         ids = batch["input_ids"]
         fragment = self.fragment_mask(batch, generator)
         noisy, _ = apply_operations(
