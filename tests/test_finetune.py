@@ -135,6 +135,7 @@ def test_bundled_zero_shot_tasks(tmp_path, tiny_tok):
         result = _run(task, tmp_path, tiny_tok, seeds=[1, 2])
         assert -1.0 <= result["value"] <= 1.0
         assert (tmp_path / "eval" / f"{name}.json").is_file()
+        assert result["protocol"]["layers"] == -1
 
 
 def test_span_ner_end_to_end_on_conll(tmp_path, tiny_tok):

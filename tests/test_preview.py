@@ -23,7 +23,7 @@ PREVIEW_DROP = (
 
 
 @pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase", "mask_insert"])
-def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
+def test_preview_writes_statistics(compose_pretrain, tmp_path, name, capsys):
     from clozelab.preview import preview
 
     cfg = compose_pretrain(
@@ -60,6 +60,15 @@ def test_preview_writes_statistics(compose_pretrain, tmp_path, name):
     if name == "mask_insert":  # 12% masked + 3% inserted: one budget
         assert abs(written["corrupted_fraction"] - 0.15) < 0.02
         assert 0.15 < written["op_fractions"]["insert"] < 0.25
+
+    printed = capsys.readouterr().out
+    assert "legend: [MASK] a masked token · {new<-old} a token replaced" in printed
+    assert "merged spans" in written["span_lengths"]
+    if name in ("span", "whole_word"):
+        assert "merged span lengths in words (length:count): 1:" in printed
+    if name != "mask_insert":
+        assert ("span_bounds" in written["produces"]) == (name in ("span", "phrase"))
+    assert "mlm_labels" in written["produces"] or name == "delete"
 
 
 S2S_PRESETS = [

@@ -1,10 +1,13 @@
 """``clozelab preview corruption=NAME [overrides]``: look at a corruption before spending GPU hours.
 
-Prints a few corrupted examples from the configured corpus (changed tokens highlighted: ``[MASK]``
-as is, ``{random}`` for a replaced token, ``(kept)`` for a chosen but unchanged token, ``~`` after a
-position where tokens were deleted, ``^`` on moved tokens, ``+`` on inserted ones; seq2seq
-corruptions print ``source => target``: ``Corruption.preview_render``) and writes ``preview.json``
-in the run directory with statistics over ``preview.sequences`` sequences.
+Prints a few corrupted examples from the configured corpus with a legend of their notation
+(``LEGEND``: ``[MASK]`` as is, ``{new<-old}`` for a token replaced by a random one, ``(kept)`` for
+a chosen but unchanged token, ``~`` where tokens were deleted, ``^`` on moved tokens, ``+`` on
+inserted ones; seq2seq corruptions print ``source => target``, ``Corruption.preview_render``) and
+writes ``preview.json`` in the run directory with statistics over ``preview.sequences`` sequences
+(``Corruption.preview_stats``). The span lengths count *merged* spans: maximal runs of adjacent
+chosen tokens, so two spans drawn side by side count as one longer span (what SBO and the per-span
+operations see).
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ from clozelab.corruption.runtime import runtime_kwargs
 from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
+
+LEGEND = (
+    "legend: [MASK] a masked token · {new<-old} a token replaced by a random one (new, was old) "
+    "· (tok) a chosen token kept unchanged (still predicted) · ~ tokens deleted here · ^tok a "
+    "moved token · +tok an inserted token · seq2seq: source => target"
+)
+MERGED = (
+    "span lengths count merged spans: maximal runs of adjacent chosen tokens (spans drawn side "
+    "by side count as one longer span)"
+)
 
 
 def corruption_stats(batches: list[tuple[dict, dict]], mask_id: int) -> dict:
@@ -145,6 +158,7 @@ def preview(cfg: DictConfig) -> dict:
     from clozelab.data.collate import Collator
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
+    from clozelab.objectives.rtd import corruption_keys
     from clozelab.validate import validate_corruption, validate_data
 
     validate_data(cfg)
@@ -182,7 +196,8 @@ def preview(cfg: DictConfig) -> dict:
     pair_kinds = data.pair_kinds()  # how the pairs were made: SOP swaps vs random documents
     if pair_kinds is not None:
         stats["pair_kinds"] = pair_kinds
-    stats["produces"] = list(getattr(cls, "produces", ()))
+    stats["produces"] = sorted(corruption_keys(cfg.corruption))
+    stats["span_lengths"] = MERGED
     examples = [
         corruption.preview_render(pairs[0][0], pairs[0][1], r, tok)
         for r in range(min(int(cfg.preview.examples), pairs[0][0]["input_ids"].shape[0]))
@@ -192,6 +207,14 @@ def preview(cfg: DictConfig) -> dict:
     print(f"corruption: {stats['corruption']}  ({stats['sequences']} sequences)")
     for i, text in enumerate(examples):
         print(f"\n[{i}] {text}")
+    print(f"\n{LEGEND}")
+    for unit in ("words", "tokens"):
+        hist = stats.get(f"span_length_{unit}_histogram")
+        if hist:
+            counts = " ".join(f"{k}:{v}" for k, v in hist.items())
+            print(f"merged span lengths in {unit} (length:count): {counts}")
+    if any(stats.get(f"span_length_{unit}_histogram") for unit in ("words", "tokens")):
+        print(f"({MERGED})")
     print(
         "\n"
         + json.dumps(

@@ -1,7 +1,8 @@
 """Task heads on top of a ``Backbone`` and the model that joins them.
 
-- ``ScalarMix``: feature-based use; a softmax-weighted, scaled sum of the last ``k`` layers of a
-  frozen encoder (initialised to their plain average, as ELMo / BERT's feature-based NER).
+- feature-based use (``mode=features``): a frozen encoder whose last ``k`` layers are combined by
+  ``layer_mix`` (``model/layer_pool.py``): their fixed average (``average``, the seeds' recipe) or
+  a learned ELMo scalar mix (``learned``, initialised to the average).
 - ``CRF``: a linear-chain CRF (negative log-likelihood by the forward algorithm, Viterbi decoding).
 - ``TaskModel``: backbone (fine-tuned, or frozen + scalar mix) with one head per task kind:
   ``classification`` / ``regression`` on a pooled vector (``pooling``: the [CLS] vector through the
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.heads import Pooler, init_bert_weights
+from clozelab.model.layer_pool import layer_mix as build_layer_mix
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.spans import SpanHead
 
@@ -42,28 +44,6 @@ def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``h`` (B, T, H) over the positions where ``mask`` (B, T) is set -> (B, H)."""
     m = mask[..., None].to(h.dtype)
     return (h * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-class ScalarMix(nn.Module):
-    """``gamma * sum_k softmax(w)_k * h_k`` over the last ``num_layers`` hidden states."""
-
-    def __init__(self, num_layers: int = 4):
-        super().__init__()
-        self.num_layers = num_layers
-        self.weights = nn.Parameter(torch.zeros(num_layers))  # softmax(0) = plain average
-        self.gamma = nn.Parameter(torch.ones(()))
-
-    def forward(self, hidden_states: tuple[Tensor, ...]) -> Tensor:
-        if len(hidden_states) < self.num_layers:
-            raise config_error(
-                "features.layers",
-                self.num_layers,
-                f"the encoder yields only {len(hidden_states)} hidden states (embeddings + layers)",
-                f"use at most {len(hidden_states)}",
-            )
-        stacked = torch.stack(hidden_states[-self.num_layers :])  # (k, B, T, H)
-        w = self.weights.softmax(0).to(stacked.dtype)
-        return self.gamma * torch.einsum("k,kbth->bth", w, stacked)
 
 
 class CRF(nn.Module):
@@ -136,8 +116,10 @@ class TaskModel(nn.Module):
         kind: classification | regression | token | qa | span_ner.
         num_labels: classes (classification), tags (token), types + 1 (span_ner); ignored
             otherwise.
-        mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds a
-            learned scalar mix of its last ``mix_layers`` hidden states to the head.
+        mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds its
+            last ``mix_layers`` hidden states, combined by ``layer_mix``, to the head.
+        layer_mix: ``average`` (fixed average, the seeds' feature-based recipe) or ``learned``
+            (ELMo's softmax-weighted scalar mix with a scale).
         decoder: ``softmax`` or ``crf`` (token labelling).
         dropout: dropout before the output layer.
         max_span_length, span_decoding: span_ner only (see ``SpanHead``).
@@ -154,6 +136,7 @@ class TaskModel(nn.Module):
         num_labels: int = 2,
         mode: str = "finetune",
         mix_layers: int = 4,
+        layer_mix: str = "average",
         decoder: str = "softmax",
         dropout: float = 0.1,
         max_span_length: int = 8,
@@ -176,7 +159,7 @@ class TaskModel(nn.Module):
         self.decoder = decoder
         self.pooling = pooling
         hidden = backbone.hidden_size
-        self.mix = ScalarMix(mix_layers) if mode == "features" else None
+        self.mix = build_layer_mix(layer_mix, mix_layers) if mode == "features" else None
         if self.mix is not None:
             backbone.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
