@@ -191,12 +191,7 @@ def preview(cfg: DictConfig) -> dict:
         clean = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
         generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + start)
         pairs.append((clean, corruption(clean, generator)))
-<<<<<<< HEAD
-    stats = corruption_stats(pairs, tok.mask_id)
-    stats.update(corruption.preview_statistics(pairs))
-=======
     stats = corruption.preview_stats(pairs, tok)
->>>>>>> main
     stats["corruption"] = cfg.corruption.get("_target_")
     pair_kinds = data.pair_kinds()  # how the pairs were made: SOP swaps vs random documents
     if pair_kinds is not None:

@@ -61,12 +61,6 @@ class Corruption:
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
 
-<<<<<<< HEAD
-    def preview_statistics(self, pairs: list[tuple[dict, dict]]) -> dict:
-        """Scheme-specific statistics ``clozelab preview`` adds to its generic ones, from
-        (clean batch, corrupted batch) pairs; none by default."""
-        return {}
-=======
     def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
         """Statistics ``clozelab preview`` writes for (clean, corrupted) batch pairs."""
         from clozelab.preview import corruption_stats
@@ -78,7 +72,6 @@ class Corruption:
         from clozelab.preview import render
 
         return render(clean, out, row, tokenizer, tokenizer.mask_id)
->>>>>>> main
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         """Longest corrupted row (encoder input) from a row of ``n_tokens`` real tokens,

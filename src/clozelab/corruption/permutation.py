@@ -167,11 +167,25 @@ class PermutationTargets(Corruption):
         out["plm_labels"] = batch["input_ids"].gather(1, where).masked_fill(~valid, IGNORE_INDEX)
         return out
 
-    def preview_statistics(self, pairs: list[tuple[dict, dict]]) -> dict:
-        """Predicted fraction, span lengths (maximal runs of predicted tokens) and the order's
-        properties: how much of the sequence each prediction sees, and violations of XLNet's
-        rules (a non-predicted token seeing a predicted one, a prediction seeing itself, two
-        predictions seeing each other); the violation count is 0 by construction."""
+    def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
+        """The row with each predicted token marked by its place in the factorisation order:
+        ``word@3`` is predicted third (after every unmarked token)."""
+        vocab = tokenizer.hf.id_to_token
+        predicted = out["target_mapping"][row].sum(0) > 0  # (T,)
+        seen = (~out["perm_mask"][row] & predicted[None, :]).sum(-1)  # predictions before it
+        pieces = []
+        for pos in range(int(clean["attention_mask"][row].sum())):
+            tok = int(clean["input_ids"][row, pos])
+            text = vocab(tok) or f"<{tok}>"
+            pieces.append(f"{text}@{int(seen[pos]) + 1}" if predicted[pos] else text)
+        return " ".join(pieces)
+
+    def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
+        """The generic statistics plus XLNet's: predicted fraction, span lengths (maximal runs
+        of predicted tokens) and the order's properties: how much of the sequence each
+        prediction sees, and violations of XLNet's rules (a non-predicted token seeing a
+        predicted one, a prediction seeing itself, two predictions seeing each other); the
+        violation count is 0 by construction."""
         from clozelab.corruption.units import Runs
 
         eligible_total = predicted_total = violations = 0
@@ -204,6 +218,7 @@ class PermutationTargets(Corruption):
         context_all = torch.cat(context) if context else torch.zeros(0)
         firsts = torch.cat(first_context) if first_context else torch.zeros(0)
         return {
+            **super().preview_stats(pairs, tokenizer),
             "plm_predicted_fraction": predicted_total / max(eligible_total, 1),
             "plm_k": self.k,
             "plm_span_length_tokens_mean": sum(k * v for k, v in lengths.items()) / n_spans,
