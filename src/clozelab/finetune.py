@@ -126,6 +126,9 @@ def run_task(
             "mix_layers": mix_layers if mode == "features" else None,
             "layer_mix": layer_mix if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
+            **({"subword_labels": task.get("subword_labels", "first"),
+                "subword_decoding": task.get("subword_decoding", "first")}
+               if task.kind == "token" else {}),
             **({"pooling": resolve_pooling(task.get("pooling"), mode)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),

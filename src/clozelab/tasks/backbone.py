@@ -198,7 +198,9 @@ def _random(like: str | None, arch: DictConfig | None, tokenizer_path: str | Non
             embedding, encoder = build(cfg.embedding, "embedding"), build(cfg.encoder, "encoder")
         else:
             embedding, encoder = _hf_modules(found)
-        return Backbone(embedding, encoder, load_tokenizer(found.root), None, "none")
+        tokenizer = load_tokenizer(found.root)
+        embedding.bind_tokenizer(tokenizer)
+        return Backbone(embedding, encoder, tokenizer, None, "none")
     if arch is None or tokenizer_path is None:
         raise config_error(
             "checkpoint",
@@ -211,6 +213,7 @@ def _random(like: str | None, arch: DictConfig | None, tokenizer_path: str | Non
     with open_dict(arch):
         arch.model.vocab_size = tokenizer.vocab_size
     embedding = build(arch.embedding, "embedding")
+    embedding.bind_tokenizer(tokenizer)
     encoder = build(arch.encoder, "encoder")
     return Backbone(embedding, encoder, tokenizer, None, "none")
 
