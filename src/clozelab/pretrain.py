@@ -209,6 +209,7 @@ def pretrain(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
     )
     module = PretrainModule(
         embedding,
