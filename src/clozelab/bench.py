@@ -13,6 +13,8 @@ Sections (``bench.sections``):
 - ``unpad``: padded batches (row lengths uniform in [``bench.unpad.min_length``, seq_len]): our
   step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
   loss of both at equal weights, and HF on the same batches.
+- ``plm``: XLNet permutation LM, our step against HF ``XLNetLMHeadModel`` at the
+  ``bench.pretrain`` sizes (``clozelab.bench_plm``).
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
@@ -41,7 +43,7 @@ from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "corruption")
+SECTIONS = ("pretrain", "unpad", "plm", "corruption")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 
@@ -431,6 +433,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         results.update(bench_pretrain(p, peaks, device))
     if "unpad" in sections:
         results.update(bench_unpad(p, b.unpad, device))
+    if "plm" in sections:
+        from clozelab.bench_plm import bench_plm
+
+        results.update(bench_plm(p, b.plm, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
     run_dir = Path(cfg.paths.output_dir)
