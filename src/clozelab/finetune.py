@@ -132,6 +132,8 @@ def run_task(
             **({"pooling": resolve_pooling(task.get("pooling"), mode)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
+                "span_endpoints": task.get("span_endpoints", "ffn"),
+                "span_pooling": task.get("span_pooling", "attention"),
                 "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),
         }  # fmt: skip
     names = sorted({k for r in runs for k in r["metrics"]})

@@ -230,6 +230,7 @@ def validate_data(cfg: DictConfig) -> None:
             "data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}"
         )
     _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.pad_to_multiple_of", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
     single = cfg_select(cfg, "data.sop_single_sentence")
