@@ -45,6 +45,8 @@ from clozelab.corruption.seq2seq import (
     compact,
     eligible,
     padding_mask,
+    put,
+    take,
 )
 from clozelab.corruption.span import length_cdf
 from clozelab.errors import ClozelabError, config_error
@@ -105,7 +107,7 @@ class WordGeometry:
         breaks = np.where(candidates, t, positions)  # next special at or after each position
         next_break = np.minimum.accumulate(breaks[:, ::-1], axis=-1)[:, ::-1]
         self.block_end = next_break  # one past the block's last candidate
-        self.block_last = np.take_along_axis(self.ordinal, np.maximum(next_break - 1, 0), -1)
+        self.block_last = take(self.ordinal, np.maximum(next_break - 1, 0))
 
 
 class BartNoising(Seq2SeqCorruption):
@@ -192,15 +194,15 @@ class BartNoising(Seq2SeqCorruption):
         keys = as_numpy(torch.rand(b, t, generator=generator))
         order = np.argsort(np.where(words.is_start, keys, 2.0), -1)[:, :s_max]  # random starts
         valid = padding_mask(n_spans, s_max)
-        np.put_along_axis(starts, order, valid, -1)
+        put(starts, order, valid)
         random = valid & (as_numpy(torch.rand(b, s_max, generator=generator)) < self.mask_random)
-        np.put_along_axis(flags, order, random, -1)
-        target_word = np.take_along_axis(words.ordinal, order, -1) + lengths
-        inside = target_word <= np.take_along_axis(words.block_last, order, -1)
+        put(flags, order, random)
+        target_word = take(words.ordinal, order) + lengths
+        inside = target_word <= take(words.block_last, order)
         end = np.where(
             inside,
-            np.take_along_axis(words.start, np.minimum(target_word, t), -1),
-            np.take_along_axis(words.block_end, order, -1),
+            take(words.start, np.minimum(target_word, t)),
+            take(words.block_end, order),
         )
         # continuation: (start, end) of every span; ends may coincide, so counts are summed
         rows = np.broadcast_to(np.arange(b)[:, None], order.shape)[valid] * (t + 1)
@@ -221,7 +223,7 @@ class BartNoising(Seq2SeqCorruption):
             # each token takes the random flag of the latest span start at or before it
             positions = np.arange(ids.shape[1])
             latest = np.maximum.accumulate(np.where(starts, positions, 0), axis=-1)
-            flags = np.take_along_axis(flags, latest, -1)
+            flags = take(flags, latest)
         random = masked & flags
         noisy = np.where(masked, self.mask_token_id, ids)
         noisy[random] = as_numpy(self.sampler.sample(int(random.sum()), generator))
@@ -250,7 +252,7 @@ class BartNoising(Seq2SeqCorruption):
         positions = np.arange(t)
         body = (positions >= 1) & (positions <= (n - 2)[:, None])
         source = np.where(body, (positions - 1 + shift) % inner[:, None] + 1, positions)
-        return {k: np.take_along_axis(v, source, -1) for k, v in arrays.items()}
+        return {k: take(v, source) for k, v in arrays.items()}
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         arrays = {k: as_numpy(batch[k]) for k in CARRIED if k in batch}
@@ -267,7 +269,7 @@ class BartNoising(Seq2SeqCorruption):
                 as_numpy(batch["sentence_ids"]), eligible(batch, self.special_token_ids),
                 self.permute_sentences, generator,
             )  # fmt: skip
-            arrays = {k: np.take_along_axis(v, order, -1) for k, v in arrays.items()}
+            arrays = {k: take(v, order) for k, v in arrays.items()}
         if self.mask > 0:
             arrays = self.infill(arrays, generator)
             arrays.pop("word_ids", None)

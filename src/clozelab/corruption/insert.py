@@ -35,7 +35,7 @@ from clozelab.corruption.base import (
     check_rate,
 )
 from clozelab.corruption.delete import PAD_VALUES
-from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible
+from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put, take
 
 #: value of an inserted position in the per-token keys that do not copy their neighbour's
 INSERTED_VALUES = {
@@ -75,15 +75,15 @@ def insert_tokens(
         chosen = rank < num[:, None]
         n_random = np.ceil(num * random_ratio).astype(np.int64)
         random = chosen & (rank < n_random[:, None])
-        np.put_along_axis(inserted, order, chosen, axis=-1)
+        put(inserted, order, chosen)
         row_values = np.full((b, k_max), mask_token_id, dtype=ids.dtype)
         row_values[random] = as_numpy(sampler.sample(int(random.sum()), generator))
-        np.put_along_axis(value, order, row_values, axis=-1)
+        put(value, order, row_values)
     source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
     beyond = positions >= new_len[:, None]
     out = {}
     for key, array in arrays.items():
-        moved = np.take_along_axis(array, source, axis=-1)
+        moved = take(array, source)
         moved[beyond] = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
         if key == "input_ids":
             moved = np.where(inserted, value, moved)

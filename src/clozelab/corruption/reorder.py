@@ -33,7 +33,7 @@ from clozelab.corruption.base import (
     check_positive_int,
     check_rate,
 )
-from clozelab.corruption.seq2seq import as_numpy
+from clozelab.corruption.seq2seq import as_numpy, put, take
 
 MODES = ("local", "sentence", "permute")
 
@@ -64,19 +64,19 @@ def permutation_order(
     count = np.ceil(exists.sum(-1) * rate).astype(np.int64)  # BART: ceil(n * p)
     first = np.argsort(np.where(exists, keys[0], 2.0), -1)[:, : int(count.max()) if b else 0]
     chosen = np.zeros_like(exists)
-    np.put_along_axis(chosen, first, np.arange(first.shape[1]) < count[:, None], -1)
+    put(chosen, first, np.arange(first.shape[1]) < count[:, None])
     # chosen units in (group, random) order take the slots of chosen ones in (group, position)
     by_key = np.argsort(np.where(chosen, group + keys[1], np.inf), -1)
     by_slot = np.argsort(np.where(chosen, group + positions / (t + 1.0), np.inf), -1)
     slot = np.broadcast_to(positions, (b, t)).copy()
     n_chosen = chosen.sum(-1)
-    take = positions < n_chosen[:, None]
-    r = np.nonzero(take)[0]
-    slot[r, by_key[take]] = by_slot[take]
+    pairs = positions < n_chosen[:, None]
+    r = np.nonzero(pairs)[0]
+    slot[r, by_key[pairs]] = by_slot[pairs]
     # tokens sort by (their unit's new slot, offset in the unit): slots are unit indices, whose
     # order is position order
-    offset = positions - np.take_along_axis(unit_start, unit, -1)
-    key = np.take_along_axis(slot, unit, -1) * t + offset
+    offset = positions - take(unit_start, unit)
+    key = take(slot, unit) * t + offset
     return np.argsort(key, -1, kind="stable")
 
 

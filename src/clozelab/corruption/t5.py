@@ -44,6 +44,7 @@ from clozelab.corruption.seq2seq import (
     eligible,
     interleave,
     run_starts,
+    take,
 )
 from clozelab.errors import config_error
 
@@ -119,7 +120,7 @@ def random_prefix_noise_mask(
 def to_positions(item_mask: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Map a mask over each row's eligible items (in order) back onto the row's positions."""
     rank = np.maximum(np.cumsum(eligible, -1) - 1, 0)
-    return eligible & np.take_along_axis(item_mask, rank, axis=-1)
+    return eligible & take(item_mask, rank)
 
 
 def random_spans_lengths(inputs_length: int, density: float = 0.15, mean_span: float = 3.0):
