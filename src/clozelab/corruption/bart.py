@@ -269,7 +269,9 @@ class BartNoising(Seq2SeqCorruption):
                 as_numpy(batch["sentence_ids"]), eligible(batch, self.special_token_ids),
                 self.permute_sentences, generator,
             )  # fmt: skip
-            arrays = {k: take(v, order) for k, v in arrays.items()}
+            for key in ("input_ids", "word_ids"):  # specials, padding and segments stay put
+                if key in arrays:
+                    arrays[key] = take(arrays[key], order)
         if self.mask > 0:
             arrays = self.infill(arrays, generator)
             arrays.pop("word_ids", None)
