@@ -32,6 +32,7 @@ PRESETS = (
     "replace",
     "delete",
     "reorder",
+    "plm",
     "mask_insert",
     "insert",
     "t5_span",
