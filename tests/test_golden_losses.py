@@ -1,0 +1,101 @@
+"""Golden losses: every recipe in experiments/ on the tiny config gives the same per-step losses as
+when these numbers were recorded (before the architecture refactor of issue 14). A refactor that
+moves code must not change a single loss; a deliberate change of behaviour re-records them (run this
+file with CLOZELAB_GOLDEN_RECORD=1 and paste the printed table)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from clozelab.pretrain import pretrain
+
+STEPS = ("trainer.max_steps=3", "trainer.val_check_interval=3", "initial_validation=false")
+EXTRA = {"albert": ("embedding.embedding_size=16",)}
+
+# recipe -> train/loss at steps 0, 1, 2 and the final val/*_loss, recorded on commit 72aeaef.
+GOLDEN = {
+    "albert": {
+        "train": [6.01385, 6.011426, 6.007283],
+        "val/loss": 6.036795,
+        "val/mlm_loss": 5.338182,
+        "val/sop_loss": 0.68918,
+    },
+    "bert": {
+        "train": [6.040936, 6.011698, 5.971749],
+        "val/loss": 5.97973,
+        "val/mlm_loss": 5.305538,
+        "val/nsp_loss": 0.674332,
+    },
+    "electra": {
+        "train": [39.948776, 39.802956, 39.647919],
+        "val/loss": 39.567303,
+        "val/rtd_discriminator_loss": 0.685969,
+        "val/rtd_generator_loss": 5.268877,
+        "val/rtd_loss": 39.567303,
+    },
+    "elmo_baseline": {
+        "train": [5.342244, 5.314927, 5.284925],
+        "val/lm_loss": 5.279367,
+        "val/loss": 5.279367,
+    },
+    "ernie": {
+        "train": [6.036212, 6.024844, 6.012417],
+        "val/dialogue_loss": 6.00683,
+        "val/dialogue_mlm_loss": 5.312526,
+        "val/dlm_loss": 0.694186,
+        "val/loss": 5.983356,
+        "val/mlm_loss": 5.306256,
+        "val/nsp_loss": 0.677193,
+    },
+    "gpt_baseline": {
+        "train": [5.340059, 5.307199, 5.278468],
+        "val/lm_loss": 5.287231,
+        "val/loss": 5.287231,
+    },
+    "roberta": {
+        "train": [5.353697, 5.301734, 5.281939],
+        "val/loss": 5.271155,
+        "val/mlm_loss": 5.271155,
+    },
+    "spanbert": {
+        "train": [10.571171, 10.587028, 10.538897],
+        "val/loss": 10.512709,
+        "val/mlm_loss": 5.28188,
+        "val/sbo_loss": 5.230828,
+    },
+}
+
+
+def _losses(run_dir: Path) -> dict:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    train = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    final = json.loads((run_dir / "metrics.json").read_text())
+    val = {k: round(v, 6) for k, v in sorted(final.items()) if k.startswith("val/") and "loss" in k}
+    return {"train": [round(x, 6) for x in train], **val}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in Path(__file__).parents[1].glob("experiments/*.yaml"))
+)
+def test_recipe_losses_are_unchanged(compose_pretrain, name):
+    cfg = compose_pretrain(f"experiment={name}", *STEPS, *EXTRA.get(name, ()))
+    pretrain(cfg)
+    got = _losses(Path(cfg.paths.output_dir))
+    if os.environ.get("CLOZELAB_GOLDEN_RECORD"):
+        print(f"GOLDEN {name!r}: {json.dumps(got)},")
+        return
+    want = GOLDEN[name]
+    assert sorted(got) == sorted(want), (name, got)
+    assert len(got["train"]) == len(want["train"]) == 3
+    for key, value in want.items():
+        values = value if isinstance(value, list) else [value]
+        actual = got[key] if isinstance(got[key], list) else [got[key]]
+        for a, b in zip(actual, values, strict=True):
+            assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), (name, key, got[key], value)
