@@ -12,7 +12,7 @@ import torch
 
 import clozelab
 from clozelab.api import init_components
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import build_components, pretrain
 
 transformers = pytest.importorskip("transformers")
@@ -36,7 +36,7 @@ def _compose_run(run_dir: Path, cache_dir: Path, corpus: Path, *extra: str):
     from helpers import TINY
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     overrides = [*TINY, f"data.corpus={corpus}", f"paths.output_dir={run_dir}",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.export import export
 from clozelab.pretrain import pretrain
 
@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory, cache_dir, text_corpus) -> Path:
     from helpers import TINY
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     run_dir = tmp_path_factory.mktemp("export") / "run"

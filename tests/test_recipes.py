@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import clozelab
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
-from clozelab.validate import validate_pretrain
+from clozelab.training.validate import validate_pretrain
 
 SMOKE = ("trainer.max_steps=2", "trainer.val_check_interval=2", "initial_validation=false",
          "eval.suite=null")  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
 

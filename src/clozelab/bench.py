@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ def build_ours(p: DictConfig, **encoder_kw):
     from clozelab.model.compile import compile_components
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
-    from clozelab.module import PretrainModule
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
+    from clozelab.training.module import PretrainModule
 
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
@@ -202,7 +202,7 @@ def _autocast(precision: str, device: torch.device):
 
 
 def _optimizer(model, lr: float):
-    from clozelab.optim import parameter_groups
+    from clozelab.training.optim import parameter_groups
 
     return torch.optim.AdamW(parameter_groups(model, 0.01), lr=lr, eps=1e-6)
 

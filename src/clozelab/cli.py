@@ -40,7 +40,7 @@ COMMANDS = {
     "finetune": ("finetune", "clozelab.finetune:finetune"),
     "evaluate": ("evaluate", "clozelab.finetune:evaluate"),
     "export": (None, "clozelab.export:main"),  # not Hydra: clozelab export RUN_DIR OUT_DIR
-    "report": (None, "clozelab.report:main"),  # not Hydra: clozelab report SWEEP_DIR ...
+    "report": (None, "clozelab.report.aggregate:main"),  # not Hydra: clozelab report SWEEP_DIR ...
     "bench": ("bench", "clozelab.bench:bench"),
     "preview": ("preview", "clozelab.preview:preview"),
 }
@@ -89,8 +89,8 @@ def run_command(command: str, overrides: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from clozelab.config import conf_dir, register_overlays
-    from clozelab.errors import ClozelabError
+    from clozelab.core.config import conf_dir, register_overlays
+    from clozelab.core.errors import ClozelabError
 
     config_name, spec = COMMANDS[command]
     register_overlays()
@@ -99,7 +99,7 @@ def run_command(command: str, overrides: list[str]) -> None:
     def task(cfg):
         point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            from clozelab.sweep import run_job  # failures isolated, finished jobs skipped
+            from clozelab.training.sweep import run_job  # failures isolated, finished jobs skipped
 
             return run_job(command, _function(spec), cfg)
         try:

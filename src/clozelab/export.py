@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 log = logging.getLogger(__name__)
 

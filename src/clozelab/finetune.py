@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.config import conf_dir
-from clozelab.errors import config_error
+from clozelab.core.config import conf_dir
+from clozelab.core.errors import config_error
 from clozelab.pretrain import write_json
 from clozelab.tasks.backbone import NONE, Backbone, is_run_dir, load_backbone
 from clozelab.tasks.bundled import ZERO_SHOT, score_zero_shot
@@ -174,7 +174,7 @@ def _checkpoint(cfg: DictConfig):
 
 
 def _loggers(cfg: DictConfig, directory: Path, job: str):
-    from clozelab.tracking import make_loggers
+    from clozelab.training.tracking import make_loggers
 
     if cfg.get("logger") is None:
         return []

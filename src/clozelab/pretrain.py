@@ -19,21 +19,25 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from clozelab.api import init_components
-from clozelab.callbacks import CheckpointOnSignal, LogProgress, RNGState, TokenBudget
-from clozelab.checkpoint import AtomicCheckpointIO, check_compatible, remove_stale_temporaries
-from clozelab.config import build, target_class
+from clozelab.core.config import build, target_class
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.runtime import runtime_kwargs
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
 from clozelab.data.preprocess import prepare
-from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
 from clozelab.model.compile import apply_model_compile
-from clozelab.module import PretrainModule
-from clozelab.protocol import protocol
-from clozelab.scale import trainer_kwargs, world_size
-from clozelab.tracking import finish_run, make_loggers, mark_run
-from clozelab.validate import validate_pretrain
+from clozelab.training.callbacks import CheckpointOnSignal, LogProgress, RNGState, TokenBudget
+from clozelab.training.checkpoint import (
+    AtomicCheckpointIO,
+    check_compatible,
+    remove_stale_temporaries,
+)
+from clozelab.training.module import PretrainModule
+from clozelab.training.protocol import protocol
+from clozelab.training.scale import trainer_kwargs, world_size
+from clozelab.training.tracking import finish_run, make_loggers, mark_run
+from clozelab.training.validate import validate_pretrain
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from clozelab.config import build, target_class
+from clozelab.core.config import build, target_class
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import IGNORE_INDEX
 from clozelab.corruption.runtime import runtime_kwargs
-from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def preview(cfg: DictConfig) -> dict:
     from clozelab.data.collate import Collator
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
-    from clozelab.validate import validate_corruption, validate_data
+    from clozelab.training.validate import validate_corruption, validate_data
 
     validate_data(cfg)
     validate_corruption(cfg)

@@ -7,7 +7,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.config import build, conf_dir
+from clozelab.core.config import build, conf_dir
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.delete import Deletion
 from clozelab.corruption.masking import UnitMasking
@@ -60,7 +60,7 @@ def test_reorder_is_outside_the_budget():
 
 
 def test_span_delete_preset_validates_runs_and_hits_the_budget(compose_pretrain):
-    from clozelab.validate import validate_pretrain
+    from clozelab.training.validate import validate_pretrain
 
     cfg = compose_pretrain("corruption=span_delete")
     assert cfg.corruption.steps[1]["_target_"].endswith("Deletion")

@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import IGNORE_INDEX
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.delete import Deletion
@@ -17,7 +18,6 @@ from clozelab.corruption.masking import UnitMasking, greedy_fill
 from clozelab.corruption.phrases import PhraseTable
 from clozelab.corruption.reorder import Reorder
 from clozelab.corruption.span import NgramMasking, SpanMasking, geometric_pmf, sample_lengths
-from clozelab.errors import ClozelabError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 500
@@ -401,7 +401,7 @@ def test_compose_shares_the_budget():
 def test_compose_from_config():
     from omegaconf import OmegaConf
 
-    from clozelab.config import build
+    from clozelab.core.config import build
 
     node = OmegaConf.create(
         {

@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import IGNORE_INDEX
 from clozelab.corruption.ernie import ErnieMasking
 from clozelab.corruption.masking import UnitMasking
@@ -23,7 +24,6 @@ from clozelab.data.gazetteer import Gazetteer
 from clozelab.data.preprocess import encode_document, prepare
 from clozelab.data.shards import open_split
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 
 SENTENCES = [
     "Alan Turing was born in London and worked in New York City.",

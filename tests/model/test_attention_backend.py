@@ -10,7 +10,7 @@ import torch
 
 import clozelab.model.attention as attention_module
 import clozelab.model.encoder as encoder_module
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.attention import ATTENTION_BACKENDS, check_backend
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.encoder_variants import TransformerStack

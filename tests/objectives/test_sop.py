@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data import instances as inst
 from clozelab.data.dataset import InstanceDataset
 from clozelab.data.shards import ShardWriter, open_split
-from clozelab.errors import ClozelabError
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.sop import SOP
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.datamodule import ResumableDataLoader
 from clozelab.data.sampler import EpochSampler
-from clozelab.errors import ClozelabError
 
 
 def test_start_skips_the_consumed_prefix_and_keeps_the_epoch_length():

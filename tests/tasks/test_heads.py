@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.tasks.heads import CRF, ScalarMix, TaskModel
 
 

@@ -12,7 +12,7 @@ import torch
 from helpers import SHARED_DATA
 from omegaconf import OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.finetune import load_task
 from clozelab.tasks.features import encode_spans, pad_batch
 from clozelab.tasks.heads import TaskModel

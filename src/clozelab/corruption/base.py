@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 IGNORE_INDEX = -100
 """Target value of positions that carry no loss (HF and PyTorch cross-entropy convention)."""

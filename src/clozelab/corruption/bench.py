@@ -17,7 +17,7 @@ from itertools import pairwise
 
 import torch
 
-from clozelab.config import build, conf_dir, target_class
+from clozelab.core.config import build, conf_dir, target_class
 from clozelab.corruption.runtime import runtime_kwargs
 
 PRESETS = (

@@ -36,9 +36,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import Corruption
 from clozelab.corruption.runtime import restrict
-from clozelab.errors import config_error
 
 
 def shares_budget(step: Corruption) -> bool:
@@ -68,7 +68,7 @@ class Compose(Corruption):
         from hydra.utils import get_class
         from omegaconf import DictConfig, OmegaConf
 
-        from clozelab.config import build
+        from clozelab.core.config import build
 
         if not steps:
             raise config_error(

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import check_choice, check_probability
 from clozelab.corruption.masking import MaskingCorruption, build_units, select_units
-from clozelab.errors import config_error
 
 LEVELS = ("basic", "phrase", "entity")
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
     Corruption,
     OperationMix,
@@ -33,7 +34,6 @@ from clozelab.corruption.base import (
     mlm_targets,
     prediction_budget,
 )
-from clozelab.errors import config_error
 
 BUDGETS = ("bernoulli", "exact")
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
@@ -50,7 +51,6 @@ from clozelab.corruption.units import (
     unit_lengths,
     word_units,
 )
-from clozelab.errors import ClozelabError, config_error
 
 BUDGETS = ("bernoulli", "exact")
 OPERATIONS_PER = ("token", "unit")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.corpus_stats import cache_dir, write_json
 from clozelab.data.shards import open_split
-from clozelab.errors import ClozelabError
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
     ascending,
     check_positive_int,
@@ -31,7 +32,6 @@ from clozelab.corruption.base import (
 )
 from clozelab.corruption.masking import MaskingCorruption, exact_budget
 from clozelab.corruption.units import word_units
-from clozelab.errors import config_error
 
 
 def geometric_pmf(p: float, lower: int, upper: int) -> Tensor:

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.dataset import _local_word_ids
 from clozelab.data.dialogue import Dialogue, Q, R
-from clozelab.errors import ClozelabError
 
 PATTERNS = ("QRQ", "QRR", "QQR")
 REAL, FAKE = 1, 0

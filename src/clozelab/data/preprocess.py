@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.progress import progress
 from clozelab.data.annotate import AnnotationSettings, Annotator
 from clozelab.data.corpus import corpus_fingerprint, iter_documents
 from clozelab.data.document import Document
 from clozelab.data.sentences import split_sentences
 from clozelab.data.shards import ShardError, ShardWriter, open_split
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer, train_wordpiece
-from clozelab.errors import ClozelabError, config_error
-from clozelab.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.wordpiece_trainer import count_words, learn_vocabulary
-from clozelab.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
 from clozelab.model.heads import (
     Dropout,

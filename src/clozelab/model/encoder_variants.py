@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.attention import check_backend
 from clozelab.model.encoder import (
     EncoderOutput,

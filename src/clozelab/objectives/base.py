@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 #: (world size, sum across ranks) while a data-parallel training step runs; None otherwise.
 _DATA_PARALLEL: ContextVar[tuple[int, Callable[[Tensor], Tensor]] | None] = ContextVar(

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
@@ -118,7 +118,7 @@ class LanguageModel(Objective):
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
         """Refuse an encoder that shows a position its target, reordering corruptions, others."""
-        from clozelab.config import target_class
+        from clozelab.core.config import target_class
         from clozelab.model.encoder_variants import BiLSTMEncoder, TransformerStack
         from clozelab.objectives.rtd import corruption_keys
 

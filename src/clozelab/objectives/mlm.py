@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
@@ -35,7 +35,7 @@ from clozelab.objectives.mlm import IGNORE_INDEX
 
 def corruption_keys(corruption) -> set[str]:
     """The batch keys a configured corruption produces (a composition: all its steps')."""
-    from clozelab.config import target_class
+    from clozelab.core.config import target_class
 
     cls = target_class(corruption, "corruption")
     produces_for = getattr(cls, "produces_for", None)
@@ -46,7 +46,7 @@ def _default(node, parameter: str):
     """The default of ``parameter`` in the constructor of the class ``node`` names (or None)."""
     import inspect
 
-    from clozelab.config import target_class
+    from clozelab.core.config import target_class
 
     if not node.get("_target_"):
         return None
@@ -212,7 +212,7 @@ class RTD(Objective):
                 "set corruption.random_prob=0 with corruption.mask_prob=0.85 "
                 "corruption.keep_prob=0.15 (ELECTRA), or use experiment=electra",
             )  # fmt: skip
-        from clozelab.config import target_class
+        from clozelab.core.config import target_class
 
         moved = corruption_keys(corruption) & {"deletion_labels", "order_labels"}
         if moved:

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from clozelab.config import build
+from clozelab.core.config import build
+from clozelab.core.errors import config_error
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
-from clozelab.errors import config_error
 from clozelab.model.encoder import EncoderOutput
 from clozelab.model.heads import Pooler
 

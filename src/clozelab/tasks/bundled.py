@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 
+from clozelab.core.errors import config_error
 from clozelab.data.dialogue import read_chatterbot
 from clozelab.data.packages import package_dir
-from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.heads import masked_mean
 from clozelab.tasks.readers import TextExample, _holdout

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.data.tokenizer import Tokenizer
-from clozelab.errors import config_error
 from clozelab.tasks.readers import QAExample, SpanExample, TextExample, TokenExample
 
 

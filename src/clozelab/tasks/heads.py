@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.heads import Pooler, init_bert_weights
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.spans import SpanHead

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.tasks.metrics import entity_spans
 
 csv.field_size_limit(sys.maxsize)

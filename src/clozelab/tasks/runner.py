@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.features import encode_qa, encode_spans, encode_text, encode_tokens, pad_batch
 from clozelab.tasks.heads import TaskModel

@@ -9,10 +9,10 @@ import inspect
 
 from omegaconf import DictConfig
 
-from clozelab.config import target_class
+from clozelab.core.config import target_class
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.instances import KINDS
-from clozelab.errors import ClozelabError, config_error
-from clozelab.scale import validate_trainer
+from clozelab.training.scale import validate_trainer
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
 INSTANCE_KEYS = {

@@ -28,8 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clozelab.errors import ClozelabError
-from clozelab.report_jobs import (
+from clozelab.core.errors import ClozelabError
+from clozelab.report.jobs import (
     ABSENT,
     Job,
     fixed_overrides,
@@ -38,7 +38,7 @@ from clozelab.report_jobs import (
     seed_key,
     sweep_axes,
 )
-from clozelab.report_stats import Paired, Summary, best, direction, holm, paired_test, summarize
+from clozelab.report.stats import Paired, Summary, best, direction, holm, paired_test, summarize
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,8 @@ def report(
     command: str = "clozelab report",
 ) -> Report:
     """Build the report of the sweeps and write report.md, report.csv, report.json, plots/."""
-    from clozelab.report_plots import write_plots
-    from clozelab.report_write import write_csv, write_json, write_markdown
+    from clozelab.report.plots import write_plots
+    from clozelab.report.write import write_csv, write_json, write_markdown
 
     dirs = [Path(d) for d in sweep_dirs]
     if out is None:

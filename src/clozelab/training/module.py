@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
-from clozelab.optim import build_scheduler, parameter_groups
+from clozelab.training.optim import build_scheduler, parameter_groups
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 OVERLAY_GROUPS = {"experiment": "experiments", "sweep": "sweeps"}
 
@@ -19,7 +19,7 @@ OVERLAY_GROUPS = {"experiment": "experiments", "sweep": "sweeps"}
 def resource_dir(name: str) -> Path:
     """``conf``, ``experiments`` or ``sweeps``: inside the installed package (a wheel carries them
     there) or at the top of the source tree (editable install, checkout)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the clozelab package
     for candidate in (here / name, here.parents[1] / name):
         if candidate.is_dir():
             return candidate

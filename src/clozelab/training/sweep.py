@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 log = logging.getLogger("clozelab")
 
@@ -125,7 +125,7 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
     protocol, claimed = None, False
     try:
         if tracked:
-            from clozelab.protocol import protocol as run_protocol
+            from clozelab.training.protocol import protocol as run_protocol
 
             digest = config_hash(cfg)
             done = finished_metrics(run_dir, digest)

@@ -21,8 +21,8 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib.figure import Figure
 
-from clozelab.report_jobs import read_csv_rows
-from clozelab.report_stats import better_text
+from clozelab.report.jobs import read_csv_rows
+from clozelab.report.stats import better_text
 
 CURVES = ("train/loss", "val/loss")
 TOKENS = "train/tokens_seen"
