@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import clozelab
-from clozelab.api import init_components
 from clozelab.core.errors import ClozelabError
-from clozelab.pretrain import build_components, pretrain
+from clozelab.pretrain import pretrain
+from clozelab.training.components import build_components, init_components
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,7 +181,7 @@ def test_init_from_vocab_mismatch_names_sizes_and_fix(compose_pretrain):
 
 
 def test_pretrain_init_from_run_dir(tiny_run, tmp_path, cache_dir, text_corpus):
-    from clozelab.api import read_checkpoint_state
+    from clozelab.core.rundir import read_checkpoint_state
 
     run_dir = tmp_path / "continued"
     # lr 0: the weights stay exactly what init_from loaded.

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from clozelab.core.config import build, conf_dir, overlay_names, resource_dir
-from clozelab.pretrain import build_components
+from clozelab.training.components import build_components
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
 

@@ -60,7 +60,7 @@ def _one_process(cfg, out, pad_id):
 
     from clozelab.core.config import build
     from clozelab.data.preprocess import prepare
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
     from clozelab.training.module import PretrainModule
 
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tasks"))
 from conftest import TINY_ARCH
 
 from clozelab.core.errors import ClozelabError
-from clozelab.finetune import load_task, run_task
+from clozelab.training.evaluation import load_task, run_task
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_inductor_matches_eager_and_trains(unpad):
 def test_in_place_compile_keeps_state_dict_keys(tmp_path):
     from safetensors.torch import load_file
 
-    from clozelab.export import write_hf_dir
+    from clozelab.training.hf_export import write_hf_dir
 
     eager, compiled = make_module(), make_module()
     names = apply_model_compile(compiled.embedding, compiled.encoder, {"compile": True})

@@ -70,7 +70,7 @@ def test_shapes_gradients_and_the_real_column():
 
 def _module(compose_pretrain, *overrides):
     from clozelab.data.tokenizer import train_wordpiece
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
     from clozelab.training.module import PretrainModule
 
     no_phrases = ("corruption.level_probs.phrase=0.0", "corruption.level_probs.basic=0.7")

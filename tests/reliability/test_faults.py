@@ -91,7 +91,7 @@ def test_nan_loss_stops_with_step_and_objective_and_keeps_the_checkpoint(
 def test_batch_without_predicted_positions_gives_zero_loss(compose_pretrain, cache_dir):
     from clozelab.core.config import build
     from clozelab.data.preprocess import prepare
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain("objective=[mlm]")
     prepared = prepare(cfg.data, cfg.tokenizer, cache_dir)

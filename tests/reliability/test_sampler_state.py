@@ -56,7 +56,7 @@ def test_worker_seeds_do_not_draw_from_the_global_rng(compose_pretrain, cache_di
     """Building and iterating a train loader leaves the global torch RNG (dropout's) untouched."""
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain()
     prepared = prepare(cfg.data, cfg.tokenizer, cache_dir)

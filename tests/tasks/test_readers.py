@@ -9,7 +9,6 @@ from helpers import SHARED_DATA
 from omegaconf import OmegaConf
 
 from clozelab.core.errors import ClozelabError
-from clozelab.finetune import load_task
 from clozelab.tasks.readers import (
     iob1_to_iob2,
     read_conll,
@@ -18,6 +17,7 @@ from clozelab.tasks.readers import (
     read_squad,
     read_task,
 )
+from clozelab.training.evaluation import load_task
 
 
 def test_glue_tsv_with_header_and_unquoted_quotes(tmp_path):

@@ -81,9 +81,9 @@ def bench_batch(seq_len: int = 128, batch: int = 32):
     """``(clean batch dict, HF tokenizer, list of HF feature dicts, clozelab Tokenizer)``."""
     from transformers import BertTokenizerFast
 
-    from clozelab.data.tokenizer import _bundled_vocab, load_tokenizer
+    from clozelab.data.tokenizer import bundled_vocab, load_tokenizer
 
-    vocab = _bundled_vocab("bundled:bert-base-uncased")
+    vocab = bundled_vocab("bundled:bert-base-uncased")
     hf_tok = BertTokenizerFast.from_pretrained(str(vocab.parent))
     ours = load_tokenizer("bundled:bert-base-uncased")
     text = " ".join(_texts(batch))

@@ -4,13 +4,13 @@ distribution, SPECS §3) and the phrase table (``phrases.py``)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from clozelab.core import rundir
+from clozelab.core.rundir import atomic_write
 from clozelab.data.shards import open_split
 
 
@@ -18,12 +18,6 @@ def cache_dir(corpus_dir: str | Path) -> Path:
     path = Path(corpus_dir).parent / "corruption"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def unigram_counts(corpus_dir: str | Path, vocab_size: int) -> torch.Tensor:
@@ -41,9 +35,9 @@ def unigram_counts(corpus_dir: str | Path, vocab_size: int) -> torch.Tensor:
             with open(tmp, "wb") as handle:
                 np.save(handle, counts)
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
     return torch.from_numpy(counts.astype(np.float64))
 
 
 def write_json(path: Path, payload) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload), "utf-8"))
+    rundir.write_json(path, payload, indent=None, sort_keys=False)

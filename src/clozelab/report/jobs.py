@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from clozelab.core.errors import ClozelabError
-from clozelab.training.sweep import _read as read_json_dict  # a JSON object, {} when unreadable
+from clozelab.core.rundir import read_json as read_json_dict  # a JSON object, {} when unreadable
 
 log = logging.getLogger(__name__)
 

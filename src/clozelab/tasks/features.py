@@ -14,7 +14,7 @@ from torch import Tensor
 
 from clozelab.core.errors import config_error
 from clozelab.data.tokenizer import Tokenizer
-from clozelab.tasks.readers import QAExample, SpanExample, TextExample, TokenExample
+from clozelab.tasks.examples import QAExample, SpanExample, TextExample, TokenExample
 
 
 def _truncate_pair(a: list[int], b: list[int] | None, budget: int) -> None:
