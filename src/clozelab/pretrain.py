@@ -158,6 +158,10 @@ def _record_failure(run_dir: Path, trainer, loggers, exc: BaseException, signum,
     mark_run(loggers, status, error)
 
 
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items() if share)
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics."""
     objective_names = validate_pretrain(cfg)
@@ -182,12 +186,16 @@ def pretrain(cfg: DictConfig) -> dict:
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,
+        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
     )
+    pair_kinds = datamodule.pair_kinds()
+    if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs
+        log.info("Pairs of %s (epoch 0): %s", cfg.data.instances, _shares(pair_kinds))
     module = PretrainModule(
         embedding,
         encoder,

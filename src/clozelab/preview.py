@@ -148,12 +148,13 @@ def preview(cfg: DictConfig) -> dict:
     tok = prepared.tokenizer
     cls = target_class(cfg.corruption, "corruption")
     corruption = build(cfg.corruption, "corruption", **runtime_kwargs(cls, tok, prepared))
-    data = PretrainDataModule(
+    data = PretrainDataModule(  # the corruption sets the raw instance length
         prepared,
-        None,
+        corruption,
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,
+        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
     )
@@ -168,6 +169,9 @@ def preview(cfg: DictConfig) -> dict:
         pairs.append((clean, corruption(clean, generator)))
     stats = corruption_stats(pairs, tok.mask_id)
     stats["corruption"] = cfg.corruption.get("_target_")
+    pair_kinds = data.pair_kinds()  # how the pairs were made: SOP swaps vs random documents
+    if pair_kinds is not None:
+        stats["pair_kinds"] = pair_kinds
     stats["produces"] = list(getattr(cls, "produces", ()))
     examples = [
         render(pairs[0][0], pairs[0][1], r, tok, tok.mask_id)

@@ -29,7 +29,6 @@ from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
     OperationMix,
-    ReplacementSampler,
     apply_operations,
     ascending,
     candidates,
@@ -38,6 +37,7 @@ from clozelab.corruption.base import (
     check_probability,
     check_rate,
     prediction_budget,
+    replacement_sampler,
 )
 from clozelab.corruption.units import (
     UNIT_KINDS,
@@ -54,7 +54,6 @@ from clozelab.corruption.units import (
 
 BUDGETS = ("bernoulli", "exact")
 OPERATIONS_PER = ("token", "unit")
-DISTRIBUTIONS = ("uniform", "unigram")
 FILLS = ("word", "token", "none")
 
 
@@ -108,9 +107,6 @@ class MaskingCorruption(Corruption):
             if prediction_rate is None
             else check_probability(prediction_rate, "corruption.prediction_rate")
         )
-        self.replace_distribution = check_choice(
-            replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
-        )
         self.vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
         if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
             raise config_error(
@@ -122,18 +118,16 @@ class MaskingCorruption(Corruption):
         self.mask_token_id = mask_token_id
         specials = [*(int(i) for i in special_token_ids), mask_token_id]
         self.corpus_dir = corpus_dir
-        if replacement_probs is None and self.replace_distribution == "unigram" and corpus_dir:
-            from clozelab.corruption.corpus_stats import unigram_counts
-
-            replacement_probs = unigram_counts(corpus_dir, self.vocab_size)
-        self._missing_table = (
-            self.replace_distribution == "unigram"
-            and replacement_probs is None
-            and self.mix.random > 0
+        self.sampler = replacement_sampler(
+            self.vocab_size,
+            specials,
+            replace_from,
+            replace_distribution,
+            corpus_dir,
+            replacement_probs,
+            needed=self.mix.random > 0,
         )
-        self.sampler = ReplacementSampler(
-            self.vocab_size, specials, replace_from, probs=replacement_probs
-        )
+        self.replace_distribution = replace_distribution
         self.special_token_ids = self.sampler.special_token_ids
 
     # -- the part subclasses implement ------------------------------------------------------------
@@ -150,13 +144,7 @@ class MaskingCorruption(Corruption):
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
     ) -> dict[str, Tensor]:
-        if self._missing_table:
-            raise ClozelabError(
-                "corruption.replace_distribution=unigram needs the token frequency table of the "
-                "training shards, and this corruption was built without them. Fix: build it with "
-                "clozelab.pretrain.build_components(cfg, tokenizer, prepared) (clozelab pretrain "
-                "does), or set corruption.replace_distribution=uniform."
-            )
+        self.sampler.check_table()
         input_ids = batch["input_ids"]
         if input_ids.dim() != 2:
             raise ValueError(f"{type(self).__name__} expects input_ids [B, T]")

@@ -78,6 +78,17 @@ class ResumableDataLoader(DataLoader):
         self.sampler.start = min(int(state["batches"]) * self.batch_size, len(self.sampler))
 
 
+def instance_length(corruption, kind: str, max_seq_length: int) -> int:
+    """Length of the raw instances: the longest whose corrupted form fits ``max_seq_length``
+    (``Corruption.instance_length``; T5 span corruption builds longer raw rows, insertion shorter
+    ones). Without a corruption (or a plain callable) it is ``max_seq_length``."""
+    fit = getattr(corruption, "instance_length", None)
+    if fit is None:
+        return max_seq_length
+    n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
+    return int(fit(max_seq_length, n_special))
+
+
 class PretrainDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -87,6 +98,7 @@ class PretrainDataModule(pl.LightningDataModule):
         instances: str = "segment_pair",
         max_seq_length: int = 128,
         short_seq_prob: float = 0.1,
+        sop_single_sentence: str = "random_document",
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
@@ -105,21 +117,44 @@ class PretrainDataModule(pl.LightningDataModule):
             max_seq_length,
             short_seq_prob,
         )
+        self.sop_single_sentence = sop_single_sentence
+        self._epoch0: np.ndarray | None = None  # epoch 0's training table, for summaries
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         tok = prepared.tokenizer
         self.train_shards = open_split(prepared.train_dir, verify=False)
         self.validation_shards = open_split(prepared.validation_dir, verify=False)
         self._cls, self._sep, self._pad = tok.cls_id, tok.sep_id, tok.pad_id
+        self.instance_length = instance_length(corruption, instances, max_seq_length)
 
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
-        table = instances.build(self.kind, shards, self.max_seq_length, self.short_seq_prob, rng)
+        table = instances.build(
+            self.kind,
+            shards,
+            self.instance_length,
+            self.short_seq_prob,
+            rng,
+            self.sop_single_sentence,
+        )
         return InstanceDataset(shards, table, self.kind, self._cls, self._sep)
+
+    def _first_train_table(self) -> np.ndarray:
+        """Epoch 0's training instances, built once for the summaries below."""
+        if self._epoch0 is None:
+            self._epoch0 = self.dataset("train", 0).table
+        return self._epoch0
+
+    def pair_kinds(self) -> dict[str, float] | None:
+        """Share of each pair kind among epoch 0's training pairs (None for packed instances):
+        how many negatives are swaps and how many random-document pairs (``preview``, run log)."""
+        if self.kind not in instances.PAIR_LABEL_KEYS:
+            return None
+        return instances.pair_kind_shares(self._first_train_table())
 
     def mean_train_tokens(self) -> float:
         """Mean tokens of a training sequence (epoch 0's instances; padding excluded)."""
-        table = self.dataset("train", 0).table
+        table = self._first_train_table()
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(

@@ -26,13 +26,14 @@ WORD_KEYS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddin
 
 def build_components(cfg: DictConfig, tokenizer, prepared=None):
     """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in (and the
-    training shards, for corruptions that count corpus tables: unigram, phrases)."""
-    with open_dict(cfg):
-        cfg.model.vocab_size = tokenizer.vocab_size
+    training shards, for corruptions that count corpus tables: unigram, phrases). The model's
+    vocabulary is the tokenizer's plus the corruption's ``extra_vocab`` (T5 sentinels)."""
+    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
+    with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
+        cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
     embedding = build(cfg.embedding, "embedding")
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
-    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
     return embedding, encoder, objectives, corruption
 
 

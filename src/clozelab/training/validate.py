@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from clozelab.core.config import target_class
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.data.instances import KINDS
+from clozelab.data.instances import KINDS, SINGLE_SENTENCE
 from clozelab.training.scale import validate_trainer
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
@@ -108,6 +108,7 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             if produces_for is not None
             else getattr(corruption_cls, "produces", ("mlm_labels",))
         )
+    _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
     if cfg_select(cfg, "data.dialogue.corpus"):
@@ -146,6 +147,34 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             check_config(cfg, name)
         names.append(name)
     return names
+
+
+def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> None:
+    """A seq2seq corruption (it writes ``labels`` + ``decoder_input_ids``) needs an objective
+    with a decoder that reads them: an encoder-only model cannot use (source, target) pairs."""
+    from clozelab.objectives.seq2seq import TARGET_KEYS
+
+    decoder = cfg_select(cfg, "decoder")
+    if decoder is not None and not any(n.get("decoder") is not None for n in objectives.values()):
+        raise config_error(
+            "decoder", decoder.get("_target_"),
+            f"no objective of objective={list(objectives)} runs a decoder",
+            "add objective=[seq2seq] (encoder-decoder pre-training) or drop decoder=",
+        )  # fmt: skip
+    if not set(TARGET_KEYS) <= corrupted:
+        return
+    readers = [
+        name
+        for name, node in objectives.items()
+        if set(TARGET_KEYS) <= set(target_class(node, f"objective.{name}").requires)
+    ]
+    if not readers:
+        raise ClozelabError(
+            f"corruption ({cfg.corruption.get('_target_')}) produces seq2seq (source, target) "
+            f"pairs {list(TARGET_KEYS)}, but objective={list(objectives)} is encoder-only and "
+            "cannot read them. Fix: objective=[seq2seq] with decoder=t5 or decoder=bart "
+            "(experiment=t5|bart|mass), or an encoder corruption such as corruption=mask."
+        )
 
 
 def validate_dialogue(cfg: DictConfig) -> None:
@@ -202,6 +231,14 @@ def validate_data(cfg: DictConfig) -> None:
     _int(cfg, "data.batch_size", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
+    single = cfg_select(cfg, "data.sop_single_sentence")
+    if single is not None and single not in SINGLE_SENTENCE:
+        raise config_error(
+            "data.sop_single_sentence",
+            single,
+            f"must be one of {list(SINGLE_SENTENCE)}",
+            "set data.sop_single_sentence=split (the paper's swap-only SOP)",
+        )
     if not cfg_select(cfg, "data.corpus"):
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
 
