@@ -80,7 +80,7 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     return keep[:, None, None, :]  # (B, 1, 1, T)
 
 
-def _attention_with_cpu_dropout(
+def attention_with_cpu_dropout(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, scale: float | None = None
 ) -> Tensor:
     """softmax(q k^T / sqrt(hs) + mask) with dropout, times v: SDPA's math, cheaper dropout.
@@ -139,7 +139,7 @@ class SelfAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if (p > 0.0 and qkv.device.type == "cpu" and self.attention_backend == "auto"
                 and not torch.compiler.is_compiling()):  # fmt: skip
-            y = _attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
+            y = attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
         else:  # SDPA scales by 1/sqrt(hs), like BERT
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
