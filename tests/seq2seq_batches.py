@@ -19,7 +19,7 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 
 
 class RestoreForTest(Corruption):
-    accepts_pad = True
+    runtime_inputs = frozenset({"pad_token_id"})
     requires = ("input_ids", "attention_mask", "special_tokens_mask")
     produces = ("input_ids", "attention_mask", "labels", "decoder_input_ids",
                 "decoder_attention_mask")  # fmt: skip

@@ -60,6 +60,20 @@ def target_class(node: DictConfig, key: str):
         ) from exc
 
 
+def component_class(node: DictConfig, key: str, base: type) -> type:
+    """The class ``node._target_`` names, checked to subclass the extension point ``base``
+    (``Corruption``, ``Objective``, ``Task`` ...): a user's class must declare the hooks clozelab
+    asks it about, so it subclasses the base that declares them."""
+    cls = target_class(node, key)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ClozelabError(
+            f"{key}._target_={node.get('_target_')!r} is not a {base.__name__}. Fix: subclass "
+            f"{base.__module__}.{base.__name__} (its hooks say what the component needs and "
+            "produces), or name one of clozelab's classes."
+        )
+    return cls
+
+
 def build(node: DictConfig, key: str, **runtime):
     """``hydra.utils.instantiate`` with user-facing errors: a ClozelabError raised by the component
     comes out as it is, a wrong keyword names the config key and the accepted parameters."""

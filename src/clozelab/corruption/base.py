@@ -40,19 +40,74 @@ DISTRIBUTIONS = ("uniform", "unigram")
 """
 
 
-class Corruption:
-    """Base class of all corruption schemes.
+#: The optional run-time inputs a corruption may declare in ``Corruption.runtime_inputs``.
+RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus_dir")
 
-    Subclasses implement ``__call__(batch, generator) -> dict`` and list the batch keys they read
-    (``requires``) and write (``produces``), so objectives and config checks can refuse impossible
-    combinations before any data is read.
+
+class Corruption:
+    """Base class of all corruption schemes: the hooks the rest of clozelab asks a scheme about.
+
+    Subclasses implement ``__call__(batch, generator) -> dict`` and declare what they read and
+    write, so objectives and config checks (``training/validate.py``) can refuse impossible
+    combinations before any data is read. A user's scheme in their own module subclasses this and
+    is selected with ``corruption._target_=mymodule.MyCorruption``.
+
+    Every scheme is built with its config node plus the tokenizer's ``vocab_size``,
+    ``mask_token_id`` and ``special_token_ids`` (keyword arguments), and the optional run-time
+    inputs it lists in ``runtime_inputs``.
     """
 
+    #: Batch keys ``__call__`` reads.
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
+    #: Batch keys ``__call__`` writes (targets such as ``mlm_labels``, ``span_bounds`` ...): what
+    #: the objectives may require. Compositions compute theirs with ``produces_for``.
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: Optional run-time inputs (keyword arguments) besides the tokenizer's vocab_size,
+    #: mask_token_id and special_token_ids: any of ``RUNTIME_INPUTS``: ``pad_token_id`` /
+    #: ``eos_token_id`` (the tokenizer's [PAD] / [SEP] ids), ``corpus_dir`` (the training shards,
+    #: for corpus tables).
+    runtime_inputs: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the positions it corrupts count against the shared budget of a ``Compose``
+    #: (False for Reorder: it moves tokens whatever an earlier step did).
+    shares_budget: ClassVar[bool] = True
     #: Ids the model needs beyond the tokenizer's vocabulary (T5 sentinels): the embedding and
     #: softmax get ``tokenizer.vocab_size + extra_vocab`` rows (SEQ2SEQ contract).
     extra_vocab: int = 0
+    #: The corruption rate: the fraction of the sequence it corrupts (0: none, no budget share).
+    rate: float = 0.0
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        old = [a for a in ("accepts_corpus", "accepts_pad", "accepts_eos") if a in cls.__dict__]
+        if old:
+            raise TypeError(
+                f"{cls.__qualname__}: {old} are replaced by the declared hook "
+                "runtime_inputs = frozenset({'corpus_dir', 'pad_token_id', 'eos_token_id'})"
+            )
+        unknown = set(cls.runtime_inputs) - set(RUNTIME_INPUTS)
+        if unknown:
+            raise TypeError(
+                f"{cls.__qualname__}.runtime_inputs: {sorted(unknown)} are not run-time inputs "
+                f"(known: {list(RUNTIME_INPUTS)})"
+            )
+
+    @classmethod
+    def produces_for(cls, node) -> tuple[str, ...]:
+        """The batch keys this scheme, configured by ``node``, produces (``produces``; a
+        composition adds its steps')."""
+        return tuple(cls.produces)
+
+    def budget_rate(self) -> float:
+        """The share of a ``Compose``'s budget this step takes: its ``rate`` when it
+        ``shares_budget``, else 0."""
+        return float(self.rate) if self.shares_budget else 0.0
+
+    def rate_of_remaining(self) -> bool:
+        """Whether the rate is drawn over the step's own candidates (which exclude positions an
+        earlier step of a ``Compose`` corrupted), so ``Compose`` rescales it to
+        ``rate / (1 - earlier rates)``. False (the default) for budgets counted over the whole row
+        (BERT's exact budget)."""
+        return False
 
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator

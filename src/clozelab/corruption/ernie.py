@@ -85,6 +85,10 @@ class ErnieMasking(MaskingCorruption):
                 phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
 
+    def rate_of_remaining(self) -> bool:
+        """Its rate is drawn over its own candidates (see ``Corruption.rate_of_remaining``)."""
+        return True
+
     def levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """``long [B]``: 0 basic, 1 phrase, 2 entity."""
         cdf = self.level_probs.cumsum(0)

@@ -64,7 +64,7 @@ class TokenMasking(Corruption):
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask")
-    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    runtime_inputs = frozenset({"corpus_dir"})  # unigram replacement counts the shards
 
     def __init__(
         self,
@@ -120,6 +120,10 @@ class TokenMasking(Corruption):
         self.vocab_size = vocab_size
         self.replace_from = self.sampler.replace_from
         self.special_token_ids = self.sampler.special_token_ids
+
+    def rate_of_remaining(self) -> bool:
+        """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
+        return self.budget == "bernoulli"
 
     def select(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         """Return the ``bool [B, T]`` positions chosen for prediction."""

@@ -78,7 +78,7 @@ class MaskingCorruption(Corruption):
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask", "span_bounds")
-    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    runtime_inputs = frozenset({"corpus_dir"})  # unigram replacement counts the shards
 
     def __init__(
         self,
@@ -332,6 +332,10 @@ class UnitMasking(MaskingCorruption):
             self.phrases = phrases_from(
                 phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
+
+    def rate_of_remaining(self) -> bool:
+        """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
+        return self.budget == "bernoulli"
 
     def units(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
         return build_units(self.unit, batch, eligible, self.fill, self.phrases)

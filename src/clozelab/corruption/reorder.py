@@ -45,6 +45,7 @@ class Reorder(Corruption):
     """
 
     produces = ("input_ids", "order_labels", "reordered_mask", "corrupted_mask")
+    shares_budget = False  # moves tokens whatever an earlier step did (see compose.py)
 
     def __init__(
         self,

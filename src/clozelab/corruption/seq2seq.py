@@ -108,8 +108,7 @@ class Seq2SeqCorruption(Corruption):
     """
 
     produces: ClassVar[tuple[str, ...]] = SEQ2SEQ_KEYS
-    accepts_pad = True
-    accepts_eos = True
+    runtime_inputs = frozenset({"pad_token_id", "eos_token_id"})
     extra_vocab: int = 0
 
     def __init__(

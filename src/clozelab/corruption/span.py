@@ -185,6 +185,10 @@ class SpanMasking(MaskingCorruption):
         self.pmf = geometric_pmf(p, self.span_lower, self.span_upper)
         self.cdf = length_cdf(self.pmf)
 
+    def rate_of_remaining(self) -> bool:
+        """Its rate is drawn over its own candidates (see ``Corruption.rate_of_remaining``)."""
+        return True
+
     def budget(self, eligible: Tensor) -> Tensor:
         n = eligible.sum(-1).to(torch.float64)
         return torch.ceil(n * self.rate).to(torch.long)  # float64 like Python's math.ceil

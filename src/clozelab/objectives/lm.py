@@ -48,6 +48,7 @@ class LanguageModel(Objective):
     """
 
     name = "lm"
+    rewrites_inputs = True  # prepare_inputs puts the original tokens back
     requires = ()
     instance_kinds = None
 

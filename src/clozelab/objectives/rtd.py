@@ -37,9 +37,7 @@ def corruption_keys(corruption) -> set[str]:
     """The batch keys a configured corruption produces (a composition: all its steps')."""
     from clozelab.core.config import target_class
 
-    cls = target_class(corruption, "corruption")
-    produces_for = getattr(cls, "produces_for", None)
-    return set(produces_for(corruption) if produces_for else getattr(cls, "produces", ()))
+    return set(target_class(corruption, "corruption").produces_for(corruption))
 
 
 def _default(node, parameter: str):
@@ -90,6 +88,7 @@ class RTD(Objective):
     requires = ("mlm_labels",)
     instance_kinds = None
     requires_fix = "use a masking corruption (corruption=mask with random_prob=0, as ELECTRA)"
+    rewrites_inputs = True  # the generator's samples replace the masked tokens
 
     def __init__(
         self,
@@ -223,9 +222,7 @@ class RTD(Objective):
                 "use corruption=mask (random_prob=0) with RTD",
             )  # fmt: skip
         for other, node in (cfg.get("objective") or {}).items():
-            if other != name and hasattr(
-                target_class(node, f"objective.{other}"), "prepare_inputs"
-            ):
+            if other != name and target_class(node, f"objective.{other}").rewrites_inputs:
                 raise config_error(
                     "objective", f"[{name}, {other}]",
                     "both objectives rewrite the inputs before the encoder",
