@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from clozelab.corruption.base import IGNORE_INDEX, Corruption
+from clozelab.corruption.base import Corruption
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:

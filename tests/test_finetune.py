@@ -82,16 +82,23 @@ def test_regression_and_feature_mode(tmp_path, tiny_tok):
     assert result["protocol"]["pooling"] == "mean"  # frozen features: mean pooling by default
 
 
-@pytest.mark.parametrize("decoder", ["softmax", "crf"])
-def test_token_labelling_end_to_end(tmp_path, tiny_tok, decoder):
+@pytest.mark.parametrize(
+    "decoder, subwords",
+    [("softmax", ("first", "first")), ("crf", ("first", "mean")), ("softmax", ("all", "mean"))],
+)
+def test_token_labelling_end_to_end(tmp_path, tiny_tok, decoder, subwords):
     sent = "Paris NNP I-NP I-LOC\nis VBZ I-VP O\ngood JJ I-NP O\n\n"
     (tmp_path / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + sent * 12, "utf-8")
     (tmp_path / "dev.txt").write_text(sent * 3, "utf-8")
     task = OmegaConf.merge(
-        load_task("conll2003"), {"path": str(tmp_path), "decoder": decoder, **SMALL, "epochs": 10}
-    )
+        load_task("conll2003"),
+        {"path": str(tmp_path), "decoder": decoder, **SMALL, "epochs": 10,
+         "subword_labels": subwords[0], "subword_decoding": subwords[1]},
+    )  # fmt: skip
     result = _run(task, tmp_path, tiny_tok, seeds=[1])
     assert result["metric"] == "entity_f1" and result["value"] == pytest.approx(1.0)
+    protocol = result["protocol"]
+    assert (protocol["subword_labels"], protocol["subword_decoding"]) == subwords
 
 
 def test_qa_end_to_end(tmp_path, tiny_tok):
@@ -135,6 +142,7 @@ def test_bundled_zero_shot_tasks(tmp_path, tiny_tok):
         result = _run(task, tmp_path, tiny_tok, seeds=[1, 2])
         assert -1.0 <= result["value"] <= 1.0
         assert (tmp_path / "eval" / f"{name}.json").is_file()
+        assert result["protocol"]["layers"] == -1
 
 
 def test_span_ner_end_to_end_on_conll(tmp_path, tiny_tok):

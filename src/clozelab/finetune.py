@@ -59,6 +59,7 @@ def finetune(cfg: DictConfig) -> dict:
         data_dir=cfg.get("data_dir"),
         mode=cfg.get("mode", "finetune"),
         mix_layers=int(cfg.get("mix_layers", 4)),
+        layer_mix=cfg.get("layer_mix", "average"),
         arch=cfg,
         random_init=cfg.get("random_init"),
         loggers=_loggers(cfg, Path(cfg.paths.output_dir), f"finetune-{cfg.task.name}"),

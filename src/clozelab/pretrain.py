@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from clozelab.core.config import build
 from clozelab.core.errors import ClozelabError
+from clozelab.core.progress import Budget
 from clozelab.core.rundir import write_json
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
@@ -33,6 +34,7 @@ from clozelab.training.checkpoint import (
 from clozelab.training.components import build_components, build_corruption, init_components
 from clozelab.training.hf_export import export_after_run
 from clozelab.training.module import PretrainModule
+from clozelab.training.progress_bar import BudgetBar
 from clozelab.training.protocol import protocol
 from clozelab.training.scale import trainer_kwargs, world_size
 from clozelab.training.tracking import finish_run, make_loggers, mark_run
@@ -74,11 +76,12 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
     ]
     if max_tokens:
         callbacks.append(TokenBudget(max_tokens))
+    budget = Budget.of(kwargs.get("max_steps"), max_tokens, kwargs.get("max_time"))
     if cfg.callbacks.progress_bar and sys.stderr.isatty():
-        callbacks.append(pl.callbacks.RichProgressBar())
+        callbacks.append(BudgetBar(budget))
         kwargs["enable_progress_bar"] = True
     else:
-        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps))
+        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps, budget))
         kwargs["enable_progress_bar"] = False
     return pl.Trainer(
         **kwargs,

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clozelab.core.errors import ClozelabError
-from clozelab.corruption.base import IGNORE_INDEX
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.corruption.ernie import ErnieMasking
 from clozelab.corruption.masking import UnitMasking
 from clozelab.data import instances as inst

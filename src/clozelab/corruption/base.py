@@ -25,10 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import ClozelabError, config_error
-
-IGNORE_INDEX = -100
-"""Target value of positions that carry no loss (HF and PyTorch cross-entropy convention)."""
 
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
@@ -115,6 +113,18 @@ class Corruption:
         raise NotImplementedError(
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
+
+    def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
+        """Statistics ``clozelab preview`` writes for (clean, corrupted) batch pairs."""
+        from clozelab.corruption.preview import corruption_stats
+
+        return corruption_stats(pairs, tokenizer.mask_id)
+
+    def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
+        """One corrupted row of ``clozelab preview`` with its changes marked."""
+        from clozelab.corruption.preview import render
+
+        return render(clean, out, row, tokenizer, tokenizer.mask_id)
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         """Longest corrupted row (encoder input) from a row of ``n_tokens`` real tokens,

@@ -8,6 +8,9 @@ shuffle as in ``add_permuted_noise`` / Lample et al.'s word shuffle).
   n sentences (``sentence_ids``) are chosen uniformly at random and take each other's places in a
   uniformly random order (a chosen sentence may land on its own slot, as in BART). Unlike BART,
   segments and [SEP] stay put: chosen sentences only swap with chosen sentences of their segment.
+* ``mode="permute"``: ``add_permuted_noise`` (SPECS §13): ``ceil(n * rate)`` of the row's n
+  candidate tokens are permuted among themselves (within their segment); ``rate=1`` permutes every
+  token (T5's deshuffling objective).
 
 Targets: ``order_labels [B, T]``: the original position of the token now at each position (on every
 real non-special position, -100 elsewhere), and ``reordered_mask`` (True where the token moved).
@@ -32,7 +35,7 @@ from clozelab.corruption.base import (
     choose_k,
 )
 
-MODES = ("local", "sentence")
+MODES = ("local", "sentence", "permute")
 
 
 class Reorder(Corruption):
@@ -57,8 +60,10 @@ class Reorder(Corruption):
         mask_token_id: int,
         special_token_ids,
     ) -> None:
-        self.rate = check_rate(rate)
         self.mode = check_choice(mode, "corruption.mode", MODES)
+        # sentence and token permutation may move every unit (BART's paper run: rate 1)
+        full = not isinstance(rate, bool) and rate == 1 and self.mode != "local"
+        self.rate = 1.0 if full else check_rate(rate)
         self.window = check_positive_int(window, "corruption.window")
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
 
@@ -74,9 +79,12 @@ class Reorder(Corruption):
             # fixed positions keep the smallest key of their group, so they never move
             offset = torch.where(eligible, offset + 0.5, 0.0)
             return group * big + positions + offset
-        if "sentence_ids" not in batch:
+        if self.mode == "permute":  # every token is its own "sentence"
+            sent = positions.long().masked_fill(~eligible, -1)
+        elif "sentence_ids" not in batch:
             raise KeyError("sentence reordering needs batch['sentence_ids']")
-        sent = batch["sentence_ids"].masked_fill(~eligible, -1)
+        else:
+            sent = batch["sentence_ids"].masked_fill(~eligible, -1)
         s_col = sent.clamp_min(0)
         # per sentence: its segment group, first position, chosen flag, random key
         first = torch.full((b, t), math.inf, dtype=torch.float64).scatter_reduce(

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.model.heads import init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX
 
 
 class OrderPrediction(Objective):
@@ -76,4 +76,5 @@ class OrderPrediction(Objective):
                 "order_acc": hit.float().sum() / max(n, 1),
                 "order_moved_acc": (hit & moved).float().sum() / moved.sum().clamp_min(1),
             }
-        return ObjectiveOutput(loss=loss, n_targets=n, logs=logs)
+        return ObjectiveOutput(loss=loss, n_targets=n, logs=logs,
+                               weights={"order_moved_acc": moved.sum()})  # fmt: skip

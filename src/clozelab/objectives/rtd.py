@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.deletion import BinaryTokenHead
-from clozelab.objectives.mlm import IGNORE_INDEX
 
 
 def corruption_keys(corruption) -> set[str]:
@@ -172,7 +172,7 @@ class RTD(Objective):
                 "rtd.prepare_inputs(batch, embedding) before embedding the input (PretrainModule "
                 "does)."
             )
-        gen_loss, gen_acc, _ = self._generator_out
+        gen_loss, gen_acc, n_gen = self._generator_out
         self._generator_out = None
         labels = batch["rtd_labels"]  # (B, T)
         logits = self.discriminator_head(encoder_output.last_hidden_state).float()  # (B, T)
@@ -191,7 +191,12 @@ class RTD(Objective):
                 "rtd_generator_acc": gen_acc,
                 "rtd_replaced_fraction": y.sum() / max(n, 1),
             }
-        return ObjectiveOutput(loss=loss, n_targets=n, logs=logs)
+        return ObjectiveOutput(
+            loss=loss, n_targets=n, logs=logs,
+            weights={"rtd_generator_loss": n_gen, "rtd_generator_acc": n_gen},
+            loss_terms={"rtd_generator_loss": self.generator_weight,
+                        "rtd_discriminator_loss": self.discriminator_weight},
+        )  # fmt: skip
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:

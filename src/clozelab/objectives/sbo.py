@@ -27,10 +27,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import config_error
 from clozelab.model.heads import get_activation, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
+from clozelab.objectives.mlm import tied_decoder_cross_entropy
 
 
 class SBO(Objective):
@@ -131,5 +132,8 @@ class SBO(Objective):
         loss = global_mean(loss_sum / (n + 1), n, offset=1)
         acc = correct.float() / max(n, 1)
         return ObjectiveOutput(
-            loss=loss, n_targets=n, logs={"sbo_loss": loss.detach(), "sbo_acc": acc}
+            loss=loss,
+            n_targets=n,
+            logs={"sbo_loss": loss.detach(), "sbo_acc": acc},
+            weights={"sbo_loss": n + 1},  # SpanBERT's sum CE / (n + 1)
         )

@@ -38,33 +38,13 @@ from clozelab.report.jobs import (
     seed_key,
     sweep_axes,
 )
+from clozelab.report.settings import Setting, is_summed, objective_sets, sort_values
 from clozelab.report.stats import Paired, Summary, best, direction, holm, paired_test, summarize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIXES = ("val/", "eval/")
 BUDGET_METRICS = ("tokens_seen", "steps", "wall_time_s")
-
-
-@dataclass
-class Setting:
-    """The jobs that share every axis value but the seed."""
-
-    key: tuple[str, ...]
-    label: str
-    jobs: list[Job] = field(default_factory=list)
-
-    def values(self, metric: str, seed: str) -> dict[str, float]:
-        """seed -> value of the completed jobs that have the metric."""
-        out = {}
-        for job in self.jobs:
-            value = job.value(metric) if job.completed else None
-            if value is not None:
-                out[job_seed(job, seed)] = value
-        return out
-
-    def seeds(self, seed: str) -> list[str]:
-        return sort_values({job_seed(job, seed) for job in self.jobs if job.completed})
 
 
 @dataclass
@@ -84,6 +64,7 @@ class MetricReport:
     rows: list[Row]
     best: str | None  # setting label
     no_value: list[Path] = field(default_factory=list)  # completed jobs without it (or NaN)
+    not_comparable: str | None = None  # why no best setting is named (objectives differ)
 
 
 @dataclass
@@ -107,16 +88,6 @@ class Report:
     seeds: list[str]
     command: str
     plots: list[Path] = field(default_factory=list)
-
-
-def sort_values(values) -> list[str]:
-    def key(text: str):
-        try:
-            return (0, float(text), "")
-        except ValueError:
-            return (1, 0.0, text)
-
-    return sorted(values, key=key)
 
 
 def same_value(text: str, other) -> bool:
@@ -266,22 +237,42 @@ def metric_names(jobs: list[Job], extra: list[str]) -> list[tuple[str, str | Non
     return out
 
 
+def not_comparable_note(name: str, settings: list[Setting]) -> str | None:
+    """Why ``name`` ranks no setting: it sums the objectives' losses and the settings train
+    different objectives (None when it is comparable)."""
+    sets = objective_sets(settings)
+    if not is_summed(name) or len(sets) < 2:
+        return None
+    listed = "; ".join(f"{objectives}: {', '.join(labels)}" for objectives, labels in sets.items())
+    return (f"not comparable across these settings: {name} adds up the losses of each "
+            f"setting's objectives, and the objectives differ ({listed}). A setting with more "
+            "objectives has a larger sum, not a worse model. No best setting is named and paired "
+            "tests are kept only between settings with the same objectives; compare the "
+            "per-objective losses (e.g. val/mlm_loss) instead.")  # fmt: skip
+
+
 def metric_report(name, way, settings, axes, baseline, seed) -> MetricReport:
+    note = not_comparable_note(name, settings)
     rows = []
     for setting in settings:
         values = setting.values(name, seed)
         reference = baseline_of(setting, settings, axes, baseline)
         paired = None
-        if reference is not None and reference is not setting and values:
+        comparable = note is None or (
+            reference is not None and reference.objectives() == setting.objectives()
+        )
+        if reference is not None and reference is not setting and values and comparable:
             paired = paired_test(values, reference.values(name, seed))
         rows.append(Row(setting, summarize(values), reference, paired))
     for row, p in zip(rows, holm([r.paired.p_t if r.paired else None for r in rows]), strict=True):
         row.p_holm = p
+    lacking = [j.path for s in settings for j in s.jobs if j.completed and j.value(name) is None]
+    if note is not None:
+        return MetricReport(name, way, rows, None, lacking, not_comparable=note)
     winner = best({r.setting.label: r.summary.mean for r in rows}, way)
     top = next((r.summary.mean for r in rows if r.setting.label == winner), None)
     for row in rows:  # equal means are all best
         row.is_best = winner is not None and row.summary.mean == top
-    lacking = [j.path for s in settings for j in s.jobs if j.completed and j.value(name) is None]
     return MetricReport(name, way, rows, winner, lacking)
 
 

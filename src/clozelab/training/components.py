@@ -32,6 +32,7 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
         cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
     embedding = build(cfg.embedding, "embedding")
+    embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
     return embedding, encoder, objectives, corruption

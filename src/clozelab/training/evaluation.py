@@ -76,6 +76,7 @@ def run_task(
     data_dir=None,
     mode: str = "finetune",
     mix_layers: int = 4,
+    layer_mix: str = "average",
     arch: DictConfig | None = None,
     random_init: DictConfig | None = None,
     loggers=(),
@@ -93,7 +94,9 @@ def run_task(
     if task.kind in ZERO_SHOT:
         scores = score_zero_shot(backbone, task, list(seeds))
         runs = [{"seed": s, "metrics": m} for s, m in zip(seeds, scores, strict=True)]
-        protocol = {"training": "none (zero-shot, frozen encoder, mean-pooled last layer)"}
+        layers = task.get("layers", -1)
+        layers = layers if isinstance(layers, int) else [int(i) for i in layers]
+        protocol = {"training": "none (zero-shot, frozen encoder, mean-pooled)", "layers": layers}
         metric = task.get("metric") or "spearman"
     else:
         splits = read_task(task, data_dir)
@@ -101,7 +104,8 @@ def run_task(
         for seed in seeds:
             log.info("task %s seed %d: %d train / %d validation features",
                      name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
-            runs.append({"seed": seed, **run_seed(make, prepared, task, seed, mode, mix_layers)})
+            facts = run_seed(make, prepared, task, seed, mode, mix_layers, layer_mix)
+            runs.append({"seed": seed, **facts})
         metric = task.get("metric") or DEFAULT_METRICS[task.kind][0]
         protocol = {
             "split": "validation (dev)" if not task.get("holdout") else
@@ -117,7 +121,11 @@ def run_task(
             "weight_decay": task.get("weight_decay", 0.01),
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
+            "layer_mix": layer_mix if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
+            **({"subword_labels": task.get("subword_labels", "first"),
+                "subword_decoding": task.get("subword_decoding", "first")}
+               if task.kind == "token" else {}),
             **({"pooling": resolve_pooling(task.get("pooling"), mode)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
@@ -185,6 +193,7 @@ def evaluate_suite(
             data_dir=eval_cfg.get("data_dir"),
             mode=eval_cfg.get("mode", "finetune"),
             mix_layers=int(eval_cfg.get("mix_layers", 4)),
+            layer_mix=eval_cfg.get("layer_mix", "average"),
             arch=arch,
             random_init=eval_cfg.get("random_init"),
             loggers=loggers,
