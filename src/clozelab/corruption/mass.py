@@ -39,7 +39,7 @@ class MassMasking(Seq2SeqCorruption):
     """
 
     produces = (*Seq2SeqCorruption.produces, "decoder_position_ids")
-    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus_dir"}  # unigram replacement
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ class Restore(Seq2SeqCorruption):
     decoder_start, bos: see ``Seq2SeqCorruption``.
     """
 
-    accepts_corpus = True
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus_dir"}  # the steps' tables
 
     def __init__(self, steps, decoder_start: str = "eos", bos: bool = True, **runtime) -> None:
         corpus = {"corpus_dir": runtime.pop("corpus_dir", None)}
