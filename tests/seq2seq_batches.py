@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.corruption.base import Corruption
 
 
