@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clozelab.core.errors import ClozelabError
 from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.mask import TokenMasking
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
