@@ -11,8 +11,8 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from clozelab.core.errors import ClozelabError
 from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.mask import TokenMasking
 from clozelab.corruption.runtime import runtime_kwargs
 from clozelab.data.shards import ShardWriter

@@ -10,8 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.core.errors import ClozelabError
 from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.delete import Deletion
 from clozelab.corruption.ernie import ErnieMasking

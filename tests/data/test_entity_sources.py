@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.core.errors import ClozelabError
 from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.ernie import ErnieMasking
 from clozelab.corruption.masking import UnitMasking
 from clozelab.data import instances as inst
