@@ -70,7 +70,7 @@ def test_span_delete_preset_validates_runs_and_hits_the_budget(compose_pretrain)
 
     node = OmegaConf.load(conf_dir() / "corruption" / "span_delete.yaml")
     node.steps[0].replace_distribution = "uniform"  # no shards here to count unigrams from
-    corruption = build(node, "corruption", corpus_dir=None, pad_token_id=PAD, **TOK)
+    corruption = build(node, "corruption", corpus=None, pad_token_id=PAD, **TOK)
     batch = make_batch(b=256)
     out = corruption(batch, gen(0))
     n = int((~batch["special_tokens_mask"].bool()).sum())

@@ -422,7 +422,7 @@ def test_compose_from_config():
             ],
         }
     )
-    corruption = build(node, "corruption", corpus_dir=None, pad_token_id=PAD, **TOK)
+    corruption = build(node, "corruption", corpus=None, pad_token_id=PAD, **TOK)
     out = corruption(make_batch(b=8), gen(0))
     assert {"span_bounds", "order_labels", "mlm_labels"} <= set(out)
     assert "span_bounds" in Compose.produces_for(node)

@@ -280,7 +280,7 @@ def test_spacy_chunks_in_shards_feed_the_phrase_corruption(tmp_path, spacy_model
         "vocab_size": tok_ids.vocab_size,
         "mask_token_id": tok_ids.mask_id,
         "special_token_ids": tok_ids.special_ids,
-        "corpus_dir": str(prepared.train_dir),
+        "corpus": prepared.corpus_stats,
     }
     masker = UnitMasking(
         unit="phrase",
@@ -310,7 +310,7 @@ def test_spacy_chunks_in_shards_feed_the_phrase_corruption(tmp_path, spacy_model
         UnitMasking(
             unit="phrase",
             phrase_source="spacy_chunks",
-            **{**kwargs, "corpus_dir": str(plain.train_dir)},
+            **{**kwargs, "corpus": plain.corpus_stats},
         )
 
 

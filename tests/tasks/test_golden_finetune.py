@@ -88,7 +88,7 @@ KINDS = {
 }
 
 # kind -> every metric's per-seed values and each seed's final training loss (seeds 1, 2);
-# recorded on main bab885e
+# recorded on main 9151106
 GOLDEN = {
     "classification": {"accuracy": [0.5, 0.5], "final_train_loss": [0.69451, 0.692364]},
     "qa": {

@@ -39,7 +39,7 @@ DISTRIBUTIONS = ("uniform", "unigram")
 
 
 #: The optional run-time inputs a corruption may declare in ``Corruption.runtime_inputs``.
-RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus_dir")
+RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus")
 
 
 class Corruption:
@@ -62,8 +62,9 @@ class Corruption:
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
     #: Optional run-time inputs (keyword arguments) besides the tokenizer's vocab_size,
     #: mask_token_id and special_token_ids: any of ``RUNTIME_INPUTS``: ``pad_token_id`` /
-    #: ``eos_token_id`` (the tokenizer's [PAD] / [SEP] ids), ``corpus_dir`` (the training shards,
-    #: for corpus tables).
+    #: ``eos_token_id`` (the tokenizer's [PAD] / [SEP] ids), ``corpus`` (the training corpus's
+    #: statistics, ``clozelab.data.corpus_stats.CorpusStats``: unigram counts, phrase table; None
+    #: when the corruption is built without a corpus).
     runtime_inputs: ClassVar[frozenset[str]] = frozenset()
     #: Whether the positions it corrupts count against the shared budget of a ``Compose``
     #: (False for Reorder: it moves tokens whatever an earlier step did).
@@ -80,7 +81,7 @@ class Corruption:
         if old:
             raise TypeError(
                 f"{cls.__qualname__}: {old} are replaced by the declared hook "
-                "runtime_inputs = frozenset({'corpus_dir', 'pad_token_id', 'eos_token_id'})"
+                "runtime_inputs = frozenset({'corpus', 'pad_token_id', 'eos_token_id'})"
             )
         unknown = set(cls.runtime_inputs) - set(RUNTIME_INPUTS)
         if unknown:
@@ -331,14 +332,14 @@ def replacement_sampler(
     special_token_ids: Iterable[int],
     replace_from: str,
     replace_distribution: str,
-    corpus_dir: str | None = None,
+    corpus=None,
     replacement_probs: Tensor | None = None,
     needed: bool = True,
 ) -> ReplacementSampler:
     """The sampler of a corruption that writes random tokens (``replace_distribution`` choice).
 
     ``uniform`` draws uniformly (``replace_from`` says over which ids); ``unigram`` weights the ids
-    by their counts in the training shards (``corpus_dir``, counted once and cached). Explicit
+    by their counts in the training corpus (``corpus``: its ``CorpusStats``, counted once). Explicit
     ``replacement_probs`` (tests, custom tables) win over both. Without a table, a ``unigram``
     corruption that may replace (``needed``) is still built (tests, ``preview`` of a config) but
     flagged: its ``check_table`` raises a clear error before the first batch is corrupted.
@@ -346,10 +347,8 @@ def replacement_sampler(
     distribution = check_choice(
         replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
     )
-    if replacement_probs is None and distribution == "unigram" and corpus_dir:
-        from clozelab.corruption.corpus_stats import unigram_counts
-
-        replacement_probs = unigram_counts(corpus_dir, vocab_size)
+    if replacement_probs is None and distribution == "unigram" and corpus is not None:
+        replacement_probs = corpus.unigram_counts(vocab_size)
     sampler = ReplacementSampler(
         vocab_size, special_token_ids, replace_from, probs=replacement_probs
     )

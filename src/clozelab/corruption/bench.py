@@ -147,7 +147,7 @@ def build_preset(name: str, tokenizer, clean):
     node = OmegaConf.load(conf_dir() / "corruption" / f"{name}.yaml")
     cls = target_class(node, "corruption")
     runtime = runtime_kwargs(cls, tokenizer, None)
-    if "corpus_dir" in runtime and node.get("replace_distribution") == "unigram":
+    if "corpus" in runtime and node.get("replace_distribution") == "unigram":
         counts = torch.bincount(clean["input_ids"].flatten(), minlength=tokenizer.vocab_size)
         runtime["replacement_probs"] = counts.double() + 1.0
     corruption = build(node, f"corruption={name}", **runtime)

@@ -84,7 +84,7 @@ class ErnieMasking(MaskingCorruption):
             from clozelab.corruption.phrases import phrase_source as phrases_from
 
             self.phrases = phrases_from(
-                phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
+                phrase_source, self.corpus, phrase_min_count, phrase_threshold
             )
 
     def rate_of_remaining(self) -> bool:

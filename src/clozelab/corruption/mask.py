@@ -56,7 +56,7 @@ class TokenMasking(Corruption):
         replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies: the seeds'
             "sampled by unigram probability"; the table is counted once from the shards).
         vocab_size, mask_token_id, special_token_ids: taken from the tokenizer at run time.
-        corpus_dir: training shards (runtime; needed by ``unigram``).
+        corpus: the training corpus's statistics (run time; ``unigram`` and phrases need it).
         replacement_probs: optional explicit ``[vocab_size]`` weights for random tokens.
 
     Produces ``input_ids`` (corrupted copy), ``mlm_labels`` (original id at chosen positions,
@@ -64,7 +64,7 @@ class TokenMasking(Corruption):
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask")
-    runtime_inputs = frozenset({"corpus_dir"})  # unigram replacement counts the shards
+    runtime_inputs = frozenset({"corpus"})  # unigram counts / phrase table of the corpus
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class TokenMasking(Corruption):
         vocab_size: int,
         mask_token_id: int,
         special_token_ids: Iterable[int],
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
@@ -112,7 +112,7 @@ class TokenMasking(Corruption):
             specials,
             replace_from,
             replace_distribution,
-            corpus_dir,
+            corpus,
             replacement_probs,
             needed=self.mix.random > 0,
         )

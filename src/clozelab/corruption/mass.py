@@ -39,7 +39,7 @@ class MassMasking(Seq2SeqCorruption):
     """
 
     produces = (*Seq2SeqCorruption.produces, "decoder_position_ids")
-    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus_dir"}  # unigram replacement
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus"}  # unigram replacement
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class MassMasking(Seq2SeqCorruption):
         replace_distribution: str = "uniform",
         decoder_start: str = "mask",
         bos: bool = True,
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
@@ -60,7 +60,7 @@ class MassMasking(Seq2SeqCorruption):
         self.mix = OperationMix(mask_prob, random_prob, keep_prob)
         self.sampler = replacement_sampler(
             self.vocab_size, [*self.special_token_ids, self.mask_token_id], replace_from,
-            replace_distribution, corpus_dir, replacement_probs, needed=self.mix.random > 0,
+            replace_distribution, corpus, replacement_probs, needed=self.mix.random > 0,
         )  # fmt: skip
 
     def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:

@@ -1,5 +1,5 @@
 """The run-time arguments a corruption gets besides its config: tokenizer ids, and the optional
-inputs it declares in ``Corruption.runtime_inputs`` (pad/eos ids, the training shards)."""
+inputs it declares in ``Corruption.runtime_inputs`` (pad/eos ids, the corpus statistics)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def runtime_kwargs(cls, tokenizer, prepared=None) -> dict:
         "special_token_ids": tokenizer.special_ids,
     }
     optional = {
-        "corpus_dir": lambda: str(prepared.train_dir) if prepared is not None else None,
+        "corpus": lambda: prepared.corpus_stats if prepared is not None else None,
         "pad_token_id": lambda: tokenizer.pad_id,
         "eos_token_id": lambda: tokenizer.sep_id,
     }
