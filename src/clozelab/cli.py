@@ -116,8 +116,17 @@ def run_command(command: str, overrides: list[str]) -> None:
     main()
 
 
+def user_modules_importable() -> None:
+    """Put the working directory on ``sys.path``, as ``python -m clozelab`` does, so the console
+    script also finds a user's own components (``corruption._target_=my_module.MyCorruption``)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    user_modules_importable()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
