@@ -201,7 +201,33 @@ class TransformerLayer(nn.Module):
         return self.output_norm(x + self.dropout(self.feed_forward(x)))  # (B, T, H)
 
 
-class TransformerEncoder(nn.Module):
+#: What each position's output state has read (``Encoder.context_for``).
+CONTEXTS = ("bidirectional", "causal", "split_directions")
+
+
+class Encoder(nn.Module):
+    """Base of the encoders (DESIGN §3): the hooks clozelab asks an encoder about.
+
+    Contract: ``encoder(hidden, attention_mask=None, output_hidden_states=False) ->
+    EncoderOutput`` (``last_hidden_state`` [B, T, H], ``hidden_states`` when asked), with the
+    attributes ``hidden_size`` and ``num_layers``. A user's encoder in their own module subclasses
+    this and is selected with ``encoder._target_=my_module.MyEncoder`` (or a config file of the
+    encoder group).
+    """
+
+    hidden_size: int
+    num_layers: int
+
+    @classmethod
+    def context_for(cls, node) -> str:
+        """What a position's output has read, for the encoder configured by ``node``: one of
+        ``CONTEXTS``: ``bidirectional`` (every token: the default), ``causal`` (itself and the
+        tokens before it; a next-token LM needs it) or ``split_directions`` (separate forward and
+        backward halves, ELMo's biLM)."""
+        return "bidirectional"
+
+
+class TransformerEncoder(Encoder):
     """A stack of ``num_layers`` post-LN BERT layers (HF ``BertEncoder`` compatible).
 
     Args:

@@ -13,6 +13,8 @@ from clozelab.core.config import component_class, target_class
 from clozelab.core.errors import ClozelabError, config_error
 from clozelab.corruption.base import Corruption
 from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
+from clozelab.model.embeddings import Embedding
+from clozelab.model.encoder import Encoder
 from clozelab.objectives.base import Objective
 from clozelab.training.scale import validate_trainer
 
@@ -53,6 +55,15 @@ def _probability(cfg, key: str, low_open: bool, high_open: bool):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise config_error(key, value, f"must lie in {interval}", f"e.g. {key}=0.15")
     return float(value)
+
+
+def validate_body(cfg: DictConfig) -> None:
+    """The embedding and encoder name classes of their extension points (``Embedding``,
+    ``Encoder``: the hooks clozelab asks them about)."""
+    for key, base in (("embedding", Embedding), ("encoder", Encoder)):
+        node = cfg_select(cfg, key)
+        if node is not None and node.get("_target_"):
+            component_class(node, key, base)
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -248,6 +259,7 @@ def validate_budget(cfg: DictConfig) -> None:
 def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_data(cfg)
     validate_model(cfg)
+    validate_body(cfg)
     validate_corruption(cfg)
     validate_budget(cfg)
     validate_dialogue(cfg)
