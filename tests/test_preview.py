@@ -22,7 +22,7 @@ PREVIEW_DROP = (
 )
 
 
-@pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase", "mask_insert"])
+@pytest.mark.parametrize("name", ["span", "whole_word", "delete", "phrase", "mask_insert", "plm"])
 def test_preview_writes_statistics(compose_pretrain, tmp_path, name, capsys):
     from clozelab.preview import preview
 
@@ -57,6 +57,12 @@ def test_preview_writes_statistics(compose_pretrain, tmp_path, name, capsys):
         assert abs(written["op_fractions"]["mask"] - 0.8) < 0.1
     if name == "delete":
         assert written["op_fractions"]["delete"] == 1.0
+    if name == "plm":  # XLNet: ~1/6 predicted in spans, every rule of the order kept
+        assert 0.12 < written["plm_predicted_fraction"] < 0.2
+        assert 1.5 < written["plm_span_length_tokens_mean"] < 3.0
+        assert written["plm_order_violations"] == 0
+        assert 0 < written["plm_first_prediction_context_fraction_mean"] < 1
+        return
     if name == "mask_insert":  # 12% masked + 3% inserted: one budget
         assert abs(written["corrupted_fraction"] - 0.15) < 0.02
         assert 0.15 < written["op_fractions"]["insert"] < 0.25

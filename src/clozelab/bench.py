@@ -13,6 +13,8 @@ Sections (``bench.sections``):
 - ``unpad``: padded batches (row lengths uniform in [``bench.unpad.min_length``, seq_len]): our
   step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
   loss of both at equal weights, and HF on the same batches.
+- ``plm``: XLNet permutation LM, our step against HF ``XLNetLMHeadModel`` at the
+  ``bench.pretrain`` sizes (``clozelab.bench_plm``).
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
@@ -22,7 +24,6 @@ prints a table.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
@@ -38,20 +39,28 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.core.errors import config_error
+from clozelab.training.timing import (
+    check_precisions as _check_precisions,
+)
+from clozelab.training.timing import (
+    sync as _sync,
+)
+from clozelab.training.timing import (
+    synthetic_instances as _instances,
+)
+from clozelab.training.timing import (
+    time_models,
+)
+from clozelab.training.timing import (
+    to_device as _to_device,
+)
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "corruption")
-PRECISIONS = ("fp32", "bf16")
+SECTIONS = ("pretrain", "unpad", "plm", "corruption")
 DEVICES = ("cpu", "cuda")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------- peak
 def matmul_peak_gflops(
     size: int = 2048, repeats: int = 5, dtype=torch.float32, device: str | torch.device = "cpu"
 ) -> float:
@@ -81,30 +90,6 @@ def step_flops(
 
 
 # ---------------------------------------------------------------------------- batches
-def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng,
-               min_length: int | None = None) -> list[dict]:  # fmt: skip
-    """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length; with
-    ``min_length``, every length uniform in [min_length, seq_len]."""
-    items = []
-    for i in range(n):
-        if min_length is not None:
-            length = int(rng.integers(max(min_length, 5), seq_len + 1))
-        elif rng.random() >= short_fraction:
-            length = seq_len
-        else:
-            length = int(rng.integers(8, seq_len))
-        ids = rng.integers(5, vocab, length)
-        cut = int(rng.integers(2, length - 2))
-        ids[0], ids[cut], ids[-1] = 2, 3, 3
-        types = np.zeros(length, dtype=np.int64)
-        types[cut + 1 :] = 1
-        special = np.zeros(length, dtype=np.int64)
-        special[[0, cut, length - 1]] = 1
-        items.append({"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special,
-                      "index": i, "next_sentence_label": int(rng.integers(0, 2))})  # fmt: skip
-    return items
-
-
 def make_batches(p: DictConfig, n: int, seed: int, min_length: int | None = None):
     """``n`` corrupted batches and the seconds one took to collate + corrupt."""
     from clozelab.corruption.mask import TokenMasking
@@ -151,7 +136,9 @@ def build_ours(p: DictConfig, **encoder_kw):
                                  **encoder_options(p, **encoder_kw))  # fmt: skip
     ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
     if p.get("compile", False):
-        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"))
+        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"),
+                           dynamic=p.get("compile_dynamic"),
+                           backend=p.get("compile_backend", "inductor"))  # fmt: skip
     return ours
 
 
@@ -195,60 +182,6 @@ def _hf_loss(model, batch):
     ).loss
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _optimizer(model, lr: float):
-    from clozelab.training.optim import parameter_groups
-
-    return torch.optim.AdamW(parameter_groups(model, 0.01), lr=lr, eps=1e-6)
-
-
-def _train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str) -> float:
-    """Seconds for ``steps`` optimizer steps, cycling over ``batches``."""
-    device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        batch = batches[i % len(batches)]
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(precision, device):
-            loss = loss_fn(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def time_models(models: dict[str, tuple], batches, p: DictConfig, precision: str) -> dict:
-    """Seconds per training step of each ``(model, loss_fn)``: warm-up, then ``p.rounds``
-    rounds of ``p.steps`` steps, the models alternating so they see the same machine."""
-    seconds = dict.fromkeys(models, 0.0)
-    optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
-    for name, (model, fn) in models.items():
-        _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
-    for _ in range(p.rounds):
-        for name, (model, fn) in models.items():
-            seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
-                                          precision)  # fmt: skip
-    return {name: total / (p.rounds * p.steps) for name, total in seconds.items()}
-
-
-def _check_precisions(key: str, precisions) -> None:
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise config_error(key, precision, "unknown precision",
-                               f"use a list of {list(PRECISIONS)}")  # fmt: skip
-
-
-def _to_device(batches: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-
-
 def _eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
     """Each model's loss on ``batch`` in eval mode (dropout off), fp32."""
     losses = {}
@@ -281,10 +214,14 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
         models["hf"] = (hf, _hf_loss)
     for precision in p.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, step_s in time_models(models, batches, p, precision).items():
+        graphs: dict = {}
+        for name, step_s in time_models(models, batches, p, precision, graphs).items():
             out[f"pretrain.{name}_step_s{suffix}"] = step_s
             out[f"pretrain.{name}_tokens_per_s{suffix}"] = tokens / step_s
             out[f"pretrain.{name}_mfu{suffix}"] = flops / step_s / (peaks[precision] * 1e9)
+        if p.get("compile", False):  # graphs traced in warm-up, and recompiles while timing
+            out[f"pretrain.compiled_graphs{suffix}"] = graphs["warmup"]
+            out[f"pretrain.recompiles_while_timing{suffix}"] = graphs["timing"]
     for precision in p.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
         if p.hf:  # ratios against HF in fp32 (its default), and against HF in the same precision
@@ -411,6 +348,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         results.update(bench_pretrain(p, peaks, device))
     if "unpad" in sections:
         results.update(bench_unpad(p, b.unpad, device))
+    if "plm" in sections:
+        from clozelab.bench_plm import bench_plm
+
+        results.update(bench_plm(p, b.plm, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
     run_dir = Path(cfg.paths.output_dir)

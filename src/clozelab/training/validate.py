@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from clozelab.core.config import component_class, target_class
 from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.keys import check_arguments
 from clozelab.corruption.base import Corruption
 from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
 from clozelab.model.embeddings import Embedding
@@ -225,6 +226,7 @@ def validate_data(cfg: DictConfig) -> None:
             "data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}"
         )
     _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.pad_to_multiple_of", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
     single = cfg_select(cfg, "data.sop_single_sentence")
@@ -257,6 +259,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
+    check_arguments(cfg)  # trainer/optim/scheduler/logger keys against what reads them
     validate_data(cfg)
     validate_model(cfg)
     validate_body(cfg)
