@@ -1,5 +1,5 @@
-"""Users extend clozelab without forking: the corruption and objective of examples/ live in the
-user's own modules, are selected from the command line (a config group file on
+"""Users extend clozelab without forking: the corruption, objective and task of examples/ live in
+the user's own modules, are selected from the command line (a config group file on
 ``hydra.searchpath``, or ``_target_`` overrides), trained end to end, and refused at compose time
 exactly as built-in components are."""
 
@@ -81,3 +81,38 @@ def test_user_components_from_the_command_line(tmp_path, cache_dir, text_corpus)
     assert metrics["status"] == "completed" and math.isfinite(metrics["train/detect_loss"])
     saved = (run / "config.yaml").read_text()
     assert "my_corruption.TailMasking" in saved and "rate: 0.3" in saved
+
+
+def _finetune_cfg(tmp_path, *overrides):
+    from helpers import WORDS, compose_config
+
+    from clozelab.data.tokenizer import train_wordpiece
+
+    tok = train_wordpiece([" ".join(WORDS)] * 3, 200, min_frequency=1).save(tmp_path / "tok")
+    lines = [" ".join(WORDS[: 3 + (i * 7) % 25]) for i in range(60)]  # 3..27 words
+    (tmp_path / "sentences.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    sizes = ("model=tiny", "model.hidden_size=32", "model.num_heads=2", "model.num_layers=2",
+             "model.intermediate_size=64")  # fmt: skip
+    return compose_config(
+        f"hydra.searchpath=[file://{EXAMPLES / 'conf'}]",
+        "task=sentlen", f"task.file={tmp_path / 'sentences.txt'}", "task.epochs=2",
+        "checkpoint=none", f"random_init.tokenizer={tok}", "seeds=[1]", *sizes,
+        f"paths.output_dir={tmp_path / 'out'}", "logger=csv", *overrides, name="finetune",
+    )  # fmt: skip
+
+
+def test_user_task_fine_tunes_end_to_end(tmp_path, user_modules):
+    from clozelab.finetune import finetune
+
+    result = finetune(_finetune_cfg(tmp_path))
+    saved = json.loads((tmp_path / "out" / "eval" / "sentlen.json").read_text())
+    assert saved["kind"] == "classification" and saved["metric"] == "accuracy"
+    assert 0.0 <= result["value"] <= 1.0 and saved["protocol"]["eval_examples"] == 12
+
+
+def test_a_task_target_that_is_no_task_is_refused(tmp_path, user_modules):
+    from clozelab.finetune import finetune
+
+    cfg = _finetune_cfg(tmp_path, "task._target_=my_corruption.TailMasking")
+    with pytest.raises(ClozelabError, match=r"task._target_=.*is not a Task"):
+        finetune(cfg)

@@ -25,8 +25,6 @@ from clozelab.data.packages import package_dir
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.bundled_data import gensim_file, read_conversations, read_word_pairs
 
-ZERO_SHOT = ("word_similarity", "response_selection")
-
 
 def text_vectors(backbone: Backbone, task: DictConfig, texts: list[str]) -> Tensor:
     """Mean-pooled vectors of ``texts`` at ``task.layers`` (-1: the last layer; a list is
@@ -81,12 +79,3 @@ def response_selection(
         n = len(pairs)
         results.append({"accuracy": hits / n, "mrr": reciprocal / n, "pairs": float(n)})
     return results
-
-
-def score_zero_shot(backbone: Backbone, task: DictConfig, seeds: list[int]) -> list[dict]:
-    """One metrics dict per seed (word similarity is deterministic: the same for each)."""
-    if task.kind == "word_similarity":
-        return [word_similarity(backbone, task)] * len(seeds)
-    if task.kind == "response_selection":
-        return response_selection(backbone, task, seeds)
-    raise config_error("task.kind", task.kind, "not a zero-shot task", f"use one of {ZERO_SHOT}")

@@ -22,10 +22,8 @@ from clozelab.core.config import conf_dir
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import write_json
 from clozelab.tasks.backbone import NONE, Backbone, load_backbone
-from clozelab.tasks.bundled import ZERO_SHOT, score_zero_shot
-from clozelab.tasks.heads import resolve_pooling
-from clozelab.tasks.readers import read_task
-from clozelab.training.finetuning import DEFAULT_METRICS, prepare, run_seed
+from clozelab.tasks.kinds import task_for
+from clozelab.training.finetuning import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +89,19 @@ def run_task(
     start = time.perf_counter()
     backbone = make()
     runs = []
-    if task.kind in ZERO_SHOT:
-        scores = score_zero_shot(backbone, task, list(seeds))
+    kind = task_for(task)
+    if kind.zero_shot:
+        scores = kind.score_zero_shot(backbone, list(seeds))
         runs = [{"seed": s, "metrics": m} for s, m in zip(seeds, scores, strict=True)]
-        layers = task.get("layers", -1)
-        layers = layers if isinstance(layers, int) else [int(i) for i in layers]
-        protocol = {"training": "none (zero-shot, frozen encoder, mean-pooled)", "layers": layers}
-        metric = task.get("metric") or "spearman"
+        protocol = kind.protocol(mode)
     else:
-        splits = read_task(task, data_dir)
-        prepared = prepare(task, splits, backbone)
+        splits = kind.read(data_dir)
+        prepared = kind.encode(splits, backbone)
         for seed in seeds:
             log.info("task %s seed %d: %d train / %d validation features",
                      name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
-            facts = run_seed(make, prepared, task, seed, mode, mix_layers, layer_mix)
+            facts = run_seed(make, prepared, kind, seed, mode, mix_layers, layer_mix)
             runs.append({"seed": seed, **facts})
-        metric = task.get("metric") or DEFAULT_METRICS[task.kind][0]
         protocol = {
             "split": "validation (dev)" if not task.get("holdout") else
                      f"held-out {1 - float(task.holdout):.0%} of the validation file",
@@ -122,24 +117,16 @@ def run_task(
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
             "layer_mix": layer_mix if mode == "features" else None,
-            "decoder": task.get("decoder") if task.kind == "token" else None,
-            **({"subword_labels": task.get("subword_labels", "first"),
-                "subword_decoding": task.get("subword_decoding", "first")}
-               if task.kind == "token" else {}),
-            **({"pooling": resolve_pooling(task.get("pooling"), mode)}
-               if task.kind in ("classification", "regression") else {}),
-            **({"max_span_length": task.get("max_span_length", 8),
-                "span_endpoints": task.get("span_endpoints", "ffn"),
-                "span_pooling": task.get("span_pooling", "attention"),
-                "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),
+            **kind.protocol(mode),
         }  # fmt: skip
+    metric = task.get("metric") or kind.default_metrics[0]
     names = sorted({k for r in runs for k in r["metrics"]})
     summary = {k: _summary([float(r["metrics"][k]) for r in runs]) for k in names}
     if metric not in summary:
         raise config_error("task.metric", metric, f"not computed (have {names})", "pick one")
     result = {
         "task": name,
-        "kind": task.kind,
+        "kind": kind.kind,
         "metric": metric,
         "value": summary[metric]["mean"],
         "std": summary[metric]["std"],
