@@ -110,7 +110,7 @@ def _modes(directory: Path) -> dict[str, int]:
 def test_written_files_get_the_users_umask_mode(tiny_run, tmp_path):
     """Checkpoints and exports go through private temporaries (mkstemp and safetensors create
     0600 files); the files left must carry the umask's mode like every other file of the run."""
-    from clozelab.training.checkpoint import current_umask
+    from clozelab.core.rundir import current_umask
 
     usual = 0o666 & ~current_umask()
     assert _modes(tiny_run)["checkpoints/last.ckpt"] == usual

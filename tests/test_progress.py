@@ -41,10 +41,27 @@ def test_shown_metrics_leave_out_v_num():
     assert text == "loss 7.1235 · 4,100 tokens/s · val/mlm_loss 6.5000"
 
 
-def test_plain_lines_start_at_the_first_step_with_budget_and_eta(compose_pretrain, caplog):
-    caplog.set_level(logging.INFO, logger="clozelab.training.callbacks")
-    pretrain(compose_pretrain("callbacks.log_every_n_steps=4", "initial_validation=false"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "clozelab.training.callbacks"]
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_plain_lines_start_at_the_first_step_with_budget_and_eta(compose_pretrain, monkeypatch):
+    from clozelab.training.callbacks import log
+
+    handler = _Lines()  # on the logger itself: whatever an earlier test did to logging's config
+    monkeypatch.setattr(log, "disabled", False)
+    monkeypatch.setattr(log, "level", logging.INFO)
+    log.addHandler(handler)
+    try:
+        pretrain(compose_pretrain("callbacks.log_every_n_steps=4", "initial_validation=false"))
+    finally:
+        log.removeHandler(handler)
+    lines = handler.lines
     steps = [line for line in lines if line.startswith("step ")]
     assert lines[0].startswith("training: step 0/6 · 0 tokens (0%)")
     assert steps[0].startswith("step 1/6 · ") and "ETA" in steps[0] and "tokens/s" in steps[0]

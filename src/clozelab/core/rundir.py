@@ -36,13 +36,29 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 # ---------------------------------------------------------------------------- atomic writes
+def current_umask() -> int:
+    """The process's file-mode creation mask (``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | Path) -> None:
+    """Give a file written through a private temporary (``mkstemp``: 0600; safetensors: 0600)
+    the mode an ordinary ``open()`` would: 0666 less the umask, so a shared cluster's group can
+    read a checkpoint or an export just like the other files of the run."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``
+    (with the user's usual file mode, whatever mode ``write`` created it with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        user_mode(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import user_mode
 
 TMP_PREFIX = ".tmp-"
 
@@ -37,20 +38,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def current_umask() -> int:
-    """The process's file-mode creation mask (``os.umask`` can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def user_mode(path: str | Path) -> None:
-    """Give a file written through a private temporary (``mkstemp``: 0600; safetensors: 0600)
-    the mode an ordinary ``open()`` would: 0666 less the umask, so a shared cluster's group can
-    read a checkpoint or an export just like the other files of the run."""
-    os.chmod(path, 0o666 & ~current_umask())
 
 
 def write_bytes_atomic(payload: Any, path: str | Path) -> None:

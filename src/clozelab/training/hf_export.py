@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from clozelab.core.errors import ClozelabError
-from clozelab.training.checkpoint import user_mode
+from clozelab.core.rundir import user_mode
 from clozelab.training.components import pretraining_heads
 
 log = logging.getLogger(__name__)
