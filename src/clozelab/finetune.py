@@ -129,7 +129,7 @@ def run_task(
             **({"subword_labels": task.get("subword_labels", "first"),
                 "subword_decoding": task.get("subword_decoding", "first")}
                if task.kind == "token" else {}),
-            **({"pooling": resolve_pooling(task.get("pooling"), mode)}
+            **({"pooling": resolve_pooling(task.get("pooling"), mode, backbone.summary_pooling)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
                 "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),

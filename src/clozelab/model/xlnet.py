@@ -229,6 +229,8 @@ class XLNetEncoder(nn.Module):
 
     #: batch keys ``forward`` reads besides the embedded input and the attention mask
     batch_inputs = ("token_type_ids", "perm_mask", "target_mapping")
+    #: the token a sequence-level downstream head reads by default: XLNet's [CLS] sits last
+    summary_pooling = "last"
 
     def __init__(
         self,
