@@ -219,6 +219,7 @@ def pretrain(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
     )
     pair_kinds = datamodule.pair_kinds()
     if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs

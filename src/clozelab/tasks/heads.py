@@ -151,7 +151,8 @@ class TaskModel(nn.Module):
             subword) or ``mean`` (the average of its subwords' label distributions; with a CRF,
             the average of their emission scores, then Viterbi over words).
         dropout: dropout before the output layer.
-        max_span_length, span_decoding: span_ner only (see ``SpanHead``).
+        max_span_length, span_decoding, span_endpoints, span_pooling: span_ner only (see
+            ``SpanHead``: decoding, endpoints ffn | linear, pooling attention | mean).
         pooling: classification / regression only: ``cls`` (the [CLS] vector through the
             pooler, pre-trained when the checkpoint has one), ``mean`` (the mean of the
             non-padding token vectors through a fresh pooler) or ``last`` (the last real token
@@ -174,6 +175,8 @@ class TaskModel(nn.Module):
         dropout: float = 0.1,
         max_span_length: int = 8,
         span_decoding: str = "nested",
+        span_endpoints: str = "ffn",
+        span_pooling: str = "attention",
         pooling: str | None = None,
     ):
         super().__init__()
@@ -219,7 +222,10 @@ class TaskModel(nn.Module):
             elif backbone.pooler is None:
                 self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
         if kind == "span_ner":
-            self.output = SpanHead(hidden, num_labels, max_span_length, dropout, span_decoding)
+            self.output = SpanHead(
+                hidden, num_labels, max_span_length, dropout, span_decoding, span_endpoints,
+                span_pooling,
+            )  # fmt: skip
         else:
             out = {"classification": num_labels, "regression": 1, "token": num_labels, "qa": 2}
             self.output = nn.Linear(hidden, out[kind])

@@ -299,6 +299,8 @@ def run_seed(
         dropout=float(task.get("dropout", 0.1)),
         max_span_length=int(task.get("max_span_length", 8)),
         span_decoding=task.get("decoding", "nested"),
+        span_endpoints=task.get("span_endpoints", "ffn"),
+        span_pooling=task.get("span_pooling", "attention"),
         pooling=task.get("pooling"),
     )
     pad_id = backbone.tokenizer.pad_id
