@@ -36,6 +36,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
@@ -43,7 +44,6 @@ from clozelab.corruption.base import (
     check_positive_int,
     choose_k,
 )
-from clozelab.errors import config_error
 
 
 def _positions_rank(priority: Tensor) -> Tensor:

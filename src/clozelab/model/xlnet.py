@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
-from clozelab.model.encoder import EncoderOutput, FeedForward
+from clozelab.core.errors import config_error
+from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward
 from clozelab.model.heads import Dropout, canonical_activation, dropout, init_bert_weights
 
 
@@ -209,7 +209,7 @@ def target_positions(target_mapping: Tensor) -> tuple[Tensor, Tensor]:
     return target_mapping.argmax(-1), valid
 
 
-class XLNetEncoder(nn.Module):
+class XLNetEncoder(Encoder):
     """XLNet's stack: relative two-stream attention layers (SPECS §18), HF ``XLNetModel``
     computation-exact.
 
@@ -227,10 +227,8 @@ class XLNetEncoder(nn.Module):
             recipes leave it off; ``forward(..., mems=...)`` uses given memories in any case.
     """
 
-    #: batch keys ``forward`` reads besides the embedded input and the attention mask
     batch_inputs = ("token_type_ids", "perm_mask", "target_mapping")
-    #: the token a sequence-level downstream head reads by default: XLNet's [CLS] sits last
-    summary_pooling = "last"
+    summary_pooling = "last"  # XLNet's [CLS] sits at the end: heads read the last real token
 
     def __init__(
         self,

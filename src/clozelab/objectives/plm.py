@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
+from clozelab.model.xlnet import TwoStreamOutput
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
 
@@ -43,7 +44,8 @@ class PermutationLM(Objective):
     def forward(
         self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module
     ) -> ObjectiveOutput:
-        query = getattr(encoder_output, "query_hidden_state", None)
+        query = encoder_output.query_hidden_state if isinstance(
+            encoder_output, TwoStreamOutput) else None  # fmt: skip
         if query is None:
             raise config_error(
                 "encoder",
@@ -70,11 +72,10 @@ class PermutationLM(Objective):
     def check_config(cls, cfg, name: str) -> None:
         """Refuse an encoder without a query stream, and Transformer-XL memory in pre-training
         (compose time)."""
-        from clozelab.config import target_class
+        from clozelab.core.config import target_class
 
         encoder = target_class(cfg.encoder, "encoder")
-        reads = set(getattr(encoder, "batch_inputs", ()))
-        if not {"perm_mask", "target_mapping"} <= reads:
+        if not {"perm_mask", "target_mapping"} <= set(encoder.batch_inputs):  # Encoder hook
             raise config_error(
                 "encoder", cfg.encoder.get("_target_"),
                 f"objective.{name} (permutation LM) reads the query stream of a two-stream "
