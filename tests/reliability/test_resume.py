@@ -229,5 +229,6 @@ def test_xlnet_recipe_resumes_exactly(tmp_path, text_corpus, cache_dir, xlnet_re
     assert ours.keys() == theirs.keys()
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"
+    reference = _losses(xlnet_reference)
     for step, loss in _losses(run_dir).items():
         assert loss == reference[step], f"train/loss at step {step}"
