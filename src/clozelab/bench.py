@@ -14,6 +14,8 @@ Sections (``bench.sections``):
   step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
   loss of both at equal weights, and HF on the same batches.
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
+- ``seq2seq``: our T5 encoder-decoder step beside HF ``T5ForConditionalGeneration`` (same weights,
+  span-corrupted batches, AdamW): ``clozelab.bench_seq2seq``.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
 synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
@@ -41,7 +43,7 @@ from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "corruption")
+SECTIONS = ("pretrain", "unpad", "corruption", "seq2seq")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 
@@ -413,6 +415,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         results.update(bench_unpad(p, b.unpad, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
+    if "seq2seq" in sections:
+        from clozelab.bench_seq2seq import bench_seq2seq
+
+        results.update(bench_seq2seq(b.seq2seq, device))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")
