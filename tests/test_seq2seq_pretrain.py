@@ -13,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from seq2seq_batches import TARGET
 
 from clozelab.errors import ClozelabError
+from clozelab.finetune import load_task, run_task
 from clozelab.pretrain import pretrain
 from clozelab.validate import validate_pretrain
 
@@ -46,6 +47,18 @@ def test_tiny_encoder_decoder_pretrains_and_resumes(compose_pretrain, tmp_path, 
     resumed = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))  # max_steps=6
     assert resumed["steps"] == 6 and resumed["status"] == "completed"
     assert resumed["tokens_seen"] > metrics["tokens_seen"]
+    _finetune_both_ways(run, tmp_path)
+
+
+def _finetune_both_ways(run: Path, tmp_path: Path) -> None:
+    """clozelab finetune on the seq2seq run: classification from the encoder alone, and the label
+    written as a word by the decoder (greedy), each scored and written to eval/<task>.json."""
+    small = {"epochs": 1, "max_train_examples": 16, "max_eval_examples": 8, "batch_size": 8}
+    for name, metric in (("polarity", "accuracy"), ("polarity_generate", "accuracy")):
+        task = OmegaConf.merge(load_task(name), small)
+        result = run_task(task, str(run), seeds=[1], eval_dir=tmp_path / "eval")
+        assert 0.0 <= result["value"] <= 1.0 and result["metric"] == metric
+        assert (tmp_path / "eval" / f"{name}.json").is_file()
 
 
 def test_seq2seq_objective_without_a_decoder_is_refused(compose_pretrain):
@@ -77,3 +90,15 @@ def test_a_decoder_no_objective_runs_is_refused(compose_pretrain):
     cfg = compose_pretrain("decoder=t5", "objective=[mlm]")
     with pytest.raises(ClozelabError, match="runs a decoder"):
         validate_pretrain(cfg)
+
+
+def test_a_generation_task_on_an_encoder_only_model_is_refused(tmp_path):
+    from tasks.conftest import TINY_ARCH
+
+    from clozelab.data.tokenizer import train_wordpiece
+
+    tok = train_wordpiece(["a good movie", "a bad movie"] * 5, 120).save(tmp_path / "tok")
+    task = OmegaConf.merge(load_task("polarity_generate"), {"max_train_examples": 4})
+    with pytest.raises(ClozelabError, match="no decoder"):
+        run_task(task, "none", seeds=[1], eval_dir=tmp_path / "eval",
+                 arch=OmegaConf.create(TINY_ARCH), random_init={"tokenizer": str(tok)})  # fmt: skip

@@ -11,11 +11,10 @@ from clozelab.errors import ClozelabError
 from clozelab.model.generate import greedy_decode, strip_after_eos
 from clozelab.model.hf_seq2seq import components_from_hf_config, from_hf_state_dict
 from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder
-from clozelab.tasks.features import pad_batch
+from clozelab.tasks.features import pad_batch, pad_targets
 from clozelab.tasks.generation import (
     GenerationModel,
     encode_generation,
-    pad_targets,
     score_generation,
     text_pairs,
 )
@@ -88,7 +87,7 @@ def test_a_tiny_encoder_decoder_learns_label_words_and_generates_them():
     model = GenerationModel(T5Embeddings(V, H, 0.0), T5Encoder(H, 1, 2, 64, 0.0, 0.0),
                             T5Decoder(H, 1, 2, 64, 0.0, 0.0), tok, max_target_length=4)  # fmt: skip
     features = encode_generation(tok, pairs, 16, 4, model.start_id)
-    batch = {**pad_batch(features, tok.pad_id), **pad_targets(features, tok.pad_id)}
+    batch = pad_batch(features, tok.pad_id)  # labels and decoder inputs from target_ids
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(60):
         optimizer.zero_grad()

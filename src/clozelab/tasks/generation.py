@@ -19,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.generate import greedy_decode, strip_after_eos
-from clozelab.objectives.seq2seq import Seq2Seq
 from clozelab.tasks.metrics import normalize_answer, squad_scores
 from clozelab.tasks.readers import QAExample, TextExample
 
@@ -93,27 +92,32 @@ def encode_generation(tokenizer, pairs: Sequence[TextPair], max_len: int, max_ta
 
 class GenerationModel(nn.Module):
     """A pre-trained encoder-decoder fine-tuned text to text: ``forward(batch)`` gives the
-    teacher-forced loss on the target tokens; ``generate(batch)`` greedy outputs."""
+    teacher-forced cross-entropy on the target tokens (``labels`` != -100, decoded alone);
+    ``generate(batch)`` greedy outputs."""
+
+    mode = "finetune"  # the whole model trains (no frozen-feature mode)
 
     def __init__(self, embedding: nn.Module, encoder: nn.Module, decoder: Decoder, tokenizer,
                  max_target_length: int = 32):  # fmt: skip
         super().__init__()
-        self.embedding, self.encoder = embedding, encoder
-        self.objective = Seq2Seq(decoder)
+        self.embedding, self.encoder, self.decoder = embedding, encoder, decoder
         self.tokenizer, self.max_target_length = tokenizer, int(max_target_length)
         self.start_id = decoder_start_id(decoder, tokenizer)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
-        encoded = self.encoder(hidden, batch["attention_mask"])
-        out = self.objective(encoded, batch, self.embedding)
-        return {"loss": out.loss}
+        memory = self.encoder(hidden, batch["attention_mask"]).last_hidden_state
+        states = self.decoder(batch["decoder_input_ids"], self.embedding, memory,
+                              batch["attention_mask"])  # fmt: skip
+        keep = batch["labels"] != -100
+        logits = self.decoder.logits(states[keep], self.embedding)  # (N, V)
+        return {"loss": F.cross_entropy(logits, batch["labels"][keep])}
 
     def generate(self, batch: dict[str, Tensor]) -> list[list[int]]:
         tok = self.tokenizer
-        ids = greedy_decode(self.embedding, self.encoder, self.objective.decoder,
-                            batch["input_ids"], batch["attention_mask"], self.start_id,
-                            tok.sep_id, tok.pad_id, self.max_target_length)  # fmt: skip
+        ids = greedy_decode(self.embedding, self.encoder, self.decoder, batch["input_ids"],
+                            batch["attention_mask"], self.start_id, tok.sep_id, tok.pad_id,
+                            self.max_target_length)  # fmt: skip
         return [strip_after_eos(row, tok.sep_id) for row in ids.tolist()]
 
 
@@ -132,24 +136,11 @@ def score_generation(predictions: Sequence[str], pairs: Sequence[TextPair],
     return {k: v for k, v in scores.items() if k in names}
 
 
-def pad_targets(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
-    """``labels`` (targets, -100 after each row's end) and ``decoder_input_ids`` (pad there)."""
-    width = max(len(f["target_ids"]) for f in features)
-    labels = torch.full((len(features), width), -100, dtype=torch.long)
-    decoder_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["target_ids"])
-        labels[i, :n] = torch.tensor(f["target_ids"])
-        decoder_ids[i, :n] = torch.tensor(f["decoder_input_ids"])
-    return {"labels": labels, "decoder_input_ids": decoder_ids}
-
-
 __all__ = [
     "GENERATION_METRICS",
     "GenerationModel",
     "TextPair",
     "encode_generation",
-    "pad_targets",
     "score_generation",
     "text_pairs",
 ]

@@ -20,6 +20,13 @@ from omegaconf import DictConfig
 from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.features import encode_qa, encode_spans, encode_text, encode_tokens, pad_batch
+from clozelab.tasks.generation import (
+    GenerationModel,
+    decoder_start_id,
+    encode_generation,
+    score_generation,
+    text_pairs,
+)
 from clozelab.tasks.heads import TaskModel
 from clozelab.tasks.metrics import (
     best_span,
@@ -40,6 +47,7 @@ DEFAULT_METRICS = {
     "token": ["entity_f1"],
     "qa": ["exact_match", "f1"],
     "span_ner": ["entity_f1"],
+    "generation": ["exact_match", "f1"],
 }
 
 
@@ -90,9 +98,29 @@ def prepare(task: DictConfig, splits: dict, backbone: Backbone) -> Prepared:
         k = int(task.get("max_span_length", 8))
         enc = lambda xs: encode_spans(tok, xs, max_len, index, k)  # noqa: E731
         return Prepared(kind, enc(train), enc(validation), len(labels), labels, validation)
+    if kind == "generation":  # text-to-text with the run's decoder (tasks/generation.py)
+        start = decoder_start_id(_decoder(backbone, task), tok)
+        target_len = int(task.get("max_target_length", 32))
+        train_pairs = text_pairs(task, splits["train"])
+        pairs = text_pairs(task, splits["validation"])
+        enc = lambda ps: encode_generation(tok, ps, max_len, target_len, start)  # noqa: E731
+        return Prepared(kind, enc(train_pairs), enc(pairs), 0, [], pairs)
     raise config_error(
-        "task.kind", kind, "unknown task kind", "use classification|regression|token|qa|span_ner"
-    )
+        "task.kind", kind, "unknown task kind",
+        "use classification|regression|token|qa|span_ner|generation",
+    )  # fmt: skip
+
+
+def _decoder(backbone: Backbone, task: DictConfig):
+    if backbone.decoder is None:
+        raise config_error(
+            "task.kind", task.kind,
+            f"task {task.get('name')!r} generates text, but the checkpoint {backbone.source} has "
+            "no decoder (an encoder-only model)",
+            "fine-tune a seq2seq run (experiment=t5|bart|mass), or use the classification "
+            "variant of the task on this encoder",
+        )  # fmt: skip
+    return backbone.decoder
 
 
 def _span_types(task: DictConfig, examples: list) -> list[str]:
@@ -265,12 +293,22 @@ def _score_qa(model, prepared, task, outputs, names):
     return {k: v for k, v in scores.items() if k in names}
 
 
+def _score_generation(model, prepared, task, outputs, names):
+    """Greedy outputs of every validation batch, scored against the references."""
+    predictions = [""] * len(prepared.validation)
+    for idx, batch, _ in outputs:
+        for row, ids in zip(idx, model.generate(batch), strict=True):
+            predictions[row] = model.tokenizer.hf.decode(ids)
+    return score_generation(predictions, prepared.examples, names)
+
+
 SCORERS: dict[str, Callable] = {
     "classification": _score_sequence,
     "regression": _score_sequence,
     "token": _score_tokens,
     "qa": _score_qa,
     "span_ner": _score_spans,
+    "generation": _score_generation,
 }
 
 
@@ -285,7 +323,28 @@ def run_seed(
     """Fresh backbone + head for ``seed``, fine-tuned then scored: metrics and run facts."""
     torch.manual_seed(seed)
     backbone = make_backbone()
-    model = TaskModel(
+    if prepared.kind == "generation":
+        model = _generation_model(backbone, task, mode)
+    else:
+        model = _task_model(backbone, prepared, task, mode, mix_layers)
+    pad_id = backbone.tokenizer.pad_id
+    facts = train(model, prepared, task, seed, pad_id)
+    start = time.perf_counter()
+    metrics = score(model, prepared, task, pad_id)
+    facts["eval_time_s"] = round(time.perf_counter() - start, 2)
+    return {"metrics": metrics, **facts}
+
+
+def _generation_model(backbone: Backbone, task: DictConfig, mode: str) -> GenerationModel:
+    if mode != "finetune":
+        raise config_error("mode", mode, "text-to-text tasks fine-tune the whole model",
+                           "use mode=finetune for task.kind=generation")  # fmt: skip
+    return GenerationModel(backbone.embedding, backbone.encoder, _decoder(backbone, task),
+                           backbone.tokenizer, int(task.get("max_target_length", 32)))  # fmt: skip
+
+
+def _task_model(backbone, prepared: Prepared, task: DictConfig, mode: str, mix_layers: int):
+    return TaskModel(
         backbone,
         prepared.kind,
         prepared.num_labels,
@@ -297,9 +356,3 @@ def run_seed(
         span_decoding=task.get("decoding", "nested"),
         pooling=task.get("pooling"),
     )
-    pad_id = backbone.tokenizer.pad_id
-    facts = train(model, prepared, task, seed, pad_id)
-    start = time.perf_counter()
-    metrics = score(model, prepared, task, pad_id)
-    facts["eval_time_s"] = round(time.perf_counter() - start, 2)
-    return {"metrics": metrics, **facts}
