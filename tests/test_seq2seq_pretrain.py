@@ -47,7 +47,46 @@ def test_tiny_encoder_decoder_pretrains_and_resumes(compose_pretrain, tmp_path, 
     resumed = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))  # max_steps=6
     assert resumed["steps"] == 6 and resumed["status"] == "completed"
     assert resumed["tokens_seen"] > metrics["tokens_seen"]
+    _check_hf_export(run, tmp_path / "exported")
     _finetune_both_ways(run, tmp_path)
+
+
+def _check_hf_export(run: Path, out: Path) -> None:
+    """RUN_DIR/hf (written at the end of the run) and clozelab export load into transformers'
+    T5/BART with no missing or unexpected weights and give our logits."""
+    transformers = pytest.importorskip("transformers")
+    import clozelab
+    from clozelab.export import export
+
+    export(run, out)
+    model = clozelab.load(run)
+    ids = torch.tensor([[5, 20, 21, 22, 3], [5, 30, 3, 0, 0]])
+    mask = (ids != 0).long()
+    decoder_ids = torch.tensor([[0, 7, 8], [0, 9, 10]])
+    with torch.no_grad():
+        memory = model.encode(ids, mask).last_hidden_state
+        hidden = model.decoder(decoder_ids, model.embedding, memory, mask)
+        ours = model.decoder.logits(hidden.reshape(-1, hidden.shape[-1]), model.embedding)
+    for directory in (run / "hf", out):
+        hf, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+            directory, output_loading_info=True
+        )
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        with torch.no_grad():
+            theirs = hf.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
+    # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
+    from clozelab.api import build_run_components, init_components
+    from clozelab.data.tokenizer import load_tokenizer
+
+    _, embedding, encoder, objectives = build_run_components(run)
+    report = init_components(str(out), embedding, encoder, objectives,
+                             load_tokenizer(run / "tokenizer"))  # fmt: skip
+    assert report == {"missing": [], "unexpected": []}
+    decoder = objectives["seq2seq"].decoder
+    for mine, loaded in ((embedding, model.embedding), (decoder, model.decoder)):
+        for a, b in zip(mine.state_dict().values(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
 
 
 def _finetune_both_ways(run: Path, tmp_path: Path) -> None:
