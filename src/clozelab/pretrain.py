@@ -30,6 +30,8 @@ from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
 from clozelab.model.compile import apply_model_compile
 from clozelab.module import PretrainModule
+from clozelab.progress import Budget
+from clozelab.progress_bar import BudgetBar
 from clozelab.protocol import protocol
 from clozelab.scale import trainer_kwargs, world_size
 from clozelab.tracking import finish_run, make_loggers, mark_run
@@ -46,6 +48,7 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
         cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
     embedding = build(cfg.embedding, "embedding")
+    embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
     return embedding, encoder, objectives, corruption
@@ -91,11 +94,12 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
     ]
     if max_tokens:
         callbacks.append(TokenBudget(max_tokens))
+    budget = Budget.of(kwargs.get("max_steps"), max_tokens, kwargs.get("max_time"))
     if cfg.callbacks.progress_bar and sys.stderr.isatty():
-        callbacks.append(pl.callbacks.RichProgressBar())
+        callbacks.append(BudgetBar(budget))
         kwargs["enable_progress_bar"] = True
     else:
-        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps))
+        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps, budget))
         kwargs["enable_progress_bar"] = False
     return pl.Trainer(
         **kwargs,
@@ -215,6 +219,7 @@ def pretrain(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
     )
     pair_kinds = datamodule.pair_kinds()
     if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from clozelab.config import target_class
 from clozelab.data.instances import KINDS, SINGLE_SENTENCE
 from clozelab.errors import ClozelabError, config_error
+from clozelab.keys import check_arguments
 from clozelab.scale import validate_trainer
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
@@ -229,6 +230,7 @@ def validate_data(cfg: DictConfig) -> None:
             "data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}"
         )
     _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.pad_to_multiple_of", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
     single = cfg_select(cfg, "data.sop_single_sentence")
@@ -261,6 +263,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
+    check_arguments(cfg)  # trainer/optim/scheduler/logger keys against what reads them
     validate_data(cfg)
     validate_model(cfg)
     validate_corruption(cfg)

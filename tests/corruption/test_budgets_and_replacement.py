@@ -110,7 +110,7 @@ def _shards(path, tokens: list[int]):
     return str(path)
 
 
-REPLACING = ["ernie", "entity", "mask", "ngram", "phrase", "replace", "span", "whole_word"]
+REPLACING = ["ernie", "entity", "mask", "mass", "ngram", "phrase", "replace", "span", "whole_word"]
 
 
 @pytest.mark.parametrize("preset", REPLACING)
@@ -123,7 +123,7 @@ def test_every_replacing_preset_accepts_unigram(preset, tmp_path):
     cls = get_class(node.pop("_target_"))
 
     class Tok:
-        vocab_size, mask_id, special_ids, pad_id = VOCAB, MASK, SPECIALS, PAD
+        vocab_size, mask_id, special_ids, pad_id, sep_id = VOCAB, MASK, SPECIALS, PAD, SEP
 
     runtime = runtime_kwargs(cls, Tok, None)
     assert "corpus_dir" in runtime, f"{preset} cannot receive the corpus table"

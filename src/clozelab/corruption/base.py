@@ -61,6 +61,18 @@ class Corruption:
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
 
+    def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
+        """Statistics ``clozelab preview`` writes for (clean, corrupted) batch pairs."""
+        from clozelab.preview import corruption_stats
+
+        return corruption_stats(pairs, tokenizer.mask_id)
+
+    def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
+        """One corrupted row of ``clozelab preview`` with its changes marked."""
+        from clozelab.preview import render
+
+        return render(clean, out, row, tokenizer, tokenizer.mask_id)
+
     def output_length(self, n_tokens: int, n_special: int) -> int:
         """Longest corrupted row (encoder input) from a row of ``n_tokens`` real tokens,
         ``n_special`` of them special. Corruptions that shorten or lengthen rows override it."""

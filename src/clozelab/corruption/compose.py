@@ -109,7 +109,9 @@ class Compose(Corruption):
 
         keys = list(cls.produces)
         for step in node.get("steps", ()):
-            keys += getattr(get_class(step["_target_"]), "produces", ())
+            step_cls = get_class(step["_target_"])
+            produces_for = getattr(step_cls, "produces_for", None)
+            keys += produces_for(step) if produces_for else getattr(step_cls, "produces", ())
         return tuple(dict.fromkeys(keys))
 
     def output_length(self, n_tokens: int, n_special: int) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -77,8 +78,20 @@ class MaskingCorruption(Corruption):
         replacement_probs: explicit ``[vocab_size]`` weights (tests, custom tables).
     """
 
-    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask", "span_bounds")
+    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask")
     accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    #: whether it chooses multi-token spans and writes their ``span_bounds`` (what SBO reads):
+    #: SpanBERT spans, n-grams, entities, phrases, ERNIE's mix; not single tokens or words
+    spans: ClassVar[bool] = False
+
+    @classmethod
+    def produces_for(cls, node) -> tuple[str, ...]:
+        """The batch keys this configured corruption writes (``span_bounds`` with spans)."""
+        return cls.produces + (("span_bounds",) if cls.spans_for(node) else ())
+
+    @classmethod
+    def spans_for(cls, node) -> bool:
+        return cls.spans
 
     def __init__(
         self,
@@ -167,12 +180,10 @@ class MaskingCorruption(Corruption):
             replaced | batch["replaced_mask"] if "replaced_mask" in batch else replaced
         )
         previous = batch.get("corrupted_mask")
-        if previous is None:
-            out["corrupted_mask"] = selected
-            out["span_bounds"] = span_bounds(selected, merged)
-        else:
-            out["corrupted_mask"] = selected | previous.bool()
-            out["span_bounds"] = span_bounds(out["corrupted_mask"])
+        out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
+        if self.spans:
+            out["span_bounds"] = (span_bounds(selected, merged) if previous is None
+                                  else span_bounds(out["corrupted_mask"]))  # fmt: skip
         return out
 
     def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
@@ -274,6 +285,9 @@ def select_units(
     return chosen_unit.gather(1, index.clamp_min(0)) & (index >= 0)
 
 
+SPAN_UNITS = ("entity", "phrase")  # units of several words: they write span_bounds
+
+
 class UnitMasking(MaskingCorruption):
     """Masked LM over units: ``token``, ``whole_word``, ``entity`` or ``phrase``.
 
@@ -320,6 +334,7 @@ class UnitMasking(MaskingCorruption):
             **runtime,
         )
         self.unit = check_choice(unit, "corruption.unit", UNIT_KINDS)
+        self.spans = self.unit in SPAN_UNITS
         self.budget = check_choice(budget, "corruption.budget", BUDGETS)
         self.max_predictions = check_positive_int(
             max_predictions, "corruption.max_predictions", allow_none=True
@@ -332,6 +347,10 @@ class UnitMasking(MaskingCorruption):
             self.phrases = phrases_from(
                 phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
+
+    @classmethod
+    def spans_for(cls, node) -> bool:
+        return node.get("unit", "whole_word") in SPAN_UNITS
 
     def units(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
         return build_units(self.unit, batch, eligible, self.fill, self.phrases)

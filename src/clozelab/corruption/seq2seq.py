@@ -141,6 +141,18 @@ class Seq2SeqCorruption(Corruption):
             )
         self.eos_token_id = int(eos_token_id)
 
+    # -- preview -----------------------------------------------------------------------------------
+
+    def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
+        from clozelab.corruption.seq2seq_preview import seq2seq_stats
+
+        return seq2seq_stats(pairs, tokenizer, self.extra_vocab, self.bos)
+
+    def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
+        from clozelab.corruption.seq2seq_preview import render_pair
+
+        return render_pair(out, row, tokenizer, self.extra_vocab)
+
     # -- lengths -----------------------------------------------------------------------------------
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
@@ -198,7 +210,8 @@ class Seq2SeqCorruption(Corruption):
 
 
 def _per_token(value, ids: Tensor) -> bool:
-    return isinstance(value, Tensor) and value.dim() >= 2 and value.shape[:2] == ids.shape[:2]
+    """Per-token (or per-span) tensors of the batch: their positions no longer hold."""
+    return isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == ids.shape[0]
 
 
 class SentinelIds:

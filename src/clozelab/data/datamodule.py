@@ -104,10 +104,12 @@ class PretrainDataModule(pl.LightningDataModule):
         seed: int = 0,
         dialogue=None,
         reference_corruption=None,
+        pad_to_multiple_of: int = 8,
     ):
         """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
         ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
-        fixed-rate yardstick, ``validation_reference``)."""
+        fixed-rate yardstick, ``validation_reference``). ``pad_to_multiple_of``: each batch's width
+        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
         self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
@@ -120,6 +122,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.sop_single_sentence = sop_single_sentence
         self._epoch0: np.ndarray | None = None  # epoch 0's training table, for summaries
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pad_to_multiple_of = pad_to_multiple_of
         tok = prepared.tokenizer
         self.train_shards = open_split(prepared.train_dir, verify=False)
         self.validation_shards = open_split(prepared.validation_dir, verify=False)
@@ -165,7 +168,9 @@ class PretrainDataModule(pl.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
-        collator = Collator(self._pad, corruption or self.corruption, self.seed)
+        collator = Collator(
+            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of
+        )
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])

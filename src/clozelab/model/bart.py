@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.decoder import Decoder
+from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import key_padding_mask
 from clozelab.model.heads import Dropout, init_bert_weights
 from clozelab.model.seq2seq_layers import Block
@@ -51,7 +52,7 @@ class LearnedPositions(nn.Module):
         return self.norm(x + self.table(position_ids + OFFSET))
 
 
-class BartEmbeddings(nn.Module):
+class BartEmbeddings(Embedding):
     """BART's encoder input: Dropout(LayerNorm(word * scale + position)).
 
     Args:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.decoder import Decoder
+from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import EncoderOutput, FeedForward, key_padding_mask
 from clozelab.model.heads import Dropout
 from clozelab.model.seq2seq_layers import (
@@ -54,7 +55,7 @@ def init_t5_weights(module: nn.Module, hidden_size: int, factor: float = 1.0) ->
     return module
 
 
-class T5Embeddings(nn.Module):
+class T5Embeddings(Embedding):
     """The shared word table, then dropout (T5 adds no positions: they live in the attention).
 
     Args:

@@ -319,6 +319,7 @@ def run_seed(
     seed: int,
     mode: str = "finetune",
     mix_layers: int = 4,
+    layer_mix: str = "average",
 ) -> dict:
     """Fresh backbone + head for ``seed``, fine-tuned then scored: metrics and run facts."""
     torch.manual_seed(seed)
@@ -326,7 +327,7 @@ def run_seed(
     if prepared.kind == "generation":
         model = _generation_model(backbone, task, mode)
     else:
-        model = _task_model(backbone, prepared, task, mode, mix_layers)
+        model = _task_model(backbone, prepared, task, mode, mix_layers, layer_mix)
     pad_id = backbone.tokenizer.pad_id
     facts = train(model, prepared, task, seed, pad_id)
     start = time.perf_counter()
@@ -343,16 +344,22 @@ def _generation_model(backbone: Backbone, task: DictConfig, mode: str) -> Genera
                            backbone.tokenizer, int(task.get("max_target_length", 32)))  # fmt: skip
 
 
-def _task_model(backbone, prepared: Prepared, task: DictConfig, mode: str, mix_layers: int):
+def _task_model(backbone, prepared: Prepared, task: DictConfig, mode: str, mix_layers: int,
+                layer_mix: str) -> TaskModel:  # fmt: skip
     return TaskModel(
         backbone,
         prepared.kind,
         prepared.num_labels,
         mode=mode,
         mix_layers=mix_layers,
+        layer_mix=layer_mix,
         decoder=task.get("decoder", "softmax"),
+        subword_labels=task.get("subword_labels", "first"),
+        subword_decoding=task.get("subword_decoding", "first"),
         dropout=float(task.get("dropout", 0.1)),
         max_span_length=int(task.get("max_span_length", 8)),
         span_decoding=task.get("decoding", "nested"),
+        span_endpoints=task.get("span_endpoints", "ffn"),
+        span_pooling=task.get("span_pooling", "attention"),
         pooling=task.get("pooling"),
     )
