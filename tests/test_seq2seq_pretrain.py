@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from seq2seq_batches import TARGET
 
-from clozelab.errors import ClozelabError
-from clozelab.finetune import load_task, run_task
+from clozelab.core.errors import ClozelabError
+from clozelab.training.evaluation import load_task, run_task
 from clozelab.pretrain import pretrain
-from clozelab.validate import validate_pretrain
+from clozelab.training.validate import validate_pretrain
 
 LAYOUTS = {
     "t5": ("embedding=t5", "encoder=t5", "decoder=t5"),
@@ -76,7 +76,7 @@ def _check_hf_export(run: Path, out: Path) -> None:
             theirs = hf.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
         assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
     # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
-    from clozelab.api import build_run_components, init_components
+    from clozelab.training.components import build_run_components, init_components
     from clozelab.data.tokenizer import load_tokenizer
 
     _, embedding, encoder, objectives = build_run_components(run)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from clozelab.bench import _check_precisions, _eval_losses, _to_device, time_models
+from clozelab.training.timing import check_precisions, time_models, to_device
 
 SPECIAL = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the synthetic vocabulary
 
@@ -68,8 +68,8 @@ def build_seq2seq_pair(s: DictConfig, vocab: int):
 
     from clozelab.model.hf_seq2seq import hf_config_dict, to_hf_state_dict
     from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder
-    from clozelab.module import PretrainModule
     from clozelab.objectives.seq2seq import Seq2Seq
+    from clozelab.training.module import PretrainModule
 
     torch.manual_seed(0)
     sizes = (s.hidden_size, s.num_layers, s.num_heads, s.intermediate_size)
@@ -97,15 +97,26 @@ def _hf_loss(model, batch):
     ).loss
 
 
+def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
+    """Each model's loss on ``batch`` in eval mode (dropout off)."""
+    losses = {}
+    for name, (model, fn) in models.items():
+        model.eval()
+        with torch.no_grad():
+            losses[name] = float(fn(model, batch))
+        model.train()
+    return losses
+
+
 def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     """Tokens per second of both training steps (and the ratio), losses at equal weights."""
-    _check_precisions("bench.seq2seq.precisions", s.precisions)
+    check_precisions("bench.seq2seq.precisions", s.precisions)
     device = torch.device(device)
     batches, extra = make_seq2seq_batches(s, s.batches, seed=0)
     ours, hf = (m.to(device) for m in build_seq2seq_pair(s, s.vocab_size + extra))
     source = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
     target = float(np.mean([int((b["labels"] != -100).sum()) for b in batches]))
-    batches = _to_device(batches, device)
+    batches = to_device(batches, device)
     out: dict[str, Any] = {
         "seq2seq.config": (
             f"T5 L{s.num_layers}+{s.num_layers}/H{s.hidden_size}/A{s.num_heads}/"
@@ -116,7 +127,7 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
         "seq2seq.target_tokens_per_batch": target,
     }
     models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
-    a, b = _eval_losses(models, batches[0]).values()
+    a, b = eval_losses(models, batches[0]).values()
     out.update(
         {"seq2seq.clozelab_loss": a, "seq2seq.hf_loss": b, "seq2seq.loss_abs_diff": abs(a - b)}
     )

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 from clozelab.model.generate import greedy_decode, strip_after_eos
 from clozelab.model.hf_seq2seq import components_from_hf_config, from_hf_state_dict
 from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder

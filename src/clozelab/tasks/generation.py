@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.generate import greedy_decode, strip_after_eos
+from clozelab.tasks.backbone import Backbone
+from clozelab.tasks.base import Task, TaskData
 from clozelab.tasks.metrics import normalize_answer, squad_scores
 from clozelab.tasks.readers import QAExample, TextExample
 
@@ -136,9 +138,61 @@ def score_generation(predictions: Sequence[str], pairs: Sequence[TextPair],
     return {k: v for k, v in scores.items() if k in names}
 
 
+class GenerationTask(Task):
+    """``kind: generation``: text-to-text fine-tuning of an encoder-decoder run and greedy
+    decoding (task configs name it with ``_target_: clozelab.tasks.generation.GenerationTask``)."""
+
+    kind = "generation"
+    default_metrics = ("exact_match", "f1")
+
+    def decoder(self, backbone: Backbone) -> Decoder:
+        if backbone.decoder is None:
+            raise config_error(
+                "task.kind", self.kind,
+                f"task {self.cfg.get('name')!r} generates text, but the checkpoint "
+                f"{backbone.source} has no decoder (an encoder-only model)",
+                "fine-tune a seq2seq run (experiment=t5|bart|mass), or use the classification "
+                "variant of the task on this encoder",
+            )  # fmt: skip
+        return backbone.decoder
+
+    def encode(self, splits, backbone) -> TaskData:
+        tok = backbone.tokenizer
+        start = decoder_start_id(self.decoder(backbone), tok)
+        length = min(int(self.cfg.get("max_seq_length", 128)), backbone.max_positions)
+        target = int(self.cfg.get("max_target_length", 32))
+        train = encode_generation(tok, text_pairs(self.cfg, splits["train"]), length, target,
+                                  start)  # fmt: skip
+        pairs = text_pairs(self.cfg, splits["validation"])
+        return TaskData(train, encode_generation(tok, pairs, length, target, start), 0, [], pairs)
+
+    def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
+        if mode != "finetune":
+            raise config_error("mode", mode, "text-to-text tasks fine-tune the whole model",
+                               "use mode=finetune for task.kind=generation")  # fmt: skip
+        target = int(self.cfg.get("max_target_length", 32))
+        return GenerationModel(backbone.embedding, backbone.encoder, self.decoder(backbone),
+                               backbone.tokenizer, target)  # fmt: skip
+
+    def score(self, model, data, outputs, names) -> dict:
+        """Greedy outputs of every validation batch, scored against the references."""
+        predictions = [""] * len(data.validation)
+        for idx, batch, _ in outputs:
+            for row, ids in zip(idx, model.generate(batch), strict=True):
+                predictions[row] = model.tokenizer.hf.decode(ids)
+        return score_generation(predictions, data.examples, names)
+
+    def protocol(self, mode: str) -> dict:
+        return {
+            "decoder": "greedy",
+            "max_target_length": int(self.cfg.get("max_target_length", 32)),
+        }
+
+
 __all__ = [
     "GENERATION_METRICS",
     "GenerationModel",
+    "GenerationTask",
     "TextPair",
     "encode_generation",
     "score_generation",
