@@ -13,8 +13,8 @@ from omegaconf import OmegaConf, open_dict
 from seq2seq_batches import TARGET
 
 from clozelab.core.errors import ClozelabError
-from clozelab.training.evaluation import load_task, run_task
 from clozelab.pretrain import pretrain
+from clozelab.training.evaluation import load_task, run_task
 from clozelab.training.validate import validate_pretrain
 
 LAYOUTS = {
@@ -76,8 +76,8 @@ def _check_hf_export(run: Path, out: Path) -> None:
             theirs = hf.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
         assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
     # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
-    from clozelab.training.components import build_run_components, init_components
     from clozelab.data.tokenizer import load_tokenizer
+    from clozelab.training.components import build_run_components, init_components
 
     _, embedding, encoder, objectives = build_run_components(run)
     report = init_components(str(out), embedding, encoder, objectives,
