@@ -33,11 +33,11 @@ import torch
 from torch import Tensor
 
 from clozelab.corruption.base import (
-    ReplacementSampler,
     ascending,
     candidates,
     check_choice,
     check_probability,
+    replacement_sampler,
 )
 from clozelab.corruption.insert import insert_tokens
 from clozelab.corruption.reorder import Reorder
@@ -94,7 +94,11 @@ class BartNoising(Seq2SeqCorruption):
     rotate: probability of rotating a row (paper run: 0.0).
     insert: fraction of tokens inserted (0.0 = off).
     decoder_start, bos: see ``Seq2SeqCorruption`` (BART: eos, keeps <s>/[CLS]).
+    replace_distribution: random ids ``uniform`` over the non-special ids (BART) or ``unigram``
+        (by corpus frequency, counted once from the training shards).
     """
+
+    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
 
     def __init__(
         self,
@@ -108,6 +112,9 @@ class BartNoising(Seq2SeqCorruption):
         insert: float = 0.0,
         decoder_start: str = "eos",
         bos: bool = True,
+        replace_distribution: str = "uniform",
+        corpus_dir: str | None = None,
+        replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
         super().__init__(decoder_start, bos, **runtime)
@@ -134,7 +141,11 @@ class BartNoising(Seq2SeqCorruption):
         self.rotate = check_probability(rotate, "corruption.rotate")
         self.insert = check_probability(insert, "corruption.insert")
         tok = {k: runtime[k] for k in ("vocab_size", "mask_token_id", "special_token_ids")}
-        self.sampler = ReplacementSampler(self.vocab_size, self.special_token_ids, "nonspecial")
+        self.sampler = replacement_sampler(
+            self.vocab_size, self.special_token_ids, "nonspecial", replace_distribution,
+            corpus_dir, replacement_probs, needed=self.mask_random > 0 or self.insert > 0,
+        )  # fmt: skip
+        self.replace_distribution = replace_distribution
         self.permute = (
             Reorder(self.permute_sentences, mode="sentence", **tok)
             if self.permute_sentences > 0
@@ -245,6 +256,7 @@ class BartNoising(Seq2SeqCorruption):
         return {k: v.gather(1, source) for k, v in batch.items()}
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
+        self.sampler.check_table()
         noisy = dict(batch)
         if self.permute is not None:
             if "sentence_ids" not in batch:

@@ -35,6 +35,7 @@ from clozelab.corruption.base import (
     candidates,
     check_probability,
     check_rate,
+    replacement_sampler,
 )
 from clozelab.corruption.delete import PAD_VALUES
 
@@ -105,28 +106,39 @@ class Insertion(Corruption):
     random_ratio: share of the inserted tokens that are random non-special ids (the rest
         [MASK]); fairseq/BART: 0.1. An encoder detecting insertions needs random ids: an
         inserted [MASK] gives itself away.
+    replace_distribution: ``uniform`` over the non-special ids (fairseq) or ``unigram`` (by
+        corpus frequency, counted once from the training shards).
     vocab_size, mask_token_id, special_token_ids, pad_token_id: from the tokenizer at run time.
+    corpus_dir: training shards (runtime; needed by ``unigram``).
     """
 
     produces = ("input_ids", "insertion_labels", "inserted_count", "corrupted_mask")
     accepts_pad = True
+    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
 
     def __init__(
         self,
         rate: float = 0.1,
         random_ratio: float = 0.1,
+        replace_distribution: str = "uniform",
         *,
         vocab_size: int,
         mask_token_id: int,
         special_token_ids,
         pad_token_id: int = 0,
+        corpus_dir: str | None = None,
+        replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
         self.random_ratio = check_probability(random_ratio, "corruption.random_ratio")
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
-        self.sampler = ReplacementSampler(vocab_size, self.special_token_ids, "nonspecial")
+        self.sampler = replacement_sampler(
+            vocab_size, self.special_token_ids, "nonspecial", replace_distribution, corpus_dir,
+            replacement_probs, needed=self.random_ratio > 0,
+        )  # fmt: skip
+        self.replace_distribution = replace_distribution
 
     def count(self, n_candidates: Tensor) -> Tensor:
         return torch.ceil(n_candidates.to(torch.float64) * self.rate).long()
@@ -135,6 +147,7 @@ class Insertion(Corruption):
         return n_tokens + int(self.count(torch.tensor(n_tokens - n_special)))
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
+        self.sampler.check_table()
         unlocked = {k: v for k, v in batch.items() if k != "corrupted_mask"}
         eligible = candidates(unlocked, self.special_token_ids)
         num = self.count(eligible.sum(-1))
@@ -156,4 +169,7 @@ class Insertion(Corruption):
         return out
 
     def __repr__(self) -> str:
-        return f"Insertion(rate={self.rate}, random_ratio={self.random_ratio})"
+        return (
+            f"Insertion(rate={self.rate}, random_ratio={self.random_ratio}, "
+            f"replace_distribution={self.replace_distribution!r})"
+        )
