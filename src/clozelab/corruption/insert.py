@@ -35,7 +35,7 @@ from clozelab.corruption.base import (
     check_rate,
 )
 from clozelab.corruption.delete import PAD_VALUES
-from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put, take
+from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put
 
 #: value of an inserted position in the per-token keys that do not copy their neighbour's
 INSERTED_VALUES = {
@@ -81,15 +81,18 @@ def insert_tokens(
         put(value, order, row_values)
     source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
     beyond = positions >= new_len[:, None]
-    out = {}
-    for key, array in arrays.items():
-        moved = take(array, source)
-        moved[beyond] = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
-        if key == "input_ids":
-            moved = np.where(inserted, value, moved)
-        elif key in INSERTED_VALUES:
-            moved[inserted] = INSERTED_VALUES[key]
-        out[key] = moved
+    # every per-token array moves in one gather: stacked as int64 [K, B, T]
+    names = list(arrays)
+    stacked = np.stack([arrays[k].astype(np.int64, copy=False) for k in names])
+    moved = stacked[:, np.arange(b)[:, None], source]
+    fills = [pad_token_id if k == "input_ids" else PAD_VALUES.get(k, 0) for k in names]
+    moved = np.where(beyond, np.asarray(fills)[:, None, None], moved)
+    fixed = np.asarray([k in INSERTED_VALUES for k in names])
+    if fixed.any():  # inserted positions of keys with a fixed value (attention 1, no label, ...)
+        values = np.asarray([INSERTED_VALUES.get(k, 0) for k in names])[:, None, None]
+        moved = np.where(inserted & fixed[:, None, None], values, moved)
+    out = {k: moved[i].astype(arrays[k].dtype, copy=False) for i, k in enumerate(names)}
+    out["input_ids"] = np.where(inserted, value, out["input_ids"])
     return out, inserted
 
 
