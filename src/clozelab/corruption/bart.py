@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.corruption.base import check_choice, check_probability, replacement_sampler
 from clozelab.corruption.insert import insert_tokens
 from clozelab.corruption.reorder import permutation_order
@@ -49,7 +50,6 @@ from clozelab.corruption.seq2seq import (
     take,
 )
 from clozelab.corruption.span import length_cdf
-from clozelab.errors import ClozelabError, config_error
 
 MASK_LENGTHS = ("span-poisson", "word", "subword")
 REPLACE_LENGTHS = (-1, 0, 1)
@@ -125,7 +125,7 @@ class BartNoising(Seq2SeqCorruption):
         (by corpus frequency, counted once from the training shards).
     """
 
-    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus"}  # unigram replacement
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class BartNoising(Seq2SeqCorruption):
         decoder_start: str = "eos",
         bos: bool = True,
         replace_distribution: str = "uniform",
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
@@ -169,7 +169,7 @@ class BartNoising(Seq2SeqCorruption):
         self.insert = check_probability(insert, "corruption.insert")
         self.sampler = replacement_sampler(
             self.vocab_size, self.special_token_ids, "nonspecial", replace_distribution,
-            corpus_dir, replacement_probs, needed=self.mask_random > 0 or self.insert > 0,
+            corpus, replacement_probs, needed=self.mask_random > 0 or self.insert > 0,
         )  # fmt: skip
         self.replace_distribution = replace_distribution
 

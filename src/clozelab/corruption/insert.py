@@ -36,7 +36,7 @@ from clozelab.corruption.base import (
     replacement_sampler,
 )
 from clozelab.corruption.delete import PAD_VALUES
-from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put, take
+from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put
 
 #: value of an inserted position in the per-token keys that do not copy their neighbour's
 INSERTED_VALUES = {
@@ -82,15 +82,18 @@ def insert_tokens(
         put(value, order, row_values)
     source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
     beyond = positions >= new_len[:, None]
-    out = {}
-    for key, array in arrays.items():
-        moved = take(array, source)
-        moved[beyond] = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
-        if key == "input_ids":
-            moved = np.where(inserted, value, moved)
-        elif key in INSERTED_VALUES:
-            moved[inserted] = INSERTED_VALUES[key]
-        out[key] = moved
+    # every per-token array moves in one gather: stacked as int64 [K, B, T]
+    names = list(arrays)
+    stacked = np.stack([arrays[k].astype(np.int64, copy=False) for k in names])
+    moved = stacked[:, np.arange(b)[:, None], source]
+    fills = [pad_token_id if k == "input_ids" else PAD_VALUES.get(k, 0) for k in names]
+    moved = np.where(beyond, np.asarray(fills)[:, None, None], moved)
+    fixed = np.asarray([k in INSERTED_VALUES for k in names])
+    if fixed.any():  # inserted positions of keys with a fixed value (attention 1, no label, ...)
+        values = np.asarray([INSERTED_VALUES.get(k, 0) for k in names])[:, None, None]
+        moved = np.where(inserted & fixed[:, None, None], values, moved)
+    out = {k: moved[i].astype(arrays[k].dtype, copy=False) for i, k in enumerate(names)}
+    out["input_ids"] = np.where(inserted, value, out["input_ids"])
     return out, inserted
 
 
@@ -108,12 +111,11 @@ class Insertion(Corruption):
     replace_distribution: ``uniform`` over the non-special ids (fairseq) or ``unigram`` (by
         corpus frequency, counted once from the training shards).
     vocab_size, mask_token_id, special_token_ids, pad_token_id: from the tokenizer at run time.
-    corpus_dir: training shards (runtime; needed by ``unigram``).
+    corpus: the training corpus's statistics (runtime; needed by ``unigram``).
     """
 
     produces = ("input_ids", "insertion_labels", "inserted_count", "corrupted_mask")
-    accepts_pad = True
-    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
+    runtime_inputs = frozenset({"pad_token_id", "corpus"})  # corpus: replace_distribution=unigram
 
     def __init__(
         self,
@@ -125,7 +127,7 @@ class Insertion(Corruption):
         mask_token_id: int,
         special_token_ids,
         pad_token_id: int = 0,
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
@@ -134,7 +136,7 @@ class Insertion(Corruption):
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
         self.sampler = replacement_sampler(
-            vocab_size, self.special_token_ids, "nonspecial", replace_distribution, corpus_dir,
+            vocab_size, self.special_token_ids, "nonspecial", replace_distribution, corpus,
             replacement_probs, needed=self.random_ratio > 0,
         )  # fmt: skip
         self.replace_distribution = replace_distribution
