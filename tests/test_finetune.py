@@ -232,3 +232,26 @@ def test_finetune_from_a_hf_directory(tmp_path, tiny_tok):
     w = loaded.embedding.word_embeddings.weight
     assert w.shape == body.embedding.word_embeddings.weight.shape
     assert (w == body.embedding.word_embeddings.weight).all()
+
+
+def test_finetune_of_a_run_writes_inside_the_run_and_says_where(compose_pretrain, tmp_path,
+                                                               monkeypatch, capsys):  # fmt: skip
+    """``clozelab finetune checkpoint=RUN``: eval/<task>.json in the run, named in the log; its
+    log, config and CSV under RUN/eval/finetune/<time>/, no new outputs/ directory."""
+    from clozelab.cli import main
+    from clozelab.pretrain import pretrain
+
+    cfg = compose_pretrain("trainer.max_steps=2", "initial_validation=false")
+    pretrain(cfg)
+    run = Path(cfg.paths.output_dir)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    main(["finetune", "task=polarity", f"checkpoint={run}", "seeds=[1]", "task.epochs=1",
+          "task.max_train_examples=16", "task.max_eval_examples=16", "logger=csv"])  # fmt: skip
+    assert (run / "eval" / "polarity.json").is_file()
+    assert f"-> {run / 'eval' / 'polarity.json'}" in capsys.readouterr().out
+    assert list(work.iterdir()) == []  # no outputs/<date>/<time>/ beside the user
+    (job,) = (run / "eval" / "finetune").iterdir()
+    assert (job / "csv" / "metrics.csv").is_file()
+    assert "polarity.json" in (job / "finetune.log").read_text()

@@ -159,8 +159,8 @@ def run_task(
     for logger in loggers:
         logger.log_metrics({f"eval/{name}/{k}": v["mean"] for k, v in summary.items()})
         logger.save()
-    log.info("%s: %s = %.4f ± %.4f (%d seeds)", name, metric, result["value"], result["std"],
-             len(seeds))  # fmt: skip
+    log.info("%s: %s = %.4f ± %.4f (%d seeds) -> %s", name, metric, result["value"],
+             result["std"], len(seeds), eval_dir / f"{name}.json")  # fmt: skip
     return result
 
 
@@ -256,6 +256,7 @@ def evaluate_suite(
         for name, r in results.items()
     }
     write_json(eval_dir / "summary.json", {"suite": eval_cfg.get("suite"), "tasks": summary})
+    log.info("suite %s: summary -> %s", eval_cfg.get("suite"), eval_dir / "summary.json")
     return results
 
 

@@ -51,8 +51,9 @@ class BudgetBar(ProgressBar):
     def _train_fields(self, trainer, pl_module) -> dict:
         step, tokens = trainer.global_step, int(getattr(pl_module, "tokens_seen", 0))
         done = self.budget.fraction(step, tokens, self.budget.elapsed())
+        shown = shown_metrics(trainer.progress_bar_metrics)
         return {"completed": done or 0.0, "where": self.budget.line(step, tokens),
-                "metrics": shown_metrics(trainer.progress_bar_metrics)}  # fmt: skip
+                "metrics": f"· {shown}" if shown else ""}  # fmt: skip
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.is_enabled:

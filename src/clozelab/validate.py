@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from clozelab.config import target_class
 from clozelab.data.instances import KINDS, SINGLE_SENTENCE
 from clozelab.errors import ClozelabError, config_error
+from clozelab.keys import check_arguments
 from clozelab.scale import validate_trainer
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
@@ -262,6 +263,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
+    check_arguments(cfg)  # trainer/optim/scheduler/logger keys against what reads them
     validate_data(cfg)
     validate_model(cfg)
     validate_corruption(cfg)
