@@ -203,9 +203,11 @@ def prepare_corpus(extra: list[str], env: dict, deadline: float, log_path: Path)
     return run_sweep(args, env, deadline, log_path, command="prepare")
 
 
-def run_study(out: Path, corpus: str, data_dir: str, deadline: float, quick: bool) -> dict:
-    """The masking-rate sweep, the mask-only arm, and ``clozelab report`` over both."""
-    studies = out / "studies"
+def run_study(
+    out: Path, studies: Path, corpus: str, data_dir: str, deadline: float, quick: bool
+) -> dict:
+    """The masking-rate sweep, the mask-only arm (job directories under ``studies``), and
+    ``clozelab report`` over both into ``out``."""
     env = {**os.environ, "CLOZELAB_STUDY_CORPUS": str(Path(corpus).resolve()),
            "CLOZELAB_DATA_DIR": str(Path(data_dir).resolve()), "WANDB_MODE": "offline"}  # fmt: skip
     extra = QUICK_STUDY if quick else GPU_STUDY
@@ -333,6 +335,7 @@ def write_report(out: Path, pack: dict) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="experiments/results/gpu")
+    parser.add_argument("--studies", help="the job directories (default OUT/studies)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--corpus", default="study_corpus", help="build_corpus.py's output")
     parser.add_argument("--data-dir", default="../shared/data", help="holds sst2/ and mrpc/")
@@ -352,12 +355,14 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     deadline = start + 60 * args.minutes
     out = Path(args.out)
+    studies = Path(args.studies) if args.studies else out / "studies"
     out.mkdir(parents=True, exist_ok=True)
     results = {} if "bench" in args.skip else bench_matrix(out, args.device, args.quick)
     bench_done = time.time()
-    study = ({"launches": [], "report_rc": 1, "report_error": "skipped", "jobs": []}
-             if "study" in args.skip else
-             run_study(out, args.corpus, args.data_dir, deadline - 30, args.quick))  # fmt: skip
+    if "study" in args.skip:
+        study = {"launches": [], "report_rc": 1, "report_error": "skipped", "jobs": []}
+    else:
+        study = run_study(out, studies, args.corpus, args.data_dir, deadline - 30, args.quick)
     rows = bench_rows(results)
     pack = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
