@@ -14,13 +14,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from clozelab.config import build
+from clozelab.core.config import build
+from clozelab.core.errors import config_error
+from clozelab.core.rundir import read_checkpoint_state, read_hf_weights
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
-from clozelab.errors import config_error
 from clozelab.model.encoder import EncoderOutput
 from clozelab.model.heads import Pooler
 from clozelab.model.layer_pool import embed_texts
@@ -120,8 +120,7 @@ def _run_modules(found: _Found) -> tuple[nn.Module, nn.Module, dict, DictConfig]
     cfg = OmegaConf.load(found.root / "config.yaml")
     embedding = build(cfg.embedding, "embedding")
     encoder = build(cfg.encoder, "encoder")
-    ckpt = torch.load(found.weights, map_location="cpu", weights_only=False)
-    return embedding, encoder, ckpt.get("state_dict", ckpt), cfg
+    return embedding, encoder, read_checkpoint_state(found.weights), cfg
 
 
 def _load_prefixed(module: nn.Module, state: dict, prefix: str, key: str) -> None:
@@ -150,14 +149,6 @@ def _from_run(found: _Found) -> Backbone:
     return Backbone(embedding, encoder, tokenizer, pooler, source=str(found.root))
 
 
-def _hf_state(found: _Found) -> dict[str, Tensor]:
-    if found.weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(found.weights))
-    return torch.load(found.weights, map_location="cpu", weights_only=True)
-
-
 def _hf_modules(found: _Found):
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
@@ -172,7 +163,7 @@ def _from_hf(found: _Found) -> Backbone:
     from clozelab.model.hf import from_hf_state_dict
 
     embedding, encoder = _hf_modules(found)
-    state = _hf_state(found)
+    state = read_hf_weights(found.root)
     report = from_hf_state_dict(state, embedding, encoder)
     if report["missing"]:
         raise config_error(

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import read_json, write_json
 
 log = logging.getLogger("clozelab")
 
@@ -38,29 +38,18 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _read(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _write(path: Path, payload: dict) -> None:
     """Atomic JSON write, by global rank 0 only (every rank of a multi-task job runs the job)."""
     from pytorch_lightning.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), "utf-8")
-    os.replace(tmp, path)
+    write_json(path, payload)
 
 
 def finished_metrics(run_dir: Path, digest: str) -> dict | None:
     """The metrics of a job that ran to its end (training and evaluation) with this config."""
-    job, metrics = _read(run_dir / JOB_FILE), _read(run_dir / "metrics.json")
+    job, metrics = read_json(run_dir / JOB_FILE), read_json(run_dir / "metrics.json")
     if job.get("config_hash") == digest and job.get("finished") and metrics:
         return metrics if metrics.get("status") == "completed" else None
     return None
@@ -68,7 +57,7 @@ def finished_metrics(run_dir: Path, digest: str) -> dict | None:
 
 def claim(run_dir: Path, digest: str, overrides: list[str]) -> None:
     """Record that this job directory runs this config (raises when it holds another one)."""
-    job = _read(run_dir / JOB_FILE)
+    job = read_json(run_dir / JOB_FILE)
     if job and job.get("config_hash") != digest:
         raise ClozelabError(
             f"hydra.sweep.dir: the job directory {run_dir} holds a run of another config "
@@ -81,14 +70,14 @@ def claim(run_dir: Path, digest: str, overrides: list[str]) -> None:
 
 
 def mark_finished(run_dir: Path, metrics: dict) -> None:
-    job = _read(run_dir / JOB_FILE)
+    job = read_json(run_dir / JOB_FILE)
     job["finished"] = metrics.get("status") == "completed"
     _write(run_dir / JOB_FILE, job)
 
 
 def mark_failed(run_dir: Path, exc: BaseException, protocol: dict | None) -> None:
     """``metrics.json`` says the job failed and why (what the run wrote before is kept)."""
-    metrics = _read(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     error = str(exc) if isinstance(exc, ClozelabError) else repr(exc)
     metrics.update(status="failed", error=error)
     if protocol is not None:
@@ -125,7 +114,7 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
     protocol, claimed = None, False
     try:
         if tracked:
-            from clozelab.protocol import protocol as run_protocol
+            from clozelab.training.protocol import protocol as run_protocol
 
             digest = config_hash(cfg)
             done = finished_metrics(run_dir, digest)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 TMP_PREFIX = ".tmp-"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from clozelab.errors import ClozelabError
-from clozelab.sweep import _read as read_json_dict  # a JSON object, {} when unreadable
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import read_json as read_json_dict  # a JSON object, {} when unreadable
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def job_protocol(job: Job) -> dict:
         return {}
     from omegaconf import OmegaConf
 
-    from clozelab.protocol import protocol
+    from clozelab.training.protocol import protocol
 
     try:
         derived = protocol(OmegaConf.create(job.config))
