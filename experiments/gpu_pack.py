@@ -191,7 +191,7 @@ def prepare_corpus(extra: list[str], env: dict, deadline: float, log_path: Path)
     (which would otherwise each build the same cache at the same time)."""
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     job = [o for o in extra if not o.startswith("hydra")]
