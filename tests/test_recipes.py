@@ -28,6 +28,9 @@ RECIPES = {
     "elmo_baseline": ((), ("lm",)),
     "ernie": ((), ("mlm", "nsp", "dlm")),
     "xlnet": ((), ("plm",)),
+    "t5": ((), ("seq2seq",)),
+    "bart": ((), ("seq2seq",)),
+    "mass": ((), ("seq2seq",)),
 }
 
 

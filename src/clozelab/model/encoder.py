@@ -93,7 +93,8 @@ def attention_with_cpu_dropout(
     ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """
     # (B, nh, T, hs), scaled before the product: fewer elements
-    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q = q * scale if scale != 1.0 else q
     scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
     if mask is not None:
         if mask.dtype == torch.bool:

@@ -31,7 +31,8 @@ NONE = ("none", "null", "random", "")
 
 
 class Backbone(nn.Module):
-    """``embedding -> encoder``; ``pooler`` is the pre-trained [CLS] pooler when there is one."""
+    """``embedding -> encoder``; ``pooler`` is the pre-trained [CLS] pooler when there is one;
+    ``decoder`` the pre-trained decoder of an encoder-decoder run (text-to-text tasks)."""
 
     def __init__(
         self,
@@ -40,11 +41,13 @@ class Backbone(nn.Module):
         tokenizer: Tokenizer,
         pooler: Pooler | None = None,
         source: str = "none",
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         self.embedding = embedding
         self.encoder = encoder
         self.pooler = pooler
+        self.decoder = decoder
         self.tokenizer = tokenizer
         self.source = source
         self.hidden_size = int(encoder.hidden_size)
@@ -153,7 +156,20 @@ def _from_run(found: _Found) -> Backbone:
             _load_prefixed(pooler, state, prefix, str(found.weights))
             break
     tokenizer = load_tokenizer(found.root)
-    return Backbone(embedding, encoder, tokenizer, pooler, source=str(found.root))
+    decoder = _run_decoder(found, state)
+    return Backbone(embedding, encoder, tokenizer, pooler, str(found.root), decoder)
+
+
+def _run_decoder(found: _Found, state: dict) -> nn.Module | None:
+    """The decoder of an encoder-decoder run (the objective whose config holds ``decoder``,
+    objective=[seq2seq]) with its trained weights; None for encoder-only runs."""
+    cfg = OmegaConf.load(found.root / "config.yaml")
+    for name, node in (cfg.get("objective") or {}).items():
+        if node.get("decoder") is not None:
+            decoder = build(node.decoder, "decoder")
+            _load_prefixed(decoder, state, f"objectives.{name}.decoder.", str(found.weights))
+            return decoder
+    return None
 
 
 def _hf_modules(found: _Found):
