@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +219,14 @@ class Encoder(nn.Module):
 
     hidden_size: int
     num_layers: int
+    #: batch keys ``forward`` takes as keyword arguments besides the embedded input and the
+    #: attention mask; the pre-training module and the fine-tuning backbone pass those the batch
+    #: has (XLNet: ``token_type_ids`` for its relative segments, ``perm_mask`` and
+    #: ``target_mapping`` for its two streams). None by default.
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
+    #: the token a sequence-level downstream head reads when ``task.pooling`` is null: ``cls``
+    #: (the first token, BERT) or ``last`` (the last real token: XLNet's [CLS] sits at the end).
+    summary_pooling: ClassVar[str] = "cls"
 
     @classmethod
     def context_for(cls, node) -> str:

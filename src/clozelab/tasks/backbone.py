@@ -53,6 +53,8 @@ class Backbone(nn.Module):
         self.hidden_size = int(encoder.hidden_size)
         self.num_layers = int(encoder.num_layers)
         self.max_positions = int(getattr(embedding, "max_position_embeddings", 512))
+        #: the token a sequence-level head reads by default (``cls``; XLNet: ``last``)
+        self.summary_pooling = encoder.summary_pooling
 
     def forward(
         self,
@@ -62,7 +64,12 @@ class Backbone(nn.Module):
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
         hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
-        return self.encoder(hidden, attention_mask, output_hidden_states=output_hidden_states)
+        extra = {}
+        if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
+            extra["token_type_ids"] = token_type_ids  # relative segments (XLNet)
+        return self.encoder(
+            hidden, attention_mask, output_hidden_states=output_hidden_states, **extra
+        )
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
         """Vectors of ``texts`` in one call (``model/layer_pool.embed_texts``): ``layers`` an
