@@ -202,3 +202,33 @@ def test_interrupted_run_is_marked_in_metrics_json(tmp_path, text_corpus, cache_
     assert metrics["status"] == "interrupted" and "SIGINT" in metrics["error"]
     assert metrics["steps"] == 3
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"] == 3
+
+
+@pytest.fixture(scope="module")
+def xlnet_reference(tmp_path_factory, text_corpus, cache_dir):
+    """The uninterrupted run of the xlnet recipe (permutation targets, two-stream encoder)."""
+    run_dir = tmp_path_factory.mktemp("xlnet_reference") / "run"
+    args = _args(text_corpus, cache_dir, run_dir, "experiment=xlnet", "trainer.max_steps=8")
+    proc = _clozelab(args, cache_dir, run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_xlnet_recipe_resumes_exactly(tmp_path, text_corpus, cache_dir, xlnet_reference):
+    """Stopped mid-run and re-launched, the xlnet recipe reaches the uninterrupted run's weights
+    bitwise: its permutations and targets are drawn again exactly as they were."""
+    run_dir = tmp_path / "run"
+    args = _args(text_corpus, cache_dir, run_dir, "experiment=xlnet", "trainer.max_steps=8")
+    first = _killed(3, "SIGTERM", args, cache_dir, tmp_path)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    second = _clozelab(args, cache_dir, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stderr + second.stdout
+    ours, theirs = _weights(run_dir), _weights(xlnet_reference)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"
+    reference = _losses(xlnet_reference)
+    for step, loss in _losses(run_dir).items():
+        assert loss == reference[step], f"train/loss at step {step}"
