@@ -202,4 +202,3 @@ def test_interrupted_run_is_marked_in_metrics_json(tmp_path, text_corpus, cache_
     assert metrics["status"] == "interrupted" and "SIGINT" in metrics["error"]
     assert metrics["steps"] == 3
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"] == 3
-
