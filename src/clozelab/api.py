@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clozelab.checkpoint import first_line, load_checkpoint, load_state_checked
 from clozelab.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
@@ -162,26 +163,50 @@ def _classify(path: str | Path) -> tuple[str, Path]:
 
 
 def read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    """The state dict of an HF directory (safetensors preferred)."""
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    """The state dict of an HF directory (safetensors preferred); a damaged file is a
+    ClozelabError naming it."""
+    path = directory / "model.safetensors"
+    try:
+        if path.is_file():
+            from safetensors.torch import load_file
 
-        return load_file(str(directory / "model.safetensors"))
-    return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        path = directory / "pytorch_model.bin"
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        problem = f"unreadable, damaged or not a weights file ({first_line(exc)})"
+        fix = "export the model again (clozelab export RUN_DIR OUT_DIR) or point to another one"
+        raise config_error("checkpoint", str(path), problem, fix) from None
+
+
+def read_hf_config(directory: Path) -> dict:
+    """``config.json`` of an HF BERT directory, parsed and checked to be a BERT config."""
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise config_error(
+            "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
+            "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
+        ) from None  # fmt: skip
+    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in needed if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise config_error(
+            "checkpoint", str(path), f"not a BERT config.json (no {missing})",
+            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining)",
+        )  # fmt: skip
+    return config
 
 
 def read_checkpoint_state(checkpoint: Path) -> dict[str, Tensor]:
     """The module state dict of a Lightning checkpoint (tensors only, no pickled objects)."""
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise config_error(
-            "checkpoint",
-            str(checkpoint),
-            f"cannot be read as a PyTorch checkpoint ({exc})",
-            "pass a checkpoint written by clozelab pretrain (checkpoints/last.ckpt)",
-        ) from exc
-    return ckpt.get("state_dict", ckpt)
+    ckpt = load_checkpoint(checkpoint)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise config_error("checkpoint", str(checkpoint), "holds no state_dict",
+                           "pass a checkpoint written by clozelab pretrain")  # fmt: skip
+    return state
 
 
 def _heads(objectives: dict[str, nn.Module]) -> tuple[nn.Module | None, nn.Module | None]:
@@ -214,8 +239,10 @@ def _load_run(path: Path) -> ClozelabModel:
     container.embedding, container.encoder = embedding, encoder
     container.objectives = nn.ModuleDict(objectives)
     state = read_checkpoint_state(checkpoint)
-    result = container.load_state_dict(state, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    load_state_checked(container, state, str(checkpoint))
+    expected = container.state_dict()
+    report = {"missing": sorted(set(expected) - set(state)),
+              "unexpected": sorted(set(state) - set(expected))}  # fmt: skip
     if report["missing"]:
         raise config_error(
             "checkpoint",
@@ -235,8 +262,7 @@ def _load_hf(directory: Path) -> ClozelabModel:
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
 
-    config = json.loads((directory / "config.json").read_text("utf-8"))
-    kw = kwargs_from_hf_config(config)
+    kw = kwargs_from_hf_config(read_hf_config(directory))
     state = read_hf_weights(directory)
     embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
     has_mlm = any(k.startswith("cls.predictions.") for k in state)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clozelab.config import conf_dir
 from clozelab.errors import config_error
-from clozelab.pretrain import write_json
+from clozelab.rundir import write_json
 from clozelab.tasks.backbone import NONE, Backbone, is_run_dir, load_backbone
 from clozelab.tasks.bundled import ZERO_SHOT, score_zero_shot
 from clozelab.tasks.heads import resolve_pooling

@@ -1,7 +1,8 @@
 """The jobs of one or more sweep directories, as ``clozelab report`` reads them.
 
 A job directory is one that holds ``config.yaml`` or ``.hydra/`` (Hydra writes
-``<hydra.sweep.dir>/<job num>/``). Each job gives its overrides (``.hydra/overrides.yaml``), its
+``<hydra.sweep.dir>/<job num>/``). Each job gives its overrides (the record it wrote, ``job.json``;
+``.hydra/overrides.yaml`` for older jobs), its
 status and error (``metrics.json``), its metric values (``metrics.json``, ``eval/<task>.json``,
 ``csv/metrics.csv``) and its protocol. The grid Hydra's basic sweeper expands from
 ``multirun.yaml`` names the jobs that should exist, so a job that never ran is listed as missing.
@@ -22,7 +23,8 @@ from pathlib import Path
 import yaml
 
 from clozelab.errors import ClozelabError
-from clozelab.sweep import _read as read_json_dict  # a JSON object, {} when unreadable
+from clozelab.rundir import RECORD_FILE
+from clozelab.rundir import read_json as read_json_dict  # a JSON object, {} when unreadable
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +146,20 @@ def find_job_dirs(root: Path) -> list[Path]:
     return found
 
 
-def read_job(path: Path, sweep_dir: Path, index: int) -> Job:
-    metrics = read_json_dict(path / "metrics.json")
+def _launch_record(path: Path) -> tuple[list, dict]:
+    """A job's overrides and config-group choices: from the record the job wrote (job.json),
+    else from Hydra's ``.hydra/`` (jobs of older versions)."""
+    record = read_json_dict(path / RECORD_FILE)
+    if isinstance(record.get("overrides"), list) and isinstance(record.get("choices"), dict):
+        return record["overrides"], record["choices"]
     hydra = _read_yaml(path / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    return _read_yaml(path / ".hydra" / "overrides.yaml") or [], choices
+
+
+def read_job(path: Path, sweep_dir: Path, index: int) -> Job:
+    metrics = read_json_dict(path / "metrics.json")
+    overrides, choices = _launch_record(path)
     if metrics:
         status, error = str(metrics.get("status", "completed")), metrics.get("error")
     else:
@@ -159,7 +171,7 @@ def read_job(path: Path, sweep_dir: Path, index: int) -> Job:
         path=path,
         sweep_dir=sweep_dir,
         order=(index, *_job_key(path)),
-        overrides=parse_overrides(_read_yaml(path / ".hydra" / "overrides.yaml")),
+        overrides=parse_overrides(overrides),
         status=status,
         error=error,
         config=_read_yaml(path / "config.yaml") or {},

@@ -10,9 +10,11 @@ import inspect
 from omegaconf import DictConfig
 
 from clozelab.config import target_class
+from clozelab.data.corpus import resolve_corpus
 from clozelab.data.instances import KINDS
 from clozelab.errors import ClozelabError, config_error
 from clozelab.scale import validate_trainer
+from clozelab.validate_values import check_values
 
 # Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
 INSTANCE_KEYS = {
@@ -202,8 +204,10 @@ def validate_data(cfg: DictConfig) -> None:
     _int(cfg, "data.batch_size", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
-    if not cfg_select(cfg, "data.corpus"):
+    corpus = cfg_select(cfg, "data.corpus")
+    if not corpus:
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
+    resolve_corpus(corpus)  # exists, readable kind: before the run directory is touched
 
 
 def validate_budget(cfg: DictConfig) -> None:
@@ -224,6 +228,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
+    check_values(cfg)  # types and ranges of seed, optim, scheduler, trainer
     validate_data(cfg)
     validate_model(cfg)
     validate_corruption(cfg)

@@ -9,15 +9,15 @@ body (``checkpoint=none``: the "why pre-train" baseline) with the sizes of ``mod
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
+from clozelab.api import read_checkpoint_state, read_hf_config, read_hf_weights
+from clozelab.checkpoint import load_state_checked
 from clozelab.config import build
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.errors import config_error
@@ -105,13 +105,13 @@ def _run_modules(found: _Found) -> tuple[nn.Module, nn.Module, dict, DictConfig]
     cfg = OmegaConf.load(found.root / "config.yaml")
     embedding = build(cfg.embedding, "embedding")
     encoder = build(cfg.encoder, "encoder")
-    ckpt = torch.load(found.weights, map_location="cpu", weights_only=False)
-    return embedding, encoder, ckpt.get("state_dict", ckpt), cfg
+    return embedding, encoder, read_checkpoint_state(found.weights), cfg
 
 
 def _load_prefixed(module: nn.Module, state: dict, prefix: str, key: str) -> None:
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, _ = module.load_state_dict(sub, strict=False)
+    load_state_checked(module, sub, key)
+    missing = sorted(set(module.state_dict()) - set(sub))
     if missing:
         raise config_error(
             "checkpoint",
@@ -135,21 +135,12 @@ def _from_run(found: _Found) -> Backbone:
     return Backbone(embedding, encoder, tokenizer, pooler, source=str(found.root))
 
 
-def _hf_state(found: _Found) -> dict[str, Tensor]:
-    if found.weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(found.weights))
-    return torch.load(found.weights, map_location="cpu", weights_only=True)
-
-
 def _hf_modules(found: _Found):
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
     from clozelab.model.hf import kwargs_from_hf_config
 
-    config = json.loads((found.root / "config.json").read_text("utf-8"))
-    kwargs = kwargs_from_hf_config(config)
+    kwargs = kwargs_from_hf_config(read_hf_config(found.root))
     return BertEmbeddings(**kwargs["embedding"]), TransformerEncoder(**kwargs["encoder"])
 
 
@@ -157,7 +148,7 @@ def _from_hf(found: _Found) -> Backbone:
     from clozelab.model.hf import from_hf_state_dict
 
     embedding, encoder = _hf_modules(found)
-    state = _hf_state(found)
+    state = read_hf_weights(found.root)
     report = from_hf_state_dict(state, embedding, encoder)
     if report["missing"]:
         raise config_error(
