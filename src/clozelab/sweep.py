@@ -23,15 +23,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from clozelab.errors import ClozelabError
 from clozelab.rundir import (
+    RECORD_FILE,
     RunDirectoryRefused,
     check_relaunch,
+    claim,
     config_hash,
+    launch_identity,
     notice,
     read_json,
+    write_hydra_record,
     write_json,
 )
 
 log = logging.getLogger("clozelab")
+
+
+def record_launch(run_dir: Path, cfg: DictConfig) -> None:
+    """The job's record (job.json, .hydra/) when it has none yet, so a job that failed before
+    its run started is still a job the report can place on the grid."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0 or (run_dir / RECORD_FILE).is_file():
+        return
+    overrides, choices, _ = launch_identity()
+    claim(run_dir, config_hash(cfg), overrides, choices)
+    write_hydra_record(run_dir, cfg)
 
 
 def mark_failed(run_dir: Path, exc: BaseException, protocol: dict | None) -> None:
@@ -99,6 +115,7 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
         else:
             log.exception("job %s failed", num)
         if checked:  # never in a directory that holds another config's run
+            record_launch(run_dir, cfg)  # when it failed before pretrain claimed the directory
             mark_failed(run_dir, exc, protocol)
         return None
     return job_return(metrics, cfg)

@@ -59,7 +59,12 @@ def check_seed(cfg: DictConfig) -> None:
 
 
 def check_optim(cfg: DictConfig) -> None:
-    number(cfg, "optim.lr", above=0, fix="e.g. optim.lr=1e-3 (BERT-Base: 1e-4)")
+    number(
+        cfg,
+        "optim.lr",
+        minimum=0,
+        fix="e.g. optim.lr=1e-3 (BERT-Base: 1e-4; 0 freezes the weights)",
+    )
     number(cfg, "optim.weight_decay", minimum=0, fix="e.g. optim.weight_decay=0.01")
     number(cfg, "optim.eps", above=0, fix="e.g. optim.eps=1e-6")
     betas = _select(cfg, "optim.betas")
