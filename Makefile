@@ -1,3 +1,4 @@
+# make install — create .venv if missing and install clozelab with the dev extra into it
 # make demo  — create .venv if missing, install, and run the main job (clozelab pretrain)
 # make test  — create .venv if missing, install with the dev extra, and run the tests
 # TORCH=... overrides the pinned CPU build (e.g. TORCH="torch==2.13.0 --index-url <cuda index>").

@@ -51,6 +51,7 @@ def write_job(
     evals: dict[str, dict] | None = None,
     rows: list[dict] | None = None,
     choices: dict | None = None,
+    objectives: dict | None = None,
 ) -> Path:
     """One job directory ``sweep/num`` (``metrics=None``: no metrics.json, as a job not run)."""
     job = sweep / str(num)
@@ -63,6 +64,9 @@ def write_job(
     seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("seed=")), 1)
     config = {"seed": seed, "sweep_meta": {"name": "fake", "baseline": baseline,
                                            "seed_key": "seed"}}  # fmt: skip
+    if objectives is not None:  # name -> weight, as config.yaml's objective node
+        config["objective"] = {name: {"_target_": f"x.{name}", "weight": weight}
+                               for name, weight in objectives.items()}  # fmt: skip
     (job / "config.yaml").write_text(yaml.safe_dump(config), "utf-8")
     if metrics is not None:
         payload = {"status": "completed", "tokens_seen": 400, "steps": 4, "wall_time_s": 1.5,

@@ -79,6 +79,33 @@ def test_load_run_dir_and_checkpoint_agree(tiny_run):
     assert model.nsp_logits(batch["input_ids"][0]).shape == (1, 2)  # 1-D ids: one sequence
 
 
+def test_embed_one_call_matches_a_hand_computation(tiny_run):
+    """model.embed(texts, layers=..., pool=...) = encode each text alone, average the layers,
+    pool the text's tokens: the same numbers as doing it by hand through encode."""
+    model = clozelab.load(tiny_run)
+    tok = clozelab.load_tokenizer(tiny_run)
+    texts = ["the river", "a king built the old library", "old"]
+    last4 = model.embed(texts, layers=[-3, -2, -1], pool="mean")  # 2 layers: 3 hidden states
+    last = model.embed(texts)  # default: the last layer, mean-pooled
+    cls = model.embed(texts, layers=-1, pool="cls")
+    tokens = model.embed(texts, layers=0, pool="none")
+    assert last4.shape == last.shape == cls.shape == (3, 32)
+    for i, text in enumerate(texts):
+        batch = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            states = model.encode(**batch).hidden_states
+        average = (states[0] + states[1] + states[2]) / 3  # [1, T, H]
+        inner = slice(1, batch["input_ids"].shape[1] - 1)  # no [CLS]/[SEP]
+        torch.testing.assert_close(last4[i], average[0, inner].mean(0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(last[i], states[-1][0, inner].mean(0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(cls[i], states[-1][0, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(tokens[i], states[0][0, inner], atol=1e-5, rtol=0)
+    with pytest.raises(ClozelabError, match="layers"):
+        model.embed(texts, layers=[-4, -1])  # only 3 hidden states
+    with pytest.raises(ClozelabError, match="pool"):
+        model.embed(texts, pool="max")
+
+
 def _random_hf_dir(path: Path, torch_save: bool) -> Path:
     config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=48,

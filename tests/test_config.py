@@ -9,6 +9,11 @@ from clozelab.config import build, conf_dir, overlay_names, resource_dir
 from clozelab.pretrain import build_components
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
+#: Options that only build together with another group's choice (the seq2seq objective owns the
+#: decoder; a decoder needs the objective that runs it).
+COMPANIONS = {("objective", "seq2seq"): ("decoder=t5",),
+              **{("decoder", o.stem): ("objective=[seq2seq]",)
+                 for o in (conf_dir() / "decoder").glob("*.yaml")}}  # fmt: skip
 
 
 def _options(group):
@@ -23,7 +28,7 @@ def test_every_group_option_composes_and_builds(compose_pretrain, group, option)
 
     override = f"{group}=[{option}]" if group == "objective" else f"{group}={option}"
     drop = ("tokenizer.vocab_size",) if group == "tokenizer" else ()
-    cfg = compose_pretrain(override, drop=drop)
+    cfg = compose_pretrain(override, *COMPANIONS.get((group, option), ()), drop=drop)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "model" and option in ("base", "large"):
         with open_dict(cfg):  # keep the test cheap: the sizes are checked, not the init

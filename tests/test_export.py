@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,27 @@ def test_export_errors(tmp_path, capsys):
     assert "config.yaml" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path)])  # OUT_DIR missing: argparse usage error
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mode & 0o777
+            for p in directory.rglob("*") if p.is_file()}  # fmt: skip
+
+
+def test_written_files_get_the_users_umask_mode(tiny_run, tmp_path):
+    """Checkpoints and exports go through private temporaries (mkstemp and safetensors create
+    0600 files); the files left must carry the umask's mode like every other file of the run."""
+    from clozelab.checkpoint import current_umask
+
+    usual = 0o666 & ~current_umask()
+    assert _modes(tiny_run)["checkpoints/last.ckpt"] == usual
+    assert _modes(tiny_run)["hf/model.safetensors"] == usual
+    assert {m for m in _modes(tiny_run).values()} == {usual}, _modes(tiny_run)
+    previous = os.umask(0o027)
+    try:
+        out = export(tiny_run, tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    modes = _modes(out)
+    assert "model.safetensors" in modes and "config.json" in modes
+    assert set(modes.values()) == {0o640}, modes

@@ -82,16 +82,23 @@ def test_regression_and_feature_mode(tmp_path, tiny_tok):
     assert result["protocol"]["pooling"] == "mean"  # frozen features: mean pooling by default
 
 
-@pytest.mark.parametrize("decoder", ["softmax", "crf"])
-def test_token_labelling_end_to_end(tmp_path, tiny_tok, decoder):
+@pytest.mark.parametrize(
+    "decoder, subwords",
+    [("softmax", ("first", "first")), ("crf", ("first", "mean")), ("softmax", ("all", "mean"))],
+)
+def test_token_labelling_end_to_end(tmp_path, tiny_tok, decoder, subwords):
     sent = "Paris NNP I-NP I-LOC\nis VBZ I-VP O\ngood JJ I-NP O\n\n"
     (tmp_path / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + sent * 12, "utf-8")
     (tmp_path / "dev.txt").write_text(sent * 3, "utf-8")
     task = OmegaConf.merge(
-        load_task("conll2003"), {"path": str(tmp_path), "decoder": decoder, **SMALL, "epochs": 10}
-    )
+        load_task("conll2003"),
+        {"path": str(tmp_path), "decoder": decoder, **SMALL, "epochs": 10,
+         "subword_labels": subwords[0], "subword_decoding": subwords[1]},
+    )  # fmt: skip
     result = _run(task, tmp_path, tiny_tok, seeds=[1])
     assert result["metric"] == "entity_f1" and result["value"] == pytest.approx(1.0)
+    protocol = result["protocol"]
+    assert (protocol["subword_labels"], protocol["subword_decoding"]) == subwords
 
 
 def test_qa_end_to_end(tmp_path, tiny_tok):
@@ -135,6 +142,7 @@ def test_bundled_zero_shot_tasks(tmp_path, tiny_tok):
         result = _run(task, tmp_path, tiny_tok, seeds=[1, 2])
         assert -1.0 <= result["value"] <= 1.0
         assert (tmp_path / "eval" / f"{name}.json").is_file()
+        assert result["protocol"]["layers"] == -1
 
 
 def test_span_ner_end_to_end_on_conll(tmp_path, tiny_tok):
@@ -143,12 +151,15 @@ def test_span_ner_end_to_end_on_conll(tmp_path, tiny_tok):
     (tmp_path / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + sent * 8, "utf-8")
     (tmp_path / "dev.txt").write_text(sent * 2, "utf-8")
     task = OmegaConf.merge(
-        load_task("conll2003_spans"), {"path": str(tmp_path), **SMALL, "epochs": 30}
-    )
+        load_task("conll2003_spans"),
+        {"path": str(tmp_path), **SMALL, "epochs": 30, "span_endpoints": "linear"},
+    )  # the default FFN endpoints learn this toy set too, in about twice the epochs
     result = _run(task, tmp_path, tiny_tok, seeds=[1])
     saved = json.loads((tmp_path / "eval" / "conll2003_spans.json").read_text())
     assert saved["kind"] == "span_ner" and saved["metric"] == "entity_f1"
     assert saved["protocol"]["max_span_length"] == 8 and saved["protocol"]["decoding"] == "flat"
+    assert saved["protocol"]["span_endpoints"] == "linear"
+    assert saved["protocol"]["span_pooling"] == "attention"
     assert set(saved["metrics"]) == {"entity_f1", "entity_precision", "entity_recall"}
     assert result["value"] == pytest.approx(1.0)
 
@@ -221,3 +232,26 @@ def test_finetune_from_a_hf_directory(tmp_path, tiny_tok):
     w = loaded.embedding.word_embeddings.weight
     assert w.shape == body.embedding.word_embeddings.weight.shape
     assert (w == body.embedding.word_embeddings.weight).all()
+
+
+def test_finetune_of_a_run_writes_inside_the_run_and_says_where(compose_pretrain, tmp_path,
+                                                               monkeypatch, capsys):  # fmt: skip
+    """``clozelab finetune checkpoint=RUN``: eval/<task>.json in the run, named in the log; its
+    log, config and CSV under RUN/eval/finetune/<time>/, no new outputs/ directory."""
+    from clozelab.cli import main
+    from clozelab.pretrain import pretrain
+
+    cfg = compose_pretrain("trainer.max_steps=2", "initial_validation=false")
+    pretrain(cfg)
+    run = Path(cfg.paths.output_dir)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    main(["finetune", "task=polarity", f"checkpoint={run}", "seeds=[1]", "task.epochs=1",
+          "task.max_train_examples=16", "task.max_eval_examples=16", "logger=csv"])  # fmt: skip
+    assert (run / "eval" / "polarity.json").is_file()
+    assert f"-> {run / 'eval' / 'polarity.json'}" in capsys.readouterr().out
+    assert list(work.iterdir()) == []  # no outputs/<date>/<time>/ beside the user
+    (job,) = (run / "eval" / "finetune").iterdir()
+    assert (job / "csv" / "metrics.csv").is_file()
+    assert "polarity.json" in (job / "finetune.log").read_text()

@@ -27,6 +27,7 @@ RECIPES = {
     "gpt_baseline": ((), ("lm",)),
     "elmo_baseline": ((), ("lm",)),
     "ernie": ((), ("mlm", "nsp", "dlm")),
+    "xlnet": ((), ("plm",)),
 }
 
 

@@ -375,3 +375,64 @@ def test_a_real_tiny_sweep_is_reported_through_the_cli(tmp_path, text_corpus, ca
     text = (out / "report.md").read_text()
     assert "corruption.rate=1.5" in text and "failed" in text
     assert (out / "plots" / "loss_curves.png").stat().st_size > 5000
+
+
+def _nsp_ablation(root):
+    """SEGMENT-PAIR with NSP (loss = MLM + NSP) against FULL-SENTENCES (MLM alone): the summed
+    val/loss of the first is larger although its MLM loss is the same or better."""
+    settings = {
+        "segment_pair_nsp": {"mlm": 1.0, "nsp": 1.0},
+        "segment_pair_mlm": {"mlm": 1.0},
+        "full_sentences": {"mlm": 1.0},
+        "doc_sentences_nsp": {"mlm": 1.0, "nsp": 1.0},
+    }
+    mlm = {"segment_pair_nsp": 8.5, "segment_pair_mlm": 8.6, "full_sentences": 8.7,
+           "doc_sentences_nsp": 8.45}  # fmt: skip
+    num = 0
+    for setting, objectives in settings.items():
+        for seed in SEEDS:
+            m = mlm[setting] + 0.01 * int(seed)
+            nsp = 0.7 + 0.02 * int(seed) if "nsp" in objectives else 0.0
+            write_job(root, num, [f"setting={setting}", f"seed={seed}"],
+                      {"val/loss": m + nsp, "val/mlm_loss": m}, objectives=objectives,
+                      baseline={"setting": "segment_pair_nsp"}, rows=curve_rows(m))  # fmt: skip
+            num += 1
+    return root
+
+
+def test_summed_loss_of_different_objectives_is_not_ranked(tmp_path):
+    """val/loss adds the objectives' losses: MLM+NSP against MLM alone is not like for like, so
+    no best setting is named and paired tests run only between settings of equal objectives."""
+    out = tmp_path / "out"
+    result = report([_nsp_ablation(tmp_path / "sweep")], out)
+    loss = next(m for m in result.metrics if m.name == "val/loss")
+    assert loss.best is None and not any(r.is_best for r in loss.rows)
+    assert "mlm+nsp" in loss.not_comparable and "mlm:" in loss.not_comparable
+    rows = {r.setting.key: r for r in loss.rows}
+    assert rows[("segment_pair_mlm",)].paired is None  # mlm vs the mlm+nsp baseline: no test
+    assert rows[("full_sentences",)].paired is None
+    assert rows[("doc_sentences_nsp",)].paired is not None  # same objectives: tested
+    mlm = next(m for m in result.metrics if m.name == "val/mlm_loss")  # like for like: ranked
+    assert mlm.best == "setting=doc_sentences_nsp" and mlm.not_comparable is None
+    assert all(r.paired is not None for r in mlm.rows if r.baseline is not r.setting)
+
+    text = (out / "report.md").read_text()
+    assert "| val/loss | min | not comparable: the settings train different objectives" in text
+    assert "**Not ranked**: not comparable across these settings: val/loss adds up" in text
+    assert "- objectives differ between settings (mlm+nsp: setting=segment_pair_nsp" in text
+    assert "the curves show the MLM loss" in text
+    payload = json.loads((out / "report.json").read_text())
+    assert payload["metrics"]["val/loss"]["comparable"] is False
+    assert payload["metrics"]["val/loss"]["best"] is None
+    assert payload["metrics"]["val/mlm_loss"]["comparable"] is True
+    assert "val_loss.png" not in {p.name for p in result.plots}  # no side-by-side picture
+
+
+def test_summed_loss_of_one_objective_set_is_ranked(tmp_path):
+    root = tmp_path / "sweep"
+    for num, (setting, seed) in enumerate([(s, seed) for s in "ab" for seed in SEEDS]):
+        value = 3.0 + (setting == "b") + 0.01 * int(seed)
+        write_job(root, num, [f"setting={setting}", f"seed={seed}"], {"val/loss": value},
+                  objectives={"mlm": 1.0, "nsp": 1.0})  # fmt: skip
+    loss = next(m for m in build_report([root]).metrics if m.name == "val/loss")
+    assert loss.best == "setting=a" and loss.not_comparable is None

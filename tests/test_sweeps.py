@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import TINY, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,10 +80,17 @@ def test_sweep_file_opens_with_question_paper_command_and_records_its_baseline(n
 def test_every_grid_point_is_a_valid_compute_matched_config(name):
     """Each job of each grid composes and passes the compose-time checks (an impossible
     combination such as SBO without spans would fail here), with the sweep's token budget."""
-    params = dict(compose_config(f"sweep={name}", hydra=True).hydra.sweeper.params)
+    composed = compose_config(f"sweep={name}", hydra=True)
+    params = dict(composed.hydra.sweeper.params)
+    # A GPU sweep (masking_rate_gpu) is checked on the CPU preset where no CUDA device is seen.
+    cpu = (
+        []
+        if torch.cuda.is_available() or composed.trainer.accelerator != "gpu"
+        else ["trainer=cpu"]
+    )
     budgets = set()
     for job in _grid(params):
-        cfg = compose_config(f"sweep={name}", *job)
+        cfg = compose_config(f"sweep={name}", *job, *cpu)
         validate_pretrain(cfg)
         budgets.add((cfg.trainer.max_tokens, cfg.trainer.max_steps, cfg.model.hidden_size))
     assert len(budgets) == 1  # every setting gets the same budget and model

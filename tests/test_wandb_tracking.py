@@ -10,6 +10,7 @@ import pytest
 import yaml
 from helpers import TINY, compose_config
 
+from clozelab import tracking
 from clozelab.cli import main
 from clozelab.config import resource_dir
 from clozelab.tracking import wandb_identity
@@ -61,7 +62,7 @@ def offline_run(job_dir: Path) -> dict:
     return out
 
 
-def test_each_sweep_job_logs_its_own_offline_wandb_run(tmp_path, text_corpus, cache_dir):
+def test_each_sweep_job_logs_its_own_offline_wandb_run(tmp_path, text_corpus, cache_dir, capfd):
     sweep = tmp_path / "sweep"
     main(["pretrain", *TINY, f"data.corpus={text_corpus}", f"paths.cache_dir={cache_dir}",
           "experiment=bert", "sweep=masking_rate", "corruption.rate=0.3", "setting=ops_mask_only",
@@ -80,6 +81,7 @@ def test_each_sweep_job_logs_its_own_offline_wandb_run(tmp_path, text_corpus, ca
         assert summary["status"] == "completed" and summary["steps"] == 6
         assert {"val/mlm_loss", "val/nsp_loss", "initial/val/mlm_loss"} <= set(summary)
         assert run["exit_code"] == 0
+    assert "anonymous" not in capfd.readouterr().err  # no deprecated setting passed to wandb
 
 
 def test_wandb_identity_without_hydra():
@@ -122,3 +124,31 @@ def test_wandb_sweep_file_is_valid_and_its_command_composes():
     assert cfg.trainer.max_tokens == 300_000 and cfg.logger.kind == ["csv", "wandb"]
     with pytest.raises(Exception, match="wandb"):  # not a Hydra overlay: not in the group
         compose_config("sweep=wandb/masking_rate")
+
+
+def test_wandb_init_gets_no_deprecated_anonymous_setting(monkeypatch, tmp_path):
+    """Lightning passes ``anonymous=None``, which wandb warns about on every run: it is left out,
+    and a W&B that cannot start leaves the run with CSV logging (None, no exception)."""
+    import wandb
+
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert tracking._wandb({"project": "p"}, tmp_path, "run", {}) is None
+    assert seen["mode"] == "offline" and "anonymous" not in seen
+
+
+def test_wandb_goes_offline_by_itself_without_key_or_network(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert tracking.wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: refused at once
+    assert tracking.wandb_mode() == "offline"
+    assert tracking.wandb_mode("disabled") == "disabled"

@@ -10,6 +10,7 @@ checkpoint file of such a run, or an HF BERT directory (``config.json`` + ``mode
     out = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     out.last_hidden_state  # [B, T, H]; out.hidden_states: embedding output + every layer
     model.mlm_logits(batch["input_ids"], batch["attention_mask"])  # [B, T, V]
+    model.embed(["a sentence", "another one"], layers=[-4, -3, -2, -1], pool="mean")  # [2, H]
 
 ``init_components`` applies ``model.init_from`` (an HF BERT directory or a clozelab run
 directory / checkpoint) to freshly built components before pre-training.
@@ -45,11 +46,14 @@ class ClozelabModel(nn.Module):
         load_report: ``{"missing": [...], "unexpected": [...]}`` of the weight loading.
     """
 
-    def __init__(self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None):
+    def __init__(
+        self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None
+    ):
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
         self.source = source
         self.load_report = report or {"missing": [], "unexpected": []}
+        self.tokenizer = tokenizer  # clozelab Tokenizer (or a path to load it from), for embed
 
     @property
     def vocab_size(self) -> int:
@@ -96,6 +100,37 @@ class ClozelabModel(nn.Module):
             )
         hidden = self.encode(input_ids, attention_mask, token_type_ids).last_hidden_state
         return self.nsp.logits(hidden)
+
+    def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
+        """Vectors of ``texts`` in one call, each encoded alone as ``[CLS] text [SEP]``.
+
+        ``layers``: a hidden-state index (-1: the last layer, 0: the embedding output) or a list
+        of them, averaged (``[-4, -3, -2, -1]``: the average of the last four layers, the seeds'
+        feature-based recipe). ``pool``: ``mean`` over the text's tokens ([CLS]/[SEP] excluded)
+        or ``cls`` -> ``[N, H]``; ``none`` -> one ``[n_tokens, H]`` tensor per text.
+        """
+        from clozelab.model.layer_pool import embed_texts
+
+        if self.tokenizer is None:
+            raise ClozelabError(
+                f"{self.source}: no tokenizer is known for this model. Fix: load it with "
+                "clozelab.load(path) from a run or HF directory that holds its tokenizer, or set "
+                "model.tokenizer = clozelab.data.tokenizer.load_tokenizer(path)."
+            )
+        if isinstance(self.tokenizer, (str, Path)):
+            from clozelab.data.tokenizer import load_tokenizer as load_clozelab_tokenizer
+
+            self.tokenizer = load_clozelab_tokenizer(self.tokenizer)
+        self.eval()
+        limit = int(getattr(self.embedding, "max_position_embeddings", 512))
+
+        def encode(input_ids, attention_mask, token_type_ids):
+            return self.encode(input_ids, attention_mask, token_type_ids).hidden_states
+
+        return embed_texts(
+            encode, self.tokenizer, texts, layers=layers, pool=pool, max_length=limit,
+            batch_size=batch_size,
+        )  # fmt: skip
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         return self.encode(input_ids, attention_mask, token_type_ids)
@@ -252,7 +287,8 @@ def _load_run(path: Path) -> ClozelabModel:
             "a clozelab checkpoint)",
         )
     mlm, nsp = _heads(objectives)
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report).eval()
+    tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
+    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer).eval()
 
 
 def _load_hf(directory: Path) -> ClozelabModel:
@@ -273,7 +309,7 @@ def _load_hf(directory: Path) -> ClozelabModel:
         log.warning("%s has an NSP classifier but no pooler; the pooler is left random", directory)
     report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)
     _log_report(str(directory), report)
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(directory), report).eval()
+    return ClozelabModel(embedding, encoder, mlm, nsp, str(directory), report, directory).eval()
 
 
 def load(path: str | Path) -> ClozelabModel:

@@ -13,6 +13,8 @@ Sections (``bench.sections``):
 - ``unpad``: padded batches (row lengths uniform in [``bench.unpad.min_length``, seq_len]): our
   step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
   loss of both at equal weights, and HF on the same batches.
+- ``plm``: XLNet permutation LM, our step against HF ``XLNetLMHeadModel`` at the
+  ``bench.pretrain`` sizes (``clozelab.bench_plm``).
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
@@ -41,7 +43,7 @@ from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "corruption")
+SECTIONS = ("pretrain", "unpad", "plm", "corruption")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 
@@ -151,7 +153,9 @@ def build_ours(p: DictConfig, **encoder_kw):
                                  **encoder_options(p, **encoder_kw))  # fmt: skip
     ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
     if p.get("compile", False):
-        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"))
+        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"),
+                           dynamic=p.get("compile_dynamic"),
+                           backend=p.get("compile_backend", "inductor"))  # fmt: skip
     return ours
 
 
@@ -224,17 +228,31 @@ def _train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str)
     return time.perf_counter() - start
 
 
-def time_models(models: dict[str, tuple], batches, p: DictConfig, precision: str) -> dict:
+def compiled_graphs() -> int:
+    """Graphs torch.compile has traced in this process so far (each recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def time_models(
+    models: dict[str, tuple], batches, p: DictConfig, precision: str, graphs: dict | None = None
+) -> dict:
     """Seconds per training step of each ``(model, loss_fn)``: warm-up, then ``p.rounds``
-    rounds of ``p.steps`` steps, the models alternating so they see the same machine."""
+    rounds of ``p.steps`` steps, the models alternating so they see the same machine.
+    ``graphs``, when given, receives the compiled graphs after the warm-up (``warmup``) and
+    those traced while timing (``timing``: recompiles; 0 when every batch has one shape)."""
     seconds = dict.fromkeys(models, 0.0)
     optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
     for name, (model, fn) in models.items():
         _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
+    warm = compiled_graphs()
     for _ in range(p.rounds):
         for name, (model, fn) in models.items():
             seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
                                           precision)  # fmt: skip
+    if graphs is not None:
+        graphs.update(warmup=warm, timing=compiled_graphs() - warm)
     return {name: total / (p.rounds * p.steps) for name, total in seconds.items()}
 
 
@@ -281,10 +299,14 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
         models["hf"] = (hf, _hf_loss)
     for precision in p.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, step_s in time_models(models, batches, p, precision).items():
+        graphs: dict = {}
+        for name, step_s in time_models(models, batches, p, precision, graphs).items():
             out[f"pretrain.{name}_step_s{suffix}"] = step_s
             out[f"pretrain.{name}_tokens_per_s{suffix}"] = tokens / step_s
             out[f"pretrain.{name}_mfu{suffix}"] = flops / step_s / (peaks[precision] * 1e9)
+        if p.get("compile", False):  # graphs traced in warm-up, and recompiles while timing
+            out[f"pretrain.compiled_graphs{suffix}"] = graphs["warmup"]
+            out[f"pretrain.recompiles_while_timing{suffix}"] = graphs["timing"]
     for precision in p.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
         if p.hf:  # ratios against HF in fp32 (its default), and against HF in the same precision
@@ -411,6 +433,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         results.update(bench_pretrain(p, peaks, device))
     if "unpad" in sections:
         results.update(bench_unpad(p, b.unpad, device))
+    if "plm" in sections:
+        from clozelab.bench_plm import bench_plm
+
+        results.update(bench_plm(p, b.plm, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
     run_dir = Path(cfg.paths.output_dir)

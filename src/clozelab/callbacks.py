@@ -17,6 +17,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from clozelab.progress import Budget, shown_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -32,35 +34,42 @@ class TokenBudget(pl.Callback):
 
 
 class LogProgress(pl.Callback):
-    """One log line every ``every`` steps: for logs and CI, where a live bar is not drawn."""
+    """Plain progress lines, for logs and CI where a live bar is not drawn: one after the first
+    step, then every ``every`` steps or ``seconds`` (whichever comes first), and at the end;
+    each says where the run stands against its budget, with the elapsed time and an ETA."""
 
-    def __init__(self, every: int = 50):
-        self.every = every
-        self._start = time.perf_counter()
+    def __init__(self, every: int = 50, budget: Budget | None = None, seconds: float = 60.0):
+        self.every, self.seconds = every, seconds
+        self.budget = budget or Budget()
+        self._first = 0
+        self._last = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first = trainer.global_step
+        self.budget.start(trainer.global_step, pl_module.tokens_seen)
+        self._last = time.perf_counter()
+        if trainer.is_global_zero:
+            log.info("training: %s", self.budget.line(trainer.global_step, pl_module.tokens_seen))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not trainer.is_global_zero:  # one line per step, not one per rank
             return
-        if step % self.every == 0 or step == trainer.max_steps:
-            metrics = trainer.callback_metrics
-            loss = metrics.get("train/loss")
-            rate = metrics.get("train/tokens_per_s")
-            log.info(
-                "step %d  loss %.4f  %s tokens/s  %.0fs",
-                step,
-                float(loss) if loss is not None else float("nan"),
-                f"{float(rate):,.0f}" if rate is not None else "?",
-                time.perf_counter() - self._start,
-            )
+        due = (step == self._first + 1 or step % self.every == 0 or step == trainer.max_steps
+               or time.perf_counter() - self._last >= self.seconds)  # fmt: skip
+        if due:
+            self._last = time.perf_counter()
+            shown = shown_metrics({k: v for k, v in trainer.progress_bar_metrics.items()
+                                   if k.startswith("train/")})  # fmt: skip
+            log.info("%s · %s", self.budget.line(step, pl_module.tokens_seen), shown)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if vals:
-            log.info("step %d  %s", trainer.global_step,
-                     "  ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))  # fmt: skip
+            log.info("validation at step %d: %s", trainer.global_step,
+                     " · ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))  # fmt: skip
 
 
 class InitialMetrics(pl.Callback):

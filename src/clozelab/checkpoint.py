@@ -39,8 +39,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | Path) -> None:
+    """Give a file written through a private temporary (``mkstemp``: 0600; safetensors: 0600)
+    the mode an ordinary ``open()`` would: 0666 less the umask, so a shared cluster's group can
+    read a checkpoint or an export just like the other files of the run."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_bytes_atomic(payload: Any, path: str | Path) -> None:
-    """``torch.save(payload)`` to ``path`` atomically (temp file + fsync + rename)."""
+    """``torch.save(payload)`` to ``path`` atomically (temp file + fsync + rename), with the
+    user's usual file mode (see ``user_mode``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
@@ -50,6 +65,7 @@ def write_bytes_atomic(payload: Any, path: str | Path) -> None:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        user_mode(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -88,6 +88,25 @@ def point_rank_launcher(command: str, overrides: list[str]) -> None:
         sys.argv = [str(Path(__file__).with_name("rank_entry.py")), *overrides]
 
 
+def inside_the_run(command: str, overrides: list[str]) -> list[str]:
+    """``finetune``/``evaluate`` of a clozelab run keep their log, config and CSV inside that run
+    (``<run>/eval/<command>/<date>_<time>/``, beside the ``eval/<task>.json`` they write), not in
+    a new ``outputs/...`` directory; an explicit ``hydra.run.dir`` or a sweep is left alone."""
+    if command not in ("finetune", "evaluate") or any(
+        o.startswith(("hydra.run.dir=", "-m", "--multirun", "hydra.mode=")) for o in overrides
+    ):
+        return overrides
+    checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint=")), None)
+    if checkpoint is None or "," in checkpoint:
+        return overrides
+    from clozelab.tasks.backbone import is_run_dir
+
+    run = is_run_dir(checkpoint)
+    if run is None:
+        return overrides
+    return [*overrides, f"hydra.run.dir={run.resolve()}/eval/{command}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+
+
 def run_command(command: str, overrides: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -95,10 +114,17 @@ def run_command(command: str, overrides: list[str]) -> None:
 
     from clozelab.config import conf_dir, register_overlays
     from clozelab.errors import ClozelabError
+    from clozelab.keys import preflight
 
     config_name, spec = COMMANDS[command]
     register_overlays()
     _quiet_dependencies()
+    overrides = inside_the_run(command, overrides)
+    try:
+        preflight(config_name, overrides)  # misspelt keys, bad arguments: before any work
+    except ClozelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     def task(cfg):
         point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
+from clozelab.checkpoint import user_mode
 from clozelab.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def write_hf_dir(
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
+    user_mode(tmp)  # safetensors creates its files 0600
     os.replace(tmp, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
     if tokenizer_dir is not None:

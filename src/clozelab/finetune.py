@@ -79,6 +79,7 @@ def run_task(
     data_dir=None,
     mode: str = "finetune",
     mix_layers: int = 4,
+    layer_mix: str = "average",
     arch: DictConfig | None = None,
     random_init: DictConfig | None = None,
     loggers=(),
@@ -96,7 +97,9 @@ def run_task(
     if task.kind in ZERO_SHOT:
         scores = score_zero_shot(backbone, task, list(seeds))
         runs = [{"seed": s, "metrics": m} for s, m in zip(seeds, scores, strict=True)]
-        protocol = {"training": "none (zero-shot, frozen encoder, mean-pooled last layer)"}
+        layers = task.get("layers", -1)
+        layers = layers if isinstance(layers, int) else [int(i) for i in layers]
+        protocol = {"training": "none (zero-shot, frozen encoder, mean-pooled)", "layers": layers}
         metric = task.get("metric") or "spearman"
     else:
         splits = read_task(task, data_dir)
@@ -104,7 +107,8 @@ def run_task(
         for seed in seeds:
             log.info("task %s seed %d: %d train / %d validation features",
                      name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
-            runs.append({"seed": seed, **run_seed(make, prepared, task, seed, mode, mix_layers)})
+            facts = run_seed(make, prepared, task, seed, mode, mix_layers, layer_mix)
+            runs.append({"seed": seed, **facts})
         metric = task.get("metric") or DEFAULT_METRICS[task.kind][0]
         protocol = {
             "split": "validation (dev)" if not task.get("holdout") else
@@ -120,10 +124,16 @@ def run_task(
             "weight_decay": task.get("weight_decay", 0.01),
             "mode": mode,
             "mix_layers": mix_layers if mode == "features" else None,
+            "layer_mix": layer_mix if mode == "features" else None,
             "decoder": task.get("decoder") if task.kind == "token" else None,
+            **({"subword_labels": task.get("subword_labels", "first"),
+                "subword_decoding": task.get("subword_decoding", "first")}
+               if task.kind == "token" else {}),
             **({"pooling": resolve_pooling(task.get("pooling"), mode)}
                if task.kind in ("classification", "regression") else {}),
             **({"max_span_length": task.get("max_span_length", 8),
+                "span_endpoints": task.get("span_endpoints", "ffn"),
+                "span_pooling": task.get("span_pooling", "attention"),
                 "decoding": task.get("decoding", "nested")} if task.kind == "span_ner" else {}),
         }  # fmt: skip
     names = sorted({k for r in runs for k in r["metrics"]})
@@ -149,8 +159,8 @@ def run_task(
     for logger in loggers:
         logger.log_metrics({f"eval/{name}/{k}": v["mean"] for k, v in summary.items()})
         logger.save()
-    log.info("%s: %s = %.4f ± %.4f (%d seeds)", name, metric, result["value"], result["std"],
-             len(seeds))  # fmt: skip
+    log.info("%s: %s = %.4f ± %.4f (%d seeds) -> %s", name, metric, result["value"],
+             result["std"], len(seeds), eval_dir / f"{name}.json")  # fmt: skip
     return result
 
 
@@ -195,6 +205,7 @@ def finetune(cfg: DictConfig) -> dict:
         data_dir=cfg.get("data_dir"),
         mode=cfg.get("mode", "finetune"),
         mix_layers=int(cfg.get("mix_layers", 4)),
+        layer_mix=cfg.get("layer_mix", "average"),
         arch=cfg,
         random_init=cfg.get("random_init"),
         loggers=_loggers(cfg, Path(cfg.paths.output_dir), f"finetune-{cfg.task.name}"),
@@ -235,6 +246,7 @@ def evaluate_suite(
             data_dir=eval_cfg.get("data_dir"),
             mode=eval_cfg.get("mode", "finetune"),
             mix_layers=int(eval_cfg.get("mix_layers", 4)),
+            layer_mix=eval_cfg.get("layer_mix", "average"),
             arch=arch,
             random_init=eval_cfg.get("random_init"),
             loggers=loggers,
@@ -244,6 +256,7 @@ def evaluate_suite(
         for name, r in results.items()
     }
     write_json(eval_dir / "summary.json", {"suite": eval_cfg.get("suite"), "tasks": summary})
+    log.info("suite %s: summary -> %s", eval_cfg.get("suite"), eval_dir / "summary.json")
     return results
 
 

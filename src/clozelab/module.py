@@ -20,6 +20,20 @@ class NonFiniteLossError(ClozelabError):
     """The loss became NaN or Inf."""
 
 
+def exact_losses(means: dict[str, float], objectives: dict) -> dict[str, float]:
+    """Each objective's loss from the exact means of its terms (a term without targets in the
+    whole set counts 0, as in a batch without them), and each stream's weighted total
+    (``loss``, ``dialogue_loss``). ``objectives``: name -> (weight, total key, terms, loss log)."""
+    out: dict[str, float] = {}
+    for weight, total_key, terms, loss_key in objectives.values():
+        if not any(term in means for term in terms):
+            continue  # no batch of this stream ran (e.g. only a reference stream)
+        loss = sum(c * means.get(term, 0.0) for term, c in terms.items())
+        out[loss_key] = loss
+        out[total_key] = out.get(total_key, 0.0) + weight * loss
+    return out
+
+
 class PretrainModule(pl.LightningModule):
     """Receives built components (Hydra ``_target_``); composes them and logs.
 
@@ -44,6 +58,9 @@ class PretrainModule(pl.LightningModule):
         self.total_steps, self.weight_decay = total_steps, weight_decay
         self.tokens_seen = 0
         self._val_sums: dict[str, list[float]] = {}
+        # objective (tagged) -> (its weight, its stream's total key, loss terms, its loss log)
+        self._val_losses: dict[str, tuple[float, str, dict[str, float], str]] = {}
+        self._loss_terms: dict[str, tuple[float, str, dict[str, float], str]] = {}
         self._train_start: float | None = None
         self.tokens_at_train_start = 0
 
@@ -51,7 +68,7 @@ class PretrainModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]):
         """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
         ``{"text": batch, "dialogue": batch}``: the two streams' totals are summed."""
-        self._objective_losses = {}
+        self._objective_losses, self._loss_terms = {}, {}
         if "input_ids" in batch:
             return self._forward_stream(batch)
         total, logs, counts = 0.0, {}, {}
@@ -67,7 +84,8 @@ class PretrainModule(pl.LightningModule):
         """Embedding then encoder: the (B, T, H) states every objective reads."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
-        return self.encoder(hidden, batch.get("attention_mask"))
+        extra = {k: batch[k] for k in getattr(self.encoder, "batch_inputs", ()) if k in batch}
+        return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
     def _forward_stream(self, batch: dict[str, torch.Tensor]):
         """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
@@ -90,7 +108,10 @@ class PretrainModule(pl.LightningModule):
             total = weighted if total is None else total + weighted
             for key, value in out.logs.items():
                 logs[tag + key] = value
-                counts[tag + key] = out.n_targets
+                counts[tag + key] = out.weight(key)
+            total_key = "dialogue_loss" if stream == "dialogue" else "loss"
+            terms = {tag + key: c for key, c in out.terms().items()}
+            self._loss_terms[tag + name] = (objective.weight, total_key, terms, tag + out.loss_key)
         if total is None:
             raise ClozelabError(
                 f"objective: none of {list(self.objectives)} trains on {stream} batches. Fix: add "
@@ -165,10 +186,11 @@ class PretrainModule(pl.LightningModule):
             logs, counts = self._reference_mlm(batch)
         else:
             _, logs, counts = self(batch)
-        if "dialogue_label" in batch:  # val/loss stays the text loss; this is val/dialogue_loss
-            logs.pop("loss")
+            logs.pop("loss")  # the weighted sums are rebuilt from exact means at the end
+            logs.pop("dialogue_loss", None)
+            self._val_losses.update(self._loss_terms)
         for key, value in logs.items():
-            weight = float(counts.get(key, 1))
+            weight = float(counts[key])
             if weight > 0 and math.isfinite(float(value)):
                 total = self._val_sums.setdefault(key, [0.0, 0.0])
                 total[0] += float(value) * weight
@@ -182,7 +204,10 @@ class PretrainModule(pl.LightningModule):
         return logs, {key: out.n_targets for key in logs}
 
     def on_validation_epoch_end(self) -> None:
-        """Token-weighted means over the whole validation set (summed across ranks first)."""
+        """Exact means over the whole validation set: each log's sum of value x targets over
+        the batches (and ranks) divided by its targets; each objective's loss rebuilt from the
+        means of its terms, and ``val/loss`` (``val/dialogue_loss``) as the weighted sum of the
+        objectives' exact losses, like ``train/loss`` of one batch, never a mean of batch sums."""
         if not self._val_sums:
             return
         keys = sorted(self._val_sums)
@@ -190,10 +215,12 @@ class PretrainModule(pl.LightningModule):
             [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
         )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        for key, (total, weight) in zip(keys, sums.tolist()):
-            if weight > 0:
-                self.log(f"val/{key}", total / weight, prog_bar=key == "mlm_loss")
-        self._val_sums = {}
+        means = {key: total / weight for key, (total, weight) in zip(keys, sums.tolist())
+                 if weight > 0}  # fmt: skip
+        means.update(exact_losses(means, self._val_losses))
+        for key, value in means.items():
+            self.log(f"val/{key}", value, prog_bar=key == "mlm_loss")
+        self._val_sums, self._val_losses = {}, {}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

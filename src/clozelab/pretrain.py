@@ -29,6 +29,7 @@ from clozelab.callbacks import (
 from clozelab.checkpoint import AtomicCheckpointIO, check_compatible, remove_stale_temporaries
 from clozelab.config import build, target_class
 from clozelab.corruption.runtime import runtime_kwargs
+from clozelab.data.corpus import resolve_corpus
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
 from clozelab.data.preprocess import prepare
@@ -36,6 +37,8 @@ from clozelab.errors import ClozelabError
 from clozelab.export import export_after_run
 from clozelab.model.compile import apply_model_compile
 from clozelab.module import PretrainModule
+from clozelab.progress import Budget
+from clozelab.progress_bar import BudgetBar
 from clozelab.protocol import protocol
 from clozelab.rundir import RunDirectory, write_json
 from clozelab.scale import trainer_kwargs, world_size
@@ -47,13 +50,15 @@ log = logging.getLogger(__name__)
 
 def build_components(cfg: DictConfig, tokenizer, prepared=None):
     """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in (and the
-    training shards, for corruptions that count corpus tables: unigram, phrases)."""
-    with open_dict(cfg):
-        cfg.model.vocab_size = tokenizer.vocab_size
+    training shards, for corruptions that count corpus tables: unigram, phrases). The model's
+    vocabulary is the tokenizer's plus the corruption's ``extra_vocab`` (T5 sentinels)."""
+    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
+    with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
+        cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
     embedding = build(cfg.embedding, "embedding")
+    embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
     encoder = build(cfg.encoder, "encoder")
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
-    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
     return embedding, encoder, objectives, corruption
 
 
@@ -99,11 +104,12 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
     ]
     if max_tokens:
         callbacks.append(TokenBudget(max_tokens))
+    budget = Budget.of(kwargs.get("max_steps"), max_tokens, kwargs.get("max_time"))
     if cfg.callbacks.progress_bar and sys.stderr.isatty():
-        callbacks.append(pl.callbacks.RichProgressBar())
+        callbacks.append(BudgetBar(budget))
         kwargs["enable_progress_bar"] = True
     else:
-        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps))
+        callbacks.append(LogProgress(cfg.callbacks.log_every_n_steps, budget))
         kwargs["enable_progress_bar"] = False
     return pl.Trainer(
         **kwargs,
@@ -187,6 +193,10 @@ def _record_failure(run_dir: Path, trainer, loggers, exc: BaseException, signum,
     mark_run(loggers, status, error)
 
 
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items() if share)
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics.
 
@@ -194,6 +204,8 @@ def pretrain(cfg: DictConfig) -> dict:
     refused, and a launch after the run completed with the same config does nothing (returns
     its metrics)."""
     objective_names = validate_pretrain(cfg)
+    resolve_corpus(cfg.data.corpus)  # it exists (files are looked at, not read) before the
+    # run directory is touched, so a wrong path is named as such, not as another config
     run = RunDirectory(cfg.paths.output_dir, cfg, writer=rank_zero_only.rank == 0)
     done = run.open()
     if done is not None:
@@ -254,12 +266,17 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,
+        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
     )
+    pair_kinds = datamodule.pair_kinds()
+    if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs
+        log.info("Pairs of %s (epoch 0): %s", cfg.data.instances, _shares(pair_kinds))
     module = PretrainModule(
         embedding,
         encoder,

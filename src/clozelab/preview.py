@@ -1,9 +1,13 @@
 """``clozelab preview corruption=NAME [overrides]``: look at a corruption before spending GPU hours.
 
-Prints a few corrupted examples from the configured corpus (changed tokens highlighted: ``[MASK]``
-as is, ``{random}`` for a replaced token, ``(kept)`` for a chosen but unchanged token, ``~`` after a
-position where tokens were deleted, ``^`` on moved tokens) and writes ``preview.json`` in the run
-directory with statistics over ``preview.sequences`` sequences.
+Prints a few corrupted examples from the configured corpus with a legend of their notation
+(``LEGEND``: ``[MASK]`` as is, ``{new<-old}`` for a token replaced by a random one, ``(kept)`` for
+a chosen but unchanged token, ``~`` where tokens were deleted, ``^`` on moved tokens, ``+`` on
+inserted ones; seq2seq corruptions print ``source => target``, ``Corruption.preview_render``) and
+writes ``preview.json`` in the run directory with statistics over ``preview.sequences`` sequences
+(``Corruption.preview_stats``). The span lengths count *merged* spans: maximal runs of adjacent
+chosen tokens, so two spans drawn side by side count as one longer span (what SBO and the per-span
+operations see).
 """
 
 from __future__ import annotations
@@ -22,11 +26,21 @@ from clozelab.errors import config_error
 
 log = logging.getLogger(__name__)
 
+LEGEND = (
+    "legend: [MASK] a masked token · {new<-old} a token replaced by a random one (new, was old) "
+    "· (tok) a chosen token kept unchanged (still predicted) · ~ tokens deleted here · ^tok a "
+    "moved token · +tok an inserted token · seq2seq: source => target"
+)
+MERGED = (
+    "span lengths count merged spans: maximal runs of adjacent chosen tokens (spans drawn side "
+    "by side count as one longer span)"
+)
+
 
 def corruption_stats(batches: list[tuple[dict, dict]], mask_id: int) -> dict:
     """Statistics of (clean batch, corrupted batch) pairs; see the module docstring."""
     n_cand = corrupted = predicted = special_touched = sequences = 0
-    ops = {"mask": 0, "replace": 0, "keep": 0, "delete": 0, "reorder": 0}
+    ops = {"mask": 0, "replace": 0, "keep": 0, "delete": 0, "reorder": 0, "insert": 0}
     words_hist: dict[int, int] = {}
     tokens_hist: dict[int, int] = {}
     for clean, out in batches:
@@ -36,11 +50,15 @@ def corruption_stats(batches: list[tuple[dict, dict]], mask_id: int) -> dict:
         n_cand += int(eligible.sum())
         deleted = int(out["deleted_count"].sum()) if "deleted_count" in out else 0
         ops["delete"] += deleted
+        inserted = int(out["inserted_count"].sum()) if "inserted_count" in out else 0
+        ops["insert"] += inserted
         reordered = out.get("reordered_mask")
         if reordered is not None:
             ops["reorder"] += int(reordered.sum())
         labels = out.get("mlm_labels")
-        same_shape = out["input_ids"].shape == clean["input_ids"].shape and deleted == 0
+        same_shape = (
+            out["input_ids"].shape == clean["input_ids"].shape and deleted == 0 and inserted == 0
+        )
         chosen = out.get("corrupted_mask")
         if chosen is None and labels is not None:
             chosen = labels != IGNORE_INDEX
@@ -48,6 +66,8 @@ def corruption_stats(batches: list[tuple[dict, dict]], mask_id: int) -> dict:
             chosen = chosen.bool()
             if labels is not None:
                 predicted += int((labels != IGNORE_INDEX).sum())
+            if "insertion_labels" in out:  # inserted tokens are counted by inserted_count
+                chosen = chosen & (out["insertion_labels"] != 1)
             masked = chosen & (out["input_ids"] == mask_id)
             replaced = chosen & out.get("replaced_mask", torch.zeros_like(chosen)).bool()
             moved = reordered.bool() if reordered is not None else torch.zeros_like(chosen)
@@ -62,7 +82,7 @@ def corruption_stats(batches: list[tuple[dict, dict]], mask_id: int) -> dict:
             if same_shape and reordered is None:
                 special_touched += int((out["input_ids"] != clean["input_ids"])[special].sum())
                 _span_hist(chosen, clean["word_ids"], words_hist, tokens_hist)
-        corrupted += deleted
+        corrupted += deleted + inserted
     total_ops = max(sum(ops.values()), 1)
     return {
         "sequences": sequences,
@@ -110,13 +130,16 @@ def render(clean: dict, out: dict, row: int, tokenizer, mask_id: int) -> str:
     labels = out.get("mlm_labels")
     chosen = out.get("corrupted_mask")
     deletion = out.get("deletion_labels")
+    inserted = out.get("insertion_labels")
     moved = out.get("reordered_mask")
     pieces = []
     for pos, tok in enumerate(ids):
         text = vocab(tok) or f"<{tok}>"
         if deletion is not None and int(deletion[row, pos]) == 1:
             pieces.append("~")
-        if moved is not None and bool(moved[row, pos]):
+        if inserted is not None and int(inserted[row, pos]) == 1:
+            text = f"+{text}"
+        elif moved is not None and bool(moved[row, pos]):
             text = f"^{text}"
         elif chosen is not None and bool(chosen[row, pos]):
             if tok == mask_id:
@@ -135,6 +158,7 @@ def preview(cfg: DictConfig) -> dict:
     from clozelab.data.collate import Collator
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
+    from clozelab.objectives.rtd import corruption_keys
     from clozelab.validate import validate_corruption, validate_data
 
     validate_data(cfg)
@@ -148,12 +172,13 @@ def preview(cfg: DictConfig) -> dict:
     tok = prepared.tokenizer
     cls = target_class(cfg.corruption, "corruption")
     corruption = build(cfg.corruption, "corruption", **runtime_kwargs(cls, tok, prepared))
-    data = PretrainDataModule(
+    data = PretrainDataModule(  # the corruption sets the raw instance length
         prepared,
-        None,
+        corruption,
         instances=cfg.data.instances,
         max_seq_length=cfg.data.max_seq_length,
         short_seq_prob=cfg.data.short_seq_prob,
+        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
     )
@@ -166,11 +191,15 @@ def preview(cfg: DictConfig) -> dict:
         clean = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
         generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + start)
         pairs.append((clean, corruption(clean, generator)))
-    stats = corruption_stats(pairs, tok.mask_id)
+    stats = corruption.preview_stats(pairs, tok)
     stats["corruption"] = cfg.corruption.get("_target_")
-    stats["produces"] = list(getattr(cls, "produces", ()))
+    pair_kinds = data.pair_kinds()  # how the pairs were made: SOP swaps vs random documents
+    if pair_kinds is not None:
+        stats["pair_kinds"] = pair_kinds
+    stats["produces"] = sorted(corruption_keys(cfg.corruption))
+    stats["span_lengths"] = MERGED
     examples = [
-        render(pairs[0][0], pairs[0][1], r, tok, tok.mask_id)
+        corruption.preview_render(pairs[0][0], pairs[0][1], r, tok)
         for r in range(min(int(cfg.preview.examples), pairs[0][0]["input_ids"].shape[0]))
     ]
     stats["examples"] = examples
@@ -178,6 +207,14 @@ def preview(cfg: DictConfig) -> dict:
     print(f"corruption: {stats['corruption']}  ({stats['sequences']} sequences)")
     for i, text in enumerate(examples):
         print(f"\n[{i}] {text}")
+    print(f"\n{LEGEND}")
+    for unit in ("words", "tokens"):
+        hist = stats.get(f"span_length_{unit}_histogram")
+        if hist:
+            counts = " ".join(f"{k}:{v}" for k, v in hist.items())
+            print(f"merged span lengths in {unit} (length:count): {counts}")
+    if any(stats.get(f"span_length_{unit}_histogram") for unit in ("words", "tokens")):
+        print(f"({MERGED})")
     print(
         "\n"
         + json.dumps(

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIXES = ("val/", "eval/")
 BUDGET_METRICS = ("tokens_seen", "steps", "wall_time_s")
+SUMMED = ("loss", "dialogue_loss")  # weighted sums over the objectives (val/loss, train/loss)
 
 
 @dataclass
@@ -66,6 +67,29 @@ class Setting:
     def seeds(self, seed: str) -> list[str]:
         return sort_values({job_seed(job, seed) for job in self.jobs if job.completed})
 
+    def objectives(self) -> str:
+        """The objectives its completed jobs trained with, and their weights ("mlm+nsp";
+        "mlm+sbo×2"); "?" when the jobs' config does not say."""
+        for job in self.jobs:
+            node = job.config.get("objective") if job.completed else None
+            if isinstance(node, dict) and node:
+                return "+".join(
+                    name + ("" if _weight(part) == 1 else f"×{_weight(part):g}")
+                    for name, part in sorted(node.items())
+                )
+        return "?"
+
+
+def _weight(node) -> float:
+    weight = node.get("weight", 1.0) if isinstance(node, dict) else 1.0
+    return float(weight) if isinstance(weight, (int, float)) else 1.0
+
+
+def is_summed(metric: str) -> bool:
+    """A weighted sum of the objectives' losses (``val/loss``): it grows with every objective
+    added, so it only compares settings that train the same objectives."""
+    return metric.rpartition("/")[2] in SUMMED
+
 
 @dataclass
 class Row:
@@ -84,6 +108,7 @@ class MetricReport:
     rows: list[Row]
     best: str | None  # setting label
     no_value: list[Path] = field(default_factory=list)  # completed jobs without it (or NaN)
+    not_comparable: str | None = None  # why no best setting is named (objectives differ)
 
 
 @dataclass
@@ -266,22 +291,50 @@ def metric_names(jobs: list[Job], extra: list[str]) -> list[tuple[str, str | Non
     return out
 
 
+def objective_sets(settings: list[Setting]) -> dict[str, list[str]]:
+    """Objective set -> the labels of the settings that train it."""
+    out: dict[str, list[str]] = {}
+    for setting in settings:
+        out.setdefault(setting.objectives(), []).append(setting.label)
+    return out
+
+
+def not_comparable_note(name: str, settings: list[Setting]) -> str | None:
+    """Why ``name`` ranks no setting: it sums the objectives' losses and the settings train
+    different objectives (None when it is comparable)."""
+    sets = objective_sets(settings)
+    if not is_summed(name) or len(sets) < 2:
+        return None
+    listed = "; ".join(f"{objectives}: {', '.join(labels)}" for objectives, labels in sets.items())
+    return (f"not comparable across these settings: {name} adds up the losses of each "
+            f"setting's objectives, and the objectives differ ({listed}). A setting with more "
+            "objectives has a larger sum, not a worse model. No best setting is named and paired "
+            "tests are kept only between settings with the same objectives; compare the "
+            "per-objective losses (e.g. val/mlm_loss) instead.")  # fmt: skip
+
+
 def metric_report(name, way, settings, axes, baseline, seed) -> MetricReport:
+    note = not_comparable_note(name, settings)
     rows = []
     for setting in settings:
         values = setting.values(name, seed)
         reference = baseline_of(setting, settings, axes, baseline)
         paired = None
-        if reference is not None and reference is not setting and values:
+        comparable = note is None or (
+            reference is not None and reference.objectives() == setting.objectives()
+        )
+        if reference is not None and reference is not setting and values and comparable:
             paired = paired_test(values, reference.values(name, seed))
         rows.append(Row(setting, summarize(values), reference, paired))
     for row, p in zip(rows, holm([r.paired.p_t if r.paired else None for r in rows]), strict=True):
         row.p_holm = p
+    lacking = [j.path for s in settings for j in s.jobs if j.completed and j.value(name) is None]
+    if note is not None:
+        return MetricReport(name, way, rows, None, lacking, not_comparable=note)
     winner = best({r.setting.label: r.summary.mean for r in rows}, way)
     top = next((r.summary.mean for r in rows if r.setting.label == winner), None)
     for row in rows:  # equal means are all best
         row.is_best = winner is not None and row.summary.mean == top
-    lacking = [j.path for s in settings for j in s.jobs if j.completed and j.value(name) is None]
     return MetricReport(name, way, rows, winner, lacking)
 
 

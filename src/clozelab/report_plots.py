@@ -1,11 +1,14 @@
 """PNG plots of a sweep report (matplotlib, Agg, no pyplot state):
 
 - per metric: the metric against the first numeric axis (e.g. ``corruption.rate``), one line per
-  combination of the other axes (e.g. 80/10/10 vs mask-only), mean ± std over seeds as error
-  bars; without a numeric axis, grouped bars (groups: the first axis; bars: the others);
+  combination of the other axes (e.g. 80/10/10 vs mask-only), the mean with its 95% confidence
+  interval over seeds; without a numeric axis, grouped bars from 0 (groups: the first axis;
+  bars: the others) with the same intervals, so a bar's length is its value and the whisker
+  says how far it can be trusted;
   the seeds' own values as dots, the best setting starred;
 - ``loss_curves.png``: the pre-training ``train/loss`` and ``val/loss`` of csv/metrics.csv per
-  setting, mean over seeds with a ±std band, against tokens seen (else steps).
+  setting (the MLM losses when the settings train different objectives), mean over seeds with a
+  ±std band, against tokens seen (else steps).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from clozelab.report_jobs import as_float, read_csv_rows
 from clozelab.report_stats import better_text
 
 CURVES = ("train/loss", "val/loss")
+SHARED_CURVES = ("train/mlm_loss", "val/mlm_loss")  # when the settings' objectives differ
 TOKENS = "train/tokens_seen"
 MAX_LEGEND = 12
 
@@ -56,14 +60,18 @@ def _hue(setting, keep: list[int], axes: list[str]) -> str:
 
 
 def _err(summary) -> float:
-    return summary.std if summary.std is not None else 0.0
+    """Half the 95% confidence interval of the mean (0 with one seed: no interval)."""
+    return summary.ci_high - summary.mean if summary.ci_high is not None else 0.0
 
 
-def _finish(fig, ax, metric, way, path: Path, legend: bool) -> Path:
+CAPTION = "mean and its 95% CI over seeds (t); dots: seeds; ★ best"
+
+
+def _finish(fig, ax, metric, way, path: Path, legend: bool, caption: str = CAPTION) -> Path:
     ax.set_title(f"{metric} ({better_text(way)})")
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
-    ax.annotate("mean ± std over seeds; dots: seeds; ★ best", (0, 0), xytext=(0, -34),
+    ax.annotate(caption, (0, 0), xytext=(0, -34),
                 xycoords="axes fraction", textcoords="offset points", fontsize=7, va="top",
                 color="0.35")  # fmt: skip
     if legend:
@@ -113,7 +121,7 @@ def _bars(metric, report, path: Path) -> Path:
     fig = Figure(figsize=(max(6.4, 1.1 * len(groups) * max(1, len(hues)) ** 0.5), 4.2))
     ax = fig.subplots()
     colors = dict(zip(hues, _colors(len(hues)), strict=True))
-    low, high, drawn = np.inf, -np.inf, set()
+    drawn = set()
     for row in metric.rows:
         summary = row.summary
         if summary.mean is None:
@@ -128,15 +136,20 @@ def _bars(metric, report, path: Path) -> Path:
         if row.is_best:
             ax.scatter([x], [summary.mean + _err(summary)], marker="*", s=180, color="gold",
                        edgecolors="black", zorder=4)  # fmt: skip
-        points = [*seeds, summary.mean - _err(summary), summary.mean + _err(summary)]
-        low, high = min(low, *points), max(high, *points)
-    if np.isfinite(low):
-        pad = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
-        ax.set_ylim(low - pad, high + pad)  # bars are compared on their tops, not from zero
-    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0, ha="right"
-                  if len(groups) > 4 else "center")  # fmt: skip
+    ax.axhline(0.0, color="0.3", lw=0.8)  # bars start at 0: their lengths compare honestly
+    crowded = len(groups) > 4 or sum(len(str(g)) for g in groups) > 48
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if crowded else 0,
+                  ha="right" if crowded else "center")  # fmt: skip
     ax.set_xlabel(axes[0] if axes else "")
-    return _finish(fig, ax, metric.name, metric.direction, path, legend=1 < len(hues) <= MAX_LEGEND)
+    return _finish(
+        fig,
+        ax,
+        metric.name,
+        metric.direction,
+        path,
+        legend=1 < len(hues) <= MAX_LEGEND,
+        caption="bars from 0: " + CAPTION,
+    )
 
 
 def _curve(job, column: str, use_tokens: bool) -> list[tuple[int, float, float]]:
@@ -162,10 +175,17 @@ def _has_tokens(jobs) -> bool:
                for j in jobs)  # fmt: skip
 
 
+def curve_columns(report) -> tuple[str, str]:
+    """train/val loss, or the MLM loss when the settings sum different objectives."""
+    from clozelab.report import objective_sets
+
+    return CURVES if len(objective_sets(report.settings)) < 2 else SHARED_CURVES
+
+
 def loss_curves(report, path: Path) -> Path | None:
     jobs = {s.label: [j for j in s.jobs if j.completed] for s in report.settings}
     every = [j for js in jobs.values() for j in js]
-    columns = [c for c in CURVES if any(_curve(j, c, False) for j in every)]
+    columns = [c for c in curve_columns(report) if any(_curve(j, c, False) for j in every)]
     if not columns:
         return None
     use_tokens = _has_tokens(every)
@@ -203,8 +223,8 @@ def write_plots(report, directory: Path) -> list[Path]:
     x_axis = numeric_axis(report)
     written = []
     for metric in report.metrics:
-        if not any(r.summary.mean is not None for r in metric.rows):
-            continue
+        if metric.not_comparable or not any(r.summary.mean is not None for r in metric.rows):
+            continue  # no plot sets sums of different objectives side by side
         path = directory / f"{slug(metric.name)}.png"
         if x_axis is not None:
             written.append(_lines(metric, report, x_axis, path))

@@ -9,8 +9,9 @@ import math
 import os
 from pathlib import Path
 
+from clozelab.report import SUMMED, objective_sets
 from clozelab.report_jobs import ABSENT, job_seed, protocol_summary
-from clozelab.report_plots import slug
+from clozelab.report_plots import SHARED_CURVES, curve_columns, slug
 from clozelab.report_stats import CONFIDENCE, EXACT_MAX_PAIRS, better_text
 
 METHODS = (
@@ -103,6 +104,8 @@ def _metric_section(report, metric, short, plots_rel) -> list[str]:
             cells.append(row.baseline.label if row.baseline else "—")
         rows.append(cells)
     lines += _table(header, rows)
+    if metric.not_comparable:
+        lines[1:1] = ["", f"**Not ranked**: {metric.not_comparable}"]
     notes = sorted({r.paired.note for r in metric.rows if r.paired and r.paired.note})
     if metric.no_value:
         jobs = ", ".join(f"`{p}`" for p in metric.no_value)
@@ -117,6 +120,11 @@ def _summary_section(report) -> list[str]:
     rows = []
     for metric in report.metrics:
         row = next((r for r in metric.rows if r.is_best), None)
+        if metric.not_comparable:
+            rows.append([metric.name, metric.direction or "?",
+                         "not comparable: the settings train different objectives (see below)",
+                         "—", "—", "—", "—"])  # fmt: skip
+            continue
         if row is None:
             rows.append([metric.name, metric.direction or "?", "—", "—", "—", "—", "—"])
             continue
@@ -135,6 +143,11 @@ def _protocol_section(report) -> list[str]:
     lines.append(f"- sweep dirs: {', '.join(f'`{d}`' for d in report.sweep_dirs)}")
     lines.append(f"- axes: {', '.join(f'`{a}`' for a in report.axes) or 'none (one setting)'}; "
                  f"seed axis `{report.seed}`, seeds {', '.join(report.seeds) or '—'}")  # fmt: skip
+    sets = objective_sets(report.settings)
+    if len(sets) > 1:
+        listed = "; ".join(f"{o}: {', '.join(labels)}" for o, labels in sets.items())
+        lines.append(f"- objectives differ between settings ({listed}): summed losses "
+                     f"({', '.join(f'val/{s}' for s in SUMMED)}) are not ranked")  # fmt: skip
     if report.fixed:
         fixed = " ".join(f"{k}={v}" for k, v in report.fixed.items())
         lines.append(f"- fixed overrides: `{fixed}`")
@@ -203,8 +216,11 @@ def write_markdown(report, path: Path, out_dir: Path) -> None:
     lines += _budget_section(report)
     curves = [p for p in report.plots if p.name == "loss_curves.png"]
     if curves:
-        lines += ["## Pre-training loss curves", "",
-                  f"![loss curves]({os.path.relpath(curves[0], out_dir)})", ""]  # fmt: skip
+        lines += ["## Pre-training loss curves", ""]
+        if curve_columns(report) == SHARED_CURVES:
+            lines += ["The settings train different objectives, so their summed losses do not "
+                      "compare: the curves show the MLM loss.", ""]  # fmt: skip
+        lines += [f"![loss curves]({os.path.relpath(curves[0], out_dir)})", ""]
     lines += _jobs_section(report)
     path.write_text("\n".join(lines), "utf-8")
 
@@ -283,6 +299,8 @@ def write_json(report, path: Path) -> None:
                       "budget": {m: v.__dict__ for m, v in report.budget[s.label].items()}}
                      for s in report.settings],
         "metrics": {m.name: {"direction": m.direction, "best": m.best, "no_value": m.no_value,
+                             "comparable": m.not_comparable is None,
+                             "not_comparable": m.not_comparable,
                              "rows": [_row_record(report, m, r, short) for r in m.rows]}
                     for m in report.metrics},
         "jobs": [{"path": j.path, "status": j.status, "error": j.error,

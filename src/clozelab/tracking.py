@@ -121,6 +121,9 @@ def _wandb(cfg, save_dir: Path, run_name: str, config: dict):
             mode=mode,
             config=config,
         )
+        # Lightning always hands wandb.init ``anonymous=None``, a setting wandb deprecated: it
+        # then warns on every run. Left out, wandb.init behaves the same.
+        logger._wandb_init.pop("anonymous", None)
         _ = logger.experiment  # start now, so a failure is caught here and not mid-run
         return logger
     except Exception as exc:  # a tracker must never stop a run

@@ -10,9 +10,9 @@ import inspect
 from omegaconf import DictConfig
 
 from clozelab.config import target_class
-from clozelab.data.corpus import resolve_corpus
-from clozelab.data.instances import KINDS
+from clozelab.data.instances import KINDS, SINGLE_SENTENCE
 from clozelab.errors import ClozelabError, config_error
+from clozelab.keys import check_arguments
 from clozelab.scale import validate_trainer
 from clozelab.validate_values import check_values
 
@@ -110,6 +110,7 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             if produces_for is not None
             else getattr(corruption_cls, "produces", ("mlm_labels",))
         )
+    _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
     if cfg_select(cfg, "data.dialogue.corpus"):
@@ -148,6 +149,34 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
             check_config(cfg, name)
         names.append(name)
     return names
+
+
+def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> None:
+    """A seq2seq corruption (it writes ``labels`` + ``decoder_input_ids``) needs an objective
+    with a decoder that reads them: an encoder-only model cannot use (source, target) pairs."""
+    from clozelab.objectives.seq2seq import TARGET_KEYS
+
+    decoder = cfg_select(cfg, "decoder")
+    if decoder is not None and not any(n.get("decoder") is not None for n in objectives.values()):
+        raise config_error(
+            "decoder", decoder.get("_target_"),
+            f"no objective of objective={list(objectives)} runs a decoder",
+            "add objective=[seq2seq] (encoder-decoder pre-training) or drop decoder=",
+        )  # fmt: skip
+    if not set(TARGET_KEYS) <= corrupted:
+        return
+    readers = [
+        name
+        for name, node in objectives.items()
+        if set(TARGET_KEYS) <= set(target_class(node, f"objective.{name}").requires)
+    ]
+    if not readers:
+        raise ClozelabError(
+            f"corruption ({cfg.corruption.get('_target_')}) produces seq2seq (source, target) "
+            f"pairs {list(TARGET_KEYS)}, but objective={list(objectives)} is encoder-only and "
+            "cannot read them. Fix: objective=[seq2seq] with decoder=t5 or decoder=bart "
+            "(experiment=t5|bart|mass), or an encoder corruption such as corruption=mask."
+        )
 
 
 def validate_dialogue(cfg: DictConfig) -> None:
@@ -202,12 +231,20 @@ def validate_data(cfg: DictConfig) -> None:
             "data.instances", kind, "unknown instance kind", f"use one of {list(KINDS)}"
         )
     _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.pad_to_multiple_of", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
+    single = cfg_select(cfg, "data.sop_single_sentence")
+    if single is not None and single not in SINGLE_SENTENCE:
+        raise config_error(
+            "data.sop_single_sentence",
+            single,
+            f"must be one of {list(SINGLE_SENTENCE)}",
+            "set data.sop_single_sentence=split (the paper's swap-only SOP)",
+        )
     corpus = cfg_select(cfg, "data.corpus")
     if not corpus:
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
-    resolve_corpus(corpus)  # exists, readable kind: before the run directory is touched
 
 
 def validate_budget(cfg: DictConfig) -> None:
@@ -228,6 +265,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
+    check_arguments(cfg)  # trainer/optim/scheduler/logger keys against what reads them
     check_values(cfg)  # types and ranges of seed, optim, scheduler, trainer
     validate_data(cfg)
     validate_model(cfg)

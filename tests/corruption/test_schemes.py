@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from clozelab.corruption.base import IGNORE_INDEX
 from clozelab.corruption.compose import Compose
@@ -103,6 +104,10 @@ def test_no_special_touched_deterministic_and_pickles(name):
     assert torch.equal(again["input_ids"], out["input_ids"])
     other = corruption(batch, gen(8))  # the next epoch's seed gives another corruption
     assert not torch.equal(other["mlm_labels"], out["mlm_labels"])
+    # span_bounds (what SBO reads) only from schemes that choose multi-word spans
+    assert ("span_bounds" in out) == (name in ("entity", "span", "ngram", "ernie"))
+    if "span_bounds" not in out:
+        return
     bounds = out["span_bounds"]
     for row in range(3):
         spans = bounds[row][bounds[row, :, 0] >= 0]
@@ -359,7 +364,10 @@ def test_deletion_label_marks_the_position_after_a_gap():
 @pytest.mark.parametrize("mode", ["local", "sentence"])
 def test_reorder_is_a_permutation_with_order_targets(mode):
     batch = make_batch(b=32, pad_from=120)
-    out = Reorder(mode=mode, rate=0.5, window=3, **TOK)(batch, gen(0))
+    unit = (
+        {"unit": "token"} if mode == "local" else {}
+    )  # a token moves <= 2 places (words: test_reorder_words)
+    out = Reorder(mode=mode, rate=0.5, window=3, **unit, **TOK)(batch, gen(0))
     labels = out["order_labels"]
     special = batch["special_tokens_mask"].bool()
     assert torch.equal(out["input_ids"][special], batch["input_ids"][special])
@@ -446,3 +454,19 @@ def test_phrase_table_matches_word_sequences():
     chosen = predicted(out)[0]
     assert chosen[1] == chosen[2] and chosen[4] == chosen[5] == chosen[6]
     assert not chosen[[0, 3, 7, 8, 9, 10]].any()
+
+
+@pytest.mark.parametrize(
+    ("node", "spans"),
+    [({"_target_": "clozelab.corruption.masking.UnitMasking"}, False),
+     ({"_target_": "clozelab.corruption.masking.UnitMasking", "unit": "token"}, False),
+     ({"_target_": "clozelab.corruption.masking.UnitMasking", "unit": "phrase"}, True),
+     ({"_target_": "clozelab.corruption.span.SpanMasking"}, True)],
+)  # fmt: skip
+def test_declared_keys_say_whether_span_bounds_are_written(node, spans):
+    """whole_word and token masking choose words, not spans: they do not offer SBO spans."""
+    from clozelab.objectives.rtd import corruption_keys
+
+    keys = corruption_keys(OmegaConf.create(node))
+    assert {"input_ids", "mlm_labels", "corrupted_mask"} <= keys
+    assert ("span_bounds" in keys) == spans

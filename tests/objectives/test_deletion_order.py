@@ -74,7 +74,9 @@ def test_order_loss_by_hand():
 
 def test_order_consumes_the_reorder_corruption():
     batch = _batch()
-    corruption = Reorder(0.5, vocab_size=60, mask_token_id=MASK, special_token_ids=[CLS, SEP, PAD])
+    corruption = Reorder(
+        0.5, unit="token", vocab_size=60, mask_token_id=MASK, special_token_ids=[CLS, SEP, PAD]
+    )  # the batch has no word_ids
     out = corruption(batch, torch.Generator().manual_seed(0))
     labels = out["order_labels"]
     keep = labels != -100

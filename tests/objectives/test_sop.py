@@ -97,3 +97,104 @@ def test_build_dispatches_segment_pairs_to_nsp(tmp_path):
     one = inst.segment_pairs(shards, 32, 0.1, np.random.default_rng(3))
     two = inst.build("segment_pair", shards, 32, 0.1, np.random.default_rng(3))
     np.testing.assert_array_equal(one, two)
+
+
+def _pair_text(shards, row):
+    """The A and B token offsets of an instance row (shard-local), and its kind name."""
+    return (
+        (int(row[inst.A_START]), int(row[inst.A_END])),
+        (int(row[inst.B_START]), int(row[inst.B_END])),
+        inst.PAIR_KINDS[int(row[inst.KIND])],
+    )
+
+
+def _document_of(shard, offset):
+    """Index of the document holding token ``offset`` (documents are sentence ranges)."""
+    token_starts = np.asarray(shard.sentences)[np.asarray(shard.documents)]
+    return int(np.searchsorted(token_starts, offset, side="right")) - 1
+
+
+def test_sop_kinds_are_recorded_and_albert_code_leaks_random_documents(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [list(rng.integers(3, 30, size=rng.integers(1, 20))) for _ in range(200)]
+    shards = _shards(tmp_path, docs)
+    table = inst.build("sentence_order", shards, 64, 0.1, np.random.default_rng(1))
+    (shard,) = shards
+    for row in table:
+        a, b, kind = _pair_text(shards, row)
+        same = _document_of(shard, a[0]) == _document_of(shard, b[0])
+        assert kind in ("in_order", "swapped", "random_document")
+        assert row[inst.LABEL] == (kind != "in_order")
+        if kind == "in_order":
+            assert same and a[1] <= b[0]
+        elif kind == "swapped":
+            assert same and b[1] <= a[0]
+    shares = inst.pair_kind_shares(table)
+    assert abs(sum(shares.values()) - 1.0) < 1e-3
+    assert shares["random_document"] > 0.02  # ALBERT's code: one-sentence chunks
+
+
+def test_sop_paper_rule_swaps_only_and_splits_one_sentence_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [list(rng.integers(3, 30, size=rng.integers(1, 20))) for _ in range(200)]
+    docs += [[40]] * 30  # one-sentence documents: one-sentence chunks for sure
+    shards = _shards(tmp_path, docs)
+    table = inst.build(
+        "sentence_order", shards, 64, 0.1, np.random.default_rng(1), sop_single_sentence="split"
+    )
+    (shard,) = shards
+    sentence_starts = np.asarray(shard.sentences)
+    kinds = [inst.PAIR_KINDS[k] for k in table[:, inst.KIND]]
+    assert "random_document" not in kinds
+    assert {"in_order", "swapped", "split_in_order", "split_swapped"} <= set(kinds)
+    for row, kind in zip(table, kinds):
+        a, b = (row[inst.A_START], row[inst.A_END]), (row[inst.B_START], row[inst.B_END])
+        assert _document_of(shard, a[0]) == _document_of(shard, b[0])  # never another document
+        first, second = (a, b) if kind.endswith("in_order") else (b, a)
+        assert first[1] <= second[0]  # the label says whether A came first
+        assert row[inst.LABEL] == kind.endswith("swapped")
+        if kind.startswith("split"):  # A and B inside one sentence, meeting at a token boundary
+            s = np.searchsorted(sentence_starts, first[0], side="right") - 1
+            assert sentence_starts[s] <= first[0] and second[1] <= sentence_starts[s + 1]
+    negatives = [k for k in kinds if k.endswith("swapped")]
+    assert abs(len(negatives) / len(kinds) - 0.5) < 0.08  # swap with probability 0.5, nothing else
+
+
+def test_sop_split_by_hand_and_skip(tmp_path):
+    shards = _shards(tmp_path, [[10]])  # one document, one sentence of 10 tokens
+    table = inst.segment_pairs(
+        shards, 64, 0.0, np.random.default_rng(5), sentence_order=True, single_sentence="split"
+    )
+    r = np.random.default_rng(5)
+    r.random()  # short_seq_prob's draw
+    cut = int(r.integers(1, 10))  # the token boundary: A = [0, cut), B = [cut, 10)
+    if r.random() < 0.5:
+        expected = (0, cut, 10, 0, 0, cut, 1, inst.SPLIT_SWAPPED)
+    else:
+        expected = (0, 0, cut, 0, cut, 10, 0, inst.SPLIT_IN_ORDER)
+    assert tuple(table[0]) == expected and len(table) == 1
+    skipped = inst.segment_pairs(
+        shards, 64, 0.0, np.random.default_rng(5), sentence_order=True, single_sentence="skip"
+    )
+    assert len(skipped) == 0
+    one_token = _shards(tmp_path / "one", [[1]])
+    split = inst.segment_pairs(
+        one_token, 64, 0.0, np.random.default_rng(5), sentence_order=True, single_sentence="split"
+    )
+    assert len(split) == 0  # a one-token sentence has no boundary: skipped
+    data = InstanceDataset(shards, table, "sentence_order", cls_id=2, sep_id=3)
+    assert data[0]["sentence_order_label"] == table[0, inst.LABEL]
+
+
+def test_albert_recipe_states_and_uses_the_paper_rule():
+    from clozelab.config import resource_dir
+    from tests.helpers import compose_config
+
+    cfg = compose_config("experiment=albert")
+    assert cfg.data.sop_single_sentence == "split"
+    header = (resource_dir("experiments") / "albert.yaml").read_text().split("defaults:")[0]
+    assert "sop_single_sentence=split" in header and "random_document" in header
+    with pytest.raises(ClozelabError, match="data.sop_single_sentence"):
+        from clozelab.validate import validate_data
+
+        validate_data(compose_config("data.sop_single_sentence=swap"))

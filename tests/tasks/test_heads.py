@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from clozelab.errors import ClozelabError
-from clozelab.tasks.heads import CRF, ScalarMix, TaskModel
+from clozelab.model.layer_pool import LayerAverage, ScalarMix
+from clozelab.tasks.heads import CRF, TaskModel
 
 
 def _brute(crf, em, length):
@@ -53,13 +54,46 @@ def test_scalar_mix_starts_as_the_average_of_the_last_layers():
     assert torch.allclose(mixed, torch.full((1, 2, 3), (2 + 3 + 4 + 5) / 4))
 
 
-def test_features_mode_freezes_the_backbone(tiny_backbone):
-    model = TaskModel(tiny_backbone(), "classification", 2, mode="features", mix_layers=2)
+def test_average_of_the_last_four_layers_by_hand():
+    """The seeds' feature-based recipe: (h_{L-3} + h_{L-2} + h_{L-1} + h_L) / 4, no parameters."""
+    g = torch.Generator().manual_seed(0)
+    states = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(6))  # embeddings + 5 layers
+    by_hand = (states[2] + states[3] + states[4] + states[5]) / 4
+    average = LayerAverage(4)
+    assert torch.allclose(average(states), by_hand, atol=1e-7)
+    assert list(average.parameters()) == []
+    assert torch.allclose(ScalarMix(4)(states), by_hand, atol=1e-6)  # the mix starts there
+
+
+def test_too_many_layers_names_the_real_key():
+    states = tuple(torch.zeros(1, 2, 3) for _ in range(3))  # a 2-layer encoder
+    for mix in (LayerAverage(4), ScalarMix(4)):
+        with pytest.raises(ClozelabError) as info:
+            mix(states)
+        message = str(info.value)
+        assert "mix_layers" in message and "features.layers" not in message
+        assert "3 hidden states" in message and "from 1 to 3" in message
+
+
+@pytest.mark.parametrize("layer_mix", ["average", "learned"])
+def test_features_mode_freezes_the_backbone(tiny_backbone, layer_mix):
+    model = TaskModel(
+        tiny_backbone(), "classification", 2, mode="features", mix_layers=2, layer_mix=layer_mix
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("backbone.") for n in trainable)
-    assert {"mix.weights", "mix.gamma"} <= trainable
+    mix_params = {n for n in trainable if n.startswith("mix.")}
+    assert mix_params == ({"mix.weights", "mix.gamma"} if layer_mix == "learned" else set())
     model.train()
     assert not model.backbone.training
+    batch = _batch([[2, 7, 8, 3]], tiny_backbone().tokenizer.pad_id)
+    with torch.no_grad():
+        states = model.backbone(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], True
+        ).hidden_states
+        assert torch.allclose(model.hidden(batch), (states[-1] + states[-2]) / 2, atol=1e-6)
+    with pytest.raises(ClozelabError, match="layer_mix"):
+        TaskModel(tiny_backbone(), "classification", 2, mode="features", layer_mix="max")
 
 
 def _batch(ids, pad):
@@ -107,3 +141,23 @@ def test_pooling_reads_cls_or_the_mean_of_the_real_tokens(tiny_backbone, mode):
 def test_unknown_pooling_names_the_key_and_the_choices(tiny_backbone):
     with pytest.raises(ClozelabError, match=r"task\.pooling.*max.*cls.*mean"):
         TaskModel(tiny_backbone(), "classification", 2, pooling="max")
+
+
+def test_bundled_similarity_uses_the_embed_api_with_task_layers(tiny_backbone):
+    """task.layers=[-2, -1]: the word vectors are backbone.embed(..., layers=[-2, -1])."""
+    from omegaconf import OmegaConf
+
+    from clozelab.finetune import load_task
+    from clozelab.tasks.bundled import text_vectors
+
+    backbone = tiny_backbone()
+    task = OmegaConf.merge(load_task("simlex999"), {"layers": [-2, -1]})
+    words = ["river", "king", "library"]
+    got = text_vectors(backbone, task, words)
+    tok = backbone.tokenizer
+    for i, word in enumerate(words):
+        ids = torch.tensor([[tok.cls_id, *tok.encode_batch([word])[0].ids, tok.sep_id]])
+        with torch.no_grad():
+            states = backbone(ids, torch.ones_like(ids), torch.zeros_like(ids), True).hidden_states
+        by_hand = ((states[-2] + states[-1]) / 2)[0, 1:-1].mean(0)
+        torch.testing.assert_close(got[i], by_hand, atol=1e-5, rtol=0)

@@ -52,14 +52,14 @@ def test_enumeration_never_crosses_a_masked_word():
 
 
 def _hand_head() -> SpanHead:
-    head = SpanHead(hidden=2, num_labels=3, max_span_length=2, dropout=0.0)
+    head = SpanHead(hidden=2, num_labels=3, max_span_length=2, dropout=0.0, endpoints="linear")
     with torch.no_grad():
         head.start.weight.copy_(torch.eye(2))
         head.start.bias.zero_()
         head.end.weight.copy_(2 * torch.eye(2))
         head.end.bias.copy_(torch.tensor([0.0, 1.0]))
-        head.attention.weight.copy_(torch.tensor([[1.0, 0.0]]))
-        head.attention.bias.zero_()
+        head.pool.score.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.pool.score.bias.zero_()
     return head
 
 
@@ -85,6 +85,49 @@ def test_span_representation_matches_a_hand_computation():
     w2 = [math.exp(3.0), math.exp(0.0)]
     g2 = [(w2[0] * 3) / sum(w2), (w2[1] * 1) / sum(w2)]
     assert rep[0, single].tolist() == pytest.approx([3.0, 0.0, 0.0, 3.0, *g2], abs=1e-6)
+
+
+def _gelu(x: float) -> float:
+    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_default_span_head_is_ffn_endpoints_and_attention_pooling():
+    head = SpanHead(hidden=2, num_labels=3)
+    assert isinstance(head.start, torch.nn.Sequential) and len(head.start) == 3
+    assert type(head.pool).__name__ == "AttentionPool"
+
+
+def test_ffn_endpoints_and_plain_average_by_hand():
+    """s_i = FFN_start(h_i) = W2 GELU(W1 h_i + b1) + b2 (and FFN_end likewise); g_ij = the plain
+    mean of the span's token states."""
+    head = SpanHead(hidden=2, num_labels=3, max_span_length=2, dropout=0.0, pooling="mean")
+    with torch.no_grad():
+        for ffn, scale in ((head.start, 1.0), (head.end, -1.0)):
+            ffn[0].weight.copy_(torch.tensor([[1.0, 1.0], [scale, -1.0]]))
+            ffn[0].bias.copy_(torch.tensor([0.5, 0.0]))
+            ffn[2].weight.copy_(torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+            ffn[2].bias.copy_(torch.tensor([0.0, -1.0]))
+    h = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])
+    starts_tok, ends_tok = torch.tensor([[1, 2]]), torch.tensor([[1, 3]])
+    rep, *_ = head.represent(h, starts_tok, ends_tok, torch.tensor([[True, True]]))
+
+    def ffn(x, scale):
+        a = [_gelu(x[0] + x[1] + 0.5), _gelu(scale * x[0] - x[1])]
+        return [2.0 * a[0], a[0] + a[1] - 1.0]
+
+    slot = 0 * 2 + 1  # words 0..1: tokens 1..3
+    s = ffn([1.0, 2.0], 1.0)  # token 1
+    e = ffn([0.0, 1.0], -1.0)  # token 3
+    g = [(1.0 + 3.0 + 0.0) / 3, (2.0 + 0.0 + 1.0) / 3]
+    assert rep[0, slot].tolist() == pytest.approx(s + e + g, abs=1e-6)
+    single = 1 * 2 + 0  # word 1 alone: tokens 2..3
+    expected = ffn([3.0, 0.0], 1.0) + ffn([0.0, 1.0], -1.0) + [1.5, 0.5]
+    assert rep[0, single].tolist() == pytest.approx(expected, abs=1e-6)
+    assert not list(head.pool.parameters())
+    with pytest.raises(ClozelabError, match="task.span_pooling"):
+        SpanHead(hidden=2, num_labels=3, pooling="max")
+    with pytest.raises(ClozelabError, match="task.span_endpoints"):
+        SpanHead(hidden=2, num_labels=3, endpoints="bilinear")
 
 
 def test_pooling_ignores_tokens_outside_the_span_and_padding():

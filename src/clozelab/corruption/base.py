@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.errors import config_error
+from clozelab.errors import ClozelabError, config_error
 
 IGNORE_INDEX = -100
 """Target value of positions that carry no loss (HF and PyTorch cross-entropy convention)."""
@@ -33,6 +33,11 @@ IGNORE_INDEX = -100
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
 vocabulary, specials included (BERT, ALBERT, HF collator; SPECS §3)."""
+
+DISTRIBUTIONS = ("uniform", "unigram")
+"""How random replacements are weighted: uniformly, or by corpus unigram frequency (the seeds'
+"sampled by unigram probability"; SpanBERT's token buffer; fairseq ``freq_weighted_replacement``).
+"""
 
 
 class Corruption:
@@ -45,6 +50,9 @@ class Corruption:
 
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: Ids the model needs beyond the tokenizer's vocabulary (T5 sentinels): the embedding and
+    #: softmax get ``tokenizer.vocab_size + extra_vocab`` rows (SEQ2SEQ contract).
+    extra_vocab: int = 0
 
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
@@ -52,6 +60,34 @@ class Corruption:
         raise NotImplementedError(
             f"{type(self).__name__} must implement __call__(batch, generator)"
         )
+
+    def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
+        """Statistics ``clozelab preview`` writes for (clean, corrupted) batch pairs."""
+        from clozelab.preview import corruption_stats
+
+        return corruption_stats(pairs, tokenizer.mask_id)
+
+    def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
+        """One corrupted row of ``clozelab preview`` with its changes marked."""
+        from clozelab.preview import render
+
+        return render(clean, out, row, tokenizer, tokenizer.mask_id)
+
+    def output_length(self, n_tokens: int, n_special: int) -> int:
+        """Longest corrupted row (encoder input) from a row of ``n_tokens`` real tokens,
+        ``n_special`` of them special. Corruptions that shorten or lengthen rows override it."""
+        return n_tokens
+
+    def instance_length(self, max_seq_length: int, n_special: int) -> int:
+        """Longest raw row whose corrupted form fits in ``max_seq_length`` (T5's
+        ``random_spans_helper`` search): the length the data module builds instances at.
+        ``output_length`` must not decrease with the row length."""
+        n = max_seq_length
+        while self.output_length(n + 1, n_special) <= max_seq_length:
+            n += 1
+        while n > n_special + 1 and self.output_length(n, n_special) > max_seq_length:
+            n -= 1
+        return n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +195,7 @@ class ReplacementSampler:
         self.special_token_ids = check_token_ids(
             special_token_ids, self.vocab_size, f"{prefix}.special_token_ids"
         )
+        self.table_missing = False  # set by replacement_sampler: unigram asked, no table given
         self.allowed: Tensor | None = None  # ids to draw from uniformly; None = whole vocab
         self.probs: Tensor | None = None  # normalised weights; None = uniform
         if self.replace_from == "nonspecial":
@@ -204,6 +241,16 @@ class ReplacementSampler:
             )
         return (weights / total).to(torch.float32)
 
+    def check_table(self) -> None:
+        """Raise when ``replace_distribution=unigram`` was asked without the corpus table."""
+        if self.table_missing:
+            raise ClozelabError(
+                "corruption.replace_distribution=unigram needs the token frequency table of the "
+                "training shards, and this corruption was built without them. Fix: build it with "
+                "clozelab.pretrain.build_components(cfg, tokenizer, prepared) (clozelab pretrain "
+                "does), or set corruption.replace_distribution=uniform."
+            )
+
     def sample(
         self, n: int, generator: torch.Generator, device: torch.device | None = None
     ) -> Tensor:
@@ -224,6 +271,37 @@ class ReplacementSampler:
             f"ReplacementSampler(vocab_size={self.vocab_size}, replace_from={self.replace_from!r}, "
             f"{kind})"
         )
+
+
+def replacement_sampler(
+    vocab_size: int,
+    special_token_ids: Iterable[int],
+    replace_from: str,
+    replace_distribution: str,
+    corpus_dir: str | None = None,
+    replacement_probs: Tensor | None = None,
+    needed: bool = True,
+) -> ReplacementSampler:
+    """The sampler of a corruption that writes random tokens (``replace_distribution`` choice).
+
+    ``uniform`` draws uniformly (``replace_from`` says over which ids); ``unigram`` weights the ids
+    by their counts in the training shards (``corpus_dir``, counted once and cached). Explicit
+    ``replacement_probs`` (tests, custom tables) win over both. Without a table, a ``unigram``
+    corruption that may replace (``needed``) is still built (tests, ``preview`` of a config) but
+    flagged: its ``check_table`` raises a clear error before the first batch is corrupted.
+    """
+    distribution = check_choice(
+        replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
+    )
+    if replacement_probs is None and distribution == "unigram" and corpus_dir:
+        from clozelab.corruption.corpus_stats import unigram_counts
+
+        replacement_probs = unigram_counts(corpus_dir, vocab_size)
+    sampler = ReplacementSampler(
+        vocab_size, special_token_ids, replace_from, probs=replacement_probs
+    )
+    sampler.table_missing = distribution == "unigram" and replacement_probs is None and needed
+    return sampler
 
 
 def check_token_ids(ids: Iterable[int], vocab_size: int, key: str) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ PRESETS = (
     "replace",
     "delete",
     "reorder",
+    "plm",
 )
 
 

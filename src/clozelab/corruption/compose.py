@@ -62,6 +62,7 @@ def rate_of_remaining(step: Corruption) -> bool:
 class Compose(Corruption):
     accepts_corpus = True
     accepts_pad = True
+    accepts_eos = True
     produces = ("input_ids", "corrupted_mask")  # guaranteed; see produces_for
 
     def __init__(self, steps, **runtime) -> None:
@@ -108,8 +109,15 @@ class Compose(Corruption):
 
         keys = list(cls.produces)
         for step in node.get("steps", ()):
-            keys += getattr(get_class(step["_target_"]), "produces", ())
+            step_cls = get_class(step["_target_"])
+            produces_for = getattr(step_cls, "produces_for", None)
+            keys += produces_for(step) if produces_for else getattr(step_cls, "produces", ())
         return tuple(dict.fromkeys(keys))
+
+    def output_length(self, n_tokens: int, n_special: int) -> int:
+        for step in self.steps:
+            n_tokens = step.output_length(n_tokens, n_special)
+        return n_tokens
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         out = dict(batch)

@@ -34,6 +34,7 @@ PAD_VALUES = {
     "special_tokens_mask": 1, "word_ids": -1, "entity_ids": -1, "sentence_ids": -1,
     "phrase_ids": -1, "mlm_labels": IGNORE_INDEX, "token_type_ids": 0, "attention_mask": 0,
     "order_labels": IGNORE_INDEX, "deletion_labels": IGNORE_INDEX,
+    "insertion_labels": IGNORE_INDEX,
 }  # fmt: skip
 
 

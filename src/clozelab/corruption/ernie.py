@@ -28,6 +28,8 @@ class ErnieMasking(MaskingCorruption):
     phrase_min_count, phrase_threshold: gensim Phrases settings of the phrase table.
     """
 
+    spans = True  # phrase and entity units: several words each
+
     def __init__(
         self,
         rate: float = 0.15,

@@ -1,13 +1,18 @@
 """BERT token masking: choose single tokens, then [MASK] / random / keep them (SPECS §1, §3, §4).
 
-Two budgets:
+Three budgets:
 
-* ``bernoulli`` — each candidate is chosen independently with probability ``rate`` (HF collator,
-  RoBERTa dynamic masking). The count per row is Binomial(n_candidates, rate) and can be 0.
-* ``exact`` — BERT's ``create_masked_lm_predictions``: exactly
+* ``bernoulli`` — each candidate is chosen independently with probability ``rate`` (HF collator).
+  The count per row is Binomial(n_candidates, rate) and can be 0.
+* ``exact`` — BERT's ``create_masked_lm_predictions`` (Devlin et al.; SPECS §1): exactly
   ``K = min(max_predictions, max(1, round_half_even(n_real * rate)))`` per row, where ``n_real``
   counts the row's special tokens but not its padding, drawn uniformly without replacement among the
   candidates (and capped at their number).
+* ``fairseq`` — RoBERTa's dynamic masking (fairseq ``MaskTokensDataset``): exactly
+  ``K = int(rate * n_real + u)`` with one ``u ~ U[0, 1)`` per row (so ``E[K] = rate * n_real``),
+  ``n_real`` counting specials as fairseq's item length does (``<s> .. </s>``); the K positions are
+  drawn uniformly without replacement among the candidates. (fairseq draws them over every position
+  of the item, so ``<s>``/``</s>`` can be picked there; clozelab never corrupts specials.)
 
 ``max_predictions`` also caps the bernoulli budget: a row with more selections keeps a uniform
 subset of that size.
@@ -23,7 +28,6 @@ from torch import Tensor
 from clozelab.corruption.base import (
     Corruption,
     OperationMix,
-    ReplacementSampler,
     apply_operations,
     candidates,
     check_choice,
@@ -32,10 +36,11 @@ from clozelab.corruption.base import (
     choose_k,
     mlm_targets,
     prediction_budget,
+    replacement_sampler,
 )
 from clozelab.errors import config_error
 
-BUDGETS = ("bernoulli", "exact")
+BUDGETS = ("bernoulli", "exact", "fairseq")
 
 
 class TokenMasking(Corruption):
@@ -44,17 +49,22 @@ class TokenMasking(Corruption):
     Args:
         rate: fraction of tokens chosen for prediction (``corruption.rate``).
         mask_prob, random_prob, keep_prob: what happens to a chosen token (BERT's 80/10/10).
-        budget: ``"bernoulli"`` (independent draws) or ``"exact"`` (BERT's fixed count per row).
+        budget: ``"bernoulli"`` (independent draws), ``"exact"`` (BERT's fixed count per row) or
+            ``"fairseq"`` (RoBERTa's ``int(rate * n + U[0, 1))`` per row).
         max_predictions: upper bound on predictions per row (BERT: 20 at length 128), or None.
         replace_from: ``"nonspecial"`` (RoBERTa) or ``"vocab"`` (BERT/HF) for random tokens.
+        replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies: the seeds'
+            "sampled by unigram probability"; the table is counted once from the shards).
         vocab_size, mask_token_id, special_token_ids: taken from the tokenizer at run time.
-        replacement_probs: optional ``[vocab_size]`` weights for random tokens (unigram counts).
+        corpus_dir: training shards (runtime; needed by ``unigram``).
+        replacement_probs: optional explicit ``[vocab_size]`` weights for random tokens.
 
     Produces ``input_ids`` (corrupted copy), ``mlm_labels`` (original id at chosen positions,
     -100 elsewhere) and ``replaced_mask`` (True where a random id was written).
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask")
+    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
 
     def __init__(
         self,
@@ -65,10 +75,12 @@ class TokenMasking(Corruption):
         budget: str = "bernoulli",
         max_predictions: int | None = None,
         replace_from: str = "nonspecial",
+        replace_distribution: str = "uniform",
         *,
         vocab_size: int,
         mask_token_id: int,
         special_token_ids: Iterable[int],
+        corpus_dir: str | None = None,
         replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
@@ -95,9 +107,16 @@ class TokenMasking(Corruption):
         self.mask_token_id = mask_token_id
         # [MASK] never comes out of a "nonspecial" random draw, even if the tokenizer forgot it.
         specials = [*_as_ints(special_token_ids), mask_token_id]
-        self.sampler = ReplacementSampler(
-            vocab_size, specials, replace_from, probs=replacement_probs
+        self.sampler = replacement_sampler(
+            vocab_size,
+            specials,
+            replace_from,
+            replace_distribution,
+            corpus_dir,
+            replacement_probs,
+            needed=self.mix.random > 0,
         )
+        self.replace_distribution = replace_distribution
         self.vocab_size = vocab_size
         self.replace_from = self.sampler.replace_from
         self.special_token_ids = self.sampler.special_token_ids
@@ -106,13 +125,16 @@ class TokenMasking(Corruption):
         """Return the ``bool [B, T]`` positions chosen for prediction."""
         eligible = candidates(batch, self.special_token_ids)
         keys = torch.rand(eligible.shape, generator=generator, device=eligible.device)
-        if self.budget == "exact":
+        if self.budget != "bernoulli":
             attention = batch.get("attention_mask")
             if attention is None:
                 n_real = torch.full(eligible.shape[:-1], eligible.shape[-1], device=eligible.device)
             else:
                 n_real = attention.bool().sum(dim=-1)
-            k = prediction_budget(n_real, self.rate, self.max_predictions)
+            if self.budget == "exact":
+                k = prediction_budget(n_real, self.rate, self.max_predictions)
+            else:
+                k = fairseq_budget(n_real, self.rate, generator, self.max_predictions)
             return choose_k(keys, eligible, k)
         chosen = eligible & (keys < self.rate)
         if self.max_predictions is not None and chosen.shape[-1] > self.max_predictions:
@@ -128,6 +150,7 @@ class TokenMasking(Corruption):
         input_ids = batch["input_ids"]
         if input_ids.dim() != 2:
             raise ValueError(f"TokenMasking expects input_ids [B, T], got {tuple(input_ids.shape)}")
+        self.sampler.check_table()
         selected = self.select(batch, generator)
         new_ids, replaced = apply_operations(
             input_ids, selected, self.mix, generator, self.mask_token_id, self.sampler
@@ -143,8 +166,20 @@ class TokenMasking(Corruption):
             f"TokenMasking(rate={self.rate}, mask_prob={self.mix.mask}, "
             f"random_prob={self.mix.random}, keep_prob={self.mix.keep}, budget={self.budget!r}, "
             f"max_predictions={self.max_predictions}, replace_from={self.replace_from!r}, "
+            f"replace_distribution={self.replace_distribution!r}, "
             f"vocab_size={self.vocab_size}, mask_token_id={self.mask_token_id})"
         )
+
+
+def fairseq_budget(
+    n_tokens: Tensor, rate: float, generator: torch.Generator, max_predictions: int | None = None
+) -> Tensor:
+    """fairseq's per-row count ``int(rate * n + u)``, ``u ~ U[0, 1)`` (probabilistic rounding)."""
+    u = torch.rand(n_tokens.shape, generator=generator, dtype=torch.float64)
+    k = torch.floor(n_tokens.to(torch.float64).cpu() * rate + u).to(torch.long).to(n_tokens.device)
+    if max_predictions is not None:
+        k = k.clamp_max(max_predictions)
+    return k
 
 
 def _as_ints(ids: Iterable[int]) -> list[int]:

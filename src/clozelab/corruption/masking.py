@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -28,7 +29,6 @@ from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
     OperationMix,
-    ReplacementSampler,
     apply_operations,
     ascending,
     candidates,
@@ -37,6 +37,7 @@ from clozelab.corruption.base import (
     check_probability,
     check_rate,
     prediction_budget,
+    replacement_sampler,
 )
 from clozelab.corruption.units import (
     UNIT_KINDS,
@@ -54,7 +55,6 @@ from clozelab.errors import ClozelabError, config_error
 
 BUDGETS = ("bernoulli", "exact")
 OPERATIONS_PER = ("token", "unit")
-DISTRIBUTIONS = ("uniform", "unigram")
 FILLS = ("word", "token", "none")
 
 
@@ -78,8 +78,20 @@ class MaskingCorruption(Corruption):
         replacement_probs: explicit ``[vocab_size]`` weights (tests, custom tables).
     """
 
-    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask", "span_bounds")
+    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask")
     accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    #: whether it chooses multi-token spans and writes their ``span_bounds`` (what SBO reads):
+    #: SpanBERT spans, n-grams, entities, phrases, ERNIE's mix; not single tokens or words
+    spans: ClassVar[bool] = False
+
+    @classmethod
+    def produces_for(cls, node) -> tuple[str, ...]:
+        """The batch keys this configured corruption writes (``span_bounds`` with spans)."""
+        return cls.produces + (("span_bounds",) if cls.spans_for(node) else ())
+
+    @classmethod
+    def spans_for(cls, node) -> bool:
+        return cls.spans
 
     def __init__(
         self,
@@ -108,9 +120,6 @@ class MaskingCorruption(Corruption):
             if prediction_rate is None
             else check_probability(prediction_rate, "corruption.prediction_rate")
         )
-        self.replace_distribution = check_choice(
-            replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
-        )
         self.vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
         if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
             raise config_error(
@@ -122,18 +131,16 @@ class MaskingCorruption(Corruption):
         self.mask_token_id = mask_token_id
         specials = [*(int(i) for i in special_token_ids), mask_token_id]
         self.corpus_dir = corpus_dir
-        if replacement_probs is None and self.replace_distribution == "unigram" and corpus_dir:
-            from clozelab.corruption.corpus_stats import unigram_counts
-
-            replacement_probs = unigram_counts(corpus_dir, self.vocab_size)
-        self._missing_table = (
-            self.replace_distribution == "unigram"
-            and replacement_probs is None
-            and self.mix.random > 0
+        self.sampler = replacement_sampler(
+            self.vocab_size,
+            specials,
+            replace_from,
+            replace_distribution,
+            corpus_dir,
+            replacement_probs,
+            needed=self.mix.random > 0,
         )
-        self.sampler = ReplacementSampler(
-            self.vocab_size, specials, replace_from, probs=replacement_probs
-        )
+        self.replace_distribution = replace_distribution
         self.special_token_ids = self.sampler.special_token_ids
 
     # -- the part subclasses implement ------------------------------------------------------------
@@ -150,13 +157,7 @@ class MaskingCorruption(Corruption):
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
     ) -> dict[str, Tensor]:
-        if self._missing_table:
-            raise ClozelabError(
-                "corruption.replace_distribution=unigram needs the token frequency table of the "
-                "training shards, and this corruption was built without them. Fix: build it with "
-                "clozelab.pretrain.build_components(cfg, tokenizer, prepared) (clozelab pretrain "
-                "does), or set corruption.replace_distribution=uniform."
-            )
+        self.sampler.check_table()
         input_ids = batch["input_ids"]
         if input_ids.dim() != 2:
             raise ValueError(f"{type(self).__name__} expects input_ids [B, T]")
@@ -179,12 +180,10 @@ class MaskingCorruption(Corruption):
             replaced | batch["replaced_mask"] if "replaced_mask" in batch else replaced
         )
         previous = batch.get("corrupted_mask")
-        if previous is None:
-            out["corrupted_mask"] = selected
-            out["span_bounds"] = span_bounds(selected, merged)
-        else:
-            out["corrupted_mask"] = selected | previous.bool()
-            out["span_bounds"] = span_bounds(out["corrupted_mask"])
+        out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
+        if self.spans:
+            out["span_bounds"] = (span_bounds(selected, merged) if previous is None
+                                  else span_bounds(out["corrupted_mask"]))  # fmt: skip
         return out
 
     def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
@@ -286,6 +285,9 @@ def select_units(
     return chosen_unit.gather(1, index.clamp_min(0)) & (index >= 0)
 
 
+SPAN_UNITS = ("entity", "phrase")  # units of several words: they write span_bounds
+
+
 class UnitMasking(MaskingCorruption):
     """Masked LM over units: ``token``, ``whole_word``, ``entity`` or ``phrase``.
 
@@ -332,6 +334,7 @@ class UnitMasking(MaskingCorruption):
             **runtime,
         )
         self.unit = check_choice(unit, "corruption.unit", UNIT_KINDS)
+        self.spans = self.unit in SPAN_UNITS
         self.budget = check_choice(budget, "corruption.budget", BUDGETS)
         self.max_predictions = check_positive_int(
             max_predictions, "corruption.max_predictions", allow_none=True
@@ -344,6 +347,10 @@ class UnitMasking(MaskingCorruption):
             self.phrases = phrases_from(
                 phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
             )
+
+    @classmethod
+    def spans_for(cls, node) -> bool:
+        return node.get("unit", "whole_word") in SPAN_UNITS
 
     def units(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
         return build_units(self.unit, batch, eligible, self.fill, self.phrases)

@@ -1,13 +1,18 @@
 """Reordering noise with original-order targets (SPECS §13: BART sentence permutation; local token
 shuffle as in ``add_permuted_noise`` / Lample et al.'s word shuffle).
 
-* ``mode="local"``: every candidate token is displaced with probability ``rate`` by a uniform key
-  offset in ``[0, window)``; sorting the keys moves a token at most ``window - 1`` places. Tokens
-  never cross a special token.
+* ``mode="local"``: every unit is displaced with probability ``rate`` by a uniform key offset in
+  ``[0, window)``; sorting the keys moves a unit at most ``window - 1`` units. Units never cross a
+  special token. ``unit="word"`` (default; Lample et al.'s *word* shuffle) moves whole words (the
+  runs of a ``word_ids`` value), keeping a word's pieces together and in order; ``unit="token"``
+  moves single tokens (subword pieces, which can split a word).
 * ``mode="sentence"``: BART's ``permute_sentences`` (SPECS §13): ``ceil(n * rate)`` of the row's
   n sentences (``sentence_ids``) are chosen uniformly at random and take each other's places in a
   uniformly random order (a chosen sentence may land on its own slot, as in BART). Unlike BART,
   segments and [SEP] stay put: chosen sentences only swap with chosen sentences of their segment.
+* ``mode="permute"``: ``add_permuted_noise`` (SPECS §13): ``ceil(n * rate)`` of the row's n
+  candidate tokens are permuted among themselves (within their segment); ``rate=1`` permutes every
+  token (T5's deshuffling objective).
 
 Targets: ``order_labels [B, T]``: the original position of the token now at each position (on every
 real non-special position, -100 elsewhere), and ``reordered_mask`` (True where the token moved).
@@ -31,16 +36,19 @@ from clozelab.corruption.base import (
     check_rate,
     choose_k,
 )
+from clozelab.errors import ClozelabError
 
-MODES = ("local", "sentence")
+MODES = ("local", "sentence", "permute")
+UNITS = ("word", "token")  # what mode=local moves
 
 
 class Reorder(Corruption):
     """Args:
     rate: fraction of tokens (local, each with probability rate) or of sentences (sentence,
         exactly ceil(n * rate) per row, BART) that are moved.
-    mode: ``local`` or ``sentence``.
-    window: largest displacement + 1 of the local shuffle (Lample et al.: k = 3).
+    mode: ``local``, ``sentence`` or ``permute``.
+    window: largest displacement + 1 of the local shuffle, in units (Lample et al.: k = 3).
+    unit: what ``mode=local`` moves: ``word`` (whole words, reads ``word_ids``) or ``token``.
     special_token_ids: from the tokenizer at run time.
     """
 
@@ -51,14 +59,18 @@ class Reorder(Corruption):
         rate: float = 0.15,
         mode: str = "local",
         window: int = 3,
+        unit: str = "word",
         *,
         vocab_size: int,
         mask_token_id: int,
         special_token_ids,
     ) -> None:
-        self.rate = check_rate(rate)
         self.mode = check_choice(mode, "corruption.mode", MODES)
+        # sentence and token permutation may move every unit (BART's paper run: rate 1)
+        full = not isinstance(rate, bool) and rate == 1 and self.mode != "local"
+        self.rate = 1.0 if full else check_rate(rate)
         self.window = check_positive_int(window, "corruption.window")
+        self.unit = check_choice(unit, "corruption.unit", UNITS)
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
 
     def _sort_keys(self, batch, eligible: Tensor, generator) -> Tensor:
@@ -68,14 +80,20 @@ class Reorder(Corruption):
         big = float(4 * t + 4 + self.window)
         if self.mode == "local":
             u = torch.rand(b, t, generator=generator, dtype=torch.float64)
-            moved = eligible & (torch.rand(b, t, generator=generator) < self.rate)
+            moved = torch.rand(b, t, generator=generator) < self.rate
+            if self.unit == "word":
+                return self._word_keys(batch, eligible, group, big, u, moved)
+            moved = eligible & moved
             offset = torch.where(moved, u * self.window, 0.0)
             # fixed positions keep the smallest key of their group, so they never move
             offset = torch.where(eligible, offset + 0.5, 0.0)
             return group * big + positions + offset
-        if "sentence_ids" not in batch:
+        if self.mode == "permute":  # every token is its own "sentence"
+            sent = positions.long().masked_fill(~eligible, -1)
+        elif "sentence_ids" not in batch:
             raise KeyError("sentence reordering needs batch['sentence_ids']")
-        sent = batch["sentence_ids"].masked_fill(~eligible, -1)
+        else:
+            sent = batch["sentence_ids"].masked_fill(~eligible, -1)
         s_col = sent.clamp_min(0)
         # per sentence: its segment group, first position, chosen flag, random key
         first = torch.full((b, t), math.inf, dtype=torch.float64).scatter_reduce(
@@ -99,6 +117,26 @@ class Reorder(Corruption):
         # tokens sort by (group, their sentence's new slot, position); fixed positions first
         inner = torch.where(eligible, token_slot * big + positions + 1.0, -1.0)
         return group * big * big + inner
+
+    def _word_keys(self, batch, eligible, group, big, u, moved) -> Tensor:
+        """Local shuffle of whole words: word ``k`` of a row (counted from 0) gets the key
+        ``k + 0.5`` (+ ``u_k * window`` when moved, from the draws of column ``k``); its tokens
+        share it, so the stable sort keeps them together and in order."""
+        if "word_ids" not in batch:
+            raise ClozelabError(
+                "corruption.unit=word: the batch has no word_ids to keep a word's pieces together. "
+                "Fix: use batches from clozelab's shards (they carry word_ids), or set "
+                "corruption.unit=token."
+            )
+        words = batch["word_ids"]
+        previous = torch.nn.functional.pad(words[:, :-1], (1, 0), value=-1)
+        before = torch.nn.functional.pad(eligible[:, :-1], (1, 0), value=False)
+        starts = eligible & ((words != previous) | ~before)
+        ordinal = (starts.long().cumsum(-1) - 1).clamp_min(0)  # the word of each token
+        offset = torch.where(moved, u * self.window, 0.0).gather(1, ordinal)
+        key = ordinal.to(torch.float64) + 0.5 + offset
+        # fixed positions keep the smallest key of their group, so they never move
+        return group * big + torch.where(eligible, key, -1.0)
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         # earlier corruptions move with their tokens: only specials and padding stay in place
@@ -126,4 +164,7 @@ class Reorder(Corruption):
         return out
 
     def __repr__(self) -> str:
-        return f"Reorder(rate={self.rate}, mode={self.mode!r}, window={self.window})"
+        return (
+            f"Reorder(rate={self.rate}, mode={self.mode!r}, window={self.window}, "
+            f"unit={self.unit!r})"
+        )

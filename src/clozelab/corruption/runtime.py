@@ -15,6 +15,8 @@ def runtime_kwargs(cls, tokenizer, prepared=None) -> dict:
         kwargs["corpus_dir"] = str(prepared.train_dir) if prepared is not None else None
     if getattr(cls, "accepts_pad", False):
         kwargs["pad_token_id"] = tokenizer.pad_id
+    if getattr(cls, "accepts_eos", False):
+        kwargs["eos_token_id"] = tokenizer.sep_id
     return kwargs
 
 
@@ -25,4 +27,6 @@ def restrict(cls, runtime: dict) -> dict:
         out.pop("corpus_dir", None)
     if not getattr(cls, "accepts_pad", False):
         out.pop("pad_token_id", None)
+    if not getattr(cls, "accepts_eos", False):
+        out.pop("eos_token_id", None)
     return out

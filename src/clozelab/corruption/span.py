@@ -141,6 +141,8 @@ class SpanMasking(MaskingCorruption):
     default (``operations_per=unit``, the paper run's ``replacement_method=span``).
     """
 
+    spans = True
+
     def __init__(
         self,
         rate: float = 0.15,
@@ -257,7 +259,7 @@ class NgramMasking(MaskingCorruption):
     drawn per token, as in ALBERT.
     """
 
-    produces = MaskingCorruption.produces
+    spans = True
 
     def __init__(
         self,

@@ -78,6 +78,17 @@ class ResumableDataLoader(DataLoader):
         self.sampler.start = min(int(state["batches"]) * self.batch_size, len(self.sampler))
 
 
+def instance_length(corruption, kind: str, max_seq_length: int) -> int:
+    """Length of the raw instances: the longest whose corrupted form fits ``max_seq_length``
+    (``Corruption.instance_length``; T5 span corruption builds longer raw rows, insertion shorter
+    ones). Without a corruption (or a plain callable) it is ``max_seq_length``."""
+    fit = getattr(corruption, "instance_length", None)
+    if fit is None:
+        return max_seq_length
+    n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
+    return int(fit(max_seq_length, n_special))
+
+
 class PretrainDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -87,15 +98,18 @@ class PretrainDataModule(pl.LightningDataModule):
         instances: str = "segment_pair",
         max_seq_length: int = 128,
         short_seq_prob: float = 0.1,
+        sop_single_sentence: str = "random_document",
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
         dialogue=None,
         reference_corruption=None,
+        pad_to_multiple_of: int = 8,
     ):
         """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
         ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
-        fixed-rate yardstick, ``validation_reference``)."""
+        fixed-rate yardstick, ``validation_reference``). ``pad_to_multiple_of``: each batch's width
+        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
         self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
@@ -105,21 +119,45 @@ class PretrainDataModule(pl.LightningDataModule):
             max_seq_length,
             short_seq_prob,
         )
+        self.sop_single_sentence = sop_single_sentence
+        self._epoch0: np.ndarray | None = None  # epoch 0's training table, for summaries
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pad_to_multiple_of = pad_to_multiple_of
         tok = prepared.tokenizer
         self.train_shards = open_split(prepared.train_dir, verify=False)
         self.validation_shards = open_split(prepared.validation_dir, verify=False)
         self._cls, self._sep, self._pad = tok.cls_id, tok.sep_id, tok.pad_id
+        self.instance_length = instance_length(corruption, instances, max_seq_length)
 
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
-        table = instances.build(self.kind, shards, self.max_seq_length, self.short_seq_prob, rng)
+        table = instances.build(
+            self.kind,
+            shards,
+            self.instance_length,
+            self.short_seq_prob,
+            rng,
+            self.sop_single_sentence,
+        )
         return InstanceDataset(shards, table, self.kind, self._cls, self._sep)
+
+    def _first_train_table(self) -> np.ndarray:
+        """Epoch 0's training instances, built once for the summaries below."""
+        if self._epoch0 is None:
+            self._epoch0 = self.dataset("train", 0).table
+        return self._epoch0
+
+    def pair_kinds(self) -> dict[str, float] | None:
+        """Share of each pair kind among epoch 0's training pairs (None for packed instances):
+        how many negatives are swaps and how many random-document pairs (``preview``, run log)."""
+        if self.kind not in instances.PAIR_LABEL_KEYS:
+            return None
+        return instances.pair_kind_shares(self._first_train_table())
 
     def mean_train_tokens(self) -> float:
         """Mean tokens of a training sequence (epoch 0's instances; padding excluded)."""
-        table = self.dataset("train", 0).table
+        table = self._first_train_table()
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(
@@ -130,7 +168,9 @@ class PretrainDataModule(pl.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
-        collator = Collator(self._pad, corruption or self.corruption, self.seed)
+        collator = Collator(
+            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of
+        )
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])

@@ -4,8 +4,12 @@
   SPECS.md §6 (short_seq_prob, random-document retries, sentence rewind, truncation rule, label
   0 = is next, 1 = random).
 - ``segment_pairs(..., sentence_order=True)``: ALBERT's SOP pairs (SPECS.md §7): the same chunking;
-  a one-sentence chunk gets a random-document B (label 1, ALBERT's NSP-style leak), otherwise A and
-  B are swapped with probability 0.5 (label 1 = swapped, 0 = original order), before truncation.
+  A and B are swapped with probability 0.5 (label 1 = swapped, 0 = original order), before
+  truncation. A one-sentence chunk has no sentence boundary to split at; ``single_sentence`` says
+  what it becomes: ``random_document`` (ALBERT's code: a random-document B, label 1, the NSP-style
+  leak of albert#234), ``split`` (the paper's swap-only SOP: A and B meet at a uniform token
+  boundary inside the sentence, then the same 50% swap; a one-token sentence is skipped) or
+  ``skip`` (no instance).
 - ``sentence_pairs``: RoBERTa's SENTENCE-PAIR (Liu et al. 2019, §4.2): ``[CLS] A [SEP] B [SEP]``
   where A is one natural sentence and B the sentence after it (label 0) or, with probability 0.5
   (always at a document's last sentence), one sentence of another document (label 1); a sentence
@@ -24,7 +28,13 @@ import numpy as np
 from clozelab.data.shards import Shard
 
 # Columns of a segment-pair instance table.
-A_SHARD, A_START, A_END, B_SHARD, B_START, B_END, LABEL = range(7)
+A_SHARD, A_START, A_END, B_SHARD, B_START, B_END, LABEL, KIND = range(8)
+#: How each pair was made (column KIND): in document order, B from a random document, A and B
+#: swapped, and the same two for a one-sentence chunk split at a token boundary.
+PAIR_KINDS = ("in_order", "random_document", "swapped", "split_in_order", "split_swapped")
+IN_ORDER, RANDOM_DOCUMENT, SWAPPED, SPLIT_IN_ORDER, SPLIT_SWAPPED = range(5)
+#: What a one-sentence chunk becomes in sentence-order instances (``data.sop_single_sentence``).
+SINGLE_SENTENCE = ("random_document", "split", "skip")
 # Columns of a packed instance table.
 P_SHARD, P_START, P_END = range(3)
 
@@ -68,9 +78,14 @@ def segment_pairs(
     short_seq_prob: float,
     rng: np.random.Generator,
     sentence_order: bool = False,
+    single_sentence: str = "random_document",
 ) -> np.ndarray:
     """BERT next-sentence-prediction instances (or, with ``sentence_order``, ALBERT's
-    sentence-order instances), one pass over every document."""
+    sentence-order instances, one-sentence chunks handled by ``single_sentence``), one pass over
+    every document."""
+    if single_sentence not in SINGLE_SENTENCE:
+        raise ValueError(f"single_sentence must be one of {SINGLE_SENTENCE}: {single_sentence!r}")
+    paper_sop = sentence_order and single_sentence != "random_document"
     max_num_tokens = max_seq_length - 3
     documents = _document_table(shards)
     offsets = [np.asarray(s.sentences) for s in shards]
@@ -89,21 +104,32 @@ def segment_pairs(
                 n = i + 1 - chunk_start
                 a_sentences = int(rng.integers(1, n)) if n >= 2 else 1
                 a = (int(starts[chunk_start]), int(starts[chunk_start + a_sentences]))
-                if n == 1 or (not sentence_order and rng.random() < 0.5):
-                    label = 1
+                end = int(starts[i + 1])
+                split = 0
+                if n == 1 and paper_sop:
+                    if single_sentence == "skip" or end - a[0] < 2:
+                        chunk_start, length, i = i + 1, 0, i + 1
+                        continue
+                    a = (a[0], int(rng.integers(a[0] + 1, end)))  # a token boundary inside
+                    split = SPLIT_IN_ORDER
+                if (n == 1 and not split) or (not sentence_order and rng.random() < 0.5):
+                    label, kind = 1, RANDOM_DOCUMENT
                     b_shard, b = _random_segment(
                         shards, documents, doc_index, target - (a[1] - a[0]), rng
                     )
                     i -= n - a_sentences  # the unused sentences start the next chunk
                 elif sentence_order and rng.random() < 0.5:  # swapped, then truncated
-                    label, b_shard, b = 1, shard_i, a
-                    a = (a[1], int(starts[i + 1]))
+                    label, kind, b_shard, b = 1, SWAPPED, shard_i, a
+                    a = (a[1], end)
                 else:
-                    label, b_shard, b = 0, shard_i, (a[1], int(starts[i + 1]))
-                rows.append(_truncate(shard_i, a, b_shard, b, label, max_num_tokens, rng))
+                    label, kind, b_shard, b = 0, IN_ORDER, shard_i, (a[1], end)
+                if split:
+                    kind = SPLIT_SWAPPED if label else SPLIT_IN_ORDER
+                row = _truncate(shard_i, a, b_shard, b, label, max_num_tokens, rng)
+                rows.append((*row, kind))
                 chunk_start, length = i + 1, 0
             i += 1
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 8)
 
 
 def sentence_pairs(
@@ -126,8 +152,10 @@ def sentence_pairs(
                 label = 1
                 b_shard, b = _random_sentence(shards, documents, doc_index, rng)
                 i += 1
-            rows.append(_truncate(int(shard_i), a, b_shard, b, label, max_num_tokens, rng))
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+            kind = IN_ORDER if label == 0 else RANDOM_DOCUMENT
+            row = _truncate(int(shard_i), a, b_shard, b, label, max_num_tokens, rng)
+            rows.append((*row, kind))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 8)
 
 
 def _other_document(documents, doc_index, rng) -> tuple[int, int]:
@@ -217,12 +245,33 @@ def lengths(kind: str, table: np.ndarray) -> np.ndarray:
     return table[:, P_END] - table[:, P_START] + 2
 
 
-def build(kind: str, shards, max_seq_length, short_seq_prob, rng) -> np.ndarray:
+def pair_kind_shares(table: np.ndarray) -> dict[str, float]:
+    """Share of each way a pair was made (``PAIR_KINDS``), over the pairs of ``table``; the
+    negatives (label 1) are ``random_document``, ``swapped`` and ``split_swapped``."""
+    counts = np.bincount(table[:, KIND], minlength=len(PAIR_KINDS)) if len(table) else None
+    total = max(len(table), 1)
+    return {
+        name: (round(float(counts[k]) / total, 4) if counts is not None else 0.0)
+        for k, name in enumerate(PAIR_KINDS)
+    }
+
+
+def build(
+    kind: str, shards, max_seq_length, short_seq_prob, rng, sop_single_sentence="random_document"
+) -> np.ndarray:
+    """The instance table of ``kind``; ``sop_single_sentence`` only matters to sentence_order."""
     if kind == "sentence_pair":
         return sentence_pairs(shards, max_seq_length, rng)
     if kind in PAIR_LABEL_KEYS:
         order = kind == "sentence_order"
-        return segment_pairs(shards, max_seq_length, short_seq_prob, rng, sentence_order=order)
+        return segment_pairs(
+            shards,
+            max_seq_length,
+            short_seq_prob,
+            rng,
+            sentence_order=order,
+            single_sentence=sop_single_sentence,
+        )
     if kind in ("full_sentences", "doc_sentences"):
         return packed(shards, max_seq_length, cross_documents=kind == "full_sentences")
     raise ValueError(f"unknown instance kind {kind!r}; expected one of {KINDS}")

@@ -13,7 +13,23 @@ from clozelab.errors import config_error
 from clozelab.model.heads import Dropout, init_bert_weights
 
 
-class BertEmbeddings(nn.Module):
+class Embedding(nn.Module):
+    """Base of the input embeddings (DESIGN §3).
+
+    Contract: ``forward(input_ids, token_type_ids=None, position_ids=None, role_ids=None)`` returns
+    ``[B, T, H]``; ``word_embeddings`` is the table a decoder ties to.
+
+    Extension point: ``bind_tokenizer(tokenizer)`` is called once with the run's tokenizer after
+    the embedding is built (``build_components``, a randomly initialised fine-tuning body). The
+    default does nothing; an embedding that reads the token strings (the character CNN) fills
+    its tables there.
+    """
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Read what the embedding needs from ``tokenizer`` (a clozelab ``Tokenizer``)."""
+
+
+class BertEmbeddings(Embedding):
     """Word + learned absolute position + token type (segment) embeddings, then LN and dropout.
 
     Args:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.errors import config_error
+from clozelab.model.embeddings import Embedding
 from clozelab.model.heads import Dropout, init_bert_weights
 
 
@@ -27,7 +28,7 @@ def sinusoidal_table(n_positions: int, size: int) -> Tensor:
     return table.float()
 
 
-class _TableEmbeddings(nn.Module):
+class _TableEmbeddings(Embedding):
     """word + position + segment (or role) tables of width ``size``, then LayerNorm and dropout.
 
     Subclasses choose the position table (learned or fixed) and what follows (a projection).

@@ -81,7 +81,7 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
 
 
 def _attention_with_cpu_dropout(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, scale: float | None = None
 ) -> Tensor:
     """softmax(q k^T / sqrt(hs) + mask) with dropout, times v: SDPA's math, cheaper dropout.
 
@@ -89,8 +89,10 @@ def _attention_with_cpu_dropout(
     with per-element Bernoulli sampling, which costs more than the two attention matmuls
     together; ``clozelab.model.heads.dropout`` draws it about 4x faster. Masked keys get the
     dtype's minimum (as HF does), so a row with every key masked averages instead of NaN.
+    ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """
-    q = q * (q.shape[-1] ** -0.5)  # (B, nh, T, hs), scaled before the product: fewer elements
+    # (B, nh, T, hs), scaled before the product: fewer elements
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
     scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
     if mask is not None:
         if mask.dtype == torch.bool:
@@ -157,14 +159,16 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise dense(H -> I) -> activation -> dense(I -> H)."""
+    """Position-wise dense(H -> I) -> activation -> dense(I -> H); ``bias=False``: T5's."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "gelu"):
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, activation: str = "gelu", bias: bool = True
+    ):
         super().__init__()
         self.activation = canonical_activation(activation)
         self.act = get_activation(self.activation)
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))  # (B, T, H) -> (B, T, I) -> (B, T, H)

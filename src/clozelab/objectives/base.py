@@ -80,11 +80,39 @@ class ObjectiveOutput:
         n_targets: how many targets the loss averages over (predicted tokens for MLM,
             sequences for NSP), for token-weighted reduction across batches and devices.
         logs: detached scalars to log, named ``<objective>_<metric>`` (e.g. ``mlm_acc``).
+        weights: the denominator of a log that is not averaged over ``n_targets`` (RTD's
+            generator loss over the masked tokens, SBO's ``n + 1``); validation reports each
+            log as sum(value x weight) / sum(weight) over the batches, i.e. exactly the mean
+            over the whole validation set.
+        loss_terms: the loss as ``sum(coefficient x logs[key])`` when it adds means over
+            different targets (RTD: generator + discriminator); None: the loss is its one
+            ``*_loss`` log. Validation rebuilds the loss (and ``val/loss``) from these terms'
+            exact means.
     """
 
     loss: Tensor
     n_targets: Tensor | int
     logs: dict[str, Tensor] = field(default_factory=dict)
+    weights: dict[str, Tensor | int] = field(default_factory=dict)
+    loss_terms: dict[str, float] | None = None
+
+    def weight(self, key: str) -> Tensor | int:
+        """How many targets the log ``key`` averages over."""
+        return self.weights.get(key, self.n_targets)
+
+    @property
+    def loss_key(self) -> str:
+        """The log that is the loss itself: the one ``*_loss`` log not among ``loss_terms``."""
+        keys = [k for k in self.logs if k.endswith("_loss") and k not in (self.loss_terms or {})]
+        if len(keys) != 1:
+            raise ValueError(
+                f"ObjectiveOutput: the loss must be exactly one *_loss log, got {keys}"
+            )
+        return keys[0]
+
+    def terms(self) -> dict[str, float]:
+        """The loss as logged means and their coefficients."""
+        return dict(self.loss_terms) if self.loss_terms else {self.loss_key: 1.0}
 
 
 class Objective(nn.Module):

@@ -47,8 +47,10 @@ def binary_token_loss(logits: Tensor, labels: Tensor, keep: Tensor, name: str) -
                                                           f"{name}_acc": acc})  # fmt: skip
 
 
-class DeletionDetection(Objective):
-    """Predict, at each position, whether tokens were deleted right before it.
+class TokenDetection(Objective):
+    """Base of the per-token binary detection objectives: an ELECTRA head reads every position
+    and a sigmoid cross-entropy is averaged over the positions where ``batch[labels_key]`` is not
+    -100. Subclasses set ``name``, ``labels_key`` (also their ``requires``) and ``requires_fix``.
 
     Args:
         hidden_size: encoder width H.
@@ -57,10 +59,8 @@ class DeletionDetection(Objective):
         initializer_range: std of the normal initialisation (BERT: 0.02).
     """
 
-    name = "deletion"
-    requires = ("deletion_labels",)
+    labels_key: str = ""
     instance_kinds = None
-    requires_fix = "use corruption=delete (token deletion), alone or in a composed corruption"
 
     def __init__(
         self,
@@ -76,6 +76,15 @@ class DeletionDetection(Objective):
         self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module | None = None
     ) -> ObjectiveOutput:
         self.check_batch(batch)
-        labels = batch["deletion_labels"]  # (B, T)
+        labels = batch[self.labels_key]  # (B, T)
         logits = self.head(encoder_output.last_hidden_state)  # (B, T)
         return binary_token_loss(logits, labels, labels != IGNORE_INDEX, self.name)
+
+
+class DeletionDetection(TokenDetection):
+    """Predict, at each position, whether tokens were deleted right before it."""
+
+    name = "deletion"
+    labels_key = "deletion_labels"
+    requires = ("deletion_labels",)
+    requires_fix = "use corruption=delete (token deletion), alone or in a composed corruption"

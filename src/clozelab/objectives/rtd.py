@@ -173,7 +173,7 @@ class RTD(Objective):
                 "rtd.prepare_inputs(batch, embedding) before embedding the input (PretrainModule "
                 "does)."
             )
-        gen_loss, gen_acc, _ = self._generator_out
+        gen_loss, gen_acc, n_gen = self._generator_out
         self._generator_out = None
         labels = batch["rtd_labels"]  # (B, T)
         logits = self.discriminator_head(encoder_output.last_hidden_state).float()  # (B, T)
@@ -192,7 +192,12 @@ class RTD(Objective):
                 "rtd_generator_acc": gen_acc,
                 "rtd_replaced_fraction": y.sum() / max(n, 1),
             }
-        return ObjectiveOutput(loss=loss, n_targets=n, logs=logs)
+        return ObjectiveOutput(
+            loss=loss, n_targets=n, logs=logs,
+            weights={"rtd_generator_loss": n_gen, "rtd_generator_acc": n_gen},
+            loss_terms={"rtd_generator_loss": self.generator_weight,
+                        "rtd_discriminator_loss": self.discriminator_weight},
+        )  # fmt: skip
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:

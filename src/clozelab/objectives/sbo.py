@@ -131,5 +131,8 @@ class SBO(Objective):
         loss = global_mean(loss_sum / (n + 1), n, offset=1)
         acc = correct.float() / max(n, 1)
         return ObjectiveOutput(
-            loss=loss, n_targets=n, logs={"sbo_loss": loss.detach(), "sbo_acc": acc}
+            loss=loss,
+            n_targets=n,
+            logs={"sbo_loss": loss.detach(), "sbo_acc": acc},
+            weights={"sbo_loss": n + 1},  # SpanBERT's sum CE / (n + 1)
         )

@@ -23,6 +23,7 @@ from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.errors import config_error
 from clozelab.model.encoder import EncoderOutput
 from clozelab.model.heads import Pooler
+from clozelab.model.layer_pool import embed_texts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ class Backbone(nn.Module):
     ) -> EncoderOutput:
         hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
         return self.encoder(hidden, attention_mask, output_hidden_states=output_hidden_states)
+
+    def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
+        """Vectors of ``texts`` in one call (``model/layer_pool.embed_texts``): ``layers`` an
+        index (-1: last layer) or a list averaged (``[-4, -3, -2, -1]``), ``pool`` mean | cls |
+        none."""
+        self.eval()
+
+        def encode(input_ids, attention_mask, token_type_ids):
+            return self(input_ids, attention_mask, token_type_ids, True).hidden_states
+
+        return embed_texts(
+            encode, self.tokenizer, texts, layers=layers, pool=pool,
+            max_length=self.max_positions, batch_size=batch_size,
+        )  # fmt: skip
 
 
 @dataclass
@@ -174,7 +189,9 @@ def _random(like: str | None, arch: DictConfig | None, tokenizer_path: str | Non
             embedding, encoder = build(cfg.embedding, "embedding"), build(cfg.encoder, "encoder")
         else:
             embedding, encoder = _hf_modules(found)
-        return Backbone(embedding, encoder, load_tokenizer(found.root), None, "none")
+        tokenizer = load_tokenizer(found.root)
+        embedding.bind_tokenizer(tokenizer)
+        return Backbone(embedding, encoder, tokenizer, None, "none")
     if arch is None or tokenizer_path is None:
         raise config_error(
             "checkpoint",
@@ -187,6 +204,7 @@ def _random(like: str | None, arch: DictConfig | None, tokenizer_path: str | Non
     with open_dict(arch):
         arch.model.vocab_size = tokenizer.vocab_size
     embedding = build(arch.embedding, "embedding")
+    embedding.bind_tokenizer(tokenizer)
     encoder = build(arch.encoder, "encoder")
     return Backbone(embedding, encoder, tokenizer, None, "none")
 

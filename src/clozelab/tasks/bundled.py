@@ -3,7 +3,8 @@
 - ``polarity``: the 200 movie-review sentences (Pang & Lee polarity, ``__label__pos|neg``) in
   gensim's test data; fine-tuned sentence classification on a fixed split.
 - ``simlex999`` / ``wordsim353``: word-similarity sets in gensim's test data; zero-shot, the
-  Spearman correlation of human scores with the cosine of mean-pooled subword vectors.
+  Spearman correlation of human scores with the cosine of mean-pooled subword vectors (of the
+  layers ``task.layers``: the last one, or the average of several, via ``Backbone.embed``).
 - ``chatterbot``: response selection on the English conversations of ``chatterbot-corpus``;
   zero-shot, the true reply ranked among distractors by the cosine of mean-pooled vectors
   (accuracy = recall@1, and MRR).
@@ -25,7 +26,6 @@ from clozelab.data.dialogue import read_chatterbot
 from clozelab.data.packages import package_dir
 from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
-from clozelab.tasks.heads import masked_mean
 from clozelab.tasks.readers import TextExample, _holdout
 
 ZERO_SHOT = ("word_similarity", "response_selection")
@@ -79,37 +79,18 @@ def read_bundled(task: DictConfig) -> dict[str, list]:
     )
 
 
-@torch.no_grad()
-def mean_vectors(backbone: Backbone, texts: list[str], batch_size: int = 64) -> Tensor:
-    """Mean of the last layer over each text's tokens ([CLS]/[SEP] excluded): [N, H]."""
-    from clozelab.tasks.features import pad_batch
-
-    backbone.eval()
-    tok = backbone.tokenizer
-    limit = backbone.max_positions - 2
-    ids = [e.ids[:limit] for e in tok.encode_batch(texts)]
-    out = torch.zeros(len(texts), backbone.hidden_size)
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        feats = []
-        for j in idx:
-            sequence = [tok.cls_id, *ids[j], tok.sep_id]
-            feats.append({"input_ids": sequence, "token_type_ids": [0] * len(sequence)})
-        batch = pad_batch(feats, tok.pad_id)
-        h = backbone(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        h = h.last_hidden_state
-        lengths = torch.tensor([len(ids[j]) for j in idx])
-        positions = torch.arange(h.shape[1])[None, :]
-        mask = (positions >= 1) & (positions <= lengths[:, None])  # tokens, no [CLS]/[SEP]
-        out[idx] = masked_mean(h, mask)
-    return out
+def text_vectors(backbone: Backbone, task: DictConfig, texts: list[str]) -> Tensor:
+    """Mean-pooled vectors of ``texts`` at ``task.layers`` (-1: the last layer; a list is
+    averaged, e.g. [-4, -3, -2, -1]: the average of the last four layers): [N, H]."""
+    layers = task.get("layers", -1)
+    layers = layers if isinstance(layers, int) else [int(i) for i in layers]
+    return backbone.embed(texts, layers=layers, pool="mean")
 
 
 def word_similarity(backbone: Backbone, task: DictConfig) -> dict[str, float]:
     pairs = read_word_pairs(gensim_file(task.file))
     words = sorted({w for a, b, _ in pairs for w in (a, b)})
-    vectors = mean_vectors(backbone, words)
+    vectors = text_vectors(backbone, task, words)
     index = {w: i for i, w in enumerate(words)}
     a = vectors[[index[p[0]] for p in pairs]]
     b = vectors[[index[p[1]] for p in pairs]]
@@ -131,7 +112,7 @@ def response_selection(
     if len(replies) < n_candidates:
         raise config_error("task.candidates", n_candidates, "more than the replies", "lower it")
     texts = sorted({u for u, _ in pairs} | set(replies))
-    vectors = F.normalize(mean_vectors(backbone, texts), dim=-1)
+    vectors = F.normalize(text_vectors(backbone, task, texts), dim=-1)
     index = {t: i for i, t in enumerate(texts)}
     results = []
     for seed in seeds:

@@ -103,17 +103,26 @@ def _word_tokens(tokenizer: Tokenizer, sentences: Sequence[list[str]], max_len: 
 def encode_tokens(
     tokenizer: Tokenizer, examples: Sequence[TokenExample], max_len: int, tag_index: dict
 ) -> list[dict]:
-    """Word-level labels on the first subword of each word (``word_starts``: token positions of
-    the words that fit; later subwords get no label). Words past ``max_len`` are cut and counted
-    as predicted "O" at scoring time."""
+    """Word-level labels with the word boundaries (``word_starts`` / ``word_ends``: token
+    positions of the first / last subword of the words that fit) and ``token_words`` (the word
+    of each token, -1 on [CLS]/[SEP]), so the model can label the first subword or every subword
+    and decode from the first subword or from all of them. Words past ``max_len`` are cut and
+    counted as predicted "O" at scoring time."""
     features = []
     aligned = _word_tokens(tokenizer, [e.words for e in examples], max_len)
-    for example, (ids, starts, _) in zip(examples, aligned, strict=True):
+    for example, (ids, starts, ends) in zip(examples, aligned, strict=True):
+        token_words = [-1] * len(ids)
+        for w, (first, last) in enumerate(zip(starts, ends)):
+            for position in range(first, last + 1):
+                if token_words[position] < 0:  # a word with no tokens of its own takes none
+                    token_words[position] = w
         features.append(
             {
                 "input_ids": ids,
                 "token_type_ids": [0] * len(ids),
                 "word_starts": starts,
+                "word_ends": ends,
+                "token_words": token_words,
                 "word_labels": [tag_index.get(t, 0) for t in example.tags[: len(starts)]],
                 "n_words": len(example.words),
             }
@@ -252,6 +261,8 @@ def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
         for key, fill in (("word_starts", 0), ("word_ends", 0), ("word_labels", -100)):
             if key in first:
                 batch[key] = _pad_rows([f[key] for f in features], fill)
+        if "token_words" in first:
+            batch["token_words"] = _pad_rows([f["token_words"] for f in features], -1)
         words = batch["word_starts"].shape[1]
         batch["word_mask"] = torch.tensor(
             [[j < len(f["word_starts"]) for j in range(words)] for f in features]

@@ -1,7 +1,8 @@
 """Task heads on top of a ``Backbone`` and the model that joins them.
 
-- ``ScalarMix``: feature-based use; a softmax-weighted, scaled sum of the last ``k`` layers of a
-  frozen encoder (initialised to their plain average, as ELMo / BERT's feature-based NER).
+- feature-based use (``mode=features``): a frozen encoder whose last ``k`` layers are combined by
+  ``layer_mix`` (``model/layer_pool.py``): their fixed average (``average``, the seeds' recipe) or
+  a learned ELMo scalar mix (``learned``, initialised to the average).
 - ``CRF``: a linear-chain CRF (negative log-likelihood by the forward algorithm, Viterbi decoding).
 - ``TaskModel``: backbone (fine-tuned, or frozen + scalar mix) with one head per task kind:
   ``classification`` / ``regression`` on a pooled vector (``pooling``: the [CLS] vector through the
@@ -20,10 +21,13 @@ from torch import Tensor, nn
 
 from clozelab.errors import config_error
 from clozelab.model.heads import Pooler, init_bert_weights
+from clozelab.model.layer_pool import layer_mix as build_layer_mix
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.spans import SpanHead
 
 KINDS = ("classification", "regression", "token", "qa", "span_ner")
+SUBWORD_LABELS = ("first", "all")  # token labelling: the first subword, or every subword
+SUBWORD_DECODING = ("first", "mean")  # from the first subword, or all of a word's subwords
 MODES = ("finetune", "features")
 POOLINGS = ("cls", "mean")
 
@@ -44,26 +48,25 @@ def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-class ScalarMix(nn.Module):
-    """``gamma * sum_k softmax(w)_k * h_k`` over the last ``num_layers`` hidden states."""
+def combine_subwords(
+    tokens: Tensor, token_words: Tensor, starts: Tensor, log_probs: bool = True
+) -> Tensor:
+    """Per word, the average over its subwords of their label distributions (``log_probs``:
+    returned as log-probabilities) or of their raw emission scores: ``(B, T, L) -> (B, W, L)``.
 
-    def __init__(self, num_layers: int = 4):
-        super().__init__()
-        self.num_layers = num_layers
-        self.weights = nn.Parameter(torch.zeros(num_layers))  # softmax(0) = plain average
-        self.gamma = nn.Parameter(torch.ones(()))
-
-    def forward(self, hidden_states: tuple[Tensor, ...]) -> Tensor:
-        if len(hidden_states) < self.num_layers:
-            raise config_error(
-                "features.layers",
-                self.num_layers,
-                f"the encoder yields only {len(hidden_states)} hidden states (embeddings + layers)",
-                f"use at most {len(hidden_states)}",
-            )
-        stacked = torch.stack(hidden_states[-self.num_layers :])  # (k, B, T, H)
-        w = self.weights.softmax(0).to(stacked.dtype)
-        return self.gamma * torch.einsum("k,kbth->bth", w, stacked)
+    ``token_words`` (B, T) names each token's word (-1: none); a word without tokens of its own
+    keeps the scores of its first-subword position ``starts``.
+    """
+    values = tokens.softmax(-1) if log_probs else tokens
+    b, _, labels = tokens.shape
+    w = starts.shape[1]
+    index = token_words.clamp(min=0)[..., None].expand(-1, -1, labels)
+    real = (token_words >= 0)[..., None].to(values.dtype)
+    sums = values.new_zeros(b, w, labels).scatter_add_(1, index, values * real)
+    counts = values.new_zeros(b, w).scatter_add_(1, token_words.clamp(min=0), real[..., 0])
+    first = values.gather(1, starts[..., None].expand(-1, -1, labels))
+    mean = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], first)
+    return mean.clamp_min(1e-30).log() if log_probs else mean
 
 
 class CRF(nn.Module):
@@ -136,11 +139,19 @@ class TaskModel(nn.Module):
         kind: classification | regression | token | qa | span_ner.
         num_labels: classes (classification), tags (token), types + 1 (span_ner); ignored
             otherwise.
-        mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds a
-            learned scalar mix of its last ``mix_layers`` hidden states to the head.
+        mode: ``finetune`` trains everything; ``features`` freezes the backbone and feeds its
+            last ``mix_layers`` hidden states, combined by ``layer_mix``, to the head.
+        layer_mix: ``average`` (fixed average, the seeds' feature-based recipe) or ``learned``
+            (ELMo's softmax-weighted scalar mix with a scale).
         decoder: ``softmax`` or ``crf`` (token labelling).
+        subword_labels: token labelling: ``first`` (only a word's first subword carries its
+            label, BERT's NER) or ``all`` (every subword carries its word's label; softmax only).
+        subword_decoding: token labelling: ``first`` (a word takes the prediction of its first
+            subword) or ``mean`` (the average of its subwords' label distributions; with a CRF,
+            the average of their emission scores, then Viterbi over words).
         dropout: dropout before the output layer.
-        max_span_length, span_decoding: span_ner only (see ``SpanHead``).
+        max_span_length, span_decoding, span_endpoints, span_pooling: span_ner only (see
+            ``SpanHead``: decoding, endpoints ffn | linear, pooling attention | mean).
         pooling: classification / regression only: ``cls`` (the [CLS] vector through the
             pooler, pre-trained when the checkpoint has one) or ``mean`` (the mean of the
             non-padding token vectors through a fresh pooler); ``None``: ``cls`` when
@@ -154,10 +165,15 @@ class TaskModel(nn.Module):
         num_labels: int = 2,
         mode: str = "finetune",
         mix_layers: int = 4,
+        layer_mix: str = "average",
         decoder: str = "softmax",
+        subword_labels: str = "first",
+        subword_decoding: str = "first",
         dropout: float = 0.1,
         max_span_length: int = 8,
         span_decoding: str = "nested",
+        span_endpoints: str = "ffn",
+        span_pooling: str = "attention",
         pooling: str | None = None,
     ):
         super().__init__()
@@ -170,13 +186,29 @@ class TaskModel(nn.Module):
         pooling = resolve_pooling(pooling, mode)
         if decoder not in ("softmax", "crf"):
             raise config_error("task.decoder", decoder, "unknown decoder", "use softmax or crf")
+        if subword_labels not in SUBWORD_LABELS:
+            raise config_error(
+                "task.subword_labels", subword_labels, "unknown", f"use one of {SUBWORD_LABELS}"
+            )
+        if subword_decoding not in SUBWORD_DECODING:
+            raise config_error(
+                "task.subword_decoding", subword_decoding, "unknown",
+                f"use one of {SUBWORD_DECODING}",
+            )  # fmt: skip
+        if kind == "token" and decoder == "crf" and subword_labels == "all":
+            raise config_error(
+                "task.subword_labels", subword_labels,
+                "a CRF scores word sequences, so only the first subword can carry the label",
+                "set task.subword_labels=first, or task.decoder=softmax",
+            )  # fmt: skip
+        self.subword_labels, self.subword_decoding = subword_labels, subword_decoding
         self.backbone = backbone
         self.kind = kind
         self.mode = mode
         self.decoder = decoder
         self.pooling = pooling
         hidden = backbone.hidden_size
-        self.mix = ScalarMix(mix_layers) if mode == "features" else None
+        self.mix = build_layer_mix(layer_mix, mix_layers) if mode == "features" else None
         if self.mix is not None:
             backbone.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
@@ -187,7 +219,10 @@ class TaskModel(nn.Module):
             elif backbone.pooler is None:
                 self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
         if kind == "span_ner":
-            self.output = SpanHead(hidden, num_labels, max_span_length, dropout, span_decoding)
+            self.output = SpanHead(
+                hidden, num_labels, max_span_length, dropout, span_decoding, span_endpoints,
+                span_pooling,
+            )  # fmt: skip
         else:
             out = {"classification": num_labels, "regression": 1, "token": num_labels, "qa": 2}
             self.output = nn.Linear(hidden, out[kind])
@@ -228,18 +263,7 @@ class TaskModel(nn.Module):
                     out["loss"] = F.cross_entropy(logits, batch["labels"])
             return out
         if self.kind == "token":
-            starts = batch["word_starts"]  # (B, W)
-            words = h.gather(1, starts[..., None].expand(-1, -1, h.shape[-1]))  # (B, W, H)
-            emissions = self.output(self.dropout(words))  # (B, W, L)
-            out = {"emissions": emissions}
-            if "word_labels" in batch:
-                labels = batch["word_labels"]
-                if self.crf is not None:
-                    out["loss"] = self.crf.nll(emissions, labels, batch["word_mask"])
-                else:
-                    flat = emissions.reshape(-1, emissions.shape[-1])
-                    out["loss"] = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100)
-            return out
+            return self._token_forward(h, batch)
         if self.kind == "span_ner":
             return self.output(h, batch)
         logits = self.output(self.dropout(h))  # (B, T, 2)
@@ -256,11 +280,44 @@ class TaskModel(nn.Module):
             ) / 2
         return out
 
+    def _token_forward(self, h: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Token labelling: word emissions at the first subwords, plus, for ``subword_labels=all``
+        / ``subword_decoding=mean``, every token's emissions and the words' combined scores."""
+        starts = batch["word_starts"]  # (B, W)
+        if self.subword_labels == "first" and self.subword_decoding == "first":
+            words = h.gather(1, starts[..., None].expand(-1, -1, h.shape[-1]))  # (B, W, H)
+            emissions = self.output(self.dropout(words))  # (B, W, L)
+            tokens = None
+        else:
+            tokens = self.output(self.dropout(h))  # (B, T, L)
+            emissions = tokens.gather(1, starts[..., None].expand(-1, -1, tokens.shape[-1]))
+        out = {"emissions": emissions}
+        if self.subword_decoding == "mean":
+            out["decode_scores"] = combine_subwords(
+                tokens, batch["token_words"], starts, log_probs=self.crf is None
+            )
+        if "word_labels" in batch:
+            labels = batch["word_labels"]
+            if self.crf is not None:
+                out["loss"] = self.crf.nll(emissions, labels, batch["word_mask"])
+            elif self.subword_labels == "all":  # every subword carries its word's label
+                token_words = batch["token_words"]
+                token_labels = labels.gather(1, token_words.clamp(min=0))
+                token_labels = token_labels.masked_fill(token_words < 0, -100)  # (B, T)
+                flat = tokens.reshape(-1, tokens.shape[-1])
+                out["loss"] = F.cross_entropy(flat, token_labels.reshape(-1), ignore_index=-100)
+            else:
+                flat = emissions.reshape(-1, emissions.shape[-1])
+                out["loss"] = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100)
+        return out
+
     def predict_tags(self, out: dict[str, Tensor], mask: Tensor) -> list[list[int]]:
-        """Word-level tag indices per row (Viterbi with a CRF, else the argmax)."""
+        """Word-level tag indices per row (Viterbi with a CRF, else the argmax), from the first
+        subwords' emissions or, with ``subword_decoding=mean``, the words' combined scores."""
+        scores = out.get("decode_scores", out["emissions"])
         if self.crf is not None:
-            return self.crf.decode(out["emissions"], mask)
-        best = out["emissions"].argmax(-1)
+            return self.crf.decode(scores, mask)
+        best = scores.argmax(-1)
         return [best[i, : int(mask[i].sum())].tolist() for i in range(best.shape[0])]
 
     def predict_spans(self, out: dict[str, Tensor]) -> list[list[tuple[int, int, int, float]]]:

@@ -281,6 +281,7 @@ def run_seed(
     seed: int,
     mode: str = "finetune",
     mix_layers: int = 4,
+    layer_mix: str = "average",
 ) -> dict:
     """Fresh backbone + head for ``seed``, fine-tuned then scored: metrics and run facts."""
     torch.manual_seed(seed)
@@ -291,10 +292,15 @@ def run_seed(
         prepared.num_labels,
         mode=mode,
         mix_layers=mix_layers,
+        layer_mix=layer_mix,
         decoder=task.get("decoder", "softmax"),
+        subword_labels=task.get("subword_labels", "first"),
+        subword_decoding=task.get("subword_decoding", "first"),
         dropout=float(task.get("dropout", 0.1)),
         max_span_length=int(task.get("max_span_length", 8)),
         span_decoding=task.get("decoding", "nested"),
+        span_endpoints=task.get("span_endpoints", "ffn"),
+        span_pooling=task.get("span_pooling", "attention"),
         pooling=task.get("pooling"),
     )
     pad_id = backbone.tokenizer.pad_id

@@ -2,10 +2,14 @@
 Joshi et al. 2020): every span of up to ``max_span_length`` words is represented as
 ``[s_i; e_j; g_ij]`` and classified into an entity type or ``none`` (label 0).
 
-- ``s_i`` / ``e_j``: learned projections of the encoder state at the first subword of the span's
-  first word / the last subword of its last word.
+- ``s_i`` / ``e_j``: ``FFN_start(h_i)`` / ``FFN_end(h_j)`` of the encoder state at the first
+  subword of the span's first word / the last subword of its last word (``endpoints=ffn``, the
+  seeds' and the default: Linear -> GELU -> Linear, H wide), or single linear projections
+  (``endpoints=linear``).
 - ``g_ij``: a self-attention-pooled summary of the span's tokens, ``sum_t softmax(a)_t h_t`` with
-  a learned score ``a_t = w . h_t`` per token and the softmax taken within the span.
+  a learned score ``a_t = w . h_t`` per token and the softmax taken within the span
+  (``pooling=attention``, Lee et al.'s and the default), or their plain average
+  (``pooling=mean``).
 
 The loss is a cross-entropy per span, so nested and overlapping gold entities are fine. Decoding
 keeps every span whose argmax is not ``none`` (``nested``), or resolves overlaps greedily by score
@@ -26,6 +30,44 @@ from clozelab.errors import config_error
 
 NONE_LABEL = "none"  # label 0: not an entity
 DECODINGS = ("nested", "flat")
+
+
+def _ffn(hidden: int) -> nn.Module:
+    """FFN(x) = W_2 GELU(W_1 x + b_1) + b_2, H -> H -> H."""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+#: ``task.span_endpoints``: how ``s_i`` / ``e_j`` are computed from the endpoint states.
+ENDPOINTS = {"ffn": _ffn, "linear": lambda hidden: nn.Linear(hidden, hidden)}
+
+
+class AttentionPool(nn.Module):
+    """``g = sum_t softmax_t(w . h_t) h_t`` over the tokens ``inside`` each span."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.score = nn.Linear(hidden, 1)
+
+    def weights(self, h: Tensor, inside: Tensor) -> Tensor:
+        """``(B, N, T)`` pooling weights of every slot (zero outside its span)."""
+        scores = self.score(h).squeeze(-1)  # (B, T)
+        neg = torch.finfo(scores.dtype).min
+        return scores[:, None, :].masked_fill(~inside, neg).softmax(-1) * inside
+
+
+class MeanPool(nn.Module):
+    """``g = mean_t h_t`` over the tokens ``inside`` each span (no parameters)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+
+    def weights(self, h: Tensor, inside: Tensor) -> Tensor:
+        inside = inside.to(h.dtype)
+        return inside / inside.sum(-1, keepdim=True).clamp(min=1)
+
+
+#: ``task.span_pooling``: how ``g_ij`` summarises the span's tokens.
+POOLINGS = {"attention": AttentionPool, "mean": MeanPool}
 
 
 def enumerate_spans(word_mask: Tensor, max_span_length: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -70,6 +112,8 @@ class SpanHead(nn.Module):
         max_span_length: K, the longest span in words.
         dropout: dropout on the span representation and inside the classifier.
         decoding: ``nested`` (every non-none span) or ``flat`` (greedy, no overlaps).
+        endpoints: ``ffn`` (``FFN_start`` / ``FFN_end``, default) or ``linear``.
+        pooling: ``attention`` (default) or ``mean`` for ``g_ij``.
     """
 
     def __init__(
@@ -79,8 +123,18 @@ class SpanHead(nn.Module):
         max_span_length: int = 8,
         dropout: float = 0.1,
         decoding: str = "nested",
+        endpoints: str = "ffn",
+        pooling: str = "attention",
     ):
         super().__init__()
+        if endpoints not in ENDPOINTS:
+            raise config_error(
+                "task.span_endpoints", endpoints, "unknown", f"use one of {list(ENDPOINTS)}"
+            )
+        if pooling not in POOLINGS:
+            raise config_error(
+                "task.span_pooling", pooling, "unknown", f"use one of {list(POOLINGS)}"
+            )
         if int(max_span_length) < 1:
             raise config_error(
                 "task.max_span_length", max_span_length, "must be at least 1", "use e.g. 8"
@@ -89,9 +143,9 @@ class SpanHead(nn.Module):
             raise config_error("task.decoding", decoding, "unknown decoding", f"use {DECODINGS}")
         self.max_span_length = int(max_span_length)
         self.decoding = decoding
-        self.start = nn.Linear(hidden, hidden)
-        self.end = nn.Linear(hidden, hidden)
-        self.attention = nn.Linear(hidden, 1)
+        self.start = ENDPOINTS[endpoints](hidden)
+        self.end = ENDPOINTS[endpoints](hidden)
+        self.pool = POOLINGS[pooling](hidden)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Sequential(
             nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
@@ -119,9 +173,7 @@ class SpanHead(nn.Module):
         inside = (t >= first[..., None]) & (t <= last[..., None]) & valid[..., None]  # (B, N, T)
         if attention_mask is not None:
             inside &= attention_mask.bool()[:, None, :]
-        scores = self.attention(h).squeeze(-1)  # (B, T)
-        neg = torch.finfo(scores.dtype).min
-        weights = scores[:, None, :].masked_fill(~inside, neg).softmax(-1) * inside  # (B, N, T)
+        weights = self.pool.weights(h, inside)  # (B, N, T)
         g = torch.bmm(weights.to(h.dtype), h)  # (B, N, H)
         return torch.cat([s, e, g], -1), starts, ends, valid
 

@@ -1,0 +1,370 @@
+"""The GPU pack (issue 17): what one H100/H200 runs end to end in about 9 minutes.
+
+(a) ``clozelab bench`` on CUDA for model=mini and model=base shapes (seq 128, vocabulary 30522,
+    bf16 autocast): ours against ``transformers.BertForPreTraining`` (sdpa) at equal weights and
+    batches, with our attention on SDPA's default choice, on the flash and on the efficient
+    kernel, with ``model.compile`` (one batch shape, ``compile_dynamic=false``; the recompiles
+    while timing are counted), and unpadding on variable-length batches; MFU against the card's
+    measured bf16 matmul peak. The issue's targets (model=base: MFU >= 40%, >= 1.5x HF's
+    tokens/s, no recompilation) are checked and written as PASS / FAIL.
+(b) the masking-rate study at GPU scale: ``sweep=masking_rate_gpu`` (experiments/study_gpu.yaml:
+    model=mini, 40M tokens a job, 3 seeds, rates 0.15/0.4/0.8 with 80/10/10) and the mask-only arm
+    at 40%, several jobs at a time on the one GPU, stopped at the pack's deadline (a re-run resumes
+    the unfinished jobs), then ``clozelab report``.
+(c) the report: OUT/README.md (card, timings, tables, targets), OUT/bench/*/bench.json,
+    OUT/masking_rate/ (``clozelab report``) and OUT/pack.json (every number of the README).
+
+usage (on the GPU machine, from the repository root, with a CUDA build of torch):
+    python experiments/results/pretrain_vs_none/build_corpus.py study_corpus ../shared/data
+    python experiments/gpu_pack.py --corpus study_corpus --data-dir ../shared/data \\
+        --out experiments/results/gpu
+What the test runs on CPU (every piece, tiny sizes):
+    python experiments/gpu_pack.py --device cpu --quick --corpus FILE --data-dir DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# bench.pretrain shapes (conf/model/mini.yaml, base.yaml) and the batch each runs at on the GPU.
+SIZES = {
+    "mini": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024,
+             "batch_size": 256},
+    "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072,
+             "batch_size": 128},
+}  # fmt: skip
+QUICK_SIZE = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+              "batch_size": 4, "vocab_size": 300, "seq_len": 16}  # fmt: skip
+# One factor at a time from SDPA's default choice; HF is timed beside the first.
+VARIANTS = {
+    "sdpa": {"attention_backend": "auto", "hf": True},
+    "flash": {"attention_backend": "flash", "hf": False},
+    "efficient": {"attention_backend": "efficient", "hf": False},
+    "flash_compile": {"attention_backend": "flash", "compile": True, "compile_dynamic": False,
+                      "hf": False},
+}  # fmt: skip
+TARGETS = {"mfu": 0.40, "ratio_vs_hf": 1.5}  # model=base, seq 128, bf16 (issue 17, item 4)
+
+GPU_STUDY = ["hydra.launcher.n_jobs=4"]
+QUICK_STUDY = [
+    "model=tiny", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
+    "model.num_layers=2", "tokenizer.vocab_size=400", "data.batch_size=8",
+    "data.max_seq_length=64", "data.pad_to_multiple_of=64", "data.num_workers=0", "trainer=cpu",
+    "trainer.precision=32-true", "trainer.max_tokens=2000", "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2", "model.compile_backend=eager", "eval.seeds=[1]",
+    "eval.overrides.sst2.epochs=1", "eval.overrides.mrpc.epochs=1", "hydra.launcher.n_jobs=1",
+]  # fmt: skip
+QUICK_GRIDS = (["seed=1", "corruption.rate=0.15,0.4"], ["seed=1", "corruption.rate=0.4"])
+GRIDS = ([], ["corruption.rate=0.4"])  # the sweep's own grid, then the mask-only arm
+AXES = ("seed=", "corruption.rate=", "setting=")  # what names a job in the report
+
+
+# ------------------------------------------------------------------------------------- (a)
+def bench_overrides(device: str, size: dict, variant: dict, quick: bool) -> list[str]:
+    """``clozelab bench`` overrides of one size and variant (bf16, full-length rows)."""
+    timing = {"steps": 1, "rounds": 1, "warmup_steps": 1} if quick else {
+        "steps": 10, "rounds": 3, "warmup_steps": 3}  # fmt: skip
+    pretrain = {"vocab_size": 30522, "seq_len": 128, "short_fraction": 0.0, "batches": 4,
+                "precisions": "[bf16]", **timing, **size, **variant}  # fmt: skip
+    if quick and variant.get("compile"):
+        pretrain["compile_backend"] = "aot_eager"  # the traced graphs, without a C++ build
+    matmul = {"size": 64, "repeats": 1} if quick else {"size": 8192, "repeats": 10}
+    return ["bench.sections=[pretrain]", f"bench.device={device}",
+            *(f"bench.matmul.{k}={v}" for k, v in matmul.items()),
+            *(f"bench.pretrain.{k}={v}" for k, v in pretrain.items())]  # fmt: skip
+
+
+def unpad_overrides(device: str, size: dict, quick: bool) -> list[str]:
+    """Unpadding on batches of row lengths uniform in [16, 128] (ours padded vs unpadded, HF)."""
+    base = bench_overrides(device, size, VARIANTS["sdpa"], quick)
+    base = [o for o in base if not o.startswith(("bench.sections", "bench.pretrain.short"))]
+    return [*base, "bench.sections=[unpad]", "bench.unpad.precisions=[bf16]",
+            "bench.unpad.min_length=4" if quick else "bench.unpad.min_length=16"]  # fmt: skip
+
+
+def run_bench(out: Path, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.bench import bench
+    from clozelab.config import conf_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("bench", overrides=[*overrides, f"paths.output_dir={out}"])
+    return bench(cfg)
+
+
+def bench_matrix(out: Path, device: str, quick: bool) -> dict:
+    """Every size x variant (and the unpad section): {"mini/flash": bench.json, ...}."""
+    results = {}
+    for name, size in SIZES.items():
+        size = {**size, **QUICK_SIZE} if quick else size
+        for variant, options in VARIANTS.items():
+            key = f"{name}/{variant}"
+            results[key] = run_bench(out / "bench" / f"{name}_{variant}",
+                                     bench_overrides(device, size, options, quick))  # fmt: skip
+        results[f"{name}/unpad"] = run_bench(out / "bench" / f"{name}_unpad",
+                                             unpad_overrides(device, size, quick))  # fmt: skip
+    return results
+
+
+def card_peak(results: dict) -> float:
+    """The card's bf16 matmul peak: the best of every bench run's measurement (GFLOP/s)."""
+    return max(r["matmul.bf16_gflops"] for r in results.values() if "matmul.bf16_gflops" in r)
+
+
+def bench_rows(results: dict) -> list[dict]:
+    """One row per size x variant: tokens/s, MFU (against one peak for every row), and the ratio
+    against HF (sdpa, bf16) timed beside the size's first variant on the same card."""
+    peak = card_peak(results) * 1e9 if results else math.nan
+    rows = []
+    for key, r in results.items():
+        name, variant = key.split("/")
+        if variant == "unpad":
+            continue
+        hf = results[f"{name}/sdpa"]["pretrain.hf_tokens_per_s_bf16"]
+        ours = r["pretrain.clozelab_tokens_per_s_bf16"]
+        mfu = r["pretrain.step_flops"] / r["pretrain.clozelab_step_s_bf16"] / peak
+        rows.append({"model": name, "variant": variant, "tokens_per_s": ours, "mfu": mfu,
+                     "hf_tokens_per_s": hf, "ratio_vs_hf": ours / hf,
+                     "recompiles": r.get("pretrain.recompiles_while_timing_bf16"),
+                     "loss_abs_diff": r["pretrain.loss_abs_diff"]})  # fmt: skip
+    return rows
+
+
+def check_targets(rows: list[dict]) -> dict:
+    """The issue's model=base targets, on the best variant by tokens/s."""
+    base = [r for r in rows if r["model"] == "base"]
+    best = max(base, key=lambda r: r["tokens_per_s"])
+    compiled = [r for r in rows if r["recompiles"] is not None]
+    return {
+        "best_base_variant": best["variant"],
+        "mfu": {"value": best["mfu"], "target": TARGETS["mfu"],
+                "pass": best["mfu"] >= TARGETS["mfu"]},
+        "ratio_vs_hf": {"value": best["ratio_vs_hf"], "target": TARGETS["ratio_vs_hf"],
+                        "pass": best["ratio_vs_hf"] >= TARGETS["ratio_vs_hf"]},
+        "no_recompiles": {"value": sum(r["recompiles"] for r in compiled), "target": 0,
+                          "pass": bool(compiled) and all(r["recompiles"] == 0 for r in compiled)},
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- (b)
+def run_sweep(args: list[str], env: dict, deadline: float, log_path: Path) -> dict:
+    """``clozelab pretrain ARGS`` in its own process group, stopped at ``deadline``."""
+    start = time.time()
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clozelab", "pretrain", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = "stopped at the pack's deadline"
+    return {"args": args, "rc": rc, "wall_s": round(time.time() - start, 1)}
+
+
+def run_study(out: Path, corpus: str, data_dir: str, deadline: float, quick: bool) -> dict:
+    """The masking-rate sweep, the mask-only arm, and ``clozelab report`` over both."""
+    studies = out / "studies"
+    env = {**os.environ, "CLOZELAB_STUDY_CORPUS": str(Path(corpus).resolve()),
+           "CLOZELAB_DATA_DIR": str(Path(data_dir).resolve()), "WANDB_MODE": "offline"}  # fmt: skip
+    extra = QUICK_STUDY if quick else GPU_STUDY
+    launches = []
+    for name, grid, setting in zip(("masking_rate_gpu", "masking_rate_gpu_mask_only"),
+                                   QUICK_GRIDS if quick else GRIDS,
+                                   ([], ["setting=ops_mask_only"])):  # fmt: skip
+        args = ["sweep=masking_rate_gpu", *grid, *setting, "hydra/launcher=joblib",
+                f"hydra.sweep.dir={studies / name}", *extra]  # fmt: skip
+        launches.append(run_sweep(args, env, deadline, out / "study.log"))
+    dirs = [str(studies / n) for n in ("masking_rate_gpu", "masking_rate_gpu_mask_only")
+            if (studies / n).is_dir()]  # fmt: skip
+    report = subprocess.run(
+        [sys.executable, "-m", "clozelab", "report", *dirs, "--out", str(out / "masking_rate")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return {"launches": launches, "report_rc": report.returncode,
+            "report_error": report.stderr[-2000:] if report.returncode else None,
+            "jobs": job_rows(dirs)}  # fmt: skip
+
+
+def job_rows(dirs: list[str]) -> list[dict]:
+    """Per job: its overrides, status, val/ref_mlm_acc, tokens, wall time and downstream means."""
+    rows = []
+    for root in dirs:
+        for metrics_path in sorted(Path(root).glob("*/metrics.json")):
+            m = json.loads(metrics_path.read_text())
+            overrides = (metrics_path.parent / ".hydra" / "overrides.yaml").read_text()
+            rows.append({
+                "job": str(metrics_path.parent), "overrides": overrides.strip().splitlines(),
+                "status": m.get("status"), "val/ref_mlm_acc": m.get("val/ref_mlm_acc"),
+                "tokens_seen": m.get("tokens_seen"), "wall_time_s": m.get("wall_time_s"),
+                "eval": {k: v for k, v in m.items() if k.startswith("eval/")},
+            })  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------- (c)
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
+
+
+def write_report(out: Path, pack: dict) -> Path:
+    lines = [
+        "# GPU pack (issue 17)",
+        "",
+        f"Device: **{pack['device']}**; torch {pack['torch']}; {pack['date']}; "
+        f"total {pack['wall_s']['total']:.0f} s (bench {pack['wall_s']['bench']:.0f} s, "
+        f"study {pack['wall_s']['study']:.0f} s).",
+        "",
+        f"Command: `{pack['command']}`",
+        "",
+        "## (a) Bench: ours vs transformers BertForPreTraining (sdpa), bf16, seq 128, V30522",
+        "",
+        "Equal weights and batches; one factor at a time from our SDPA default. MFU against the "
+        f"best measured bf16 matmul peak ({_fmt(pack['matmul_bf16_gflops'])} GFLOP/s).",
+        "",
+        "| model | variant | tokens/s | MFU | HF tokens/s | ratio vs HF | recompiles | loss diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in pack["bench_rows"]:
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {_fmt(r['tokens_per_s'])} | {r['mfu']:.1%} | "
+            f"{_fmt(r['hf_tokens_per_s'])} | {r['ratio_vs_hf']:.2f} | {_fmt(r['recompiles'])} | "
+            f"{r['loss_abs_diff']:.1e} |"
+        )
+    lines += ["", "Unpadding (row lengths uniform in [16, 128]; padded vs unpadded, HF padded):",
+              "", "| model | real tokens | padded tokens/s | unpadded tokens/s | ratio | "
+              "vs HF |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, u in pack["unpad"].items():
+        lines.append(
+            f"| {name} | {u['unpad.real_token_fraction']:.0%} | "
+            f"{_fmt(u['unpad.padded_tokens_per_s_bf16'])} | "
+            f"{_fmt(u['unpad.unpad_tokens_per_s_bf16'])} | {u['unpad.ratio_bf16']:.2f} | "
+            f"{u['unpad.ratio_vs_hf_bf16']:.2f} |"
+        )
+    t = pack["targets"]
+    lines += ["", f"Targets (model=base, best variant: {t['best_base_variant']}):", ""]
+    for key, label in (
+        ("mfu", "MFU"),
+        ("ratio_vs_hf", "x HF tokens/s"),
+        ("no_recompiles", "recompiles while timing (compiled variants)"),
+    ):
+        c = t[key]
+        sign = "=" if key == "no_recompiles" else "≥"
+        verdict = "PASS" if c["pass"] else "FAIL"
+        lines.append(f"- {label}: {_fmt(c['value'])} (target {sign} {c['target']}): **{verdict}**")
+    study = pack["study"]
+    lines += ["", "## (b) Masking-rate study at GPU scale (sweep=masking_rate_gpu)", ""]
+    for launch in study["launches"]:
+        lines.append(f"- `clozelab pretrain {' '.join(launch['args'])}`: rc {launch['rc']}, "
+                     f"{launch['wall_s']:.0f} s")  # fmt: skip
+    lines += ["", "| job | status | val/ref_mlm_acc | tokens | wall s | downstream |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for j in study["jobs"]:
+        setting = " ".join(o.lstrip("- ") for o in j["overrides"]
+                           if o.lstrip("- ").startswith(AXES))  # fmt: skip
+        evals = ", ".join(f"{k[5:]} {v:.3f}" for k, v in j["eval"].items()
+                          if isinstance(v, (int, float)))  # fmt: skip
+        lines.append(
+            f"| {setting} | {j['status']} | {_fmt(j['val/ref_mlm_acc'])} | "
+            f"{_fmt(j['tokens_seen'])} | {_fmt(j['wall_time_s'])} | {evals} |"
+        )
+    report_note = (
+        "[masking_rate/report.md](masking_rate/report.md)"
+        if study["report_rc"] == 0
+        else f"`clozelab report` failed: {study['report_error']}"
+    )
+    lines += [
+        "",
+        f"Statistics over the seeds (paired tests against 15% 80/10/10): {report_note}.",
+        "Unfinished jobs resume when the pack runs again with the same --out.",
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="experiments/results/gpu")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--corpus", default="study_corpus", help="build_corpus.py's output")
+    parser.add_argument("--data-dir", default="../shared/data", help="holds sst2/ and mrpc/")
+    parser.add_argument("--minutes", type=float, default=9.0, help="the whole pack's deadline")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the CPU test")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("bench", "study"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from clozelab.errors import ClozelabError
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ClozelabError("--device cuda: PyTorch sees no CUDA device. Fix: run the pack on "
+                            "a GPU machine with a CUDA build of torch, or pass --device cpu "
+                            "--quick to test its pieces.")  # fmt: skip
+    start = time.time()
+    deadline = start + 60 * args.minutes
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {} if "bench" in args.skip else bench_matrix(out, args.device, args.quick)
+    bench_done = time.time()
+    study = ({"launches": [], "report_rc": 1, "report_error": "skipped", "jobs": []}
+             if "study" in args.skip else
+             run_study(out, args.corpus, args.data_dir, deadline - 30, args.quick))  # fmt: skip
+    rows = bench_rows(results)
+    pack = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+        or platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
+        "command": " ".join(["python experiments/gpu_pack.py", *(argv or sys.argv[1:])]),
+        "matmul_bf16_gflops": card_peak(results) if results else None,
+        "bench_rows": rows,
+        "unpad": {k.split("/")[0]: v for k, v in results.items() if k.endswith("/unpad")},
+        "targets": check_targets(rows) if rows else {},
+        "study": study,
+        "wall_s": {"bench": bench_done - start, "study": time.time() - bench_done,
+                   "total": time.time() - start},
+    }  # fmt: skip
+    (out / "pack.json").write_text(json.dumps(pack, indent=2, default=str) + "\n")
+    if rows:
+        print(f"report: {write_report(out, pack)}")
+    return pack
+
+
+if __name__ == "__main__":
+    from clozelab.errors import ClozelabError
+
+    try:
+        main()
+    except ClozelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,291 @@
+"""Layers of the encoder-decoder models (T5, Raffel et al. 2020; BART, Lewis et al. 2020).
+
+- ``RMSNorm``: T5's scale-only LayerNorm (no mean, no bias), accumulated in float32.
+- ``relative_position_bucket`` / ``RelativePositionBias``: T5's bucketed relative positions
+  (half the buckets exact, half logarithmic up to ``max_distance``; one direction for the
+  decoder), a per-head scalar added to the attention scores, shared by every layer of a stack.
+- ``Attention``: multi-head attention through ``F.scaled_dot_product_attention``; self-attention
+  projects query, key and value with one fused ``Linear(H, 3 inner)``, cross-attention projects
+  the query from the decoder and key/value (one ``Linear(H, 2 inner)``) from the encoder output.
+  ``scale`` is 1/sqrt(hs) (BART) or 1 (T5 folds it into the initialisation); ``bias`` False: T5.
+- ``Block``: one layer: self-attention, optional cross-attention, feed-forward, each with dropout
+  and a residual, normalised before (``norm="pre"``, T5) or after (``norm="post"``, BART).
+
+Masks: ``mask`` is what SDPA takes (None, a boolean [B, 1, 1, S] key mask, or an additive float
+[B or 1, nh, T, S] with T5's position bias and padding folded in). ``causal`` without a mask
+uses SDPA's causal kernel. Decoder self-attention never needs the target padding mask: targets
+are right-padded, so a real position attends only to earlier, real positions.
+
+Shape legend: B batch, T query length, S key length, H hidden size, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clozelab.errors import config_error
+from clozelab.model.encoder import FeedForward, _attention_with_cpu_dropout
+from clozelab.model.heads import Dropout
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)`` (HF ``T5LayerNorm``), statistics in float32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def relative_position_bucket(
+    relative: Tensor, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+) -> Tensor:
+    """T5's bucket of each relative position ``key - query`` (Mesh TensorFlow's rule).
+
+    Bidirectional: half the buckets for keys after the query, half before. Within a half, the
+    first half of the buckets are exact distances, the rest logarithmically wider bins up to
+    ``max_distance``, beyond which everything shares the last bucket. Unidirectional (decoder):
+    keys after the query all fall into bucket 0 (they are masked anyway).
+    """
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp_min(0)
+    max_exact = num_buckets // 2
+    large = (
+        max_exact
+        + (
+            torch.log(distance.float().clamp_min(1) / max_exact)
+            / math.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        ).long()
+    )
+    large = large.clamp_max(num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per (bucket, head): the [1, nh, T, S] bias added to attention scores."""
+
+    def __init__(
+        self, num_heads: int, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+    ):
+        super().__init__()
+        self.bidirectional, self.num_buckets, self.max_distance = (
+            bidirectional,
+            num_buckets,
+            max_distance,
+        )
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, query_length: int, key_length: int) -> Tensor:
+        device = self.embedding.weight.device
+        query = torch.arange(query_length, device=device)[:, None]  # (T, 1)
+        key = torch.arange(key_length, device=device)[None, :]  # (1, S)
+        bucket = relative_position_bucket(
+            key - query, self.bidirectional, self.num_buckets, self.max_distance
+        )  # (T, S)
+        return self.embedding(bucket).permute(2, 0, 1)[None]  # (1, nh, T, S)
+
+    def between(self, query: Tensor, key: Tensor) -> Tensor:
+        """The bias between explicit positions: query [B, T], key [B, S] -> [B, nh, T, S]."""
+        bucket = relative_position_bucket(
+            key[:, None, :] - query[:, :, None],
+            self.bidirectional,
+            self.num_buckets,
+            self.max_distance,
+        )
+        return self.embedding(bucket).permute(0, 3, 1, 2)
+
+
+def additive_mask(bias: Tensor, key_mask: Tensor | None, causal: bool) -> Tensor:
+    """T5's position ``bias`` [1, nh, T, S] with padding keys (``key_mask`` [B, S], 1 = token)
+    and, for ``causal``, future keys set to the dtype's minimum: one float SDPA mask."""
+    mask = bias
+    low = torch.finfo(bias.dtype).min
+    if causal:
+        T, S = bias.shape[-2:]
+        future = torch.ones(T, S, dtype=torch.bool, device=bias.device).triu(1)
+        mask = mask.masked_fill(future, low)
+    if key_mask is not None and not bool(key_mask.all()):
+        keep = key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = mask.masked_fill(~keep, low)
+    return mask
+
+
+def check_heads(hidden_size: int, num_heads: int, head_size: int | None) -> int:
+    """The head size: ``head_size`` or hidden_size // num_heads (which must then divide)."""
+    if head_size is not None:
+        return int(head_size)
+    if num_heads < 1 or hidden_size % num_heads:
+        raise config_error(
+            "model.num_heads",
+            num_heads,
+            f"does not divide model.hidden_size={hidden_size}",
+            "choose a number of heads that divides the hidden size",
+        )
+    return hidden_size // num_heads
+
+
+class Attention(nn.Module):
+    """Multi-head self- (``cross=False``) or cross-attention (``cross=True``) through SDPA.
+
+    Args:
+        hidden_size: model width H.
+        num_heads: heads nh.
+        attention_dropout: dropout on the attention probabilities (training only).
+        bias: projections with biases (BART) or without (T5).
+        scale: score scale; None = 1/sqrt(hs) (BART), 1.0 for T5.
+        cross: keys and values from ``memory`` (the encoder output) instead of ``x``.
+        head_size: hs when nh * hs differs from H (T5's ``d_kv``); default H // nh.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        attention_dropout: float = 0.0,
+        bias: bool = True,
+        scale: float | None = None,
+        cross: bool = False,
+        head_size: int | None = None,
+    ):
+        super().__init__()
+        self.num_heads, self.head_size = num_heads, check_heads(hidden_size, num_heads, head_size)
+        inner = num_heads * self.head_size
+        self.attention_dropout, self.scale, self.cross = attention_dropout, scale, cross
+        if cross:
+            self.q = nn.Linear(hidden_size, inner, bias=bias)
+            self.kv = nn.Linear(hidden_size, 2 * inner, bias=bias)  # rows: [key; value]
+        else:
+            self.qkv = nn.Linear(hidden_size, 3 * inner, bias=bias)  # rows: [query; key; value]
+        self.out = nn.Linear(inner, hidden_size, bias=bias)
+
+    def _heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """(B, T, parts * inner) -> parts x (B, nh, T, hs) views."""
+        B, T = x.shape[:2]
+        return x.view(B, T, parts, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        causal: bool = False,
+    ) -> Tensor:
+        """x [B, T, H] (and ``memory`` [B, S, H] for cross-attention) -> [B, T, H]."""
+        if self.cross:
+            (q,) = self._heads(self.q(x), 1)
+            k, v = self._heads(self.kv(memory), 2)
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)
+        p = self.attention_dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            if causal and mask is None:  # the fast-dropout path takes an explicit mask
+                T, S = q.shape[-2], k.shape[-2]
+                mask = ~torch.ones(T, S, dtype=torch.bool, device=x.device).triu(1)
+            y = _attention_with_cpu_dropout(q, k, v, mask, p, self.scale)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=p,
+                is_causal=causal and mask is None,
+                scale=self.scale,
+            )
+        B, T = x.shape[:2]
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H)
+
+
+class Block(nn.Module):
+    """One transformer layer of an encoder (``cross=False``) or a decoder (``cross=True``).
+
+    ``norm="pre"`` (T5): ``x = x + Drop(Sub(Norm(x)))`` for each sub-block; ``"post"`` (BART,
+    BERT): ``x = Norm(x + Drop(Sub(x)))``. ``rms`` picks RMSNorm (T5) over LayerNorm.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation: str = "gelu",
+        norm: str = "post",
+        rms: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        scale: float | None = None,
+        cross: bool = False,
+        head_size: int | None = None,
+    ):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise config_error("decoder.norm", norm, "unknown norm placement", "use pre or post")
+        self.pre = norm == "pre"
+
+        def make_norm() -> nn.Module:
+            if rms:
+                return RMSNorm(hidden_size, layer_norm_eps)
+            return nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+        attend = dict(
+            attention_dropout=attention_dropout, bias=bias, scale=scale, head_size=head_size
+        )
+        self.attention = Attention(hidden_size, num_heads, **attend)
+        self.attention_norm = make_norm()
+        if cross:
+            self.cross_attention = Attention(hidden_size, num_heads, cross=True, **attend)
+            self.cross_norm = make_norm()
+        else:
+            self.cross_attention = self.cross_norm = None
+        self.feed_forward = FeedForward(hidden_size, intermediate_size, activation, bias=bias)
+        self.output_norm = make_norm()
+        self.dropout = Dropout(dropout)
+
+    def _residual(self, x: Tensor, norm: nn.Module, sub, *args, **kwargs) -> Tensor:
+        if self.pre:
+            return x + self.dropout(sub(norm(x), *args, **kwargs))
+        return norm(x + self.dropout(sub(x, *args, **kwargs)))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        causal: bool = False,
+    ) -> Tensor:
+        """x [B, T, H]; ``memory`` [B, S, H] and its SDPA ``memory_mask`` for a decoder layer."""
+        x = self._residual(x, self.attention_norm, self.attention, mask, causal=causal)
+        if self.cross_attention is not None:
+            x = self._residual(x, self.cross_norm, self.cross_attention, memory_mask, memory)
+        return self._residual(x, self.output_norm, self.feed_forward)
+
+
+__all__ = [
+    "Attention",
+    "Block",
+    "RMSNorm",
+    "RelativePositionBias",
+    "additive_mask",
+    "check_heads",
+    "relative_position_bucket",
+]

@@ -1,0 +1,98 @@
+"""experiments/gpu_pack.py (issue 17's GPU pack) on CPU with tiny sizes, so that the day it runs
+on a GPU it cannot fail for a typo: every bench variant composes (and, marked slow, the whole
+pack runs: the bench matrix, the masking-rate sweep with its mask-only arm, the report)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from clozelab.config import resource_dir
+from clozelab.errors import ClozelabError
+
+
+def _pack():
+    path = resource_dir("experiments") / "gpu_pack.py"
+    spec = importlib.util.spec_from_file_location("gpu_pack", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_glue(root):
+    """SST-2 and MRPC in GLUE's TSV layout, a few rows each."""
+    (root / "sst2").mkdir(parents=True)
+    (root / "mrpc").mkdir()
+    for split, n in (("train", 16), ("dev", 8)):
+        rows = [f"a {'good' if i % 2 else 'dull'} film number {i}\t{i % 2}" for i in range(n)]
+        (root / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+        pairs = [f"{i % 2}\t{i}\t{i + 50}\tthe cat sat {i}\tthe cat {'sat' if i % 2 else 'ran'}"
+                 for i in range(n)]  # fmt: skip
+        header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        (root / "mrpc" / f"{split}.tsv").write_text(header + "\n".join(pairs) + "\n")
+    return root
+
+
+def test_every_bench_variant_composes_for_the_gpu():
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.config import conf_dir
+
+    pack = _pack()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        for size in pack.SIZES.values():
+            for options in pack.VARIANTS.values():
+                cfg = compose("bench", overrides=pack.bench_overrides("cuda", size, options, False))
+                p = cfg.bench.pretrain
+                assert (p.num_layers, p.hidden_size, p.seq_len, list(p.precisions)) == (
+                    size["num_layers"], size["hidden_size"], 128, ["bf16"])  # fmt: skip
+                assert cfg.bench.device == "cuda" and p.vocab_size == 30522
+                assert p.compile == options.get("compile", False)
+            cfg = compose("bench", overrides=pack.unpad_overrides("cuda", size, False))
+            assert list(cfg.bench.sections) == ["unpad"]
+
+
+def test_targets_are_checked_on_model_base():
+    rows = [
+        {"model": "base", "variant": "sdpa", "tokens_per_s": 100.0, "mfu": 0.3,
+         "ratio_vs_hf": 1.0, "recompiles": None},
+        {"model": "base", "variant": "flash_compile", "tokens_per_s": 160.0, "mfu": 0.45,
+         "ratio_vs_hf": 1.6, "recompiles": 0},
+        {"model": "mini", "variant": "flash_compile", "tokens_per_s": 900.0, "mfu": 0.1,
+         "ratio_vs_hf": 1.1, "recompiles": 2},
+    ]  # fmt: skip
+    targets = _pack().check_targets(rows)
+    assert targets["best_base_variant"] == "flash_compile"
+    assert targets["mfu"]["pass"] and targets["ratio_vs_hf"]["pass"]
+    assert not targets["no_recompiles"]["pass"] and targets["no_recompiles"]["value"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ClozelabError, match="--device cuda"):
+        _pack().main(["--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache_dir):
+    out = tmp_path / "gpu"
+    data = _tiny_glue(tmp_path / "data")
+    pack = _pack().main(["--device", "cpu", "--quick", "--corpus", str(text_corpus),
+                         "--data-dir", str(data), "--out", str(out)])  # fmt: skip
+    assert len(pack["bench_rows"]) == 8 and set(pack["unpad"]) == {"mini", "base"}
+    for row in pack["bench_rows"]:
+        assert row["tokens_per_s"] > 0 and row["mfu"] > 0 and row["loss_abs_diff"] <= 1e-4
+    compiled = [r for r in pack["bench_rows"] if r["variant"] == "flash_compile"]
+    assert [r["recompiles"] for r in compiled] == [0, 0]  # one batch shape: no recompiles
+    jobs = pack["study"]["jobs"]
+    assert len(jobs) == 3 and all(j["status"] == "completed" for j in jobs)
+    assert all(j["val/ref_mlm_acc"] is not None and "eval/sst2/accuracy" in j["eval"]
+               for j in jobs)  # fmt: skip
+    assert pack["study"]["report_rc"] == 0 and (out / "masking_rate" / "report.md").is_file()
+    readme = (out / "README.md").read_text()
+    assert "**PASS**" in readme or "**FAIL**" in readme
+    assert "corruption.rate=0.4 setting=ops_mask_only" in readme
+    assert json.loads((out / "pack.json").read_text())["targets"] == pack["targets"]
