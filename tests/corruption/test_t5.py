@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,11 @@ from .s2s_helpers import (
 )
 
 
+def spans_mask(lengths, width, seed):
+    keys = torch.rand(2, len(lengths), max(width, 2), generator=gen(seed)).numpy()
+    return torch.from_numpy(random_spans_noise_mask(np.asarray(lengths), width, keys))
+
+
 def test_random_spans_helper_lengths():
     assert random_spans_lengths(512) == (568, 114)
     assert random_spans_lengths(1024) == (1137, 229)
@@ -36,28 +42,27 @@ def test_random_spans_helper_lengths():
 
 @pytest.mark.parametrize("length", [2, 3, 7, 20, 141, 568])
 def test_noise_mask_counts_exact_and_alternation(length):
-    lengths = torch.full((200,), length)
-    noise = random_spans_noise_mask(lengths, length + 5, gen(length))
-    num_noise, num_spans = span_counts(lengths[:1], 0.15, 3.0)
-    assert (noise.sum(-1) == int(num_noise)).all()
+    noise = spans_mask([length] * 200, length + 5, length)
+    num_noise, num_spans = (int(x[0]) for x in span_counts(np.array([length]), 0.15, 3.0))
+    assert (noise.sum(-1) == num_noise).all()
     assert not noise[:, length:].any()
     starts = noise & ~torch.roll(noise, 1, 1)
     starts[:, 0] = noise[:, 0]
-    assert (starts.sum(-1) == int(num_spans)).all()  # non-empty segments: spans never touch
+    assert (starts.sum(-1) == num_spans).all()  # non-empty segments: spans never touch
     assert not noise[:, 0].any()  # starts with non-noise
     assert noise[:, length - 1].all()  # ends with noise
     if length == 568:
-        assert (int(num_noise), int(num_spans)) == (85, 28)
+        assert (num_noise, num_spans) == (85, 28)
 
 
 def test_noise_mask_is_uniform_over_segmentations():
     # L = 20: 3 noise tokens in 1 span; 17 clean: the span starts uniformly at 1..17 after clean
     # segment 0, so the noise span's position is uniform over the 17 slots (ends with noise: 17).
-    noise = random_spans_noise_mask(torch.full((20000,), 20), 20, gen(1))
+    noise = spans_mask([20] * 20000, 20, 1)
     assert (noise.sum(-1) == 3).all()
     first = noise.float().argmax(-1)
     assert (first == 17).all()  # one span, ending with noise: fixed layout
-    noise = random_spans_noise_mask(torch.full((20000,), 40), 40, gen(2))
+    noise = spans_mask([40] * 20000, 40, 2)
     # L = 40: 6 noise in 2 spans; span 0's length is uniform on 1..5
     starts = noise & ~torch.roll(noise, 1, 1)
     second = noise.long().cumsum(-1) * (~noise).long()
@@ -72,7 +77,7 @@ def test_t5_span_round_trip_counts_and_sentinels():
     c = T5Noise(**TOK)
     out = c(batch, gen(3))
     assert c.extra_vocab == 100
-    body = batch["attention_mask"].sum(-1) - 2
+    body = batch["attention_mask"].sum(-1).numpy() - 2
     num_noise, num_spans = span_counts(body, 0.15, 3.0)
     for b, (src, tgt, orig) in enumerate(zip(sources(out), targets(out), originals(batch, False))):
         assert fill_sentinels(src, tgt) == orig  # source + target give back the original

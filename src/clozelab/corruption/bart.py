@@ -3,7 +3,8 @@
 The transformations run in fairseq's order, each optional, and the target is the original row:
 
 1. **Sentence permutation** (``permute_sentences``): ``ceil(n * p)`` of the row's n sentences (the
-   shards' sentence boundaries, ``sentence_ids``) permuted among themselves (``Reorder``).
+   shards' sentence boundaries, ``sentence_ids``) permuted among themselves, within their segment
+   (``reorder.permutation_order``).
 2. **Span masking** (``mask``) over word starts (``mask_length``: ``span-poisson`` text infilling,
    ``word``, ``subword`` token masking): ``num = ceil(#word starts * mask)``; span lengths (in
    words) ~ Poisson(``poisson_lambda``) truncated where the pmf falls below 1e-7 and renormalised,
@@ -29,21 +30,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import (
-    ReplacementSampler,
-    ascending,
-    candidates,
-    check_choice,
-    check_probability,
-)
+from clozelab.corruption.base import ReplacementSampler, check_choice, check_probability
 from clozelab.corruption.insert import insert_tokens
-from clozelab.corruption.reorder import Reorder
-from clozelab.corruption.seq2seq import Seq2SeqCorruption, compact, padding_mask
-from clozelab.corruption.span import WordLayout, length_cdf
-from clozelab.corruption.units import shift_right
+from clozelab.corruption.reorder import permutation_order
+from clozelab.corruption.seq2seq import (
+    Compactor,
+    Seq2SeqCorruption,
+    as_numpy,
+    as_torch,
+    compact,
+    eligible,
+    padding_mask,
+    put,
+    take,
+)
+from clozelab.corruption.span import length_cdf
 from clozelab.errors import ClozelabError, config_error
 
 MASK_LENGTHS = ("span-poisson", "word", "subword")
@@ -65,22 +70,44 @@ def poisson_pmf(lam: float) -> Tensor:
     return pmf / pmf.sum()
 
 
-def span_lengths(num: Tensor, cdf: Tensor, generator: torch.Generator) -> Tensor:
+def span_lengths(num: np.ndarray, cdf: np.ndarray, generator: torch.Generator) -> np.ndarray:
     """``[B, M]`` Poisson span lengths per row, drawn until they sum to >= ``num[b]`` and cut so
-    they sum to exactly ``num[b]``; 0 after the last used draw is marked -1."""
+    they sum to exactly ``num[b]``; -1 after the last used draw."""
     b = num.shape[0]
     block = max(int(num.max()) if b else 0, 1)
-    lengths = torch.empty(b, 0, dtype=torch.long)
+    lengths = np.zeros((b, 0), dtype=np.int64)
     while True:  # iterations over blocks of draws, not tokens: almost always one
-        u = torch.rand(b, block, generator=generator, dtype=torch.float64)
-        lengths = torch.cat((lengths, torch.bucketize(u, cdf[:-1], right=True)), dim=1)
-        cum = lengths.cumsum(-1)
+        u = as_numpy(torch.rand(b, block, generator=generator, dtype=torch.float64))
+        lengths = np.concatenate((lengths, np.searchsorted(cdf[:-1], u, side="right")), axis=1)
+        cum = np.cumsum(lengths, -1)
         if bool((cum[:, -1] >= num).all()):
             break
-    used = shift_right(cum < num.unsqueeze(-1), True) & (num > 0).unsqueeze(-1)
-    before = cum - lengths
-    lengths = torch.minimum(lengths, num.unsqueeze(-1) - before)  # cut the last one
-    return lengths.masked_fill(~used, -1)
+    used = np.ones_like(cum, dtype=bool)
+    used[:, 1:] = cum[:, :-1] < num[:, None]
+    used &= (num > 0)[:, None]
+    lengths = np.minimum(lengths, num[:, None] - (cum - lengths))  # cut the last one
+    return np.where(used, lengths, -1)
+
+
+class WordGeometry:
+    """Per-row word layout (NumPy) for spans of whole words that stop at specials: word starts,
+    word ordinals, each word's first token, and each token's block end (the last candidate before
+    the next special) and the ordinal of its block's last word."""
+
+    def __init__(self, word_ids: np.ndarray, candidates: np.ndarray) -> None:
+        b, t = candidates.shape
+        same = np.zeros_like(candidates)
+        same[:, 1:] = (word_ids[:, 1:] == word_ids[:, :-1]) & candidates[:, :-1]
+        self.is_start = candidates & ~same
+        self.ordinal = np.maximum(np.cumsum(self.is_start, -1) - 1, 0)
+        rows, cols = np.nonzero(self.is_start)
+        self.start = np.full((b, t + 1), t, dtype=np.int64)  # by ordinal: first token
+        self.start[rows, self.ordinal[rows, cols]] = cols
+        positions = np.arange(t)
+        breaks = np.where(candidates, t, positions)  # next special at or after each position
+        next_break = np.minimum.accumulate(breaks[:, ::-1], axis=-1)[:, ::-1]
+        self.block_end = next_break  # one past the block's last candidate
+        self.block_last = take(self.ordinal, np.maximum(next_break - 1, 0))
 
 
 class BartNoising(Seq2SeqCorruption):
@@ -127,19 +154,13 @@ class BartNoising(Seq2SeqCorruption):
             )  # fmt: skip
         self.poisson_lambda = float(poisson_lambda)
         self.pmf = poisson_pmf(self.poisson_lambda)
-        self.cdf = length_cdf(self.pmf)
+        self.cdf = as_numpy(length_cdf(self.pmf))
         self.permute_sentences = check_probability(
             permute_sentences, "corruption.permute_sentences"
         )
         self.rotate = check_probability(rotate, "corruption.rotate")
         self.insert = check_probability(insert, "corruption.insert")
-        tok = {k: runtime[k] for k in ("vocab_size", "mask_token_id", "special_token_ids")}
         self.sampler = ReplacementSampler(self.vocab_size, self.special_token_ids, "nonspecial")
-        self.permute = (
-            Reorder(self.permute_sentences, mode="sentence", **tok)
-            if self.permute_sentences > 0
-            else None
-        )
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         extra = math.ceil((n_tokens - n_special) * self.insert)
@@ -147,78 +168,70 @@ class BartNoising(Seq2SeqCorruption):
 
     # -- 2. span masking ---------------------------------------------------------------------------
 
-    def word_batch(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        if self.mask_length != "subword":
-            return batch
-        positions = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
-        return {**batch, "word_ids": positions}
-
     def spans(self, batch, generator):
         """``(starts, continuation, random_start, n_inserts)``: the chosen word starts, the
         tokens after a start inside a span, per-start random flags, zero-length spans per row."""
-        eligible = candidates(batch, self.special_token_ids)
-        words = WordLayout(self.word_batch(batch), eligible)
-        n_starts = words.is_start.sum(-1)
-        num = torch.ceil(n_starts.to(torch.float64) * self.mask).long()
-        b, t = eligible.shape
+        candidates = eligible(batch, self.special_token_ids)
+        b, t = candidates.shape
+        if self.mask_length == "subword":
+            word_ids = np.broadcast_to(np.arange(t), (b, t))
+        else:
+            word_ids = as_numpy(batch["word_ids"])
+        words = WordGeometry(word_ids, candidates)
+        num = np.ceil(words.is_start.sum(-1) * self.mask).astype(np.int64)
         if self.mask_length == "span-poisson":
             lengths = span_lengths(num, self.cdf, generator)
             n_inserts = (lengths == 0).sum(-1)
             lengths, n_spans = compact(lengths, lengths > 0, 0)
         else:
-            n_spans, n_inserts = num, torch.zeros_like(num)
-            lengths = torch.ones(b, int(num.max()) if b else 0, dtype=torch.long)
+            n_spans, n_inserts = num, np.zeros_like(num)
+            lengths = np.ones((b, int(num.max()) if b else 0), dtype=np.int64)
         s_max = lengths.shape[1]
-        starts = torch.zeros(b, t, dtype=torch.bool)
-        continuation = torch.zeros(b, t, dtype=torch.bool)
-        flags = torch.zeros(b, t, dtype=torch.bool)
+        starts = np.zeros((b, t), dtype=bool)
+        flags = np.zeros((b, t), dtype=bool)
         if s_max == 0:
-            return starts, continuation, flags, n_inserts
-        keys = torch.rand(b, t, generator=generator).masked_fill_(~words.is_start, math.inf)
-        order = ascending(keys, s_max)  # distinct word starts in random order
+            return starts, starts.copy(), flags, n_inserts
+        keys = as_numpy(torch.rand(b, t, generator=generator))
+        order = np.argsort(np.where(words.is_start, keys, 2.0), -1)[:, :s_max]  # random starts
         valid = padding_mask(n_spans, s_max)
-        starts.scatter_(1, order, valid)
-        random = valid & (torch.rand(b, s_max, generator=generator) < self.mask_random)
-        flags.scatter_(1, order, random)
-        word = words.ordinal.gather(1, order)
-        last = words.block_last.gather(1, order)
-        target_word = word + lengths
-        inside = target_word <= last
-        end = torch.where(
+        put(starts, order, valid)
+        random = valid & (as_numpy(torch.rand(b, s_max, generator=generator)) < self.mask_random)
+        put(flags, order, random)
+        target_word = take(words.ordinal, order) + lengths
+        inside = target_word <= take(words.block_last, order)
+        end = np.where(
             inside,
-            words.start.gather(1, target_word.clamp_max(t - 1)),
-            words.end.gather(1, last) + 1,
+            take(words.start, np.minimum(target_word, t)),
+            take(words.block_end, order),
         )
-        delta = torch.zeros(b, t + 1, dtype=torch.long)
-        delta.scatter_add_(1, torch.where(valid, order + 1, t).clamp_max(t), valid.long())
-        delta.scatter_add_(1, torch.where(valid, end, t).clamp_max(t), -valid.long())
-        continuation = delta.cumsum(-1)[:, :t] > 0
+        # continuation: (start, end) of every span; ends may coincide, so counts are summed
+        rows = np.broadcast_to(np.arange(b)[:, None], order.shape)[valid] * (t + 1)
+        delta = np.bincount(rows + order[valid] + 1, minlength=b * (t + 1)).astype(np.int64)
+        delta -= np.bincount(rows + end[valid], minlength=b * (t + 1))
+        continuation = np.cumsum(delta.reshape(b, t + 1), -1)[:, :t] > 0
         return starts, continuation, flags, n_inserts
 
-    def infill(self, batch: dict, generator: torch.Generator) -> dict:
-        starts, cont, flags, n_inserts = self.spans(batch, generator)
-        ids = batch["input_ids"]
+    def infill(self, arrays: dict, generator: torch.Generator) -> dict:
+        starts, cont, flags, n_inserts = self.spans(arrays, generator)
+        ids = arrays["input_ids"]
         if self.replace_length == 1:
             masked, deleted = starts & ~cont, cont
         elif self.replace_length == 0:
-            masked, deleted = torch.zeros_like(starts), starts | cont
+            masked, deleted = np.zeros_like(starts), starts | cont
         else:
-            masked, deleted = starts | cont, torch.zeros_like(starts)
+            masked, deleted = starts | cont, np.zeros_like(starts)
             # each token takes the random flag of the latest span start at or before it
-            positions = torch.arange(ids.shape[1]).expand_as(ids)
-            latest = torch.where(starts, positions, 0).cummax(-1).values
-            flags = flags.gather(1, latest)
+            positions = np.arange(ids.shape[1])
+            latest = np.maximum.accumulate(np.where(starts, positions, 0), axis=-1)
+            flags = take(flags, latest)
         random = masked & flags
-        noisy = ids.masked_fill(masked, self.mask_token_id)
-        noisy.masked_scatter_(random, self.sampler.sample(int(random.sum()), generator))
-        keep = batch["attention_mask"].bool() & ~deleted
+        noisy = np.where(masked, self.mask_token_id, ids)
+        noisy[random] = as_numpy(self.sampler.sample(int(random.sum()), generator))
+        compactor = Compactor(arrays["attention_mask"].astype(bool) & ~deleted)
         fills = {"input_ids": self.pad_token_id, "special_tokens_mask": 1}
-        out = {
-            k: compact(noisy if k == "input_ids" else batch[k], keep, fills.get(k, 0))[0]
-            for k in CARRIED
-            if k in batch
-        }
-        inserts = torch.minimum(n_inserts, deleted.sum(-1))
+        out = {k: compactor(noisy if k == "input_ids" else v, fills.get(k, 0))
+               for k, v in arrays.items()}  # fmt: skip
+        inserts = np.minimum(n_inserts, deleted.sum(-1))
         if bool((inserts > 0).any()):
             out = insert_tokens(
                 out, inserts, self.mask_random, self.mask_token_id, self.sampler,
@@ -228,47 +241,51 @@ class BartNoising(Seq2SeqCorruption):
 
     # -- 4. rotation -------------------------------------------------------------------------------
 
-    def rotation(self, batch: dict, generator: torch.Generator) -> dict:
-        ids = batch["input_ids"]
-        b, t = ids.shape
-        n = batch["attention_mask"].sum(-1)
-        inner = (n - 2).clamp_min(1)
-        u = torch.rand(b, generator=generator, dtype=torch.float64)
-        offset = 1 + torch.floor(u * (n - 1).clamp_min(1).to(torch.float64)).long()  # [1, n-1]
-        rotated = torch.rand(b, generator=generator) < self.rotate
-        shift = torch.where(rotated, offset - 1, 0)
-        positions = torch.arange(t).expand(b, t)
-        body = (positions >= 1) & (positions <= (n - 2).unsqueeze(-1))
-        source = torch.where(
-            body, (positions - 1 + shift.unsqueeze(-1)) % inner.unsqueeze(-1) + 1, positions
-        )
-        return {k: v.gather(1, source) for k, v in batch.items()}
+    def rotation(self, arrays: dict, generator: torch.Generator) -> dict:
+        b, t = arrays["input_ids"].shape
+        n = arrays["attention_mask"].sum(-1)
+        inner = np.maximum(n - 2, 1)
+        u = as_numpy(torch.rand(b, generator=generator, dtype=torch.float64))
+        offset = 1 + np.floor(u * np.maximum(n - 1, 1)).astype(np.int64)  # [1, n-1]
+        rotated = as_numpy(torch.rand(b, generator=generator)) < self.rotate
+        shift = np.where(rotated, offset - 1, 0)[:, None]
+        positions = np.arange(t)
+        body = (positions >= 1) & (positions <= (n - 2)[:, None])
+        source = np.where(body, (positions - 1 + shift) % inner[:, None] + 1, positions)
+        return {k: take(v, source) for k, v in arrays.items()}
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
-        noisy = dict(batch)
-        if self.permute is not None:
+        arrays = {k: as_numpy(batch[k]) for k in CARRIED if k in batch}
+        if self.mask > 0 and self.mask_length != "subword":
+            arrays["word_ids"] = as_numpy(batch["word_ids"])
+        if self.permute_sentences > 0:
             if "sentence_ids" not in batch:
                 raise ClozelabError(
                     f"corruption.permute_sentences={self.permute_sentences} needs the sentence "
                     "boundaries of the shards (batch['sentence_ids']), which this batch lacks. "
                     "Fix: pre-train from prepared shards, or set corruption.permute_sentences=0."
                 )
-            noisy = self.permute(noisy, generator)
-        noisy.pop("corrupted_mask", None)
+            order = permutation_order(
+                as_numpy(batch["sentence_ids"]), eligible(batch, self.special_token_ids),
+                self.permute_sentences, generator,
+            )  # fmt: skip
+            for key in ("input_ids", "word_ids"):  # specials, padding and segments stay put
+                if key in arrays:
+                    arrays[key] = take(arrays[key], order)
         if self.mask > 0:
-            noisy = self.infill(noisy, generator)
-        else:
-            noisy = {k: noisy[k] for k in CARRIED if k in noisy}
+            arrays = self.infill(arrays, generator)
+            arrays.pop("word_ids", None)
         if self.insert > 0:
-            eligible = candidates(noisy, self.special_token_ids)
-            num = torch.ceil(eligible.sum(-1).to(torch.float64) * self.insert).long()
-            noisy = insert_tokens(
-                noisy, num, self.mask_random, self.mask_token_id, self.sampler,
+            candidates = eligible(arrays, self.special_token_ids)
+            num = np.ceil(candidates.sum(-1) * self.insert).astype(np.int64)
+            arrays = insert_tokens(
+                arrays, num, self.mask_random, self.mask_token_id, self.sampler,
                 self.pad_token_id, generator,
             )[0]  # fmt: skip
         if self.rotate > 0:
-            noisy = self.rotation(noisy, generator)
-        out = self.source({**batch, **noisy}, noisy["input_ids"], self.real(noisy))
+            arrays = self.rotation(arrays, generator)
+        torch_arrays = {k: as_torch(v) for k, v in arrays.items()}
+        out = self.source({**batch, **torch_arrays}, arrays["input_ids"], self.real(torch_arrays))
         out.update(self.restore_target(batch))
         return out
 

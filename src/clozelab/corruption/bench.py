@@ -1,6 +1,7 @@
 """Throughput of every corruption preset, side by side with HF ``DataCollatorForLanguageModeling``
-(token and whole-word) on the same sequences (DESIGN.md §7: >= 10,000 sequences/s at length 128 on
-one core; HF's whole-word collator does ~830).
+(token and whole-word) and, for the seq2seq corruptions, HF's T5 span collator and fairseq's BART
+noising / insertion (``bench_references``) on the same sequences (DESIGN.md §7: >= 10,000
+sequences/s at length 128 on one core; HF's whole-word collator does ~830).
 
 ``clozelab bench`` (src/clozelab/bench.py) calls ``bench_corruptions``. The sequences are real text
 (the bundled Wikipedia sample) tokenised with the BERT uncased vocabulary, as ``[CLS] A [SEP] B
@@ -32,6 +33,24 @@ PRESETS = (
     "delete",
     "reorder",
     "plm",
+    "mask_insert",
+    "insert",
+    "t5_span",
+    "t5_iid",
+    "t5_drop",
+    "t5_drop_spans",
+    "t5_prefix_lm",
+    "t5_bert",
+    "t5_mass_style",
+    "t5_deshuffle",
+    "bart",
+    "bart_infill",
+    "bart_token_mask",
+    "bart_token_delete",
+    "bart_permute",
+    "bart_rotate",
+    "mass",
+    "insert_restore",
 )
 
 
@@ -189,6 +208,12 @@ def bench_corruptions(
             corruption = build_preset(name, ours, clean)
             results[f"corruption.{name}.sequences_per_s"] = _rate(
                 lambda i, c=corruption: c(clean, torch.Generator().manual_seed(i)), batch, seconds
+            )
+        from clozelab.corruption.bench_references import references
+
+        for name, call in references(clean, ours).items():  # seq2seq references, same rows
+            results[f"corruption.{name}.sequences_per_s"] = _rate(
+                lambda i, c=call: c(), batch, seconds
             )
         token = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15)
         results["corruption.hf_token.sequences_per_s"] = _rate(

@@ -21,9 +21,9 @@ back the input exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,12 +31,11 @@ from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
     ReplacementSampler,
-    ascending,
-    candidates,
     check_probability,
     check_rate,
 )
 from clozelab.corruption.delete import PAD_VALUES
+from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put, take
 
 #: value of an inserted position in the per-token keys that do not copy their neighbour's
 INSERTED_VALUES = {
@@ -47,56 +46,56 @@ INSERTED_VALUES = {
 
 
 def insert_tokens(
-    batch: Mapping[str, Tensor],
-    num: Tensor,
+    arrays: dict[str, np.ndarray],
+    num: np.ndarray,
     random_ratio: float,
     mask_token_id: int,
     sampler: ReplacementSampler,
     pad_token_id: int,
     generator: torch.Generator,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Insert ``num[b]`` tokens into row b (see the module docstring). Returns the new batch and
-    ``inserted`` (``bool [B, W]``)."""
-    ids = batch["input_ids"]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Insert ``num[b]`` tokens into row b of every ``[B, T]`` array (NumPy; see the module
+    docstring). Returns the new arrays and ``inserted`` (``bool [B, W]``)."""
+    ids = arrays["input_ids"]
     b, t = ids.shape
-    device = ids.device
-    n = batch["attention_mask"].sum(-1) if "attention_mask" in batch else torch.full((b,), t)
+    n = arrays["attention_mask"].sum(-1) if "attention_mask" in arrays else np.full(b, t)
     new_len = n + num
     width = max(t, int(new_len.max()) if b else 0)
-    positions = torch.arange(width, device=device).expand(b, width)
-    inner = (positions >= 1) & (positions <= (new_len - 2).unsqueeze(-1)) & (num > 0).unsqueeze(-1)
+    positions = np.arange(width)
+    inner = (positions >= 1) & (positions <= (new_len - 2)[:, None]) & (num > 0)[:, None]
     # one sort: the num smallest keys of the inner slots are inserted, the first
     # ceil(num * random_ratio) of those (in key order) get random ids
-    keys = torch.rand(b, width, generator=generator, device=device).masked_fill_(~inner, math.inf)
+    keys = as_numpy(torch.rand(b, width, generator=generator))
     k_max = int(num.max()) if b else 0
-    inserted = torch.zeros(b, width, dtype=torch.bool, device=device)
-    value = torch.full((b, width), mask_token_id, dtype=ids.dtype, device=device)
+    inserted = np.zeros((b, width), dtype=bool)
+    value = np.full((b, width), mask_token_id, dtype=ids.dtype)
     if k_max:
-        order = ascending(keys, k_max)
-        rank = torch.arange(k_max, device=device)
-        chosen = rank < num.unsqueeze(-1)
-        n_random = torch.ceil(num.to(torch.float64) * random_ratio).long()
-        random = chosen & (rank < n_random.unsqueeze(-1))
-        inserted.scatter_(1, order, chosen)
-        draws = sampler.sample(int(random.sum()), generator, device=device).to(ids.dtype)
-        row_values = torch.full((b, k_max), mask_token_id, dtype=ids.dtype, device=device)
-        row_values.masked_scatter_(random, draws)
-        value.scatter_(1, order, row_values)
-    source = ((~inserted).long().cumsum(-1) - 1).clamp_(0, t - 1)  # original index of each slot
-    beyond = positions >= new_len.unsqueeze(-1)
-    out = dict(batch)
-    for key, tensor in batch.items():
-        if not isinstance(tensor, Tensor) or tensor.shape[:2] != (b, t) or tensor.dim() != 2:
-            continue
-        moved = tensor.gather(1, source if width == t else source.clamp_max(t - 1))
-        fill = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
-        moved = moved.masked_fill(beyond, fill)
+        order = np.argsort(np.where(inner, keys, 2.0), axis=-1)[:, :k_max]
+        rank = np.arange(k_max)
+        chosen = rank < num[:, None]
+        n_random = np.ceil(num * random_ratio).astype(np.int64)
+        random = chosen & (rank < n_random[:, None])
+        put(inserted, order, chosen)
+        row_values = np.full((b, k_max), mask_token_id, dtype=ids.dtype)
+        row_values[random] = as_numpy(sampler.sample(int(random.sum()), generator))
+        put(value, order, row_values)
+    source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
+    beyond = positions >= new_len[:, None]
+    out = {}
+    for key, array in arrays.items():
+        moved = take(array, source)
+        moved[beyond] = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
         if key == "input_ids":
-            moved = torch.where(inserted, value, moved)
+            moved = np.where(inserted, value, moved)
         elif key in INSERTED_VALUES:
-            moved = moved.masked_fill(inserted, INSERTED_VALUES[key])
+            moved[inserted] = INSERTED_VALUES[key]
         out[key] = moved
     return out, inserted
+
+
+def _is_per_token(value, batch) -> bool:
+    ids = batch["input_ids"]
+    return isinstance(value, Tensor) and value.dim() == 2 and value.shape == ids.shape
 
 
 class Insertion(Corruption):
@@ -128,27 +127,29 @@ class Insertion(Corruption):
         self.pad_token_id = int(pad_token_id)
         self.sampler = ReplacementSampler(vocab_size, self.special_token_ids, "nonspecial")
 
-    def count(self, n_candidates: Tensor) -> Tensor:
-        return torch.ceil(n_candidates.to(torch.float64) * self.rate).long()
+    def count(self, n_candidates: np.ndarray) -> np.ndarray:
+        return np.ceil(np.asarray(n_candidates) * self.rate).astype(np.int64)
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
-        return n_tokens + int(self.count(torch.tensor(n_tokens - n_special)))
+        return n_tokens + int(self.count(n_tokens - n_special))
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         unlocked = {k: v for k, v in batch.items() if k != "corrupted_mask"}
-        eligible = candidates(unlocked, self.special_token_ids)
-        num = self.count(eligible.sum(-1))
-        base = dict(batch)
-        if "corrupted_mask" not in base:
-            base["corrupted_mask"] = torch.zeros_like(eligible)
-        if "insertion_labels" not in base:  # 0 on original candidates, -100 elsewhere
-            base["insertion_labels"] = torch.where(eligible, 0, IGNORE_INDEX)
-        out, inserted = insert_tokens(
-            base, num, self.random_ratio, self.mask_token_id, self.sampler, self.pad_token_id,
-            generator,
+        candidates = eligible(unlocked, self.special_token_ids)
+        num = self.count(candidates.sum(-1))
+        per_token = {k: as_numpy(v) for k, v in batch.items() if _is_per_token(v, batch)}
+        if "corrupted_mask" not in per_token:
+            per_token["corrupted_mask"] = np.zeros_like(candidates)
+        if "insertion_labels" not in per_token:  # 0 on original candidates, -100 elsewhere
+            per_token["insertion_labels"] = np.where(candidates, 0, IGNORE_INDEX)
+        moved, inserted = insert_tokens(
+            per_token, num, self.random_ratio, self.mask_token_id, self.sampler,
+            self.pad_token_id, generator,
         )  # fmt: skip
-        out["insertion_labels"] = out["insertion_labels"].masked_fill(inserted, 1)
-        out["inserted_count"] = num
+        moved["insertion_labels"][inserted] = 1
+        out = dict(batch)
+        out.update({k: as_torch(v) for k, v in moved.items()})
+        out["inserted_count"] = as_torch(num)
         if "span_bounds" in batch:
             from clozelab.corruption.units import span_bounds
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import (
-    OperationMix,
-    apply_operations,
-    candidates,
-    check_rate,
-    replacement_sampler,
-    round_half_even,
+from clozelab.corruption.base import OperationMix, check_rate, replacement_sampler
+from clozelab.corruption.seq2seq import (
+    Compactor,
+    Seq2SeqCorruption,
+    as_numpy,
+    as_torch,
+    decoder_side,
+    eligible,
 )
-from clozelab.corruption.seq2seq import Seq2SeqCorruption, compact, decoder_side
 from clozelab.corruption.t5 import to_positions
 
 
@@ -63,30 +64,31 @@ class MassMasking(Seq2SeqCorruption):
             replace_distribution, corpus_dir, replacement_probs, needed=self.mix.random > 0,
         )  # fmt: skip
 
-    def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
-        eligible = candidates(batch, self.special_token_ids)
-        m = eligible.sum(-1)
-        k = torch.minimum(round_half_even(m.to(torch.float64) * self.fragment).clamp_min(1), m)
-        u = torch.rand(m.shape, generator=generator, dtype=torch.float64)
-        start = torch.floor(u * (m - k + 1).to(torch.float64)).long()
-        items = torch.arange(eligible.shape[1], device=eligible.device).unsqueeze(0)
-        inside = (items >= start.unsqueeze(-1)) & (items < (start + k).unsqueeze(-1))
-        return to_positions(inside, eligible)
+    def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> np.ndarray:
+        candidates = eligible(batch, self.special_token_ids)
+        m = candidates.sum(-1)
+        k = np.minimum(np.maximum(np.round(m * self.fragment), 1), m).astype(np.int64)  # half even
+        u = as_numpy(torch.rand(m.shape[0], generator=generator, dtype=torch.float64))
+        start = np.floor(u * (m - k + 1)).astype(np.int64)
+        items = np.arange(candidates.shape[1])
+        inside = (items >= start[:, None]) & (items < (start + k)[:, None])
+        return to_positions(inside, candidates)
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         self.sampler.check_table()
-        ids = batch["input_ids"]
+        ids = as_numpy(batch["input_ids"])
         fragment = self.fragment_mask(batch, generator)
-        noisy, _ = apply_operations(
-            ids, fragment, self.mix, generator, self.mask_token_id, self.sampler
-        )
-        real = self.real(batch)
-        out = self.source(batch, noisy, real)
-        target, lengths = compact(ids, fragment, self.pad_token_id)
-        out.update(decoder_side(target, lengths, self.start_id, self.pad_token_id))
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        positions = positions - self.dropped_bos()  # positions in the source
-        out["decoder_position_ids"] = compact(positions, fragment, 0)[0]
+        u = as_numpy(torch.rand(ids.shape, generator=generator))
+        masked = fragment & (u < self.mix.mask)
+        random = fragment & (u >= self.mix.mask) & (u < self.mix.mask + self.mix.random)
+        noisy = np.where(masked, self.mask_token_id, ids)
+        noisy[random] = as_numpy(self.sampler.sample(int(random.sum()), generator))
+        out = self.source(batch, noisy, self.real(batch))
+        compactor = Compactor(fragment)
+        target = compactor(ids, self.pad_token_id)
+        out.update(decoder_side(target, compactor.lengths, self.start_id, self.pad_token_id))
+        positions = np.broadcast_to(np.arange(ids.shape[1]) - self.dropped_bos(), ids.shape)
+        out["decoder_position_ids"] = as_torch(compactor(positions, 0))  # positions in the source
         return out
 
     def __repr__(self) -> str:

@@ -21,9 +21,9 @@ Every per-token tensor of the batch moves with its token.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,12 +34,54 @@ from clozelab.corruption.base import (
     check_choice,
     check_positive_int,
     check_rate,
-    choose_k,
 )
+from clozelab.corruption.seq2seq import as_numpy, put, take
 from clozelab.errors import ClozelabError
 
 MODES = ("local", "sentence", "permute")
 UNITS = ("word", "token")  # what mode=local moves
+
+
+def permutation_order(
+    units: np.ndarray, movable: np.ndarray, rate: float, generator: torch.Generator
+) -> np.ndarray:
+    """``[B, T]`` new -> old positions that permute ``ceil(n * rate)`` of each row's n units among
+    themselves (BART's ``permute_sentences``; with one unit per token ``add_permuted_noise``).
+
+    A unit is a maximal run of equal ``units`` ids over ``movable`` positions; every other position
+    is a fixed unit of its own, and a fixed position closes a group: chosen units take each other's
+    slots within their group only (segments and [SEP] stay put). NumPy, four row sorts.
+    """
+    b, t = movable.shape
+    positions = np.arange(t)
+    same = np.zeros_like(movable)
+    same[:, 1:] = (units[:, 1:] == units[:, :-1]) & movable[:, 1:] & movable[:, :-1]
+    unit = np.cumsum(~same, -1) - 1  # every position's unit, numbered in position order
+    rows, cols = np.nonzero(~same)
+    unit_start = np.full((b, t), t, dtype=np.int64)
+    unit_start[rows, unit[rows, cols]] = cols
+    exists = np.zeros((b, t), dtype=bool)  # movable units, by unit index
+    exists[rows, unit[rows, cols]] = movable[rows, cols]
+    group = np.zeros((b, t), dtype=np.int64)  # a fixed unit opens a group
+    group[rows, unit[rows, cols]] = np.cumsum(~movable, -1)[rows, cols]
+    keys = as_numpy(torch.rand(2, b, t, generator=generator, dtype=torch.float64))
+    count = np.ceil(exists.sum(-1) * rate).astype(np.int64)  # BART: ceil(n * p)
+    first = np.argsort(np.where(exists, keys[0], 2.0), -1)[:, : int(count.max()) if b else 0]
+    chosen = np.zeros_like(exists)
+    put(chosen, first, np.arange(first.shape[1]) < count[:, None])
+    # chosen units in (group, random) order take the slots of chosen ones in (group, position)
+    by_key = np.argsort(np.where(chosen, group + keys[1], np.inf), -1)
+    by_slot = np.argsort(np.where(chosen, group + positions / (t + 1.0), np.inf), -1)
+    slot = np.broadcast_to(positions, (b, t)).copy()
+    n_chosen = chosen.sum(-1)
+    pairs = positions < n_chosen[:, None]
+    r = np.nonzero(pairs)[0]
+    slot[r, by_key[pairs]] = by_slot[pairs]
+    # tokens sort by (their unit's new slot, offset in the unit): slots are unit indices, whose
+    # order is position order
+    offset = positions - take(unit_start, unit)
+    key = take(slot, unit) * t + offset
+    return np.argsort(key, -1, kind="stable")
 
 
 class Reorder(Corruption):
@@ -74,49 +116,20 @@ class Reorder(Corruption):
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
 
     def _sort_keys(self, batch, eligible: Tensor, generator) -> Tensor:
+        """Local shuffle: each moved token's key is displaced by up to ``window`` places."""
         b, t = eligible.shape
         positions = torch.arange(t, device=eligible.device).expand(b, t).to(torch.float64)
         group = (~eligible).long().cumsum(-1).to(torch.float64)  # fixed positions open a group
         big = float(4 * t + 4 + self.window)
-        if self.mode == "local":
-            u = torch.rand(b, t, generator=generator, dtype=torch.float64)
-            moved = torch.rand(b, t, generator=generator) < self.rate
-            if self.unit == "word":
-                return self._word_keys(batch, eligible, group, big, u, moved)
-            moved = eligible & moved
-            offset = torch.where(moved, u * self.window, 0.0)
-            # fixed positions keep the smallest key of their group, so they never move
-            offset = torch.where(eligible, offset + 0.5, 0.0)
-            return group * big + positions + offset
-        if self.mode == "permute":  # every token is its own "sentence"
-            sent = positions.long().masked_fill(~eligible, -1)
-        elif "sentence_ids" not in batch:
-            raise KeyError("sentence reordering needs batch['sentence_ids']")
-        else:
-            sent = batch["sentence_ids"].masked_fill(~eligible, -1)
-        s_col = sent.clamp_min(0)
-        # per sentence: its segment group, first position, chosen flag, random key
-        first = torch.full((b, t), math.inf, dtype=torch.float64).scatter_reduce(
-            1, s_col, positions.masked_fill(~eligible, math.inf), "amin"
-        )
-        s_group = torch.full((b, t), -1.0, dtype=torch.float64).scatter_reduce(
-            1, s_col, group.masked_fill(~eligible, -1.0), "amax"
-        )
-        exists = torch.isfinite(first)
-        n_sentences = exists.sum(-1).to(torch.float64)
-        count = torch.ceil(n_sentences * self.rate).to(torch.long)  # BART: ceil(n * p)
-        chosen = choose_k(torch.rand(b, t, generator=generator), exists, count)
-        key = torch.rand(b, t, generator=generator, dtype=torch.float64)
-        # chosen sentences in (group, random) order take the slots of chosen ones in (group, first)
-        inf = torch.tensor(math.inf, dtype=torch.float64)
-        by_key = torch.where(chosen, s_group * 2 + key, inf).argsort(-1)
-        by_slot = torch.where(chosen, s_group * big + first, inf).argsort(-1)
-        new_first = first.clone().scatter_(1, by_key, first.gather(1, by_slot))
-        new_first = torch.where(chosen, new_first, first)  # the tail pairs non-chosen: undone
-        token_slot = new_first.gather(1, s_col)
-        # tokens sort by (group, their sentence's new slot, position); fixed positions first
-        inner = torch.where(eligible, token_slot * big + positions + 1.0, -1.0)
-        return group * big * big + inner
+        u = torch.rand(b, t, generator=generator, dtype=torch.float64)
+        moved = torch.rand(b, t, generator=generator) < self.rate
+        if self.unit == "word":
+            return self._word_keys(batch, eligible, group, big, u, moved)
+        moved = eligible & moved
+        offset = torch.where(moved, u * self.window, 0.0)
+        # fixed positions keep the smallest key of their group, so they never move
+        offset = torch.where(eligible, offset + 0.5, 0.0)
+        return group * big + positions + offset
 
     def _word_keys(self, batch, eligible, group, big, u, moved) -> Tensor:
         """Local shuffle of whole words: word ``k`` of a row (counted from 0) gets the key
@@ -143,9 +156,18 @@ class Reorder(Corruption):
         unlocked = {k: v for k, v in batch.items() if k != "corrupted_mask"}
         eligible = candidates(unlocked, self.special_token_ids)
         b, t = eligible.shape
-        order = self._sort_keys(batch, eligible, generator).argsort(
-            dim=-1, stable=True
-        )  # new -> old
+        if self.mode == "local":
+            order = self._sort_keys(batch, eligible, generator).argsort(dim=-1, stable=True)
+        else:  # new -> old
+            if self.mode == "permute":  # every token is its own unit
+                units = np.broadcast_to(np.arange(t), (b, t))
+            elif "sentence_ids" not in batch:
+                raise KeyError("sentence reordering needs batch['sentence_ids']")
+            else:
+                units = as_numpy(batch["sentence_ids"])
+            order = torch.from_numpy(
+                permutation_order(units, as_numpy(eligible), self.rate, generator)
+            )
         out = dict(batch)
         for key, value in batch.items():
             if isinstance(value, Tensor) and value.shape == (b, t):

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.runtime import restrict
-from clozelab.corruption.seq2seq import Seq2SeqCorruption
+from clozelab.corruption.seq2seq import Seq2SeqCorruption, as_numpy
 
 
 class Restore(Seq2SeqCorruption):
@@ -43,7 +43,7 @@ class Restore(Seq2SeqCorruption):
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         noisy = self.steps(batch, generator)
-        out = self.source(noisy, noisy["input_ids"], self.real(noisy))
+        out = self.source(noisy, as_numpy(noisy["input_ids"]), self.real(noisy))
         out.update(self.restore_target(batch))
         return out
 

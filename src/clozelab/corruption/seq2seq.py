@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,59 +37,111 @@ DECODER_STARTS = ("pad", "eos", "mask")
 SOURCE_KEYS = {"token_type_ids": 0, "special_tokens_mask": 1}
 
 
-def compact(values: Tensor, keep: Tensor, fill: int) -> tuple[Tensor, Tensor]:
-    """Move the ``keep`` entries of every row of ``values`` to the left, in order.
+def as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy from other devices); arrays pass through."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
-    Returns ``(out [B, W], lengths [B])`` with W the longest row's kept count and ``fill`` after
-    each row's entries. One cumsum and one scatter over ``[B, T]``.
+
+def as_torch(x: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[b, index[b, j]]`` (``np.take_along_axis`` on the last axis, without its
+    per-call overhead)."""
+    return values[np.arange(values.shape[0])[:, None], index]
+
+
+def put(values: np.ndarray, index: np.ndarray, new) -> None:
+    """``values[b, index[b, j]] = new[b, j]`` in place (``np.put_along_axis``)."""
+    values[np.arange(values.shape[0])[:, None], index] = new
+
+
+class Compactor:
+    """Moves the ``keep`` entries of every row to the left, in order (``[B, T]`` -> ``[B, W]``, W
+    the longest row's kept count); the slots are computed once and reused for every array.
+
+    The seq2seq corruptions build their outputs with NumPy: on the small ``[B, T]`` arrays of a
+    collate call its calls cost a few microseconds, a fraction of a torch op's dispatch, which is
+    what the >= 10,000 sequences/s budget is spent on.
     """
-    lengths = keep.sum(-1)
-    width = int(lengths.max()) if lengths.numel() else 0
-    slot = (keep.long().cumsum(-1) - 1).masked_fill_(~keep, width)
-    out = torch.full((keep.shape[0], width + 1), fill, dtype=values.dtype, device=values.device)
-    out.scatter_(1, slot, values)
-    return out[:, :width], lengths
+
+    def __init__(self, keep: np.ndarray) -> None:
+        self.lengths = keep.sum(-1)
+        self.width = int(self.lengths.max()) if self.lengths.size else 0
+        slot = np.cumsum(keep, -1) - 1
+        slot[~keep] = self.width  # a discarded column
+        self.slot = slot
+
+    def __call__(self, values: np.ndarray, fill: int) -> np.ndarray:
+        out = np.full((values.shape[0], self.width + 1), fill, dtype=values.dtype)
+        put(out, self.slot, values)
+        return out[:, : self.width]
 
 
-def interleave(before: Tensor, at: Tensor) -> Tensor:
+def compact(values: np.ndarray, keep: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept entries of each row moved left, lengths)``: a one-off ``Compactor``."""
+    compactor = Compactor(keep)
+    return compactor(values, fill), compactor.lengths
+
+
+def interleave(before: np.ndarray, at: np.ndarray) -> np.ndarray:
     """``[B, 2T]``: ``before[:, t]`` then ``at[:, t]`` for every t (a slot in front of each
     position, used to insert one token before some positions before compacting)."""
-    return torch.stack((before, at), dim=-1).flatten(1)
+    return np.stack((before, at), axis=-1).reshape(before.shape[0], -1)
 
 
-def padding_mask(lengths: Tensor, width: int) -> Tensor:
+def padding_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """``bool [B, width]``: True on the first ``lengths[b]`` positions of row b."""
-    return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(-1)
+    return np.arange(width) < lengths[:, None]
 
 
-def append_eos(ids: Tensor, lengths: Tensor, eos: int, fill: int) -> tuple[Tensor, Tensor]:
+def append_eos(
+    ids: np.ndarray, lengths: np.ndarray, eos: int, fill: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Write ``eos`` after the last real entry of each row (the width grows by one)."""
-    out = torch.cat((ids, torch.full_like(ids[:, :1], fill)), dim=1)
-    out.scatter_(1, lengths.unsqueeze(-1), eos)
+    out = np.concatenate((ids, np.full_like(ids[:, :1], fill)), axis=1)
+    out[np.arange(ids.shape[0]), lengths] = eos
     return out, lengths + 1
 
 
-def decoder_side(target: Tensor, lengths: Tensor, start_id: int, pad_id: int) -> dict[str, Tensor]:
+def decoder_side(
+    target: np.ndarray, lengths: np.ndarray, start_id: int, pad_id: int
+) -> dict[str, Tensor]:
     """``labels`` / ``decoder_input_ids`` / ``decoder_attention_mask`` of right-padded targets."""
     real = padding_mask(lengths, target.shape[1])
-    labels = target.masked_fill(~real, IGNORE_INDEX)
-    shifted = torch.full_like(target, pad_id)
-    shifted[:, 0] = start_id
+    shifted = np.full_like(target, pad_id)
+    shifted[:, :1] = start_id
     shifted[:, 1:] = target[:, :-1]
+    shifted[~real] = pad_id
     return {
-        "labels": labels,
-        "decoder_input_ids": shifted.masked_fill_(~real, pad_id),
-        "decoder_attention_mask": real.long(),
+        "labels": as_torch(np.where(real, target, IGNORE_INDEX)),
+        "decoder_input_ids": as_torch(shifted),
+        "decoder_attention_mask": as_torch(real.astype(np.int64)),
     }
 
 
-def run_starts(noise: Tensor) -> tuple[Tensor, Tensor]:
+def run_starts(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First position of each maximal run of ``noise`` and the run's index (0.. per row, -1 off
     runs); T5's ``noise_span_to_unique_sentinel`` numbering."""
-    first = noise.clone()
+    first = noise.copy()
     first[:, 1:] &= ~noise[:, :-1]
-    index = (first.long().cumsum(-1) - 1).masked_fill_(~noise, -1)
-    return first, index
+    index = np.cumsum(first, -1) - 1
+    return first, np.where(noise, index, -1)
+
+
+def eligible(batch: Mapping[str, Tensor], special_token_ids) -> np.ndarray:
+    """``candidates`` as a NumPy bool array (real, non-special, not yet corrupted)."""
+    ids = as_numpy(batch["input_ids"])
+    if "special_tokens_mask" in batch:
+        special = as_numpy(batch["special_tokens_mask"]).astype(bool)
+    else:
+        special = np.isin(ids, np.asarray(special_token_ids))
+    if "corrupted_mask" in batch:
+        special = special | as_numpy(batch["corrupted_mask"]).astype(bool)
+    if "attention_mask" in batch:
+        return as_numpy(batch["attention_mask"]).astype(bool) & ~special
+    return ~special
 
 
 class Seq2SeqCorruption(Corruption):
@@ -171,32 +224,33 @@ class Seq2SeqCorruption(Corruption):
             self.decoder_start
         ]
 
-    def real(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def real(self, batch: Mapping[str, Tensor]) -> np.ndarray:
         """Real positions of the row, without the leading special token when ``bos`` is off."""
         ids = batch["input_ids"]
-        real = (
-            batch["attention_mask"].bool()
-            if "attention_mask" in batch
-            else torch.ones_like(ids, dtype=torch.bool)
-        )
+        if "attention_mask" in batch:
+            real = as_numpy(batch["attention_mask"]).astype(bool)
+        else:
+            real = np.ones(tuple(ids.shape), dtype=bool)
         if not self.bos and "special_tokens_mask" in batch:
-            real = real.clone()
-            real[:, 0] &= ~batch["special_tokens_mask"][:, 0].bool()
+            real[:, 0] &= ~as_numpy(batch["special_tokens_mask"][:, 0]).astype(bool)
         return real
 
-    def source(self, batch: Mapping[str, Tensor], ids: Tensor, keep: Tensor) -> dict[str, Tensor]:
+    def source(
+        self, batch: Mapping[str, Tensor], ids: np.ndarray, keep: np.ndarray
+    ) -> dict[str, Tensor]:
         """Encoder side: ``ids`` at the ``keep`` positions, compacted; per-row keys of ``batch``
         carried over, ``token_type_ids`` / ``special_tokens_mask`` compacted with the tokens."""
         out = {k: v for k, v in batch.items() if not _per_token(v, ids)}
-        out["input_ids"], lengths = compact(ids, keep, self.pad_token_id)
-        width = out["input_ids"].shape[1]
-        out["attention_mask"] = padding_mask(lengths, width).long()
+        compactor = Compactor(keep)
+        out["input_ids"] = as_torch(compactor(ids, self.pad_token_id))
+        real = padding_mask(compactor.lengths, compactor.width)
+        out["attention_mask"] = as_torch(real.astype(np.int64))
         for key, fill in SOURCE_KEYS.items():
             if key in batch:
-                out[key] = compact(batch[key], keep, fill)[0]
+                out[key] = as_torch(compactor(as_numpy(batch[key]), fill))
         return out
 
-    def target(self, ids: Tensor, keep: Tensor, add_eos: bool) -> dict[str, Tensor]:
+    def target(self, ids: np.ndarray, keep: np.ndarray, add_eos: bool) -> dict[str, Tensor]:
         """Decoder side: ``ids`` at the ``keep`` positions, compacted, optionally + eos."""
         target, lengths = compact(ids, keep, self.pad_token_id)
         if add_eos:
@@ -206,10 +260,10 @@ class Seq2SeqCorruption(Corruption):
     def restore_target(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The original row as the target (BART, T5 BERT-style / deshuffling): its real tokens,
         which already end with [SEP] (eos)."""
-        return self.target(batch["input_ids"], self.real(batch), add_eos=False)
+        return self.target(as_numpy(batch["input_ids"]), self.real(batch), add_eos=False)
 
 
-def _per_token(value, ids: Tensor) -> bool:
+def _per_token(value, ids) -> bool:
     """Per-token (or per-span) tensors of the batch: their positions no longer hold."""
     return isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == ids.shape[0]
 
@@ -221,8 +275,8 @@ class SentinelIds:
         self.vocab_size = vocab_size
         self.n = check_positive_int(n_sentinels, "corruption.n_sentinels")
 
-    def __call__(self, run_index: Tensor) -> Tensor:
-        most = int(run_index.max()) + 1 if run_index.numel() else 0
+    def __call__(self, run_index: np.ndarray) -> np.ndarray:
+        most = int(run_index.max()) + 1 if run_index.size else 0
         if most > self.n:
             raise ClozelabError(
                 f"corruption.n_sentinels={self.n}: a sequence has {most} noise spans, more than "
@@ -230,6 +284,3 @@ class SentinelIds:
                 "grows its embedding by the same number) or shorten data.max_seq_length."
             )
         return self.vocab_size + self.n - 1 - run_index
-
-    def is_sentinel(self, ids: Tensor) -> Tensor:
-        return (ids >= self.vocab_size) & (ids < self.vocab_size + self.n)

@@ -32,15 +32,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import candidates, check_choice, check_rate, choose_k
+from clozelab.corruption.base import check_choice, check_rate
 from clozelab.corruption.seq2seq import (
     SentinelIds,
     Seq2SeqCorruption,
+    as_numpy,
+    eligible,
     interleave,
     run_starts,
+    take,
 )
 from clozelab.errors import config_error
 
@@ -48,80 +52,75 @@ NOISES = ("spans", "iid", "prefix")
 MODES = ("sentinel", "drop")
 
 
-def t5_round(x: Tensor) -> Tensor:
-    """``tf.round`` of a float32 value (half to even), as T5's noise masks compute their counts."""
-    return torch.round(x.to(torch.float32)).to(torch.long)
+def span_counts(lengths: np.ndarray, density: float, mean_span: float):
+    """T5's ``(num_noise, num_spans)`` per row for rows of ``lengths`` tokens, in float32 with
+    ``tf.round``'s half-to-even as T5's mask computes them (lengths < 2 are raised to 2, as T5
+    does, and cut back by the caller)."""
+    length = np.maximum(np.asarray(lengths, dtype=np.int64), 2)
+    num_noise = np.round(length.astype(np.float32) * np.float32(density)).astype(np.int64)
+    num_noise = np.minimum(np.maximum(num_noise, 1), length - 1)
+    num_spans = np.round(num_noise.astype(np.float32) / np.float32(mean_span)).astype(np.int64)
+    return num_noise, np.maximum(num_spans, 1)
 
 
-def span_counts(lengths: Tensor, density: float, mean_span: float) -> tuple[Tensor, Tensor]:
-    """T5's ``(num_noise, num_spans)`` per row for rows of ``lengths`` tokens (lengths < 2 are
-    raised to 2, as T5 does, and cut back by the caller)."""
-    length = lengths.clamp_min(2)
-    num_noise = t5_round(length.float() * density)
-    num_noise = torch.minimum(num_noise.clamp_min(1), length - 1)
-    num_spans = t5_round(num_noise.float() / mean_span).clamp_min(1)
-    return num_noise, num_spans
-
-
-def random_segmentation(
-    num_items: Tensor, num_segments: Tensor, width: int, generator: torch.Generator
-) -> Tensor:
-    """``[B, width]``: the lengths of ``num_segments`` non-empty segments of ``num_items`` items,
-    uniformly at random (T5's ``_random_segmentation``: ``num_segments - 1`` of the item gaps
-    start a segment), 0 after the last segment. Needs ``num_segments <= num_items``."""
-    b = num_items.shape[0]
-    positions = torch.arange(width, device=num_items.device).expand(b, width)
-    gaps = (positions >= 1) & (positions < num_items.unsqueeze(-1))
-    keys = torch.rand(b, width, generator=generator, device=num_items.device)
-    cut = choose_k(keys, gaps, num_segments - 1)
-    cut[:, 0] = num_items > 0
-    segment = (cut.long().cumsum(-1) - 1).masked_fill_(positions >= num_items.unsqueeze(-1), width)
-    counts = torch.zeros(b, width + 1, dtype=torch.long, device=num_items.device)
-    counts.scatter_add_(1, segment.clamp_min(0), torch.ones_like(segment))
-    return counts[:, :width]
+def random_segmentation(num_items: np.ndarray, num_segments: np.ndarray, keys: np.ndarray):
+    """``[B, max segments]``: the lengths of ``num_segments`` non-empty segments of ``num_items``
+    items, uniformly at random (T5's ``_random_segmentation``: ``num_segments - 1`` of the item gaps
+    1..num_items-1 start a segment, chosen by the smallest of the i.i.d. ``keys [B, W]``), 0 after
+    the last segment. Needs ``num_segments <= num_items <= W``."""
+    b, width = keys.shape
+    positions = np.arange(width)
+    gaps = (positions >= 1) & (positions < num_items[:, None])
+    n_cuts = num_segments - 1
+    most = int(n_cuts.max()) if b else 0
+    order = np.argsort(np.where(gaps, keys, 2.0), axis=-1)[:, :most]
+    cuts = np.sort(np.where(np.arange(most) < n_cuts[:, None], order, width), axis=-1)
+    bounds = np.concatenate(
+        (np.zeros((b, 1), np.int64), np.minimum(cuts, num_items[:, None]), num_items[:, None]), 1
+    )
+    return np.diff(bounds, axis=-1)
 
 
 def random_spans_noise_mask(
-    lengths: Tensor,
-    width: int,
-    generator: torch.Generator,
-    density: float = 0.15,
+    lengths: np.ndarray, width: int, keys: np.ndarray, density: float = 0.15,
     mean_span: float = 3.0,
-) -> Tensor:
+) -> np.ndarray:  # fmt: skip
     """T5's ``random_spans_noise_mask`` for every row at once: ``bool [B, width]``, True on the
-    noise items of each row's first ``lengths[b]`` items (see the module docstring)."""
+    noise items of each row's first ``lengths[b]`` items (see the module docstring). ``keys``:
+    i.i.d. uniforms ``[2, B, >= max(width, 2)]`` (from the corruption's generator)."""
     num_noise, num_spans = span_counts(lengths, density, mean_span)
-    length = lengths.clamp_min(2)
-    w = max(width, 2)
-    noise_len = random_segmentation(num_noise, num_spans, w, generator)
-    clean_len = random_segmentation(length - num_noise, num_spans, w, generator)
+    length = np.maximum(lengths, 2)
+    noise_len = random_segmentation(num_noise, num_spans, keys[0])
+    clean_len = random_segmentation(length - num_noise, num_spans, keys[1])
     # segments alternate clean_0 noise_0 clean_1 noise_1 ...: span s starts after s+1 clean and
-    # s noise segments
-    start = clean_len.cumsum(-1) + noise_len.cumsum(-1) - noise_len
-    delta = torch.zeros(lengths.shape[0], w + 1, dtype=torch.long, device=lengths.device)
-    delta.scatter_add_(1, start.clamp_max(w), torch.ones_like(start))
-    delta.scatter_add_(1, (start + noise_len).clamp_max(w), -torch.ones_like(start))
-    noise = delta.cumsum(-1)[:, :width] > 0
-    return noise & (torch.arange(width, device=lengths.device) < lengths.unsqueeze(-1))
+    # s noise segments; starts and ends are all distinct (segments are non-empty)
+    start = np.cumsum(clean_len, -1) + np.cumsum(noise_len, -1) - noise_len
+    rows, span = np.nonzero(noise_len)
+    delta = np.zeros((lengths.shape[0], max(width, 2) + 2), np.int64)
+    delta[rows, start[rows, span]] = 1
+    delta[rows, start[rows, span] + noise_len[rows, span]] = -1
+    noise = np.cumsum(delta, -1)[:, :width] > 0
+    return noise & (np.arange(width) < lengths[:, None])
 
 
 def random_prefix_noise_mask(
-    lengths: Tensor, width: int, generator: torch.Generator, density: float = 0.5
-) -> Tensor:
+    lengths: np.ndarray, width: int, u: np.ndarray, density: float = 0.5
+) -> np.ndarray:
     """T5's ``random_prefix_noise_mask``: the items from a uniform split point on are noise; the
-    prefix keeps between ``max(1, round((1 - 2 density)(L - 1)))`` and ``L - 1`` items."""
-    top = (lengths - 1).clamp_min(0)
-    low = torch.minimum(top, t5_round((1.0 - 2.0 * density) * top.float()).clamp_min(1))
-    u = torch.rand(lengths.shape, generator=generator, device=lengths.device)
-    split = low + torch.floor(u * (top - low + 1).float()).long()
-    positions = torch.arange(width, device=lengths.device)
-    return (positions >= split.unsqueeze(-1)) & (positions < lengths.unsqueeze(-1))
+    prefix keeps between ``max(1, round((1 - 2 density)(L - 1)))`` and ``L - 1`` items. ``u``:
+    one uniform per row."""
+    top = np.maximum(lengths - 1, 0)
+    low = np.round(np.float32(1.0 - 2.0 * density) * top.astype(np.float32)).astype(np.int64)
+    low = np.minimum(top, np.maximum(low, 1))
+    split = low + np.floor(u * (top - low + 1)).astype(np.int64)
+    positions = np.arange(width)
+    return (positions >= split[:, None]) & (positions < lengths[:, None])
 
 
-def to_positions(item_mask: Tensor, eligible: Tensor) -> Tensor:
+def to_positions(item_mask: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Map a mask over each row's eligible items (in order) back onto the row's positions."""
-    rank = (eligible.long().cumsum(-1) - 1).clamp_min(0)
-    return eligible & item_mask.gather(1, rank)
+    rank = np.maximum(np.cumsum(eligible, -1) - 1, 0)
+    return eligible & take(item_mask, rank)
 
 
 def random_spans_lengths(inputs_length: int, density: float = 0.15, mean_span: float = 3.0):
@@ -188,26 +187,28 @@ class T5Noise(Seq2SeqCorruption):
         base = n_tokens - self.dropped_bos()
         if self.noise != "spans":
             return base
-        num_noise, num_spans = span_counts(torch.tensor([n_tokens - n_special]), self.density,
+        num_noise, num_spans = span_counts(np.array([n_tokens - n_special]), self.density,
                                            self.mean_span)  # fmt: skip
-        kept_spans = int(num_spans) if self.mode == "sentinel" else 0
-        return base - int(num_noise) + kept_spans
+        kept_spans = int(num_spans[0]) if self.mode == "sentinel" else 0
+        return base - int(num_noise[0]) + kept_spans
 
-    def noise_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
-        eligible = candidates(batch, self.special_token_ids)
+    def noise_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> np.ndarray:
+        candidates = eligible(batch, self.special_token_ids)
+        b, width = candidates.shape
         if self.noise == "iid":
-            draw = torch.rand(eligible.shape, generator=generator, device=eligible.device)
-            return eligible & (draw < self.density)
-        lengths = eligible.sum(-1)
-        width = eligible.shape[1]
+            draw = as_numpy(torch.rand(b, width, generator=generator))
+            return candidates & (draw < self.density)
+        lengths = candidates.sum(-1)
         if self.noise == "spans":
-            items = random_spans_noise_mask(lengths, width, generator, self.density, self.mean_span)
+            keys = as_numpy(torch.rand(2, b, max(width, 2), generator=generator))
+            items = random_spans_noise_mask(lengths, width, keys, self.density, self.mean_span)
         else:
-            items = random_prefix_noise_mask(lengths, width, generator, self.density)
-        return to_positions(items, eligible)
+            u = as_numpy(torch.rand(b, generator=generator, dtype=torch.float64))
+            items = random_prefix_noise_mask(lengths, width, u, self.density)
+        return to_positions(items, candidates)
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
-        ids = batch["input_ids"]
+        ids = as_numpy(batch["input_ids"])
         real = self.real(batch)
         noise = self.noise_mask(batch, generator) & real
         if self.mode == "drop":
@@ -215,8 +216,8 @@ class T5Noise(Seq2SeqCorruption):
             out.update(self.target(ids, noise, add_eos=True))
             return out
         first, run = run_starts(noise)
-        sentinel = self.sentinels(run.clamp_min(0))
-        out = self.source(batch, torch.where(first, sentinel, ids), real & (~noise | first))
+        sentinel = self.sentinels(np.maximum(run, 0))
+        out = self.source(batch, np.where(first, sentinel, ids), real & (~noise | first))
         # target: in front of each run its sentinel, then the run's tokens
         target_ids = interleave(sentinel, ids)
         out.update(self.target(target_ids, interleave(first, noise), add_eos=True))
