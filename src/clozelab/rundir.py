@@ -139,12 +139,18 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------- the record
+def _as_dict(overrides: list) -> dict[str, str]:
+    pairs = (str(o).split("=", 1) for o in overrides if "=" in str(o))
+    return {key.lstrip("+~"): value for key, value in pairs}  # the last of a key wins
+
+
 def _differences(recorded: list, launched: list) -> str:
-    old = [o for o in recorded if o not in launched]
-    new = [o for o in launched if o not in recorded]
-    if not (old or new):
+    old, new = _as_dict(recorded), _as_dict(launched)
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if not keys:
         return "the same overrides, but the resolved configs differ (a changed default or file)"
-    return f"overrides only the directory's run has: {old}; only this launch has: {new}"
+    shown = [f"{k}={old.get(k, '(default)')} there, {new.get(k, '(default)')} now" for k in keys]
+    return "; ".join(shown[:4]) + (" ..." if len(shown) > 4 else "")
 
 
 def check_relaunch(run_dir: Path, digest: str, overrides: list[str], key: str, strict: bool):

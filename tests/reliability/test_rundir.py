@@ -104,16 +104,22 @@ def test_completed_run_relaunched_is_a_noop_and_another_config_is_refused(
     tmp_path, text_corpus, cache_dir, capsys
 ):
     run_dir = tmp_path / "run"
-    code, err = _cli(capsys, _args(text_corpus, run_dir, cache_dir, "trainer.max_steps=3"))
+    # max_steps below val_check_interval: the run still ends with a validation
+    args = _args(text_corpus, run_dir, cache_dir, "trainer.max_steps=3",
+                 "trainer.val_check_interval=50")  # fmt: skip
+    code, err = _cli(capsys, args)
     assert code == 0, err
     before = _files(run_dir)
-    assert json.loads(before["metrics.json"])["status"] == "completed"
-    code, err = _cli(capsys, _args(text_corpus, run_dir, cache_dir, "trainer.max_steps=3"))
+    metrics = json.loads(before["metrics.json"])
+    assert metrics["status"] == "completed" and "val/loss" in metrics
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        assert any(r["step"] == "3" and r.get("val/loss") for r in csv.DictReader(handle))
+    code, err = _cli(capsys, args)
     assert code == 0 and "already holds this run, completed with the same config" in err
     assert _files(run_dir) == before
-    code, err = _cli(capsys, _args(text_corpus, run_dir, cache_dir, "trainer.max_steps=5"))
+    code, err = _cli(capsys, [*args, "trainer.max_steps=5"])
     assert code == 2 and "Traceback" not in err
-    assert "completed run of another config" in err and "trainer.max_steps=3" in err
+    assert "completed run of another config" in err and "trainer.max_steps=3 there, 5 now" in err
     assert "Fix:" in err
     assert _files(run_dir) == before
 
