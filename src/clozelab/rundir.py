@@ -90,13 +90,22 @@ class RunLock:
             f"resumes it), or give this run its own {self.key}."
         )
 
+    def _open(self) -> int:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ClozelabError(
+                f"{self.key}={self.run_dir}: cannot be written ({exc.strerror or exc}). Fix: "
+                f"point {self.key} at a directory you can write to."
+            ) from None
+
     def acquire(self) -> None:
         key = str(self.path.resolve())
         if key in _HELD:
             raise self._refuse()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
