@@ -97,7 +97,7 @@ def run_bench(out: Path, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
     from clozelab.bench import bench
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     out.mkdir(parents=True, exist_ok=True)
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from clozelab.errors import ClozelabError
+    from clozelab.core.errors import ClozelabError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ClozelabError("--device cuda: PyTorch sees no CUDA device. Fix: run the pack on "
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from clozelab.errors import ClozelabError
+    from clozelab.core.errors import ClozelabError
 
     try:
         main()

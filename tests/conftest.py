@@ -32,7 +32,7 @@ def compose_pretrain(tmp_path, cache_dir, text_corpus):
     """Compose the pretrain config for a tiny run on the generated corpus."""
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
 

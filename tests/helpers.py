@@ -97,7 +97,7 @@ def compose_config(*overrides: str, name: str = "pretrain", hydra: bool = False)
     """A composed config (with the ``hydra`` node when ``hydra``), experiments/sweeps registered."""
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

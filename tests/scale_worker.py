@@ -42,17 +42,17 @@ def run_rank(rank: int, world: int, port: int, runs: list) -> None:
                       RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")  # fmt: skip
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(1)
-    import clozelab.module
-    from clozelab.module import PretrainModule
+    import clozelab.training.module
     from clozelab.pretrain import pretrain
+    from clozelab.training.module import PretrainModule
 
-    global_mean_context = clozelab.module.data_parallel
+    global_mean_context = clozelab.training.module.data_parallel
     for variant, cfg, out in runs:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _record(PretrainModule, out, rank)
         if variant == "naive":
-            clozelab.module.data_parallel = lambda world, reduce: contextlib.nullcontext()
+            clozelab.training.module.data_parallel = lambda world, reduce: contextlib.nullcontext()
         else:
-            clozelab.module.data_parallel = global_mean_context
+            clozelab.training.module.data_parallel = global_mean_context
         pretrain(cfg)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from clozelab.corruption.base import IGNORE_INDEX, Corruption
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.corruption.base import Corruption
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
@@ -19,7 +20,7 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 
 
 class RestoreForTest(Corruption):
-    accepts_pad = True
+    runtime_inputs = frozenset({"pad_token_id"})
     requires = ("input_ids", "attention_mask", "special_tokens_mask")
     produces = ("input_ids", "attention_mask", "labels", "decoder_input_ids",
                 "decoder_attention_mask")  # fmt: skip

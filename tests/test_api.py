@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import clozelab
-from clozelab.api import init_components
-from clozelab.errors import ClozelabError
-from clozelab.pretrain import build_components, pretrain
+from clozelab.core.errors import ClozelabError
+from clozelab.pretrain import pretrain
+from clozelab.training.components import build_components, init_components
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,7 +36,7 @@ def _compose_run(run_dir: Path, cache_dir: Path, corpus: Path, *extra: str):
     from helpers import TINY
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     overrides = [*TINY, f"data.corpus={corpus}", f"paths.output_dir={run_dir}",
@@ -208,7 +208,7 @@ def test_init_from_vocab_mismatch_names_sizes_and_fix(compose_pretrain):
 
 
 def test_pretrain_init_from_run_dir(tiny_run, tmp_path, cache_dir, text_corpus):
-    from clozelab.api import read_checkpoint_state
+    from clozelab.core.rundir import read_checkpoint_state
 
     run_dir = tmp_path / "continued"
     # lr 0: the weights stay exactly what init_from loaded.

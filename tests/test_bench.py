@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clozelab.bench import bench, step_flops
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 pytest.importorskip("transformers")
 
@@ -27,7 +27,7 @@ TINY_BENCH = [
 def _compose(tmp_path: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose("bench", overrides=[*TINY_BENCH, f"paths.output_dir={tmp_path}",

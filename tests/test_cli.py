@@ -124,7 +124,7 @@ def test_non_editable_install_finds_configs(tmp_path):
         pytest.skip("hatchling could not be installed (no package index)")
     assert build.returncode == 0, build.stderr[-2000:]
     script = (
-        "import clozelab.config as c\n"
+        "import clozelab.core.config as c\n"
         "from hydra import compose, initialize_config_dir\n"
         f"assert str(c.conf_dir()).startswith({str(target)!r}), c.conf_dir()\n"
         "c.register_overlays()\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from clozelab.config import build, conf_dir, overlay_names, resource_dir
-from clozelab.pretrain import build_components
+from clozelab.core.config import build, conf_dir, overlay_names, resource_dir
+from clozelab.training.components import build_components
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
 #: Options that only build together with another group's choice (the seq2seq objective owns the
@@ -65,7 +65,7 @@ def test_every_sweep_composes_as_multirun(name, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.types import RunMode
 
-    from clozelab.config import register_overlays
+    from clozelab.core.config import register_overlays
 
     register_overlays()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -58,10 +58,10 @@ def _one_process(cfg, out, pad_id):
     """The update of one process on the ranks' global batches, from the same initial weights."""
     import pytorch_lightning as pl
 
-    from clozelab.config import build
+    from clozelab.core.config import build
     from clozelab.data.preprocess import prepare
-    from clozelab.module import PretrainModule
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
+    from clozelab.training.module import PretrainModule
 
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     embedding, encoder, objectives, _ = build_components(cfg, prepared.tokenizer, prepared)

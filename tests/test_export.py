@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.export import export
 from clozelab.pretrain import pretrain
 
@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory, cache_dir, text_corpus) -> Path:
     from helpers import TINY
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     run_dir = tmp_path_factory.mktemp("export") / "run"
@@ -110,7 +110,7 @@ def _modes(directory: Path) -> dict[str, int]:
 def test_written_files_get_the_users_umask_mode(tiny_run, tmp_path):
     """Checkpoints and exports go through private temporaries (mkstemp and safetensors create
     0600 files); the files left must carry the umask's mode like every other file of the run."""
-    from clozelab.checkpoint import current_umask
+    from clozelab.training.checkpoint import current_umask
 
     usual = 0o666 & ~current_umask()
     assert _modes(tiny_run)["checkpoints/last.ckpt"] == usual

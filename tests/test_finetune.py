@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
 from conftest import TINY_ARCH
 
-from clozelab.errors import ClozelabError
-from clozelab.finetune import load_task, run_task
+from clozelab.core.errors import ClozelabError
+from clozelab.training.evaluation import load_task, run_task
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_nested_span_ner_end_to_end_from_jsonl(tmp_path, tiny_tok):
 def _compose(name, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose(name, overrides=["paths.output_dir=/tmp/x", *overrides])

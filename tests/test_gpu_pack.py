@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from clozelab.config import resource_dir
-from clozelab.errors import ClozelabError
+from clozelab.core.config import resource_dir
+from clozelab.core.errors import ClozelabError
 
 
 def _pack():
@@ -39,7 +39,7 @@ def _tiny_glue(root):
 def test_every_bench_variant_composes_for_the_gpu():
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     pack = _pack()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -7,8 +7,8 @@ import pytest
 from helpers import compose_config
 
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
-from clozelab.keys import check_arguments, closest, did_you_mean, preflight
+from clozelab.core.errors import ClozelabError
+from clozelab.core.keys import check_arguments, closest, did_you_mean, preflight
 
 
 def test_closest_keys():

@@ -79,7 +79,7 @@ def test_broken_wandb_falls_back_to_csv(compose_pretrain, monkeypatch, caplog):
 
 
 def test_resumed_run_keeps_its_wandb_run_id(tmp_path):
-    from clozelab.tracking import wandb_run_id
+    from clozelab.training.tracking import wandb_run_id
 
     first = wandb_run_id(tmp_path)
     assert wandb_run_id(tmp_path) == first and len(first) == 12
@@ -114,7 +114,7 @@ def test_validation_reference_is_one_yardstick_for_every_corruption(compose_pret
 def test_validation_reference_needs_mlm(compose_pretrain):
     from omegaconf import OmegaConf
 
-    from clozelab.errors import ClozelabError
+    from clozelab.core.errors import ClozelabError
 
     cfg = compose_pretrain("objective=[sop]", "data.instances=sentence_order")
     with open_dict(cfg):

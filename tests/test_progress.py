@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from clozelab.core.progress import Budget, clock, shown_metrics
 from clozelab.pretrain import pretrain
-from clozelab.progress import Budget, clock, shown_metrics
 
 
 def test_budget_fraction_where_and_eta(monkeypatch):
@@ -26,7 +26,7 @@ def test_budget_fraction_where_and_eta(monkeypatch):
     assert Budget.of().fraction(10, 10, 1.0) is None and Budget.of().eta(10, 10) == "?"
 
     now = [100.0]
-    monkeypatch.setattr("clozelab.progress.time.perf_counter", lambda: now[0])
+    monkeypatch.setattr("clozelab.core.progress.time.perf_counter", lambda: now[0])
     steps.start(100, 0)  # a resumed run: 100 of 500 steps done before this launch
     assert steps.eta(100, 0) == "?"
     now[0] = 160.0  # 50 steps in 60 s: 350 left take 420 s
@@ -42,9 +42,9 @@ def test_shown_metrics_leave_out_v_num():
 
 
 def test_plain_lines_start_at_the_first_step_with_budget_and_eta(compose_pretrain, caplog):
-    caplog.set_level(logging.INFO, logger="clozelab.callbacks")
+    caplog.set_level(logging.INFO, logger="clozelab.training.callbacks")
     pretrain(compose_pretrain("callbacks.log_every_n_steps=4", "initial_validation=false"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "clozelab.callbacks"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "clozelab.training.callbacks"]
     steps = [line for line in lines if line.startswith("step ")]
     assert lines[0].startswith("training: step 0/6 · 0 tokens (0%)")
     assert steps[0].startswith("step 1/6 · ") and "ETA" in steps[0] and "tokens/s" in steps[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from clozelab.pretrain import pretrain
-from clozelab.protocol import budget_kind, protocol
+from clozelab.training.protocol import budget_kind, protocol
 
 
 def test_token_budget_schedule_spans_the_run_on_short_sentence_pairs(compose_pretrain):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import clozelab
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
-from clozelab.validate import validate_pretrain
+from clozelab.training.validate import validate_pretrain
 
 SMOKE = ("trainer.max_steps=2", "trainer.val_check_interval=2", "initial_validation=false",
          "eval.suite=null")  # fmt: skip
@@ -52,7 +52,7 @@ def test_recipe_runs_end_to_end(compose_pretrain, name):
 
 def test_albert_shares_layers_and_factorizes(compose_pretrain):
     from clozelab.data.tokenizer import train_wordpiece
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain("experiment=albert", "embedding.embedding_size=16")
     embedding, encoder, objectives, _ = build_components(cfg, train_wordpiece(["a b c"] * 5, 120))

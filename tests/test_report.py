@@ -13,9 +13,9 @@ import pytest
 from report_helpers import curve_rows, write_job, write_multirun
 
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
-from clozelab.report import build_report, report
-from clozelab.report_stats import direction, holm, paired_test, sign_flip_p, summarize
+from clozelab.core.errors import ClozelabError
+from clozelab.report.aggregate import build_report, report
+from clozelab.report.stats import direction, holm, paired_test, sign_flip_p, summarize
 
 RATES, SETTINGS, SEEDS = ("0.15", "0.4"), ("a", "b"), ("1", "2", "3")
 # (rate, setting) -> per seed; the baseline is (0.15, a); (0.4, a) is best on both metrics

@@ -8,12 +8,12 @@ import warnings
 import pytest
 import torch
 
-from clozelab.config import conf_dir
+from clozelab.core.config import conf_dir
+from clozelab.core.errors import ClozelabError
 from clozelab.data.datamodule import ResumableDataLoader
 from clozelab.data.sampler import EpochSampler
-from clozelab.errors import ClozelabError
 from clozelab.objectives.base import data_parallel, global_mean
-from clozelab.scale import check_environment, check_trainer, trainer_kwargs, world_size
+from clozelab.training.scale import check_environment, check_trainer, trainer_kwargs, world_size
 
 PRESETS = sorted(p.stem for p in (conf_dir() / "trainer").glob("*.yaml"))
 CUDA = torch.cuda.is_available()

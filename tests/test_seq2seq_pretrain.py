@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from seq2seq_batches import TARGET
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
-from clozelab.validate import validate_pretrain
+from clozelab.training.validate import validate_pretrain
 
 LAYOUTS = {
     "t5": ("embedding=t5", "encoder=t5", "decoder=t5"),

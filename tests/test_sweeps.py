@@ -21,11 +21,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from clozelab.cli import main
-from clozelab.config import overlay_names, resource_dir
-from clozelab.errors import ClozelabError
-from clozelab.rundir import check_relaunch, claim, config_hash
-from clozelab.sweep import job_return
-from clozelab.validate import validate_pretrain
+from clozelab.core.claim import check_relaunch, claim, config_hash
+from clozelab.core.config import overlay_names, resource_dir
+from clozelab.core.errors import ClozelabError
+from clozelab.training.sweep import job_return
+from clozelab.training.validate import validate_pretrain
 
 REPORT_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.json", "csv/metrics.csv")
 
@@ -158,15 +158,15 @@ def test_crashed_job_is_isolated_and_a_relaunch_skips_finished_jobs(
 ):
     """Job 1 crashes at step 4 with a plain RuntimeError (after its step-3 checkpoint); job 0
     completes. Re-launched, job 0 is skipped (not re-trained) and job 1 resumes from step 3."""
-    import clozelab.module
     import clozelab.pretrain
+    import clozelab.training.module
 
     sweep = tmp_path / "sweep"
     args = _args(text_corpus, cache_dir, sweep, "sweep=seeds", "seed=1,2")
     current = {}
     validate, step = (
         clozelab.pretrain.validate_pretrain,
-        clozelab.module.PretrainModule.training_step,
+        clozelab.training.module.PretrainModule.training_step,
     )
 
     def remember_seed(cfg):
@@ -179,7 +179,7 @@ def test_crashed_job_is_isolated_and_a_relaunch_skips_finished_jobs(
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(clozelab.pretrain, "validate_pretrain", remember_seed)
-    monkeypatch.setattr(clozelab.module.PretrainModule, "training_step", crashing_step)
+    monkeypatch.setattr(clozelab.training.module.PretrainModule, "training_step", crashing_step)
     main(args)
     done, crashed = _metrics(sweep / "0"), _metrics(sweep / "1")
     assert done["status"] == "completed" and done["steps"] == 6
@@ -258,7 +258,7 @@ def test_slurm_launcher_gives_one_task_per_device_and_requeues_on_usr1(tmp_path,
 
 def test_stop_signal_is_handed_on_to_the_handler_installed_before(monkeypatch):
     """After writing its checkpoint the run passes SIGUSR1 to submitit's handler (requeue)."""
-    from clozelab.callbacks import CheckpointOnSignal
+    from clozelab.training.callbacks import CheckpointOnSignal
 
     received = []
     monkeypatch.setattr(signal, "getsignal", lambda signum: lambda s, f: received.append(s))
@@ -345,7 +345,7 @@ def test_a_changed_grid_leaves_the_refused_job_dir_byte_for_byte(
 ):
     """Job 0 ran corruption.rate=0.15; the sweep re-launched with rate 0.3 is refused there, and
     the report still files the job under 0.15 (from the record the job itself wrote)."""
-    from clozelab.report_jobs import read_job
+    from clozelab.report.jobs import read_job
 
     sweep = tmp_path / "sweep"
     main(_args(text_corpus, cache_dir, sweep, "sweep=seeds", "seed=1", "corruption.rate=0.15"))

@@ -10,10 +10,10 @@ import torch
 
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
-from clozelab.module import PretrainModule
 from clozelab.objectives.mlm import MLM
 from clozelab.objectives.nsp import NSP
 from clozelab.pretrain import pretrain
+from clozelab.training.module import PretrainModule
 
 V, H, T = 200, 32, 16
 
@@ -75,7 +75,7 @@ def test_val_values_equal_one_pass_over_the_whole_set(names):
 def test_each_objectives_loss_is_its_terms(compose_pretrain, experiment, text_corpus):
     """What validation rebuilds a loss from (``ObjectiveOutput.terms``) gives the loss itself."""
     from clozelab.data.tokenizer import train_wordpiece
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain(f"experiment={experiment}")
     tokenizer = train_wordpiece(text_corpus.read_text().split("\n"), 400)

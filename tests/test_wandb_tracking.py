@@ -10,10 +10,10 @@ import pytest
 import yaml
 from helpers import TINY, compose_config
 
-from clozelab import tracking
 from clozelab.cli import main
-from clozelab.config import resource_dir
-from clozelab.tracking import wandb_identity
+from clozelab.core.config import resource_dir
+from clozelab.training import tracking
+from clozelab.training.tracking import wandb_identity
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log of 32 KiB blocks
 

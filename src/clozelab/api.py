@@ -12,13 +12,10 @@ checkpoint file of such a run, or an HF BERT directory (``config.json`` + ``mode
     model.mlm_logits(batch["input_ids"], batch["attention_mask"])  # [B, T, V]
     model.embed(["a sentence", "another one"], layers=[-4, -3, -2, -1], pool="mean")  # [2, H]
 
-``init_components`` applies ``model.init_from`` (an HF BERT directory or a clozelab run
-directory / checkpoint) to freshly built components before pre-training.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,13 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.checkpoint import first_line, load_checkpoint, load_state_checked
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.rundir import (
+    load_state_checked,
+    locate,
+    read_checkpoint_state,
+    read_hf_config,
+    read_hf_weights,
+    run_checkpoint,
+)
+from clozelab.training.components import build_run_components, log_load_report, pretraining_heads
 
 log = logging.getLogger(__name__)
-
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-WORD_KEYS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
 
 
 # ---------------------------------------------------------------------------- the model object
@@ -143,132 +145,9 @@ def _as_batch(x: Tensor | None) -> Tensor | None:
     return x[None] if x.dim() == 1 else x
 
 
-# ---------------------------------------------------------------------------- path resolution
-def _is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any((path / f).is_file() for f in HF_WEIGHT_FILES)
-
-
-def _run_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint file) for a run directory or a checkpoint inside one."""
-    if path.is_file():
-        for run_dir in (path.parent.parent, path.parent):
-            if (run_dir / "config.yaml").is_file():
-                return run_dir, path
-        raise config_error(
-            "path",
-            str(path),
-            "a checkpoint outside a clozelab run directory (no config.yaml two levels up)",
-            "pass the run directory, or keep the checkpoint in RUN_DIR/checkpoints/",
-        )
-    last = path / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return path, last
-    steps = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if steps:
-        return path, steps[-1]
-    raise config_error(
-        "path",
-        str(path),
-        "the run directory has no checkpoints/*.ckpt",
-        "pass a run that has trained at least until its first checkpoint",
-    )
-
-
-def _classify(path: str | Path) -> tuple[str, Path]:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise config_error(
-            "path", str(path), "no such file or directory", "give a run dir, a .ckpt or an HF dir"
-        )
-    if path.is_file() and path.name in HF_WEIGHT_FILES:
-        return "hf", path.parent
-    if path.is_dir() and _is_hf_dir(path):
-        return "hf", path
-    if path.is_file() or (path / "config.yaml").is_file():
-        return "run", path
-    if path.is_dir() and _is_hf_dir(path / "hf"):
-        return "hf", path / "hf"
-    raise config_error(
-        "path",
-        str(path),
-        "neither a clozelab run directory (config.yaml + checkpoints/), a checkpoint file, nor an "
-        "HF BERT directory (config.json + model.safetensors or pytorch_model.bin)",
-        "point to one of those",
-    )
-
-
-def read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    """The state dict of an HF directory (safetensors preferred); a damaged file is a
-    ClozelabError naming it."""
-    path = directory / "model.safetensors"
-    try:
-        if path.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        path = directory / "pytorch_model.bin"
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        problem = f"unreadable, damaged or not a weights file ({first_line(exc)})"
-        fix = "export the model again (clozelab export RUN_DIR OUT_DIR) or point to another one"
-        raise config_error("checkpoint", str(path), problem, fix) from None
-
-
-def read_hf_config(directory: Path) -> dict:
-    """``config.json`` of an HF BERT directory, parsed and checked to be a BERT config."""
-    path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise config_error(
-            "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
-            "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
-        ) from None  # fmt: skip
-    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-    missing = [k for k in needed if not isinstance(config, dict) or k not in config]
-    if missing:
-        raise config_error(
-            "checkpoint", str(path), f"not a BERT config.json (no {missing})",
-            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining)",
-        )  # fmt: skip
-    return config
-
-
-def read_checkpoint_state(checkpoint: Path) -> dict[str, Tensor]:
-    """The module state dict of a Lightning checkpoint (tensors only, no pickled objects)."""
-    ckpt = load_checkpoint(checkpoint)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise config_error("checkpoint", str(checkpoint), "holds no state_dict",
-                           "pass a checkpoint written by clozelab pretrain")  # fmt: skip
-    return state
-
-
-def _heads(objectives: dict[str, nn.Module]) -> tuple[nn.Module | None, nn.Module | None]:
-    from clozelab.objectives.mlm import MLM
-    from clozelab.objectives.nsp import NSP
-
-    mlm = next((o for o in objectives.values() if isinstance(o, MLM)), None)
-    nsp = next((o for o in objectives.values() if isinstance(o, NSP)), None)
-    return mlm, nsp
-
-
 # ---------------------------------------------------------------------------- loaders
-def build_run_components(run_dir: Path):
-    """Rebuild a run's embedding, encoder and objectives from its ``config.yaml`` and tokenizer."""
-    from omegaconf import OmegaConf
-
-    from clozelab.data.tokenizer import load_tokenizer as load_clozelab_tokenizer
-    from clozelab.pretrain import build_components
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    tokenizer = load_clozelab_tokenizer(run_dir / "tokenizer")
-    embedding, encoder, objectives, _ = build_components(cfg, tokenizer)
-    return cfg, embedding, encoder, objectives
-
-
 def _load_run(path: Path) -> ClozelabModel:
-    run_dir, checkpoint = _run_checkpoint(path)
+    run_dir, checkpoint = run_checkpoint(path)
     _, embedding, encoder, objectives = build_run_components(run_dir)
     container = nn.Module()
     container.embedding, container.encoder = embedding, encoder
@@ -286,7 +165,7 @@ def _load_run(path: Path) -> ClozelabModel:
             "pass the checkpoint of this run (its config.yaml was changed, or the file is not "
             "a clozelab checkpoint)",
         )
-    mlm, nsp = _heads(objectives)
+    mlm, nsp = pretraining_heads(objectives)
     tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
     return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer).eval()
 
@@ -298,7 +177,8 @@ def _load_hf(directory: Path) -> ClozelabModel:
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
 
-    kw = kwargs_from_hf_config(read_hf_config(directory))
+    config = read_hf_config(directory)
+    kw = kwargs_from_hf_config(config)
     state = read_hf_weights(directory)
     embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
     has_mlm = any(k.startswith("cls.predictions.") for k in state)
@@ -308,7 +188,7 @@ def _load_hf(directory: Path) -> ClozelabModel:
     if nsp is not None and not any("pooler." in k for k in state):
         log.warning("%s has an NSP classifier but no pooler; the pooler is left random", directory)
     report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)
-    _log_report(str(directory), report)
+    log_load_report(str(directory), report)
     return ClozelabModel(embedding, encoder, mlm, nsp, str(directory), report, directory).eval()
 
 
@@ -320,7 +200,7 @@ def load(path: str | Path) -> ClozelabModel:
     model comes back on the CPU, in eval mode, with ``load_report`` telling what was missing or
     left over.
     """
-    kind, resolved = _classify(path)
+    kind, resolved = locate(path)
     return _load_hf(resolved) if kind == "hf" else _load_run(resolved)
 
 
@@ -337,7 +217,7 @@ def load_tokenizer(path: str | Path, **kwargs: Any):
 
     resolved = Path(path).expanduser()
     if resolved.is_file() and resolved.suffix in (".ckpt", ".safetensors", ".bin"):
-        resolved = _run_checkpoint(resolved)[0] if resolved.suffix == ".ckpt" else resolved.parent
+        resolved = run_checkpoint(resolved)[0] if resolved.suffix == ".ckpt" else resolved.parent
     tokenizer = load_clozelab_tokenizer(resolved)
     options = dict(
         tokenizer_object=tokenizer.hf,
@@ -352,80 +232,3 @@ def load_tokenizer(path: str | Path, **kwargs: Any):
     )
     options.update(kwargs)
     return PreTrainedTokenizerFast(**options)
-
-
-def _log_report(source: str, report: dict[str, list[str]]) -> None:
-    if report["missing"]:
-        log.warning("%s: %d weights missing, left as initialised: %s", source,
-                    len(report["missing"]), report["missing"])  # fmt: skip
-    if report["unexpected"]:
-        log.warning("%s: %d weights unused: %s", source, len(report["unexpected"]),
-                    report["unexpected"])  # fmt: skip
-    if not report["missing"] and not report["unexpected"]:
-        log.info("%s: every weight loaded", source)
-
-
-# ---------------------------------------------------------------------------- init_from
-def _check_vocab(rows: int, tokenizer, source: str) -> None:
-    if rows != tokenizer.vocab_size:
-        raise config_error(
-            "model.init_from",
-            source,
-            f"its word embeddings have {rows} rows but the tokenizer has "
-            f"{tokenizer.vocab_size} tokens",
-            f"use the checkpoint's own tokenizer: tokenizer=pretrained tokenizer.path={source}",
-        )
-
-
-def init_components(
-    init_from: str | Path | None,
-    embedding: nn.Module,
-    encoder: nn.Module,
-    objectives: dict[str, nn.Module],
-    tokenizer,
-) -> dict[str, list[str]] | None:
-    """Copy the weights of ``init_from`` into freshly built components (``model.init_from``).
-
-    ``init_from`` is an HF BERT directory (mapped with ``clozelab.model.hf``; the MLM and NSP
-    heads load when both sides have them) or a clozelab run directory / checkpoint (loaded by
-    module name). Missing and unexpected weights are logged and returned; a vocabulary that
-    differs from the tokenizer's, or any shape mismatch, raises a ClozelabError.
-    """
-    if init_from in (None, ""):
-        return None
-    kind, resolved = _classify(init_from)
-    source = str(init_from)
-    if kind == "hf":
-        from clozelab.model.hf import from_hf_state_dict
-
-        state = read_hf_weights(resolved)
-        word = next((state[k] for k in WORD_KEYS if k in state), None)
-        if word is None:
-            raise config_error("model.init_from", source, "has no word embeddings",
-                               "point to an HF BERT checkpoint")  # fmt: skip
-        _check_vocab(word.shape[0], tokenizer, source)
-        mlm, nsp = _heads(objectives)
-        report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)
-    else:
-        run_dir, checkpoint = _run_checkpoint(resolved)
-        state = read_checkpoint_state(checkpoint)
-        word = state.get("embedding.word_embeddings.weight")
-        if word is not None:
-            _check_vocab(word.shape[0], tokenizer, str(run_dir))
-        container = nn.Module()
-        container.embedding, container.encoder = embedding, encoder
-        container.objectives = nn.ModuleDict(objectives)
-        own = container.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise config_error(
-                    f"model.init_from[{key}]",
-                    tuple(value.shape),
-                    f"this model expects {tuple(own[key].shape)}",
-                    f"build the same sizes as the run it comes from (see {run_dir}/config.yaml)",
-                )
-        result = container.load_state_dict(state, strict=False)
-        report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
-    log.info("model.init_from=%s", source)
-    _log_report(f"model.init_from={source}", report)
-    return report

@@ -24,7 +24,6 @@ prints a table.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
@@ -39,21 +38,29 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
+from clozelab.training.timing import (
+    check_precisions as _check_precisions,
+)
+from clozelab.training.timing import (
+    sync as _sync,
+)
+from clozelab.training.timing import (
+    synthetic_instances as _instances,
+)
+from clozelab.training.timing import (
+    time_models,
+)
+from clozelab.training.timing import (
+    to_device as _to_device,
+)
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("pretrain", "unpad", "plm", "corruption")
-PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------- peak
 def matmul_peak_gflops(
     size: int = 2048, repeats: int = 5, dtype=torch.float32, device: str | torch.device = "cpu"
 ) -> float:
@@ -83,30 +90,6 @@ def step_flops(
 
 
 # ---------------------------------------------------------------------------- batches
-def _instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng,
-               min_length: int | None = None) -> list[dict]:  # fmt: skip
-    """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length; with
-    ``min_length``, every length uniform in [min_length, seq_len]."""
-    items = []
-    for i in range(n):
-        if min_length is not None:
-            length = int(rng.integers(max(min_length, 5), seq_len + 1))
-        elif rng.random() >= short_fraction:
-            length = seq_len
-        else:
-            length = int(rng.integers(8, seq_len))
-        ids = rng.integers(5, vocab, length)
-        cut = int(rng.integers(2, length - 2))
-        ids[0], ids[cut], ids[-1] = 2, 3, 3
-        types = np.zeros(length, dtype=np.int64)
-        types[cut + 1 :] = 1
-        special = np.zeros(length, dtype=np.int64)
-        special[[0, cut, length - 1]] = 1
-        items.append({"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special,
-                      "index": i, "next_sentence_label": int(rng.integers(0, 2))})  # fmt: skip
-    return items
-
-
 def make_batches(p: DictConfig, n: int, seed: int, min_length: int | None = None):
     """``n`` corrupted batches and the seconds one took to collate + corrupt."""
     from clozelab.corruption.mask import TokenMasking
@@ -142,9 +125,9 @@ def build_ours(p: DictConfig, **encoder_kw):
     from clozelab.model.compile import compile_components
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
-    from clozelab.module import PretrainModule
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
+    from clozelab.training.module import PretrainModule
 
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
@@ -197,74 +180,6 @@ def _hf_loss(model, batch):
         labels=batch["mlm_labels"],
         next_sentence_label=batch["next_sentence_label"],
     ).loss
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _optimizer(model, lr: float):
-    from clozelab.optim import parameter_groups
-
-    return torch.optim.AdamW(parameter_groups(model, 0.01), lr=lr, eps=1e-6)
-
-
-def _train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str) -> float:
-    """Seconds for ``steps`` optimizer steps, cycling over ``batches``."""
-    device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        batch = batches[i % len(batches)]
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(precision, device):
-            loss = loss_fn(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has traced in this process so far (each recompile adds one)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
-def time_models(
-    models: dict[str, tuple], batches, p: DictConfig, precision: str, graphs: dict | None = None
-) -> dict:
-    """Seconds per training step of each ``(model, loss_fn)``: warm-up, then ``p.rounds``
-    rounds of ``p.steps`` steps, the models alternating so they see the same machine.
-    ``graphs``, when given, receives the compiled graphs after the warm-up (``warmup``) and
-    those traced while timing (``timing``: recompiles; 0 when every batch has one shape)."""
-    seconds = dict.fromkeys(models, 0.0)
-    optimizers = {name: _optimizer(m, p.lr) for name, (m, _) in models.items()}
-    for name, (model, fn) in models.items():
-        _train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
-    warm = compiled_graphs()
-    for _ in range(p.rounds):
-        for name, (model, fn) in models.items():
-            seconds[name] += _train_steps(model, fn, optimizers[name], batches, p.steps,
-                                          precision)  # fmt: skip
-    if graphs is not None:
-        graphs.update(warmup=warm, timing=compiled_graphs() - warm)
-    return {name: total / (p.rounds * p.steps) for name, total in seconds.items()}
-
-
-def _check_precisions(key: str, precisions) -> None:
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise config_error(key, precision, "unknown precision",
-                               f"use a list of {list(PRECISIONS)}")  # fmt: skip
-
-
-def _to_device(batches: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
 
 
 def _eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:

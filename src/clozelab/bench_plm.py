@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from clozelab.bench import _check_precisions, _instances, _to_device, time_models
+from clozelab.training.timing import check_precisions, synthetic_instances, time_models, to_device
 
 
 def make_plm_batches(p: DictConfig, k: int, n: int, seed: int):
@@ -31,7 +31,7 @@ def make_plm_batches(p: DictConfig, k: int, n: int, seed: int):
 
     rng = np.random.default_rng(seed)
     collate = Collator(pad_id=0, corruption=PermutationTargets(k=k), seed=seed)
-    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
+    groups = [synthetic_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
               for _ in range(n)]  # fmt: skip
     collate(groups[0])  # warm-up
     start = time.perf_counter()
@@ -47,8 +47,8 @@ def build_plm_pair(p: DictConfig, dropout: float = 0.1):
     from clozelab.model.char_cnn import WordEmbeddings
     from clozelab.model.hf_xlnet import to_hf_xlnet_state_dict, xlnet_config_dict
     from clozelab.model.xlnet import XLNetEncoder
-    from clozelab.module import PretrainModule
     from clozelab.objectives.plm import PermutationLM
+    from clozelab.training.module import PretrainModule
 
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
@@ -90,13 +90,13 @@ def _eval_losses(models: dict, batch) -> dict[str, float]:
 def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
     """The ``plm`` section: ``p`` is ``bench.pretrain`` (sizes, steps, rounds), ``c`` is
     ``bench.plm`` (``k``, ``precisions``, ``hf``)."""
-    _check_precisions("bench.plm.precisions", c.precisions)
+    check_precisions("bench.plm.precisions", c.precisions)
     device = torch.device(device)
     ours, hf = (m.to(device) for m in build_plm_pair(p))
     batches, data_s = make_plm_batches(p, int(c.k), p.batches, seed=0)
     tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
     predicted = float(np.mean([int((b["plm_labels"] != -100).sum()) for b in batches]))
-    batches = _to_device(batches, device)
+    batches = to_device(batches, device)
     models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
     losses = _eval_losses(models, batches[0])
     out: dict[str, Any] = {

@@ -40,13 +40,13 @@ COMMANDS = {
     "finetune": ("finetune", "clozelab.finetune:finetune"),
     "evaluate": ("evaluate", "clozelab.finetune:evaluate"),
     "export": (None, "clozelab.export:main"),  # not Hydra: clozelab export RUN_DIR OUT_DIR
-    "report": (None, "clozelab.report:main"),  # not Hydra: clozelab report SWEEP_DIR ...
+    "report": (None, "clozelab.report.aggregate:main"),  # not Hydra: clozelab report SWEEP_DIR ...
     "bench": ("bench", "clozelab.bench:bench"),
     "preview": ("preview", "clozelab.preview:preview"),
 }
 
 # commands that write Hydra's launch record (.hydra/) themselves, once their run directory is
-# claimed (clozelab.rundir); Hydra's own writing is off (hydra.output_subdir: null)
+# claimed (clozelab.core.claim); Hydra's own writing is off (hydra.output_subdir: null)
 RUN_DIR_OWNERS = ("pretrain",)
 
 log = logging.getLogger("clozelab")
@@ -112,9 +112,9 @@ def run_command(command: str, overrides: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from clozelab.config import conf_dir, register_overlays
-    from clozelab.errors import ClozelabError
-    from clozelab.keys import preflight
+    from clozelab.core.config import conf_dir, register_overlays
+    from clozelab.core.errors import ClozelabError
+    from clozelab.core.keys import preflight
 
     config_name, spec = COMMANDS[command]
     register_overlays()
@@ -129,11 +129,11 @@ def run_command(command: str, overrides: list[str]) -> None:
     def task(cfg):
         point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now
         if command not in RUN_DIR_OWNERS:
-            from clozelab.rundir import write_hydra_record
+            from clozelab.core.claim import write_hydra_record
 
             write_hydra_record(Path(HydraConfig.get().runtime.output_dir), cfg)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            from clozelab.sweep import run_job  # failures isolated, finished jobs skipped
+            from clozelab.training.sweep import run_job  # failures isolated, finished jobs skipped
 
             return run_job(command, _function(spec), cfg)
         try:
@@ -150,6 +150,14 @@ def run_command(command: str, overrides: list[str]) -> None:
     main()
 
 
+def user_modules_importable() -> None:
+    """Put the working directory on ``sys.path``, as ``python -m clozelab`` does, so the console
+    script also finds a user's own components (``corruption._target_=my_module.MyCorruption``)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    user_modules_importable()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

@@ -7,7 +7,7 @@ import logging
 from omegaconf import DictConfig
 
 from clozelab.data.preprocess import prepare as prepare_data
-from clozelab.validate import validate_data
+from clozelab.training.validate import validate_data
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from clozelab.api import init_components
-from clozelab.callbacks import (
+from clozelab.core.claim import RunDirectory
+from clozelab.core.config import build
+from clozelab.core.errors import ClozelabError
+from clozelab.core.progress import Budget
+from clozelab.core.rundir import write_json
+from clozelab.data.corpus import resolve_corpus
+from clozelab.data.datamodule import PretrainDataModule
+from clozelab.data.dialogue_stream import DialogueStream
+from clozelab.data.preprocess import prepare
+from clozelab.model.compile import apply_model_compile
+from clozelab.training.callbacks import (
     CheckpointOnSignal,
     InitialMetrics,
     LogProgress,
@@ -26,47 +35,21 @@ from clozelab.callbacks import (
     TokenBudget,
     ValidatedAt,
 )
-from clozelab.checkpoint import AtomicCheckpointIO, check_compatible, remove_stale_temporaries
-from clozelab.config import build, target_class
-from clozelab.corruption.runtime import runtime_kwargs
-from clozelab.data.corpus import resolve_corpus
-from clozelab.data.datamodule import PretrainDataModule
-from clozelab.data.dialogue_stream import DialogueStream
-from clozelab.data.preprocess import prepare
-from clozelab.errors import ClozelabError
-from clozelab.export import export_after_run
-from clozelab.model.compile import apply_model_compile
-from clozelab.module import PretrainModule
-from clozelab.progress import Budget
-from clozelab.progress_bar import BudgetBar
-from clozelab.protocol import protocol
-from clozelab.rundir import RunDirectory, write_json
-from clozelab.scale import trainer_kwargs, world_size
-from clozelab.tracking import finish_run, make_loggers, mark_run
-from clozelab.validate import validate_pretrain
+from clozelab.training.checkpoint import (
+    AtomicCheckpointIO,
+    check_compatible,
+    remove_stale_temporaries,
+)
+from clozelab.training.components import build_components, build_corruption, init_components
+from clozelab.training.hf_export import export_after_run
+from clozelab.training.module import PretrainModule
+from clozelab.training.progress_bar import BudgetBar
+from clozelab.training.protocol import protocol
+from clozelab.training.scale import trainer_kwargs, world_size
+from clozelab.training.tracking import finish_run, make_loggers, mark_run
+from clozelab.training.validate import validate_pretrain
 
 log = logging.getLogger(__name__)
-
-
-def build_components(cfg: DictConfig, tokenizer, prepared=None):
-    """Embedding, encoder, objectives and corruption, with the tokenizer's ids filled in (and the
-    training shards, for corruptions that count corpus tables: unigram, phrases). The model's
-    vocabulary is the tokenizer's plus the corruption's ``extra_vocab`` (T5 sentinels)."""
-    corruption = build_corruption(cfg.corruption, "corruption", tokenizer, prepared)
-    with open_dict(cfg):  # T5 sentinels: ids beyond the tokenizer's (corruption.extra_vocab)
-        cfg.model.vocab_size = tokenizer.vocab_size + corruption.extra_vocab
-    embedding = build(cfg.embedding, "embedding")
-    embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
-    encoder = build(cfg.encoder, "encoder")
-    objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
-    return embedding, encoder, objectives, corruption
-
-
-def build_corruption(node: DictConfig, key: str, tokenizer, prepared=None):
-    """The corruption under config ``key`` (``corruption``, ``validation_reference``) with the
-    tokenizer's ids and the shards' tables it needs."""
-    kind = target_class(node, key)
-    return build(node, key, **runtime_kwargs(kind, tokenizer, prepared))
 
 
 def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
@@ -200,7 +183,7 @@ def _shares(shares: dict[str, float]) -> str:
 def pretrain(cfg: DictConfig) -> dict:
     """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics.
 
-    The run directory is held for the whole run (clozelab.rundir): a second launch on it is
+    The run directory is held for the whole run (clozelab.core.claim): a second launch on it is
     refused, and a launch after the run completed with the same config does nothing (returns
     its metrics)."""
     objective_names = validate_pretrain(cfg)
@@ -336,7 +319,7 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
     if metrics["status"] == "completed":
         export_after_run(module, run_dir)  # RUN_DIR/hf/: what transformers loads
     if metrics["status"] == "completed" and cfg.get("eval") and cfg.eval.get("suite"):
-        from clozelab.finetune import evaluate_run  # downstream scores: RUN_DIR/eval/<task>.json
+        from clozelab.training.evaluation import evaluate_run  # RUN_DIR/eval/<task>.json
 
         metrics.update(evaluate_run(run_dir, cfg.eval, cfg.get("task"), loggers, module=module))
         write_json(run_dir / "metrics.json", metrics)

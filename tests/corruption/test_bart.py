@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.bart import BartNoising, poisson_pmf, span_lengths
 from clozelab.corruption.span import length_cdf
-from clozelab.errors import ClozelabError
 
 from .s2s_helpers import CLS, MASK, SEP, TOK, gen, originals, packed_batch, sources, targets
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
@@ -18,7 +19,6 @@ from clozelab.corruption.base import (
     prediction_budget,
     round_half_even,
 )
-from clozelab.errors import ClozelabError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)

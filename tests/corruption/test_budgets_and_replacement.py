@@ -11,11 +11,12 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from clozelab.corruption.base import IGNORE_INDEX
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.mask import TokenMasking
 from clozelab.corruption.runtime import runtime_kwargs
+from clozelab.data.corpus_stats import CorpusStats
 from clozelab.data.shards import ShardWriter
-from clozelab.errors import ClozelabError
 from tests.helpers import compose_config
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -126,8 +127,8 @@ def test_every_replacing_preset_accepts_unigram(preset, tmp_path):
         vocab_size, mask_id, special_ids, pad_id, sep_id = VOCAB, MASK, SPECIALS, PAD, SEP
 
     runtime = runtime_kwargs(cls, Tok, None)
-    assert "corpus_dir" in runtime, f"{preset} cannot receive the corpus table"
-    runtime["corpus_dir"] = corpus
+    assert "corpus" in runtime, f"{preset} cannot receive the corpus table"
+    runtime["corpus"] = CorpusStats(corpus)
     corruption = cls(**node, **runtime)
     assert torch.allclose(corruption.sampler.probs[[10, 11]], torch.tensor([0.75, 0.25]))
     drawn = corruption.sampler.sample(20000, gen(3))
@@ -142,7 +143,7 @@ def test_token_masking_unigram_draw_frequencies(tmp_path):
         random_prob=1.0,
         keep_prob=0.0,
         replace_distribution="unigram",
-        corpus_dir=corpus,
+        corpus=CorpusStats(corpus),
         **TOKENIZER,
     )
     out = corruption(rows([64] * 400, 64), gen(4))
@@ -166,7 +167,7 @@ def test_token_masking_unigram_without_table_is_refused_on_use():
 
 
 def test_the_list_covers_every_preset_that_replaces():
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     replacing = sorted(
         path.stem

@@ -7,7 +7,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.config import build, conf_dir
+from clozelab.core.config import build, conf_dir
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.delete import Deletion
 from clozelab.corruption.masking import UnitMasking
@@ -60,7 +60,7 @@ def test_reorder_is_outside_the_budget():
 
 
 def test_span_delete_preset_validates_runs_and_hits_the_budget(compose_pretrain):
-    from clozelab.validate import validate_pretrain
+    from clozelab.training.validate import validate_pretrain
 
     cfg = compose_pretrain("corruption=span_delete")
     assert cfg.corruption.steps[1]["_target_"].endswith("Deletion")
@@ -70,7 +70,7 @@ def test_span_delete_preset_validates_runs_and_hits_the_budget(compose_pretrain)
 
     node = OmegaConf.load(conf_dir() / "corruption" / "span_delete.yaml")
     node.steps[0].replace_distribution = "uniform"  # no shards here to count unigrams from
-    corruption = build(node, "corruption", corpus_dir=None, pad_token_id=PAD, **TOK)
+    corruption = build(node, "corruption", corpus=None, pad_token_id=PAD, **TOK)
     batch = make_batch(b=256)
     out = corruption(batch, gen(0))
     n = int((~batch["special_tokens_mask"].bool()).sum())

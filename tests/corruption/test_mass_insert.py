@@ -155,8 +155,8 @@ def test_restore_targets_the_original_row(step, bos):
 
 
 def test_insertion_objective_is_refused_without_insertion_labels(compose_pretrain):
-    from clozelab.errors import ClozelabError
-    from clozelab.validate import validate_objectives
+    from clozelab.core.errors import ClozelabError
+    from clozelab.training.validate import validate_objectives
 
     with pytest.raises(ClozelabError, match="insertion_labels.*corruption=insert"):
         validate_objectives(compose_pretrain("objective=[mlm,insertion]", "corruption=mask"))
@@ -171,8 +171,8 @@ SEQ2SEQ_PRESETS = ["t5_span", "t5_bert", "bart", "mass", "insert_restore"]  # fm
 
 @pytest.mark.parametrize("name", SEQ2SEQ_PRESETS)
 def test_seq2seq_presets_compose_with_a_decoder_and_are_refused_without(compose_pretrain, name):
-    from clozelab.errors import ClozelabError
-    from clozelab.validate import validate_pretrain
+    from clozelab.core.errors import ClozelabError
+    from clozelab.training.validate import validate_pretrain
 
     layout = ("embedding=t5", "encoder=t5", "decoder=t5", "objective=[seq2seq]")
     validate_pretrain(

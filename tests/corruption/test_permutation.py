@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import IGNORE_INDEX
 from clozelab.corruption.permutation import PermutationTargets
-from clozelab.errors import ClozelabError
 
 
 def make_batch(b: int = 64, t: int = 128, seed: int = 0):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.reorder import Reorder
-from clozelab.errors import ClozelabError
 from tests.helpers import compose_config
 
 PAD, CLS, SEP, MASK = 0, 2, 3, 4

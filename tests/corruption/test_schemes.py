@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.corruption.base import IGNORE_INDEX
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.compose import Compose
 from clozelab.corruption.delete import Deletion
 from clozelab.corruption.ernie import ErnieMasking
@@ -18,7 +19,6 @@ from clozelab.corruption.masking import UnitMasking, greedy_fill
 from clozelab.corruption.phrases import PhraseTable
 from clozelab.corruption.reorder import Reorder
 from clozelab.corruption.span import NgramMasking, SpanMasking, geometric_pmf, sample_lengths
-from clozelab.errors import ClozelabError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 500
@@ -409,7 +409,7 @@ def test_compose_shares_the_budget():
 def test_compose_from_config():
     from omegaconf import OmegaConf
 
-    from clozelab.config import build
+    from clozelab.core.config import build
 
     node = OmegaConf.create(
         {
@@ -425,7 +425,7 @@ def test_compose_from_config():
             ],
         }
     )
-    corruption = build(node, "corruption", corpus_dir=None, pad_token_id=PAD, **TOK)
+    corruption = build(node, "corruption", corpus=None, pad_token_id=PAD, **TOK)
     out = corruption(make_batch(b=8), gen(0))
     assert {"span_bounds", "order_labels", "mlm_labels"} <= set(out)
     assert "span_bounds" in Compose.produces_for(node)

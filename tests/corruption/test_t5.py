@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.t5 import (
     T5Noise,
     random_spans_lengths,
     random_spans_noise_mask,
     span_counts,
 )
-from clozelab.errors import ClozelabError
 
 from .s2s_helpers import (
     CLS,

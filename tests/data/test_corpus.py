@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.corpus import (
     CorpusSpec,
     bundled_wikipedia_path,
@@ -19,7 +20,6 @@ from clozelab.data.corpus import (
     iter_documents,
     resolve_corpus,
 )
-from clozelab.errors import ClozelabError
 
 
 def _page(page_id: int, text: str, ns: int = 0) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.ernie import ErnieMasking
 from clozelab.corruption.mask import TokenMasking
 from clozelab.corruption.masking import UnitMasking
@@ -34,7 +35,6 @@ from clozelab.data.dialogue_stream import (
     StreamBatches,
 )
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 
 WORDS = ["how", "are", "you", "fine", "thanks", "what", "is", "your", "name", "my", "bot", "do",
          "like", "music", "yes", "no"]  # fmt: skip

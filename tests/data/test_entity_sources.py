@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clozelab.corruption.base import IGNORE_INDEX
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.ernie import ErnieMasking
 from clozelab.corruption.masking import UnitMasking
 from clozelab.data import instances as inst
@@ -23,7 +24,6 @@ from clozelab.data.gazetteer import Gazetteer
 from clozelab.data.preprocess import encode_document, prepare
 from clozelab.data.shards import open_split
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 
 SENTENCES = [
     "Alan Turing was born in London and worked in New York City.",
@@ -280,7 +280,7 @@ def test_spacy_chunks_in_shards_feed_the_phrase_corruption(tmp_path, spacy_model
         "vocab_size": tok_ids.vocab_size,
         "mask_token_id": tok_ids.mask_id,
         "special_token_ids": tok_ids.special_ids,
-        "corpus_dir": str(prepared.train_dir),
+        "corpus": prepared.corpus_stats,
     }
     masker = UnitMasking(
         unit="phrase",
@@ -310,7 +310,7 @@ def test_spacy_chunks_in_shards_feed_the_phrase_corruption(tmp_path, spacy_model
         UnitMasking(
             unit="phrase",
             phrase_source="spacy_chunks",
-            **{**kwargs, "corpus_dir": str(plain.train_dir)},
+            **{**kwargs, "corpus": plain.corpus_stats},
         )
 
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data import hf_datasets
 from clozelab.data.hf_datasets import iter_hf_dataset
-from clozelab.errors import ClozelabError
 
 datasets = pytest.importorskip("datasets")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.document import Document
 from clozelab.data.preprocess import encode_document, prepare
 from clozelab.data.shards import open_split
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 
 
 def _cfgs(corpus, workers=0, fraction=0.1):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.text import iter_text, text_files
-from clozelab.errors import ClozelabError
 
 BERT_TEXT = "First sentence of doc one.\nSecond sentence.\n\n\nDoc two only sentence.\n   \nLast.\n"
 

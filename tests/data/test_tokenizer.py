@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece
-from clozelab.errors import ClozelabError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Über naïve café owners sing."] * 50
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.corpus import bundled_wikipedia_path
 from clozelab.data.document import Document
 from clozelab.data.wikipedia import clean_wikitext, iter_wikipedia
-from clozelab.errors import ClozelabError
 
 NS = "http://www.mediawiki.org/xml/export-0.11/"
 

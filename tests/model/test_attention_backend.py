@@ -10,7 +10,7 @@ import torch
 
 import clozelab.model.attention as attention_module
 import clozelab.model.encoder as encoder_module
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.attention import ATTENTION_BACKENDS, check_backend
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.encoder_variants import TransformerStack
@@ -73,13 +73,13 @@ def test_flash_on_nested_inputs_names_the_fallback(caplog, monkeypatch):
 def test_explicit_backend_trains_through_sdpa(monkeypatch):
     """auto keeps the fast CPU-dropout math in training; an explicit kernel goes through SDPA."""
     calls = []
-    original = encoder_module._attention_with_cpu_dropout
+    original = encoder_module.attention_with_cpu_dropout
 
     def spy(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(encoder_module, "_attention_with_cpu_dropout", spy)
+    monkeypatch.setattr(encoder_module, "attention_with_cpu_dropout", spy)
     x, mask = inputs(padded=True)
     build("auto").train()(x, mask)
     assert calls

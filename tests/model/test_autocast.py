@@ -11,9 +11,9 @@ import torch
 
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
-from clozelab.module import PretrainModule
 from clozelab.objectives.mlm import MLM, tied_decoder_cross_entropy
 from clozelab.objectives.nsp import NSP
+from clozelab.training.module import PretrainModule
 
 V, H = 300, 32
 

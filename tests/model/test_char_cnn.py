@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.tokenizer import train_wordpiece
-from clozelab.errors import ClozelabError
 from clozelab.model.char_cnn import BOC, BOW, EOW, PAD_CHAR, CharCNNEmbeddings, Highway, spell
 from clozelab.model.embeddings import Embedding
 from tests.helpers import compose_config
@@ -97,7 +97,7 @@ def test_elmo_recipe_uses_the_char_cnn_and_keeps_the_word_variant():
 
 
 def test_build_components_spells_the_vocabulary(tokenizer):
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_config("experiment=elmo_baseline", "model=tiny")
     embedding, encoder, objectives, _ = build_components(cfg, tokenizer)

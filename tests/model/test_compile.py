@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import clozelab.pretrain as pretrain_module
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.compile import apply_model_compile, compile_components, is_compiled
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.encoder_variants import BiLSTMEncoder
-from clozelab.module import PretrainModule
 from clozelab.objectives.mlm import MLM
 from clozelab.objectives.nsp import NSP
+from clozelab.training.module import PretrainModule
 
 V, H = 200, 32
 
@@ -86,7 +86,7 @@ def test_inductor_matches_eager_and_trains(unpad):
 def test_in_place_compile_keeps_state_dict_keys(tmp_path):
     from safetensors.torch import load_file
 
-    from clozelab.export import write_hf_dir
+    from clozelab.training.hf_export import write_hf_dir
 
     eager, compiled = make_module(), make_module()
     names = apply_model_compile(compiled.embedding, compiled.encoder, {"compile": True})

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch._dynamo import register_backend
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.preprocess import prepare
-from clozelab.errors import ClozelabError
 from clozelab.model.compile import compile_components
-from clozelab.module import PretrainModule
-from clozelab.pretrain import build_components
-from clozelab.validate import validate_pretrain
+from clozelab.training.components import build_components
+from clozelab.training.module import PretrainModule
+from clozelab.training.validate import validate_pretrain
 
 GRAPHS: list[int] = []
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
 
 V, H = 99, 32

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.encoder import (
     EncoderOutput,
     TransformerEncoder,
-    _attention_with_cpu_dropout,
+    attention_with_cpu_dropout,
     key_padding_mask,
 )
 
@@ -108,7 +108,7 @@ def test_cpu_dropout_attention_matches_sdpa(masked):
     mask = None
     if masked:
         mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()[:, None, None, :]
-    ours = _attention_with_cpu_dropout(q, k, v, mask, 1e-6)
+    ours = attention_with_cpu_dropout(q, k, v, mask, 1e-6)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.heads import (
     Dropout,
     LMTransform,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.hf import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.hf_seq2seq import (
     components_from_hf_config,
     from_hf_state_dict,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.encoder_variants import TransformerStack
 from clozelab.model.unpad import Packing

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.embeddings_variants import (
     FactorizedEmbeddings,

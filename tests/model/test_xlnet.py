@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.permutation import PermutationTargets
-from clozelab.errors import ClozelabError
 from clozelab.model.char_cnn import WordEmbeddings
 from clozelab.model.hf_xlnet import (
     from_hf_xlnet_state_dict,

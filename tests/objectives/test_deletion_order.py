@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.delete import Deletion
 from clozelab.corruption.reorder import Reorder
-from clozelab.errors import ClozelabError
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.deletion import DeletionDetection
 from clozelab.objectives.order import OrderPrediction

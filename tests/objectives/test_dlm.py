@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.dialogue_instances import FAKE, REAL
-from clozelab.errors import ClozelabError
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.base import Objective
 from clozelab.objectives.dlm import DLM
 from clozelab.objectives.mlm import MLM
-from clozelab.validate import validate_pretrain
+from clozelab.training.validate import validate_pretrain
 
 H = 32
 
@@ -70,8 +70,8 @@ def test_shapes_gradients_and_the_real_column():
 
 def _module(compose_pretrain, *overrides):
     from clozelab.data.tokenizer import train_wordpiece
-    from clozelab.module import PretrainModule
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
+    from clozelab.training.module import PretrainModule
 
     no_phrases = ("corruption.level_probs.phrase=0.0", "corruption.level_probs.basic=0.7")
     cfg = compose_pretrain("experiment=ernie", *no_phrases, *overrides)

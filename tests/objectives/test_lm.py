@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.lm import LanguageModel
@@ -76,7 +76,7 @@ def test_prepare_inputs_restores_the_original_text():
     ],
 )
 def test_refusals(compose_pretrain, overrides, message):
-    from clozelab.validate import validate_pretrain
+    from clozelab.training.validate import validate_pretrain
 
     cfg = compose_pretrain("data.instances=full_sentences", *overrides)
     with pytest.raises(ClozelabError, match=message):

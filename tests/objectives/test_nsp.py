@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.base import Objective
 from clozelab.objectives.mlm import MLM

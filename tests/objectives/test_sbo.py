@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.sbo import SBO

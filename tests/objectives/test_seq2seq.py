@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from seq2seq_batches import shift_right
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.bart import BartDecoder, BartEmbeddings
 from clozelab.model.encoder import EncoderOutput, TransformerEncoder
 from clozelab.model.hf_seq2seq import components_from_hf_config, from_hf_state_dict

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data import instances as inst
 from clozelab.data.dataset import InstanceDataset
 from clozelab.data.shards import ShardWriter, open_split
-from clozelab.errors import ClozelabError
 from clozelab.model.encoder import EncoderOutput
 from clozelab.objectives.sop import SOP
 
@@ -187,7 +187,7 @@ def test_sop_split_by_hand_and_skip(tmp_path):
 
 
 def test_albert_recipe_states_and_uses_the_paper_rule():
-    from clozelab.config import resource_dir
+    from clozelab.core.config import resource_dir
     from tests.helpers import compose_config
 
     cfg = compose_config("experiment=albert")
@@ -195,6 +195,6 @@ def test_albert_recipe_states_and_uses_the_paper_rule():
     header = (resource_dir("experiments") / "albert.yaml").read_text().split("defaults:")[0]
     assert "sop_single_sentence=split" in header and "random_document" in header
     with pytest.raises(ClozelabError, match="data.sop_single_sentence"):
-        from clozelab.validate import validate_data
+        from clozelab.training.validate import validate_data
 
         validate_data(compose_config("data.sop_single_sentence=swap"))

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from clozelab.cli import main
-from clozelab.module import PretrainModule
+from clozelab.training.module import PretrainModule
 
 
 def kill_at_step(step: int, signum: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 from helpers import TINY, write_text_corpus
 
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -178,7 +178,7 @@ def test_tsv_given_as_csv_names_the_right_format(tmp_path):
 def test_resume_with_other_sizes_does_not_blame_the_vocabulary():
     import torch
 
-    from clozelab.checkpoint import state_differences
+    from clozelab.training.checkpoint import state_differences
 
     stored = {"embedding.word_embeddings.weight": torch.zeros(100, 32)}
     wider = {"embedding.word_embeddings.weight": torch.zeros(100, 64)}

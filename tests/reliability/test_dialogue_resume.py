@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clozelab.module import PretrainModule
 from clozelab.pretrain import pretrain
+from clozelab.training.module import PretrainModule
 
 RUN = ("experiment=ernie", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
        "initial_validation=false", "eval.suite=null", "callbacks.checkpoint_every_n_steps=3",

@@ -12,11 +12,15 @@ import pytest
 import torch
 from helpers import TINY, write_text_corpus
 
-from clozelab.checkpoint import check_compatible, remove_stale_temporaries, write_bytes_atomic
 from clozelab.cli import main
-from clozelab.errors import ClozelabError
-from clozelab.module import NonFiniteLossError, PretrainModule
+from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
+from clozelab.training.checkpoint import (
+    check_compatible,
+    remove_stale_temporaries,
+    write_bytes_atomic,
+)
+from clozelab.training.module import NonFiniteLossError, PretrainModule
 
 QUICK = ["initial_validation=false", "eval.suite=null"]
 TIMING = ("wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
@@ -85,9 +89,9 @@ def test_nan_loss_stops_with_step_and_objective_and_keeps_the_checkpoint(
 
 
 def test_batch_without_predicted_positions_gives_zero_loss(compose_pretrain, cache_dir):
-    from clozelab.config import build
+    from clozelab.core.config import build
     from clozelab.data.preprocess import prepare
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain("objective=[mlm]")
     prepared = prepare(cfg.data, cfg.tokenizer, cache_dir)
@@ -116,7 +120,7 @@ def test_write_failure_leaves_the_previous_file_and_no_temporary(tmp_path, monke
         handle.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("clozelab.checkpoint.torch.save", full)
+    monkeypatch.setattr("clozelab.training.checkpoint.torch.save", full)
     with pytest.raises(ClozelabError, match="disk is full.*previous last.ckpt is intact"):
         write_bytes_atomic({"step": 2}, target)
     assert target.read_bytes() == before
@@ -128,7 +132,7 @@ def test_write_failure_leaves_the_previous_file_and_no_temporary(tmp_path, monke
 def test_disk_full_during_a_run_exits_with_a_clear_message(
     capsys, monkeypatch, tmp_path, text_corpus, cache_dir
 ):
-    import clozelab.checkpoint as checkpoint
+    import clozelab.training.checkpoint as checkpoint
 
     original, calls = checkpoint.torch.save, {"n": 0}
 
@@ -157,7 +161,7 @@ def finished_run(tmp_path_factory, text_corpus, cache_dir):
     """A short finished run whose directory the tests below re-launch with other settings."""
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir, register_overlays
+    from clozelab.core.config import conf_dir, register_overlays
 
     register_overlays()
     run_dir = tmp_path_factory.mktemp("finished") / "run"
@@ -340,7 +344,7 @@ def test_wandb_raising_mid_run_does_not_stop_training(compose_pretrain, monkeypa
 
 
 def test_failed_run_is_marked_in_the_tracker():
-    from clozelab.tracking import mark_run
+    from clozelab.training.tracking import mark_run
 
     class Run:
         def __init__(self):

@@ -15,7 +15,7 @@ import pytest
 from report_helpers import curve_rows, write_job, write_multirun
 
 from clozelab.cli import main
-from clozelab.report_jobs import read_job
+from clozelab.report.jobs import read_job
 
 FILES = ("metrics.json", "config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml",
          "csv/metrics.csv", "eval/polarity.json")  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.tasks.readers import read_conll, read_delimited, read_jsonl, read_squad
 
 FUZZ = settings(max_examples=60, deadline=None,

@@ -14,7 +14,7 @@ from helpers import TINY, write_text_corpus
 
 PROBE = """
 import json, os, sys
-from clozelab.module import PretrainModule
+from clozelab.training.module import PretrainModule
 samples, out = {}, sys.argv[1]
 def on_train_batch_end(self, outputs, batch, batch_idx):
     if self.global_step % 50 == 0:

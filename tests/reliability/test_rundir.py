@@ -17,9 +17,9 @@ import pytest
 from helpers import TINY
 
 from clozelab.cli import main
-from clozelab.csv_log import RunCSVLogger
-from clozelab.errors import ClozelabError
-from clozelab.rundir import LOCK_FILE, RunLock
+from clozelab.core.claim import LOCK_FILE, RunLock
+from clozelab.core.errors import ClozelabError
+from clozelab.training.csv_log import RunCSVLogger
 
 QUICK = ["eval.suite=null", "trainer.limit_val_batches=1"]
 
@@ -45,7 +45,7 @@ def _cli(capsys, args) -> tuple[int, str]:
 
 HOLDER = """
 import sys, time
-from clozelab.rundir import RunLock
+from clozelab.core.claim import RunLock
 RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

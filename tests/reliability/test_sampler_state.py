@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.datamodule import ResumableDataLoader
 from clozelab.data.sampler import EpochSampler
-from clozelab.errors import ClozelabError
 
 
 def test_start_skips_the_consumed_prefix_and_keeps_the_epoch_length():
@@ -56,7 +56,7 @@ def test_worker_seeds_do_not_draw_from_the_global_rng(compose_pretrain, cache_di
     """Building and iterating a train loader leaves the global torch RNG (dropout's) untouched."""
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
-    from clozelab.pretrain import build_components
+    from clozelab.training.components import build_components
 
     cfg = compose_pretrain()
     prepared = prepare(cfg.data, cfg.tokenizer, cache_dir)

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.model.layer_pool import LayerAverage, ScalarMix
 from clozelab.tasks.heads import CRF, TaskModel
 
@@ -147,8 +147,8 @@ def test_bundled_similarity_uses_the_embed_api_with_task_layers(tiny_backbone):
     """task.layers=[-2, -1]: the word vectors are backbone.embed(..., layers=[-2, -1])."""
     from omegaconf import OmegaConf
 
-    from clozelab.finetune import load_task
     from clozelab.tasks.bundled import text_vectors
+    from clozelab.training.evaluation import load_task
 
     backbone = tiny_backbone()
     task = OmegaConf.merge(load_task("simlex999"), {"layers": [-2, -1]})

@@ -8,8 +8,7 @@ import pytest
 from helpers import SHARED_DATA
 from omegaconf import OmegaConf
 
-from clozelab.errors import ClozelabError
-from clozelab.finetune import load_task
+from clozelab.core.errors import ClozelabError
 from clozelab.tasks.readers import (
     iob1_to_iob2,
     read_conll,
@@ -18,6 +17,7 @@ from clozelab.tasks.readers import (
     read_squad,
     read_task,
 )
+from clozelab.training.evaluation import load_task
 
 
 def test_glue_tsv_with_header_and_unquoted_quotes(tmp_path):
@@ -148,8 +148,8 @@ def test_real_stsb_conll_squad():
 
 
 def test_unknown_class_and_non_numeric_regression_label_are_clear_errors():
+    from clozelab.core.errors import ClozelabError
     from clozelab.data.tokenizer import train_wordpiece
-    from clozelab.errors import ClozelabError
     from clozelab.tasks.features import encode_text
     from clozelab.tasks.readers import TextExample
 

@@ -12,8 +12,7 @@ import torch
 from helpers import SHARED_DATA
 from omegaconf import OmegaConf
 
-from clozelab.errors import ClozelabError
-from clozelab.finetune import load_task
+from clozelab.core.errors import ClozelabError
 from clozelab.tasks.features import encode_spans, pad_batch
 from clozelab.tasks.heads import TaskModel
 from clozelab.tasks.metrics import span_f1
@@ -25,6 +24,7 @@ from clozelab.tasks.readers import (
     read_task,
 )
 from clozelab.tasks.spans import SpanHead, enumerate_spans, greedy_flat, span_targets
+from clozelab.training.evaluation import load_task
 
 
 def _expected_count(n: int, k: int) -> int:

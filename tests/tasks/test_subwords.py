@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.tasks.features import encode_tokens, pad_batch
 from clozelab.tasks.heads import TaskModel, combine_subwords
 from clozelab.tasks.readers import TokenExample

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from clozelab.report_stats import summarize
+from clozelab.report.stats import summarize
 
 
 def arm_values(root: Path, arm: str, task: str, metric: str) -> tuple[list[float], dict]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.corruption.base import ReplacementSampler, check_choice, check_probability
 from clozelab.corruption.insert import insert_tokens
 from clozelab.corruption.reorder import permutation_order
@@ -49,7 +50,6 @@ from clozelab.corruption.seq2seq import (
     take,
 )
 from clozelab.corruption.span import length_cdf
-from clozelab.errors import ClozelabError, config_error
 
 MASK_LENGTHS = ("span-poisson", "word", "subword")
 REPLACE_LENGTHS = (-1, 0, 1)

@@ -25,10 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.errors import ClozelabError, config_error
-
-IGNORE_INDEX = -100
-"""Target value of positions that carry no loss (HF and PyTorch cross-entropy convention)."""
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError, config_error
 
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
@@ -40,19 +38,75 @@ DISTRIBUTIONS = ("uniform", "unigram")
 """
 
 
-class Corruption:
-    """Base class of all corruption schemes.
+#: The optional run-time inputs a corruption may declare in ``Corruption.runtime_inputs``.
+RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus")
 
-    Subclasses implement ``__call__(batch, generator) -> dict`` and list the batch keys they read
-    (``requires``) and write (``produces``), so objectives and config checks can refuse impossible
-    combinations before any data is read.
+
+class Corruption:
+    """Base class of all corruption schemes: the hooks the rest of clozelab asks a scheme about.
+
+    Subclasses implement ``__call__(batch, generator) -> dict`` and declare what they read and
+    write, so objectives and config checks (``training/validate.py``) can refuse impossible
+    combinations before any data is read. A user's scheme in their own module subclasses this and
+    is selected with ``corruption._target_=mymodule.MyCorruption``.
+
+    Every scheme is built with its config node plus the tokenizer's ``vocab_size``,
+    ``mask_token_id`` and ``special_token_ids`` (keyword arguments), and the optional run-time
+    inputs it lists in ``runtime_inputs``.
     """
 
+    #: Batch keys ``__call__`` reads.
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
+    #: Batch keys ``__call__`` writes (targets such as ``mlm_labels``, ``span_bounds`` ...): what
+    #: the objectives may require. Compositions compute theirs with ``produces_for``.
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: Optional run-time inputs (keyword arguments) besides the tokenizer's vocab_size,
+    #: mask_token_id and special_token_ids: any of ``RUNTIME_INPUTS``: ``pad_token_id`` /
+    #: ``eos_token_id`` (the tokenizer's [PAD] / [SEP] ids), ``corpus`` (the training corpus's
+    #: statistics, ``clozelab.data.corpus_stats.CorpusStats``: unigram counts, phrase table; None
+    #: when the corruption is built without a corpus).
+    runtime_inputs: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the positions it corrupts count against the shared budget of a ``Compose``
+    #: (False for Reorder: it moves tokens whatever an earlier step did).
+    shares_budget: ClassVar[bool] = True
     #: Ids the model needs beyond the tokenizer's vocabulary (T5 sentinels): the embedding and
     #: softmax get ``tokenizer.vocab_size + extra_vocab`` rows (SEQ2SEQ contract).
     extra_vocab: int = 0
+    #: The corruption rate: the fraction of the sequence it corrupts (0: none, no budget share).
+    rate: float = 0.0
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        old = [a for a in ("accepts_corpus", "accepts_pad", "accepts_eos") if a in cls.__dict__]
+        if old:
+            raise TypeError(
+                f"{cls.__qualname__}: {old} are replaced by the declared hook "
+                "runtime_inputs = frozenset({'corpus', 'pad_token_id', 'eos_token_id'})"
+            )
+        unknown = set(cls.runtime_inputs) - set(RUNTIME_INPUTS)
+        if unknown:
+            raise TypeError(
+                f"{cls.__qualname__}.runtime_inputs: {sorted(unknown)} are not run-time inputs "
+                f"(known: {list(RUNTIME_INPUTS)})"
+            )
+
+    @classmethod
+    def produces_for(cls, node) -> tuple[str, ...]:
+        """The batch keys this scheme, configured by ``node``, produces (``produces``; a
+        composition adds its steps')."""
+        return tuple(cls.produces)
+
+    def budget_rate(self) -> float:
+        """The share of a ``Compose``'s budget this step takes: its ``rate`` when it
+        ``shares_budget``, else 0."""
+        return float(self.rate) if self.shares_budget else 0.0
+
+    def rate_of_remaining(self) -> bool:
+        """Whether the rate is drawn over the step's own candidates (which exclude positions an
+        earlier step of a ``Compose`` corrupted), so ``Compose`` rescales it to
+        ``rate / (1 - earlier rates)``. False (the default) for budgets counted over the whole row
+        (BERT's exact budget)."""
+        return False
 
     def __call__(
         self, batch: Mapping[str, Tensor], generator: torch.Generator
@@ -63,13 +117,13 @@ class Corruption:
 
     def preview_stats(self, pairs: list[tuple[dict, dict]], tokenizer) -> dict:
         """Statistics ``clozelab preview`` writes for (clean, corrupted) batch pairs."""
-        from clozelab.preview import corruption_stats
+        from clozelab.corruption.preview import corruption_stats
 
         return corruption_stats(pairs, tokenizer.mask_id)
 
     def preview_render(self, clean: dict, out: dict, row: int, tokenizer) -> str:
         """One corrupted row of ``clozelab preview`` with its changes marked."""
-        from clozelab.preview import render
+        from clozelab.corruption.preview import render
 
         return render(clean, out, row, tokenizer, tokenizer.mask_id)
 
@@ -278,14 +332,14 @@ def replacement_sampler(
     special_token_ids: Iterable[int],
     replace_from: str,
     replace_distribution: str,
-    corpus_dir: str | None = None,
+    corpus=None,
     replacement_probs: Tensor | None = None,
     needed: bool = True,
 ) -> ReplacementSampler:
     """The sampler of a corruption that writes random tokens (``replace_distribution`` choice).
 
     ``uniform`` draws uniformly (``replace_from`` says over which ids); ``unigram`` weights the ids
-    by their counts in the training shards (``corpus_dir``, counted once and cached). Explicit
+    by their counts in the training corpus (``corpus``: its ``CorpusStats``, counted once). Explicit
     ``replacement_probs`` (tests, custom tables) win over both. Without a table, a ``unigram``
     corruption that may replace (``needed``) is still built (tests, ``preview`` of a config) but
     flagged: its ``check_table`` raises a clear error before the first batch is corrupted.
@@ -293,10 +347,8 @@ def replacement_sampler(
     distribution = check_choice(
         replace_distribution, "corruption.replace_distribution", DISTRIBUTIONS
     )
-    if replacement_probs is None and distribution == "unigram" and corpus_dir:
-        from clozelab.corruption.corpus_stats import unigram_counts
-
-        replacement_probs = unigram_counts(corpus_dir, vocab_size)
+    if replacement_probs is None and distribution == "unigram" and corpus is not None:
+        replacement_probs = corpus.unigram_counts(vocab_size)
     sampler = ReplacementSampler(
         vocab_size, special_token_ids, replace_from, probs=replacement_probs
     )

@@ -18,7 +18,7 @@ from itertools import pairwise
 
 import torch
 
-from clozelab.config import build, conf_dir, target_class
+from clozelab.core.config import build, conf_dir, target_class
 from clozelab.corruption.runtime import runtime_kwargs
 
 PRESETS = (
@@ -101,9 +101,9 @@ def bench_batch(seq_len: int = 128, batch: int = 32):
     """``(clean batch dict, HF tokenizer, list of HF feature dicts, clozelab Tokenizer)``."""
     from transformers import BertTokenizerFast
 
-    from clozelab.data.tokenizer import _bundled_vocab, load_tokenizer
+    from clozelab.data.tokenizer import bundled_vocab, load_tokenizer
 
-    vocab = _bundled_vocab("bundled:bert-base-uncased")
+    vocab = bundled_vocab("bundled:bert-base-uncased")
     hf_tok = BertTokenizerFast.from_pretrained(str(vocab.parent))
     ours = load_tokenizer("bundled:bert-base-uncased")
     text = " ".join(_texts(batch))
@@ -167,7 +167,7 @@ def build_preset(name: str, tokenizer, clean):
     node = OmegaConf.load(conf_dir() / "corruption" / f"{name}.yaml")
     cls = target_class(node, "corruption")
     runtime = runtime_kwargs(cls, tokenizer, None)
-    if "corpus_dir" in runtime and node.get("replace_distribution") == "unigram":
+    if "corpus" in runtime and node.get("replace_distribution") == "unigram":
         counts = torch.bincount(clean["input_ids"].flatten(), minlength=tokenizer.vocab_size)
         runtime["replacement_probs"] = counts.double() + 1.0
     corruption = build(node, f"corruption={name}", **runtime)

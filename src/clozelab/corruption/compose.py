@@ -36,40 +36,19 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import Corruption
+from clozelab.core.errors import config_error
+from clozelab.corruption.base import RUNTIME_INPUTS, Corruption
 from clozelab.corruption.runtime import restrict
-from clozelab.errors import config_error
-
-
-def shares_budget(step: Corruption) -> bool:
-    """Whether a step's corrupted positions count against the shared budget (all but Reorder)."""
-    from clozelab.corruption.reorder import Reorder
-
-    return hasattr(step, "rate") and not isinstance(step, Reorder)
-
-
-def rate_of_remaining(step: Corruption) -> bool:
-    """Whether a step's rate is drawn over its own candidates (which exclude earlier corruptions),
-    so Compose rescales it; BERT's exact budget counts the whole row and is not rescaled."""
-    from clozelab.corruption.ernie import ErnieMasking
-    from clozelab.corruption.span import SpanMasking
-
-    if isinstance(step, (SpanMasking, ErnieMasking)):
-        return True
-    return getattr(step, "budget", None) == "bernoulli"
 
 
 class Compose(Corruption):
-    accepts_corpus = True
-    accepts_pad = True
-    accepts_eos = True
+    runtime_inputs = frozenset(RUNTIME_INPUTS)  # handed on to the steps that declare them
     produces = ("input_ids", "corrupted_mask")  # guaranteed; see produces_for
 
     def __init__(self, steps, **runtime) -> None:
-        from hydra.utils import get_class
         from omegaconf import DictConfig, OmegaConf
 
-        from clozelab.config import build
+        from clozelab.core.config import build, component_class
 
         if not steps:
             raise config_error(
@@ -84,10 +63,10 @@ class Compose(Corruption):
                 built.append(step)
                 continue
             node = step if isinstance(step, DictConfig) else OmegaConf.create(dict(step))
-            cls = get_class(node["_target_"])
+            cls = component_class(node, f"corruption.steps[{i}]", Corruption)
             built.append(build(node, f"corruption.steps[{i}]", **restrict(cls, runtime)))
         self.steps = built
-        rates = [getattr(s, "rate", 0.0) if shares_budget(s) else 0.0 for s in built]
+        rates = [step.budget_rate() for step in built]
         if sum(rates) >= 1.0:
             raise config_error(
                 "corruption.steps",
@@ -98,20 +77,18 @@ class Compose(Corruption):
         self.rates = rates  # as configured: fractions of the original sequence
         earlier = 0.0
         for step, rate in zip(built, rates):
-            if rate and rate_of_remaining(step):
+            if rate and step.rate_of_remaining():
                 step.rate = rate / (1.0 - earlier)
             earlier += rate
 
     @classmethod
     def produces_for(cls, node) -> tuple[str, ...]:
         """The batch keys a configured composition produces (union of its steps')."""
-        from hydra.utils import get_class
+        from clozelab.core.config import component_class
 
         keys = list(cls.produces)
-        for step in node.get("steps", ()):
-            step_cls = get_class(step["_target_"])
-            produces_for = getattr(step_cls, "produces_for", None)
-            keys += produces_for(step) if produces_for else getattr(step_cls, "produces", ())
+        for i, step in enumerate(node.get("steps", ())):
+            keys += component_class(step, f"corruption.steps[{i}]", Corruption).produces_for(step)
         return tuple(dict.fromkeys(keys))
 
     def output_length(self, n_tokens: int, n_special: int) -> int:

@@ -64,7 +64,7 @@ class Deletion(Corruption):
 
     requires = ("input_ids", "attention_mask", "special_tokens_mask")
     produces = ("input_ids", "deletion_labels", "deleted_count", "corrupted_mask")
-    accepts_pad = True
+    runtime_inputs = frozenset({"pad_token_id"})
 
     def __init__(
         self,
@@ -87,6 +87,10 @@ class Deletion(Corruption):
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         self.pad_token_id = int(pad_token_id)
         self.vocab_size = vocab_size
+
+    def rate_of_remaining(self) -> bool:
+        """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
+        return self.budget == "bernoulli"
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         eligible = candidates(batch, self.special_token_ids)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import check_choice, check_probability
 from clozelab.corruption.masking import MaskingCorruption, build_units, select_units
-from clozelab.errors import config_error
 
 LEVELS = ("basic", "phrase", "entity")
 
@@ -84,8 +84,12 @@ class ErnieMasking(MaskingCorruption):
             from clozelab.corruption.phrases import phrase_source as phrases_from
 
             self.phrases = phrases_from(
-                phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
+                phrase_source, self.corpus, phrase_min_count, phrase_threshold
             )
+
+    def rate_of_remaining(self) -> bool:
+        """Its rate is drawn over its own candidates (see ``Corruption.rate_of_remaining``)."""
+        return True
 
     def levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """``long [B]``: 0 basic, 1 phrase, 2 entity."""

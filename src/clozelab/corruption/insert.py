@@ -108,7 +108,7 @@ class Insertion(Corruption):
     """
 
     produces = ("input_ids", "insertion_labels", "inserted_count", "corrupted_mask")
-    accepts_pad = True
+    runtime_inputs = frozenset({"pad_token_id"})
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
     Corruption,
     OperationMix,
@@ -38,7 +39,6 @@ from clozelab.corruption.base import (
     prediction_budget,
     replacement_sampler,
 )
-from clozelab.errors import config_error
 
 BUDGETS = ("bernoulli", "exact", "fairseq")
 
@@ -56,7 +56,7 @@ class TokenMasking(Corruption):
         replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies: the seeds'
             "sampled by unigram probability"; the table is counted once from the shards).
         vocab_size, mask_token_id, special_token_ids: taken from the tokenizer at run time.
-        corpus_dir: training shards (runtime; needed by ``unigram``).
+        corpus: the training corpus's statistics (run time; ``unigram`` and phrases need it).
         replacement_probs: optional explicit ``[vocab_size]`` weights for random tokens.
 
     Produces ``input_ids`` (corrupted copy), ``mlm_labels`` (original id at chosen positions,
@@ -64,7 +64,7 @@ class TokenMasking(Corruption):
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask")
-    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    runtime_inputs = frozenset({"corpus"})  # unigram counts / phrase table of the corpus
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class TokenMasking(Corruption):
         vocab_size: int,
         mask_token_id: int,
         special_token_ids: Iterable[int],
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
@@ -112,7 +112,7 @@ class TokenMasking(Corruption):
             specials,
             replace_from,
             replace_distribution,
-            corpus_dir,
+            corpus,
             replacement_probs,
             needed=self.mix.random > 0,
         )
@@ -120,6 +120,10 @@ class TokenMasking(Corruption):
         self.vocab_size = vocab_size
         self.replace_from = self.sampler.replace_from
         self.special_token_ids = self.sampler.special_token_ids
+
+    def rate_of_remaining(self) -> bool:
+        """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
+        return self.budget == "bernoulli"
 
     def select(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         """Return the ``bool [B, T]`` positions chosen for prediction."""

@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
@@ -51,7 +52,6 @@ from clozelab.corruption.units import (
     unit_lengths,
     word_units,
 )
-from clozelab.errors import ClozelabError, config_error
 
 BUDGETS = ("bernoulli", "exact")
 OPERATIONS_PER = ("token", "unit")
@@ -74,12 +74,12 @@ class MaskingCorruption(Corruption):
         replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies, SpanBERT /
             fairseq ``freq_weighted_replacement``; the table is counted once from the shards).
         vocab_size, mask_token_id, special_token_ids: from the tokenizer at run time.
-        corpus_dir: training shards (runtime; needed by ``unigram``).
+        corpus: the training corpus's statistics (run time; ``unigram`` and phrases need it).
         replacement_probs: explicit ``[vocab_size]`` weights (tests, custom tables).
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask")
-    accepts_corpus = True  # build_components passes corpus_dir (see runtime.py)
+    runtime_inputs = frozenset({"corpus"})  # unigram counts / phrase table of the corpus
     #: whether it chooses multi-token spans and writes their ``span_bounds`` (what SBO reads):
     #: SpanBERT spans, n-grams, entities, phrases, ERNIE's mix; not single tokens or words
     spans: ClassVar[bool] = False
@@ -107,7 +107,7 @@ class MaskingCorruption(Corruption):
         vocab_size: int,
         mask_token_id: int,
         special_token_ids: Iterable[int],
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
@@ -130,13 +130,13 @@ class MaskingCorruption(Corruption):
             )
         self.mask_token_id = mask_token_id
         specials = [*(int(i) for i in special_token_ids), mask_token_id]
-        self.corpus_dir = corpus_dir
+        self.corpus = corpus
         self.sampler = replacement_sampler(
             self.vocab_size,
             specials,
             replace_from,
             replace_distribution,
-            corpus_dir,
+            corpus,
             replacement_probs,
             needed=self.mix.random > 0,
         )
@@ -345,8 +345,12 @@ class UnitMasking(MaskingCorruption):
             from clozelab.corruption.phrases import phrase_source as phrases_from
 
             self.phrases = phrases_from(
-                phrase_source, self.corpus_dir, phrase_min_count, phrase_threshold
+                phrase_source, self.corpus, phrase_min_count, phrase_threshold
             )
+
+    def rate_of_remaining(self) -> bool:
+        """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
+        return self.budget == "bernoulli"
 
     @classmethod
     def spans_for(cls, node) -> bool:

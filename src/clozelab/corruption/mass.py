@@ -40,7 +40,7 @@ class MassMasking(Seq2SeqCorruption):
     """
 
     produces = (*Seq2SeqCorruption.produces, "decoder_position_ids")
-    accepts_corpus = True  # corpus_dir for replace_distribution=unigram
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus"}  # unigram replacement
 
     def __init__(
         self,
@@ -52,7 +52,7 @@ class MassMasking(Seq2SeqCorruption):
         replace_distribution: str = "uniform",
         decoder_start: str = "mask",
         bos: bool = True,
-        corpus_dir: str | None = None,
+        corpus=None,
         replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
@@ -61,7 +61,7 @@ class MassMasking(Seq2SeqCorruption):
         self.mix = OperationMix(mask_prob, random_prob, keep_prob)
         self.sampler = replacement_sampler(
             self.vocab_size, [*self.special_token_ids, self.mask_token_id], replace_from,
-            replace_distribution, corpus_dir, replacement_probs, needed=self.mix.random > 0,
+            replace_distribution, corpus, replacement_probs, needed=self.mix.random > 0,
         )  # fmt: skip
 
     def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> np.ndarray:

@@ -36,8 +36,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import IGNORE_INDEX, Corruption, candidates, check_positive_int
-from clozelab.errors import config_error
 
 
 def _positions_rank(priority: Tensor) -> Tensor:

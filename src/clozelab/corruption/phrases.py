@@ -2,8 +2,9 @@
 
 Design: the phrase table is learnt **once** from the training shards with gensim ``Phrases`` (two
 layers, so bigrams and tri-/four-grams of words), over words spelled as their token-id sequences
-(so any tokenizer works and no text is needed), and cached beside the shards
-(``<prepared dir>/corruption/phrases-<min_count>-<threshold>.json``). At collate time each word gets
+(so any tokenizer works and no text is needed), by the data layer (``data/corpus_stats.py``), and
+cached beside the shards (``<prepared dir>/corpus_stats/phrases-*.json``); the corruption receives
+it as its ``corpus`` run-time input. At collate time each word gets
 a hash of its token ids (vectorised ``scatter_add``); a phrase of n words matches where the
 combined hash of n consecutive words (same block, never across [SEP]) is in the sorted table
 (``torch.searchsorted``). At a start word the longest match wins; a phrase that overlaps an earlier
@@ -17,15 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.corpus_stats import cache_dir, write_json
-from clozelab.data.shards import open_split
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
+from clozelab.data.corpus_stats import MAX_PHRASE_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ MOD = 2_147_483_647  # 2^31 - 1
 RADIX = 1_000_003
 MIX = 2_654_435_761 % MOD
 MAX_PIECES = 64  # pieces of a word that enter its hash
-MAX_WORDS = 4
+MAX_WORDS = MAX_PHRASE_WORDS
 FILTER_MIN_KEYS = 4096
 
 
@@ -65,26 +64,25 @@ def phrase_key(hashes) -> int:
 PHRASE_SOURCES = ("collocations", "spacy_chunks")
 
 
-def phrase_source(source: str, corpus_dir, min_count: int, threshold: float) -> PhraseTable | None:
+def phrase_source(source: str, corpus, min_count: int, threshold: float) -> PhraseTable | None:
     """Where phrase units come from (``corruption.phrase_source``).
 
-    ``collocations``: the gensim table of the shards under ``corpus_dir`` (None without shards: the
-    batch must bring ``phrase_ids``). ``spacy_chunks``: none; the batch brings the noun chunks found
-    at preprocessing (``data.phrases=spacy_chunks``), which the shards must hold.
+    ``collocations``: the gensim table of the training corpus (``corpus``, its ``CorpusStats``;
+    None without one: the batch must bring ``phrase_ids``). ``spacy_chunks``: none; the batch
+    brings the noun chunks found at preprocessing (``data.phrases=spacy_chunks``), which the
+    shards must hold.
     """
     from clozelab.corruption.base import check_choice
 
     check_choice(source, "corruption.phrase_source", PHRASE_SOURCES)
     if source == "collocations":
-        return PhraseTable.for_corpus(corpus_dir, min_count, threshold)
-    if corpus_dir is not None:
-        shards = open_split(corpus_dir, verify=False)
-        if shards and shards[0].phrase_ids is None:
-            raise ClozelabError(
-                "corruption.phrase_source=spacy_chunks: the training shards hold no phrase units. "
-                "Fix: set data.phrases=spacy_chunks (noun chunks found by spaCy at preprocessing), "
-                "or corruption.phrase_source=collocations."
-            )
+        return None if corpus is None else PhraseTable(corpus.phrases(min_count, threshold))
+    if corpus is not None and not corpus.has_phrase_units():
+        raise ClozelabError(
+            "corruption.phrase_source=spacy_chunks: the training shards hold no phrase units. "
+            "Fix: set data.phrases=spacy_chunks (noun chunks found by spaCy at preprocessing), "
+            "or corruption.phrase_source=collocations."
+        )
     return None
 
 
@@ -110,27 +108,6 @@ class PhraseTable:
 
     def __len__(self) -> int:
         return len(self.phrases)
-
-    @classmethod
-    def for_corpus(
-        cls,
-        corpus_dir: str | Path | None,
-        min_count: int = 5,
-        threshold: float = 10.0,
-        max_tokens: int = 5_000_000,
-    ) -> PhraseTable | None:
-        """Learn (or load the cached) table of the shards under ``corpus_dir``; None without one."""
-        if corpus_dir is None:
-            return None
-        path = cache_dir(corpus_dir) / f"phrases-{min_count}-{threshold:g}-{max_tokens}.json"
-        if path.is_file():
-            import json
-
-            return cls(json.loads(path.read_text("utf-8")))
-        phrases = learn_phrases(corpus_dir, min_count, threshold, max_tokens)
-        write_json(path, phrases)
-        log.info("Learnt %d phrases from %s (cached at %s)", len(phrases), corpus_dir, path)
-        return cls(phrases)
 
     def phrase_ids(self, batch: Mapping[str, Tensor], eligible: Tensor) -> Tensor:
         """``long [B, T]``: the start word ordinal of the phrase each token lies in, -1 outside.
@@ -204,36 +181,3 @@ class PhraseTable:
             at = np.searchsorted(keys, candidate).clip(max=len(keys) - 1)
             hit[hit] = keys[at] == candidate
         return hit
-
-
-def _sentences(corpus_dir, max_tokens: int):
-    """Sentences as lists of word strings ("12-345": the word's token ids), from the shards."""
-    seen = 0
-    for shard in open_split(corpus_dir, verify=False):
-        bounds = np.asarray(shard.sentences)
-        for s in range(len(bounds) - 1):
-            lo, hi = int(bounds[s]), int(bounds[s + 1])
-            if seen >= max_tokens:
-                return
-            seen += hi - lo
-            tokens = np.asarray(shard.tokens[lo:hi])
-            words = np.asarray(shard.word_ids[lo:hi])
-            cuts = np.flatnonzero(np.diff(words)) + 1
-            yield ["-".join(map(str, piece)) for piece in np.split(tokens, cuts)]
-
-
-def learn_phrases(corpus_dir, min_count: int, threshold: float, max_tokens: int) -> list:
-    """Two gensim ``Phrases`` layers over the shards; returns phrases as per-word token-id lists."""
-    from gensim.models.phrases import Phrases
-
-    sentences = list(_sentences(corpus_dir, max_tokens))
-    first = Phrases(sentences, min_count=min_count, threshold=threshold, delimiter=" ")
-    layered = [first[s] for s in sentences]
-    second = Phrases(layered, min_count=min_count, threshold=threshold, delimiter=" ")
-    found = set(first.export_phrases()) | set(second.export_phrases())
-    phrases = []
-    for phrase in sorted(found):
-        words = phrase.split(" ")
-        if 2 <= len(words) <= MAX_WORDS:
-            phrases.append([[int(p) for p in word.split("-")] for word in words])
-    return phrases

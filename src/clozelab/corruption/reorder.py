@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import (
     IGNORE_INDEX,
     Corruption,
@@ -36,7 +37,6 @@ from clozelab.corruption.base import (
     check_rate,
 )
 from clozelab.corruption.seq2seq import as_numpy, put, take
-from clozelab.errors import ClozelabError
 
 MODES = ("local", "sentence", "permute")
 UNITS = ("word", "token")  # what mode=local moves
@@ -95,6 +95,7 @@ class Reorder(Corruption):
     """
 
     produces = ("input_ids", "order_labels", "reordered_mask", "corrupted_mask")
+    shares_budget = False  # moves tokens whatever an earlier step did (see compose.py)
 
     def __init__(
         self,

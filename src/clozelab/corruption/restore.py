@@ -31,10 +31,10 @@ class Restore(Seq2SeqCorruption):
     decoder_start, bos: see ``Seq2SeqCorruption``.
     """
 
-    accepts_corpus = True
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus"}  # the steps' tables
 
     def __init__(self, steps, decoder_start: str = "eos", bos: bool = True, **runtime) -> None:
-        corpus = {"corpus_dir": runtime.pop("corpus_dir", None)}
+        corpus = {"corpus": runtime.pop("corpus", None)}
         super().__init__(decoder_start, bos, **runtime)
         self.steps = Compose(steps, **restrict(Compose, {**runtime, **corpus}))
 

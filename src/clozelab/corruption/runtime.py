@@ -1,5 +1,5 @@
-"""The run-time arguments a corruption gets besides its config: tokenizer ids, and the training
-shards for the schemes that need corpus tables (unigram counts, phrase table)."""
+"""The run-time arguments a corruption gets besides its config: tokenizer ids, and the optional
+inputs it declares in ``Corruption.runtime_inputs`` (pad/eos ids, the corpus statistics)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,18 @@ def runtime_kwargs(cls, tokenizer, prepared=None) -> dict:
         "mask_token_id": tokenizer.mask_id,
         "special_token_ids": tokenizer.special_ids,
     }
-    if getattr(cls, "accepts_corpus", False):
-        kwargs["corpus_dir"] = str(prepared.train_dir) if prepared is not None else None
-    if getattr(cls, "accepts_pad", False):
-        kwargs["pad_token_id"] = tokenizer.pad_id
-    if getattr(cls, "accepts_eos", False):
-        kwargs["eos_token_id"] = tokenizer.sep_id
+    optional = {
+        "corpus": lambda: prepared.corpus_stats if prepared is not None else None,
+        "pad_token_id": lambda: tokenizer.pad_id,
+        "eos_token_id": lambda: tokenizer.sep_id,
+    }
+    kwargs.update({name: optional[name]() for name in cls.runtime_inputs})
     return kwargs
 
 
 def restrict(cls, runtime: dict) -> dict:
-    """``runtime`` without the optional arguments ``cls`` does not take."""
-    out = dict(runtime)
-    if not getattr(cls, "accepts_corpus", False):
-        out.pop("corpus_dir", None)
-    if not getattr(cls, "accepts_pad", False):
-        out.pop("pad_token_id", None)
-    if not getattr(cls, "accepts_eos", False):
-        out.pop("eos_token_id", None)
-    return out
+    """``runtime`` without the optional arguments ``cls`` does not declare."""
+    from clozelab.corruption.base import RUNTIME_INPUTS
+
+    drop = set(RUNTIME_INPUTS) - set(cls.runtime_inputs)
+    return {key: value for key, value in runtime.items() if key not in drop}

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.corruption.base import IGNORE_INDEX, Corruption, check_choice, check_positive_int
-from clozelab.errors import ClozelabError
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError
+from clozelab.corruption.base import Corruption, check_choice, check_positive_int
 
 SEQ2SEQ_KEYS = (
     "input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask",
@@ -161,8 +162,7 @@ class Seq2SeqCorruption(Corruption):
     """
 
     produces: ClassVar[tuple[str, ...]] = SEQ2SEQ_KEYS
-    accepts_pad = True
-    accepts_eos = True
+    runtime_inputs = frozenset({"pad_token_id", "eos_token_id"})
     extra_vocab: int = 0
 
     def __init__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from clozelab.corruption.base import IGNORE_INDEX
+from clozelab.core.batch import IGNORE_INDEX
 
 
 def seq2seq_stats(pairs: list[tuple[dict, dict]], tokenizer, n_sentinels: int, bos: bool) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
     ascending,
     check_positive_int,
@@ -31,7 +32,6 @@ from clozelab.corruption.base import (
 )
 from clozelab.corruption.masking import MaskingCorruption, exact_budget
 from clozelab.corruption.units import word_units
-from clozelab.errors import config_error
 
 
 def geometric_pmf(p: float, lower: int, upper: int) -> Tensor:
@@ -186,6 +186,10 @@ class SpanMasking(MaskingCorruption):
             )
         self.pmf = geometric_pmf(p, self.span_lower, self.span_upper)
         self.cdf = length_cdf(self.pmf)
+
+    def rate_of_remaining(self) -> bool:
+        """Its rate is drawn over its own candidates (see ``Corruption.rate_of_remaining``)."""
+        return True
 
     def budget(self, eligible: Tensor) -> Tensor:
         n = eligible.sum(-1).to(torch.float64)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.corruption.base import check_choice, check_rate
 from clozelab.corruption.seq2seq import (
     SentinelIds,
@@ -46,7 +47,6 @@ from clozelab.corruption.seq2seq import (
     run_starts,
     take,
 )
-from clozelab.errors import config_error
 
 NOISES = ("spans", "iid", "prefix")
 MODES = ("sentinel", "drop")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 ENTITY_SOURCES = ("anchors", "gazetteer", "spacy")
 PHRASE_SOURCES = ("none", "spacy_chunks")

@@ -38,11 +38,11 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.document import Document
 from clozelab.data.hf_datasets import LOCAL_BUILDERS, is_saved_dataset, iter_hf_dataset
 from clozelab.data.text import is_binary_file, iter_text, text_files
 from clozelab.data.wikipedia import iter_wikipedia, open_maybe_compressed
-from clozelab.errors import ClozelabError, config_error
 
 __all__ = [
     "BUNDLED_WIKIPEDIA",

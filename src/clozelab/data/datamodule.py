@@ -11,13 +11,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data import instances
 from clozelab.data.collate import Collator
 from clozelab.data.dataset import InstanceDataset
 from clozelab.data.preprocess import Prepared
 from clozelab.data.sampler import EpochSampler
 from clozelab.data.shards import open_split
-from clozelab.errors import ClozelabError
 
 VALIDATION_EPOCH = 1 << 20  # a fixed "epoch" for validation instances and masks
 

@@ -9,7 +9,7 @@ from clozelab.data import instances as inst
 from clozelab.data.shards import Shard
 
 
-def _local_word_ids(raw: np.ndarray, special: np.ndarray) -> np.ndarray:
+def local_word_ids(raw: np.ndarray, special: np.ndarray) -> np.ndarray:
     """Shard-global word indices -> 0..n-1 within the sequence, -1 on special tokens."""
     change = np.ones(len(raw), dtype=bool)
     change[1:] = (raw[1:] != raw[:-1]) | special[:-1]
@@ -89,9 +89,7 @@ class InstanceDataset(Dataset):
             "input_ids": input_ids,
             "token_type_ids": np.concatenate([np.full(len(p[0]), p[5]) for p in pieces]),
             "special_tokens_mask": special.astype(np.int64),
-            "word_ids": _local_word_ids(
-                np.concatenate([np.asarray(p[1]) for p in pieces]), special
-            ),
+            "word_ids": local_word_ids(np.concatenate([np.asarray(p[1]) for p in pieces]), special),
             "entity_ids": _renumber(np.concatenate([np.asarray(p[2]) for p in pieces])),
             "sentence_ids": _renumber(np.concatenate([np.asarray(p[3]) for p in pieces])),
         }

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.packages import package_dir
-from clozelab.errors import ClozelabError, config_error
 
 Q, R = 0, 1
 ROLES = {"Q": Q, "R": R}

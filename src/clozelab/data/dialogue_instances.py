@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from clozelab.data.dataset import _local_word_ids
+from clozelab.core.errors import ClozelabError
+from clozelab.data.dataset import local_word_ids
 from clozelab.data.dialogue import Dialogue, Q, R
-from clozelab.errors import ClozelabError
 
 PATTERNS = ("QRQ", "QRR", "QQR")
 REAL, FAKE = 1, 0
@@ -264,7 +264,7 @@ class DialogueDataset(Dataset):
             "token_type_ids": np.zeros(len(input_ids), dtype=np.int64),
             "role_ids": np.concatenate(role).astype(np.int64),
             "special_tokens_mask": special.astype(np.int64),
-            "word_ids": _local_word_ids(np.concatenate(words).astype(np.int64), special),
+            "word_ids": local_word_ids(np.concatenate(words).astype(np.int64), special),
             "entity_ids": np.full(len(input_ids), -1, dtype=np.int64),
             "sentence_ids": np.concatenate(sentence).astype(np.int64),
             "dialogue_label": np.int64(row[LABEL]),

@@ -21,12 +21,12 @@ import logging
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clozelab.core.errors import ClozelabError
 from clozelab.data.collate import Collator
 from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader, worker_context
 from clozelab.data.dialogue import read_dialogues
 from clozelab.data.dialogue_instances import DialogueCorpus, DialogueDataset, split_dialogues
 from clozelab.data.sampler import EpochSampler
-from clozelab.errors import ClozelabError
 
 log = logging.getLogger(__name__)
 

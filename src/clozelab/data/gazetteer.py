@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 END = ""  # trie key of "a name ends here" (tokens are never empty)

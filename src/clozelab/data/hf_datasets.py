@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.document import Document
-from clozelab.errors import ClozelabError, config_error
 
 __all__ = ["LOCAL_BUILDERS", "is_saved_dataset", "iter_hf_dataset"]
 

@@ -38,13 +38,18 @@ SINGLE_SENTENCE = ("random_document", "split", "skip")
 # Columns of a packed instance table.
 P_SHARD, P_START, P_END = range(3)
 
-KINDS = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences", "sentence_order")
-#: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
-PAIR_LABEL_KEYS = {
-    "segment_pair": "next_sentence_label",
-    "sentence_pair": "next_sentence_label",
-    "sentence_order": "sentence_order_label",
+#: Every instance kind, and the batch keys its batches carry besides the shared ones (DESIGN §3):
+#: the one table of instance kinds (``data.instances``) that builders, objectives and checks use.
+INSTANCE_KEYS = {
+    "segment_pair": ("next_sentence_label",),
+    "sentence_pair": ("next_sentence_label",),
+    "full_sentences": (),
+    "doc_sentences": (),
+    "sentence_order": ("sentence_order_label",),
 }
+KINDS = tuple(INSTANCE_KEYS)
+#: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
+PAIR_LABEL_KEYS = {kind: keys[0] for kind, keys in INSTANCE_KEYS.items() if keys}
 
 
 def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:

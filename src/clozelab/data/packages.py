@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 
 def package_dir(package: str, key: str = "task.source") -> Path:

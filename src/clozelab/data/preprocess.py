@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.progress import progress
 from clozelab.data.annotate import AnnotationSettings, Annotator
 from clozelab.data.corpus import corpus_fingerprint, iter_documents
+from clozelab.data.corpus_stats import CorpusStats
 from clozelab.data.document import Document
 from clozelab.data.sentences import split_sentences
 from clozelab.data.shards import ShardError, ShardWriter, open_split
 from clozelab.data.staging import die_with_parent, remove_stale, staging_dir
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer, train_wordpiece
-from clozelab.errors import ClozelabError, config_error
-from clozelab.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class Prepared:
     @property
     def train_dir(self) -> Path:
         return self.directory / "train"
+
+    @property
+    def corpus_stats(self) -> CorpusStats:
+        """The training corpus's statistics (unigram counts, phrase table), cached here."""
+        return CorpusStats(self.train_dir)
 
     @property
     def validation_dir(self) -> Path:
@@ -390,6 +396,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             options=options,
         )
         stats["settings"] = settings
+        CorpusStats(tmp / "train").unigram_counts(tokenizer.vocab_size)  # cached with the shards
         stats["seconds"] = round(time.perf_counter() - start, 2)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1), "utf-8")
         tokenizer.save(tmp / "tokenizer")

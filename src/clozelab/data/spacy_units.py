@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
 

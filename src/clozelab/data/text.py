@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from os import PathLike
 from pathlib import Path
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.document import Document
-from clozelab.errors import ClozelabError, config_error
 
 __all__ = ["is_binary_file", "iter_text", "text_files"]
 

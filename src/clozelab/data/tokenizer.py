@@ -15,8 +15,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.wordpiece_trainer import count_words, learn_vocabulary
-from clozelab.errors import ClozelabError, config_error
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _nonempty(texts: Iterable[str]) -> Iterator[str]:
             yield text
 
 
-def _bundled_vocab(spec: str) -> Path:
+def bundled_vocab(spec: str) -> Path:
     package, relative = BUNDLED_VOCABS[spec]
     try:
         module = __import__(package)
@@ -147,7 +147,7 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
     """Load ``tokenizer.json``, ``vocab.txt``, a directory holding either (run dirs included: their
     ``tokenizer/`` sub-directory), or a bundled vocabulary (``bundled:bert-base-uncased``)."""
     if isinstance(path, str) and path in BUNDLED_VOCABS:
-        path = _bundled_vocab(path)
+        path = bundled_vocab(path)
     path = Path(path).expanduser()
     if path.is_dir():
         for candidate in (path / "tokenizer", path / "hf", path):

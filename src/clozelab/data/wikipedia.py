@@ -43,8 +43,8 @@ from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
+from clozelab.core.errors import config_error
 from clozelab.data.document import Document
-from clozelab.errors import config_error
 
 __all__ = ["clean_wikitext", "iter_wikipedia", "open_maybe_compressed"]
 

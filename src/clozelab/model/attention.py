@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import key_padding_mask

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 log = logging.getLogger(__name__)
 

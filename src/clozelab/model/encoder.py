@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
 from clozelab.model.heads import (
     Dropout,
@@ -80,7 +80,7 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     return keep[:, None, None, :]  # (B, 1, 1, T)
 
 
-def _attention_with_cpu_dropout(
+def attention_with_cpu_dropout(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, scale: float | None = None
 ) -> Tensor:
     """softmax(q k^T / sqrt(hs) + mask) with dropout, times v: SDPA's math, cheaper dropout.
@@ -139,7 +139,7 @@ class SelfAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if (p > 0.0 and qkv.device.type == "cpu" and self.attention_backend == "auto"
                 and not torch.compiler.is_compiling()):  # fmt: skip
-            y = _attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
+            y = attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
         else:  # SDPA scales by 1/sqrt(hs), like BERT
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
@@ -201,7 +201,33 @@ class TransformerLayer(nn.Module):
         return self.output_norm(x + self.dropout(self.feed_forward(x)))  # (B, T, H)
 
 
-class TransformerEncoder(nn.Module):
+#: What each position's output state has read (``Encoder.context_for``).
+CONTEXTS = ("bidirectional", "causal", "split_directions")
+
+
+class Encoder(nn.Module):
+    """Base of the encoders (DESIGN §3): the hooks clozelab asks an encoder about.
+
+    Contract: ``encoder(hidden, attention_mask=None, output_hidden_states=False) ->
+    EncoderOutput`` (``last_hidden_state`` [B, T, H], ``hidden_states`` when asked), with the
+    attributes ``hidden_size`` and ``num_layers``. A user's encoder in their own module subclasses
+    this and is selected with ``encoder._target_=my_module.MyEncoder`` (or a config file of the
+    encoder group).
+    """
+
+    hidden_size: int
+    num_layers: int
+
+    @classmethod
+    def context_for(cls, node) -> str:
+        """What a position's output has read, for the encoder configured by ``node``: one of
+        ``CONTEXTS``: ``bidirectional`` (every token: the default), ``causal`` (itself and the
+        tokens before it; a next-token LM needs it) or ``split_directions`` (separate forward and
+        backward halves, ELMo's biLM)."""
+        return "bidirectional"
+
+
+class TransformerEncoder(Encoder):
     """A stack of ``num_layers`` post-LN BERT layers (HF ``BertEncoder`` compatible).
 
     Args:

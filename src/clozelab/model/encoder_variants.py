@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.attention import check_backend
 from clozelab.model.encoder import (
+    Encoder,
     EncoderOutput,
     TransformerLayer,
     key_padding_mask,
@@ -53,7 +54,7 @@ def causal_mask(attention_mask: Tensor | None, length: int, device) -> Tensor:
     return allowed
 
 
-class TransformerStack(nn.Module):
+class TransformerStack(Encoder):
     """A Transformer encoder with the pre-LN / shared-layers / causal switches.
 
     Args:
@@ -65,6 +66,10 @@ class TransformerStack(nn.Module):
         attention_backend, unpad, unpad_attention: as ``TransformerEncoder`` (the causal
             encoder unpads with ``unpad_attention="padded"`` only).
     """
+
+    @classmethod
+    def context_for(cls, node) -> str:
+        return "causal" if node.get("causal") else "bidirectional"
 
     def __init__(
         self,
@@ -145,7 +150,7 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
-class BiLSTMEncoder(nn.Module):
+class BiLSTMEncoder(Encoder):
     """ELMo-style biLM body: separate forward and backward LSTM stacks, residual after layer 1.
 
     Args:
@@ -157,6 +162,10 @@ class BiLSTMEncoder(nn.Module):
     """
 
     causal = False
+
+    @classmethod
+    def context_for(cls, node) -> str:
+        return "split_directions"
 
     def __init__(
         self,

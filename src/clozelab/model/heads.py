@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 #: Activation names accepted by the encoder and the heads. "gelu" is the exact erf form (HF
 #: "gelu"); "gelu_tanh" is the tanh approximation (HF "gelu_new" / "gelu_pytorch_tanh"), within

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.bart import BartDecoder, BartEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation
 
 BODY_PREFIX = "transformer."

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
-from clozelab.model.encoder import FeedForward, _attention_with_cpu_dropout
+from clozelab.core.errors import config_error
+from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
 from clozelab.model.heads import Dropout
 
 
@@ -198,7 +198,7 @@ class Attention(nn.Module):
             if causal and mask is None:  # the fast-dropout path takes an explicit mask
                 T, S = q.shape[-2], k.shape[-2]
                 mask = ~torch.ones(T, S, dtype=torch.bool, device=x.device).triu(1)
-            y = _attention_with_cpu_dropout(q, k, v, mask, p, self.scale)
+            y = attention_with_cpu_dropout(q, k, v, mask, p, self.scale)
         else:
             y = F.scaled_dot_product_attention(
                 q,

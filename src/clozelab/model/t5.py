@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.embeddings import Embedding
-from clozelab.model.encoder import EncoderOutput, FeedForward, key_padding_mask
+from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
 from clozelab.model.heads import Dropout
 from clozelab.model.seq2seq_layers import (
     Attention,
@@ -157,7 +157,7 @@ class _T5Stack(nn.Module):
         return self.position_bias.max_distance
 
 
-class T5Encoder(_T5Stack):
+class T5Encoder(_T5Stack, Encoder):
     """T5's encoder stack: ``encoder(hidden, attention_mask) -> EncoderOutput``.
 
     Args:

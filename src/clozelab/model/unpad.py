@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 UNPAD_ATTENTION = ("padded", "nested")
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 from clozelab.model.encoder import EncoderOutput, FeedForward
 from clozelab.model.heads import Dropout, canonical_activation, init_bert_weights
 

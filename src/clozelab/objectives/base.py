@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 #: (world size, sum across ranks) while a data-parallel training step runs; None otherwise.
 _DATA_PARALLEL: ContextVar[tuple[int, Callable[[Tensor], Tensor]] | None] = ContextVar(
@@ -125,6 +125,15 @@ class Objective(nn.Module):
             for NSP), or None for any.
         streams: the batches it trains on: ``"text"`` (the corpus instances) and/or
             ``"dialogue"`` (ERNIE DLM triples, ``data.dialogue``); MLM trains on both.
+        requires_fix: the fix a compose-time error names when ``requires`` is not produced.
+        rewrites_inputs: True when ``prepare_inputs`` rewrites the batch before the encoder
+            (ELECTRA's generator, the causal LM restoring the original tokens); at most one
+            objective of a run may.
+
+    Hooks a subclass may override: ``check_config`` (refuse combinations beyond batch keys at
+    compose time) and ``prepare_inputs``. A user's objective in their own module subclasses this
+    and is selected with ``+objective.NAME._target_=mymodule.MyObjective``-style overrides (or a
+    config file of the objective group).
 
     Args:
         weight: factor of this objective's loss in the total loss.
@@ -134,6 +143,8 @@ class Objective(nn.Module):
     requires: ClassVar[tuple[str, ...]] = ()
     instance_kinds: ClassVar[tuple[str, ...] | None] = None
     streams: ClassVar[tuple[str, ...]] = ("text",)
+    requires_fix: ClassVar[str] = "choose a corruption that produces them"
+    rewrites_inputs: ClassVar[bool] = False
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -152,6 +163,27 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         """Compute this objective's loss; ``encoder_output`` is an ``EncoderOutput``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    @classmethod
+    def check_config(cls, cfg, name: str) -> None:
+        """Refuse, with a ClozelabError naming the key and the fix, a composed config this
+        objective (``objective.<name>``) cannot train with for reasons beyond batch keys and
+        instance kinds (the encoder, the corruption's options ...). Called before any data is
+        read; the default accepts every config."""
+
+    def prepare_inputs(self, batch: Mapping[str, Tensor], embedding: nn.Module) -> dict:
+        """The batch the encoder sees, when ``rewrites_inputs``: called on every training and
+        validation batch before embedding. The default returns ``batch`` unchanged."""
+        return dict(batch)
+
+    @classmethod
+    def missing_keys(cls, provided: Mapping[str, Iterable[str]]) -> list[str]:
+        """The keys of ``requires`` missing from a batch stream this objective trains on;
+        ``provided`` maps each stream of the run (``text``, ``dialogue``) to its batch keys."""
+        streams = [s for s in cls.streams if s in provided]
+        if not streams:
+            return list(cls.requires)
+        return [k for k in cls.requires if any(k not in set(provided[s]) for s in streams)]
 
     @classmethod
     def supports(cls, instance_kind: str) -> bool:
@@ -177,7 +209,7 @@ class Objective(nn.Module):
                 "from objective=[...]",
             )
         if batch_keys is not None:
-            missing = [k for k in cls.requires if k not in set(batch_keys)]
+            missing = cls.missing_keys({stream: batch_keys for stream in cls.streams})
             if missing:
                 raise config_error(
                     "objective",

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clozelab.core.batch import IGNORE_INDEX
 from clozelab.model.heads import get_activation, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX
 
 
 class BinaryTokenHead(nn.Module):

@@ -25,10 +25,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import config_error
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
+from clozelab.objectives.mlm import tied_decoder_cross_entropy
 
 DIRECTIONS = ("forward", "both")
 
@@ -48,6 +49,7 @@ class LanguageModel(Objective):
     """
 
     name = "lm"
+    rewrites_inputs = True  # prepare_inputs puts the original tokens back
     requires = ()
     instance_kinds = None
 
@@ -118,22 +120,21 @@ class LanguageModel(Objective):
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
         """Refuse an encoder that shows a position its target, reordering corruptions, others."""
-        from clozelab.config import target_class
-        from clozelab.model.encoder_variants import BiLSTMEncoder, TransformerStack
+        from clozelab.core.config import component_class
+        from clozelab.model.encoder import Encoder
         from clozelab.objectives.rtd import corruption_keys
 
         node = cfg.objective[name]
         direction = node.get("direction", "forward")
-        encoder = target_class(cfg.encoder, "encoder")
-        causal = issubclass(encoder, TransformerStack) and bool(cfg.encoder.get("causal"))
-        if direction == "forward" and not causal:
+        context = component_class(cfg.encoder, "encoder", Encoder).context_for(cfg.encoder)
+        if direction == "forward" and context != "causal":
             raise config_error(
                 "encoder", cfg.encoder.get("_target_"),
                 f"objective.{name} (next-token LM) with a bidirectional encoder lets every "
                 "position see the token it predicts",
                 "use encoder=causal (experiment=gpt_baseline)",
             )  # fmt: skip
-        if direction == "both" and not issubclass(encoder, BiLSTMEncoder):
+        if direction == "both" and context != "split_directions":
             raise config_error(
                 "encoder", cfg.encoder.get("_target_"),
                 f"objective.{name} with direction=both needs separate forward/backward states",

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import config_error
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-
-IGNORE_INDEX = -100
 
 
 class MLM(Objective):

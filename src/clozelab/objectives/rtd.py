@@ -25,28 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.heads import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.deletion import BinaryTokenHead
-from clozelab.objectives.mlm import IGNORE_INDEX
 
 
 def corruption_keys(corruption) -> set[str]:
     """The batch keys a configured corruption produces (a composition: all its steps')."""
-    from clozelab.config import target_class
+    from clozelab.core.config import target_class
 
-    cls = target_class(corruption, "corruption")
-    produces_for = getattr(cls, "produces_for", None)
-    return set(produces_for(corruption) if produces_for else getattr(cls, "produces", ()))
+    return set(target_class(corruption, "corruption").produces_for(corruption))
 
 
 def _default(node, parameter: str):
     """The default of ``parameter`` in the constructor of the class ``node`` names (or None)."""
     import inspect
 
-    from clozelab.config import target_class
+    from clozelab.core.config import target_class
 
     if not node.get("_target_"):
         return None
@@ -90,6 +88,7 @@ class RTD(Objective):
     requires = ("mlm_labels",)
     instance_kinds = None
     requires_fix = "use a masking corruption (corruption=mask with random_prob=0, as ELECTRA)"
+    rewrites_inputs = True  # the generator's samples replace the masked tokens
 
     def __init__(
         self,
@@ -217,7 +216,7 @@ class RTD(Objective):
                 "set corruption.random_prob=0 with corruption.mask_prob=0.85 "
                 "corruption.keep_prob=0.15 (ELECTRA), or use experiment=electra",
             )  # fmt: skip
-        from clozelab.config import target_class
+        from clozelab.core.config import target_class
 
         moved = corruption_keys(corruption) & {"deletion_labels", "order_labels"}
         if moved:
@@ -228,9 +227,7 @@ class RTD(Objective):
                 "use corruption=mask (random_prob=0) with RTD",
             )  # fmt: skip
         for other, node in (cfg.get("objective") or {}).items():
-            if other != name and hasattr(
-                target_class(node, f"objective.{other}"), "prepare_inputs"
-            ):
+            if other != name and target_class(node, f"objective.{other}").rewrites_inputs:
                 raise config_error(
                     "objective", f"[{name}, {other}]",
                     "both objectives rewrite the inputs before the encoder",

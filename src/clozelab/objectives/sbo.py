@@ -27,10 +27,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import config_error
 from clozelab.model.heads import get_activation, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
+from clozelab.objectives.mlm import tied_decoder_cross_entropy
 
 
 class SBO(Objective):

@@ -20,10 +20,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.batch import IGNORE_INDEX
+from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
-from clozelab.objectives.mlm import IGNORE_INDEX, tied_decoder_cross_entropy
+from clozelab.objectives.mlm import tied_decoder_cross_entropy
 
 #: The batch keys that make a batch a seq2seq batch (a corruption producing them needs a decoder).
 TARGET_KEYS = ("labels", "decoder_input_ids")

@@ -16,11 +16,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from clozelab.api import read_checkpoint_state, read_hf_config, read_hf_weights
-from clozelab.checkpoint import load_state_checked
-from clozelab.config import build
+from clozelab.core.config import build
+from clozelab.core.errors import config_error
+from clozelab.core.rundir import (
+    load_state_checked,
+    read_checkpoint_state,
+    read_hf_config,
+    read_hf_weights,
+)
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
-from clozelab.errors import config_error
 from clozelab.model.encoder import EncoderOutput
 from clozelab.model.heads import Pooler
 from clozelab.model.layer_pool import embed_texts

@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import itertools
 import random
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,61 +20,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 
-from clozelab.data.dialogue import read_chatterbot
+from clozelab.core.errors import config_error
 from clozelab.data.packages import package_dir
-from clozelab.errors import config_error
 from clozelab.tasks.backbone import Backbone
-from clozelab.tasks.readers import TextExample, _holdout
-
-ZERO_SHOT = ("word_similarity", "response_selection")
-
-
-def gensim_file(name: str) -> Path:
-    path = package_dir("gensim") / "test" / "test_data" / name
-    if not path.is_file():
-        raise config_error("task.file", name, f"not in gensim's test data ({path})", "fix it")
-    return path
-
-
-def read_polarity(path: Path) -> list[TextExample]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:  # the file mixes in Windows-1252 punctuation
-        text = raw.decode("cp1252", errors="replace")
-    examples = []
-    for line in text.splitlines():
-        label, _, text = line.strip().partition(" ")
-        if label.startswith("__label__") and text.strip():
-            examples.append(TextExample(text.strip(), None, label[len("__label__") :]))
-    return examples
-
-
-def read_word_pairs(path: Path) -> list[tuple[str, str, float]]:
-    """``word1<TAB>word2<TAB>score`` lines; ``#`` comment lines skipped."""
-    pairs = []
-    for line in path.read_text("utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        a, b, value = line.split("\t")[:3]
-        pairs.append((a, b, float(value)))
-    return pairs
-
-
-def read_conversations(directory: Path) -> list[tuple[str, str]]:
-    """(utterance, reply) pairs of consecutive turns in every ``*.yml`` conversation file."""
-    return [pair for turns in read_chatterbot(directory) for pair in itertools.pairwise(turns)]
-
-
-def read_bundled(task: DictConfig) -> dict[str, list]:
-    """Train/validation splits of the fine-tuned bundled tasks (``polarity``)."""
-    if task.source == "polarity":
-        examples = read_polarity(gensim_file("pang_lee_polarity.cor"))
-        train, validation = _holdout(examples, float(task.get("holdout", 0.75)))
-        return {"train": train, "validation": validation}
-    raise config_error(
-        "task.source", task.source, "not a fine-tuned bundled task", "use source=polarity"
-    )
+from clozelab.tasks.bundled_data import gensim_file, read_conversations, read_word_pairs
 
 
 def text_vectors(backbone: Backbone, task: DictConfig, texts: list[str]) -> Tensor:
@@ -132,12 +79,3 @@ def response_selection(
         n = len(pairs)
         results.append({"accuracy": hits / n, "mrr": reciprocal / n, "pairs": float(n)})
     return results
-
-
-def score_zero_shot(backbone: Backbone, task: DictConfig, seeds: list[int]) -> list[dict]:
-    """One metrics dict per seed (word similarity is deterministic: the same for each)."""
-    if task.kind == "word_similarity":
-        return [word_similarity(backbone, task)] * len(seeds)
-    if task.kind == "response_selection":
-        return response_selection(backbone, task, seeds)
-    raise config_error("task.kind", task.kind, "not a zero-shot task", f"use one of {ZERO_SHOT}")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from clozelab.core.errors import config_error
 from clozelab.data.tokenizer import Tokenizer
-from clozelab.errors import config_error
-from clozelab.tasks.readers import QAExample, SpanExample, TextExample, TokenExample
+from clozelab.tasks.examples import QAExample, SpanExample, TextExample, TokenExample
 
 
 def _truncate_pair(a: list[int], b: list[int] | None, budget: int) -> None:

@@ -20,7 +20,7 @@ from torchmetrics.functional import (
     spearman_corrcoef,
 )
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 
 def classification_metrics(

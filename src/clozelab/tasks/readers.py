@@ -15,53 +15,16 @@ import json
 import random
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
+from clozelab.tasks.bundled_data import read_bundled
+from clozelab.tasks.examples import QAExample, SpanExample, TextExample, TokenExample, holdout_split
 from clozelab.tasks.metrics import entity_spans
 
 csv.field_size_limit(sys.maxsize)
-
-
-@dataclass
-class TextExample:
-    """One sentence (or sentence pair) with a class name / index or a real-valued score."""
-
-    text: str
-    text_pair: str | None = None
-    label: str | int | float | None = None
-
-
-@dataclass
-class TokenExample:
-    """A sentence of words and one IOB2 tag per word."""
-
-    words: list[str]
-    tags: list[str]
-
-
-@dataclass
-class SpanExample:
-    """A sentence of words and its entities as ``(start, end_exclusive, type)`` word spans;
-    entities may nest or overlap."""
-
-    words: list[str]
-    spans: list[tuple[int, int, str]]
-
-
-@dataclass
-class QAExample:
-    """A SQuAD question: answers are texts with character offsets into ``context``."""
-
-    id: str
-    question: str
-    context: str
-    answers: list[str] = field(default_factory=list)
-    answer_starts: list[int] = field(default_factory=list)
-    title: str = ""
 
 
 # --- delimited and JSON lines -------------------------------------------------------------------
@@ -395,21 +358,6 @@ def subsample(items: list, limit: int | None, seed: int = 0) -> list:
     return [items[i] for i in keep]
 
 
-def _holdout(examples: list, fraction: float) -> tuple[list, list]:
-    """Split one labelled file into train / validation, whole SQuAD articles kept together."""
-    if not 0.0 < fraction < 1.0:
-        raise config_error("task.holdout", fraction, "must be in (0, 1)", "use e.g. 0.5")
-    if examples and isinstance(examples[0], QAExample):
-        titles = list(dict.fromkeys(e.title for e in examples))
-        cut = set(titles[: max(1, round(len(titles) * fraction))])
-        return [e for e in examples if e.title in cut], [e for e in examples if e.title not in cut]
-    order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
-    cut = round(len(order) * fraction)
-    first, rest = sorted(order[:cut]), sorted(order[cut:])
-    return [examples[i] for i in first], [examples[i] for i in rest]
-
-
 def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str, list]:
     """``{"train": [...], "validation": [...]}`` for ``task`` (subsampled as it asks).
 
@@ -417,8 +365,6 @@ def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str,
     and scores on the rest, for data sets whose train split is not at hand (SQuAD, QNLI here)."""
     fmt = task.get("format")
     if fmt == "bundled":
-        from clozelab.tasks.bundled import read_bundled
-
         splits = read_bundled(task)
     elif fmt == "hf":
         splits = {
@@ -434,7 +380,7 @@ def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str,
         if train_path is not None:
             train = _read_split(task, _check_file(train_path, "task.train"), "train")
         elif task.get("holdout"):
-            train, validation = _holdout(validation, float(task.holdout))
+            train, validation = holdout_split(validation, float(task.holdout))
         else:
             train = []
         splits = {"train": train, "validation": validation}

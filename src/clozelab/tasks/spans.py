@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 NONE_LABEL = "none"  # label 0: not an entity
 DECODINGS = ("nested", "flat")

@@ -9,21 +9,17 @@ import inspect
 
 from omegaconf import DictConfig
 
-from clozelab.config import target_class
-from clozelab.data.instances import KINDS, SINGLE_SENTENCE
-from clozelab.errors import ClozelabError, config_error
-from clozelab.keys import check_arguments
-from clozelab.scale import validate_trainer
-from clozelab.validate_values import check_values
+from clozelab.core.config import component_class, target_class
+from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.keys import check_arguments
+from clozelab.corruption.base import Corruption
+from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
+from clozelab.model.embeddings import Embedding
+from clozelab.model.encoder import Encoder
+from clozelab.objectives.base import Objective
+from clozelab.training.scale import validate_trainer
+from clozelab.training.validate_values import check_values
 
-# Batch keys each instance kind provides besides the shared ones (DESIGN.md §3).
-INSTANCE_KEYS = {
-    "segment_pair": ("next_sentence_label",),
-    "sentence_pair": ("next_sentence_label",),
-    "full_sentences": (),
-    "doc_sentences": (),
-    "sentence_order": ("sentence_order_label",),
-}
 BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
              "entity_ids", "sentence_ids")  # fmt: skip
 DIALOGUE_KEYS = ("dialogue_label", "role_ids")  # dialogue batches (data.dialogue, ERNIE DLM)
@@ -61,6 +57,15 @@ def _probability(cfg, key: str, low_open: bool, high_open: bool):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise config_error(key, value, f"must lie in {interval}", f"e.g. {key}=0.15")
     return float(value)
+
+
+def validate_body(cfg: DictConfig) -> None:
+    """The embedding and encoder name classes of their extension points (``Embedding``,
+    ``Encoder``: the hooks clozelab asks them about)."""
+    for key, base in (("embedding", Embedding), ("encoder", Encoder)):
+        node = cfg_select(cfg, key)
+        if node is not None and node.get("_target_"):
+            component_class(node, key, base)
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -103,13 +108,8 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     corruption = cfg_select(cfg, "corruption")
     corrupted = set()
     if corruption is not None and corruption.get("_target_"):
-        corruption_cls = target_class(corruption, "corruption")
-        produces_for = getattr(corruption_cls, "produces_for", None)  # Compose: its steps' keys
-        corrupted = set(
-            produces_for(corruption)
-            if produces_for is not None
-            else getattr(corruption_cls, "produces", ("mlm_labels",))
-        )
+        corruption_cls = component_class(corruption, "corruption", Corruption)
+        corrupted = set(corruption_cls.produces_for(corruption))  # Compose: its steps' keys
     _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
@@ -117,23 +117,21 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
     for name, node in objectives.items():
-        cls = target_class(node, f"objective.{name}")
-        kinds = getattr(cls, "instance_kinds", None)
-        if kinds is not None and kind not in kinds:
+        cls = component_class(node, f"objective.{name}", Objective)
+        kinds = cls.instance_kinds
+        if not cls.supports(kind):
             raise ClozelabError(
                 f"objective.{name} needs data.instances in {list(kinds)}, but "
                 f"data.instances={kind!r}. Fix: set data.instances={kinds[0]} or drop {name} "
                 f"from objective."
             )
-        streams = [s for s in getattr(cls, "streams", ("text",)) if s in provided]
-        missing = [k for k in getattr(cls, "requires", ())
-                   if not streams or any(k not in provided[s] for s in streams)]  # fmt: skip
+        missing = cls.missing_keys(provided)
         if missing:
             raise ClozelabError(
                 f"objective.{name} needs the batch keys {missing}, which neither "
                 f"data.instances={kind!r} nor corruption "
                 f"({corruption.get('_target_') if corruption else None}) provides. Fix: "
-                f"{getattr(cls, 'requires_fix', 'choose a corruption that produces them')}."
+                f"{cls.requires_fix}."
             )
         table = cfg_select(cfg, "embedding.embedding_size")  # width of a factorized table
         tied = "embedding_size" in inspect.signature(cls).parameters  # a tied decoder
@@ -144,9 +142,7 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
                 "(embedding.embedding_size; null: the hidden size)",
                 f"set objective.{name}.embedding_size=${{embedding.embedding_size}}",
             )  # fmt: skip
-        check_config = getattr(cls, "check_config", None)  # combinations beyond batch keys
-        if check_config is not None:
-            check_config(cfg, name)
+        cls.check_config(cfg, name)  # combinations beyond batch keys
         names.append(name)
     return names
 
@@ -214,7 +210,7 @@ def validate_dialogue(cfg: DictConfig) -> None:
                 f"embedding ({embedding._target_}) has no role table. Fix: add embedding=role."
             )
     objectives = cfg_select(cfg, "objective") or {}
-    streams = [getattr(target_class(n, f"objective.{k}"), "streams", ("text",))
+    streams = [component_class(n, f"objective.{k}", Objective).streams
                for k, n in objectives.items()]  # fmt: skip
     if not any("dialogue" in s for s in streams):
         raise ClozelabError(
@@ -242,8 +238,7 @@ def validate_data(cfg: DictConfig) -> None:
             f"must be one of {list(SINGLE_SENTENCE)}",
             "set data.sop_single_sentence=split (the paper's swap-only SOP)",
         )
-    corpus = cfg_select(cfg, "data.corpus")
-    if not corpus:
+    if not cfg_select(cfg, "data.corpus"):
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
 
 
@@ -269,6 +264,7 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     check_values(cfg)  # types and ranges of seed, optim, scheduler, trainer
     validate_data(cfg)
     validate_model(cfg)
+    validate_body(cfg)
     validate_corruption(cfg)
     validate_budget(cfg)
     validate_dialogue(cfg)

@@ -4,7 +4,7 @@
   ClozelabError), written to its ``metrics.json`` (``status: failed``, ``error``) and the next
   job starts; Ctrl-C and preemption (KeyboardInterrupt, SystemExit) still stop the sweep.
 - **Re-launch.** A job directory holds the record its run wrote (``job.json``, see
-  clozelab.rundir: a hash of the resolved config, paths left out). Re-launching the same sweep
+  clozelab.core.claim: a hash of the resolved config, paths left out). Re-launching the same sweep
   (same ``hydra.sweep.dir``, same grid, so the same job numbers) skips every job that finished
   with that config, and re-runs the others, which resume from their ``checkpoints/last.ckpt``. A
   job directory that holds a run of another config (the grid was changed) is refused and left
@@ -21,8 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
-from clozelab.rundir import (
+from clozelab.core.claim import (
     RECORD_FILE,
     RunDirectoryRefused,
     check_relaunch,
@@ -34,6 +33,7 @@ from clozelab.rundir import (
     write_hydra_record,
     write_json,
 )
+from clozelab.core.errors import ClozelabError
 
 log = logging.getLogger("clozelab")
 
@@ -89,12 +89,12 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
 
     hydra = HydraConfig.get()
     num, overrides = hydra.job.num, list(hydra.overrides.task)
-    tracked = command == "pretrain"  # pretrain owns its run directory (clozelab.rundir)
+    tracked = command == "pretrain"  # pretrain owns its run directory (clozelab.core.claim)
     run_dir = Path(cfg.paths.output_dir) if tracked else None
     protocol, checked = None, False
     try:
         if tracked:
-            from clozelab.protocol import protocol as run_protocol
+            from clozelab.training.protocol import protocol as run_protocol
 
             key = "hydra.sweep.dir"
             done = check_relaunch(run_dir, config_hash(cfg), overrides, key, strict=True)

@@ -24,8 +24,8 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib.figure import Figure
 
-from clozelab.report_jobs import as_float, read_csv_rows
-from clozelab.report_stats import better_text
+from clozelab.report.jobs import as_float, read_csv_rows
+from clozelab.report.stats import better_text
 
 CURVES = ("train/loss", "val/loss")
 SHARED_CURVES = ("train/mlm_loss", "val/mlm_loss")  # when the settings' objectives differ
@@ -177,7 +177,7 @@ def _has_tokens(jobs) -> bool:
 
 def curve_columns(report) -> tuple[str, str]:
     """train/val loss, or the MLM loss when the settings sum different objectives."""
-    from clozelab.report import objective_sets
+    from clozelab.report.settings import objective_sets
 
     return CURVES if len(objective_sets(report.settings)) < 2 else SHARED_CURVES
 

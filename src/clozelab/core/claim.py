@@ -1,4 +1,5 @@
-"""The run directory's owner: one live run per directory, and what a re-launch may do there.
+"""Who holds a run directory and what it holds (core.rundir owns its layout and files): one live
+run per directory, and what a re-launch may do there.
 
 - **Lock.** A run holds ``<run dir>/.clozelab.lock`` (a POSIX record lock, which the kernel
   drops when the process dies: a crashed or killed run never leaves it stuck) and writes who
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import read_json, write_json
 
 LOCK_FILE = ".clozelab.lock"
 RECORD_FILE = "job.json"
@@ -46,24 +48,6 @@ def config_hash(cfg: DictConfig) -> str:
     container.pop("paths", None)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; {} when it is absent, unreadable or not an object."""
-    try:
-        value = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic JSON write (temporary file + rename): a kill leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), "utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the lock

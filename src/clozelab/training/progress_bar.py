@@ -9,7 +9,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from clozelab.progress import Budget, shown_metrics
+from clozelab.core.progress import Budget, shown_metrics
 
 
 class BudgetBar(ProgressBar):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from clozelab.errors import ClozelabError
-from clozelab.rundir import RECORD_FILE
+from clozelab.core.claim import RECORD_FILE
+from clozelab.core.errors import ClozelabError
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def job_protocol(job: Job) -> dict:
         return {}
     from omegaconf import OmegaConf
 
-    from clozelab.protocol import protocol
+    from clozelab.training.protocol import protocol
 
     try:
         derived = protocol(OmegaConf.create(job.config))

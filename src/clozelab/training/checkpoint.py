@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import first_line, state_differences
 
 TMP_PREFIX = ".tmp-"
 
@@ -114,55 +115,6 @@ def load_checkpoint(path: str | Path) -> dict:
             "checkpoints/step-N.ckpt of the run); to resume the run, delete the file (it restarts "
             "from scratch) or choose another hydra.run.dir."
         ) from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (torch's load errors run to paragraphs)."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
-    return f"{type(exc).__name__}: {line if len(line) <= 160 else line[:157] + '...'}"
-
-
-def state_differences(stored: dict, expected: dict, check_missing: bool = True) -> list[str]:
-    """How the weights ``stored`` differ from a module's state ``expected`` (names and shapes),
-    by cause: the vocabulary (rows of the token table), other sizes, other parameters."""
-    missing = sorted(set(expected) - set(stored)) if check_missing else []
-    unexpected = sorted(set(stored) - set(expected)) if check_missing else []
-    common = sorted(set(expected) & set(stored))
-
-    def shape(k):
-        return f"{k}: checkpoint {tuple(stored[k].shape)} vs config {tuple(expected[k].shape)}"
-
-    def rows_differ(k):  # rows of the token table: the vocabulary
-        return "word_embeddings" in k and stored[k].shape[:1] != expected[k].shape[:1]
-
-    vocab = [shape(k) for k in common if rows_differ(k)]
-    differ = [k for k in common if tuple(stored[k].shape) != tuple(expected[k].shape)]
-    others = [shape(k) for k in differ if not rows_differ(k)]
-    problems = []
-    if vocab:
-        problems.append(f"a different vocabulary ({vocab[0]})")
-    if others:
-        problems.append(f"different layer sizes ({'; '.join(others[:2])})")
-    if missing or unexpected:
-        problems.append(
-            f"a different architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return problems
-
-
-def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
-    """``module.load_state_dict(state, strict=False)`` after checking the shapes: a checkpoint of
-    other sizes is a ClozelabError naming the difference, not a wall of size-mismatch lines."""
-    problems = state_differences(state, module.state_dict(), check_missing=False)
-    if problems:
-        raise ClozelabError(
-            f"checkpoint {source}: its weights do not fit the model its config describes: "
-            f"{'; '.join(problems)}. Fix: pass the checkpoint of the run whose config.yaml and "
-            "tokenizer/ sit beside it (config.yaml was changed, or the file was copied from "
-            "another run)."
-        )
-    module.load_state_dict(state, strict=False)
 
 
 def check_compatible(path: str | Path, module: torch.nn.Module, what: str = "resume") -> dict:

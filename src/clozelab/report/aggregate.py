@@ -28,8 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clozelab.errors import ClozelabError
-from clozelab.report_jobs import (
+from clozelab.core.errors import ClozelabError
+from clozelab.report.jobs import (
     ABSENT,
     Job,
     fixed_overrides,
@@ -38,57 +38,13 @@ from clozelab.report_jobs import (
     seed_key,
     sweep_axes,
 )
-from clozelab.report_stats import Paired, Summary, best, direction, holm, paired_test, summarize
+from clozelab.report.settings import Setting, is_summed, objective_sets, sort_values
+from clozelab.report.stats import Paired, Summary, best, direction, holm, paired_test, summarize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIXES = ("val/", "eval/")
 BUDGET_METRICS = ("tokens_seen", "steps", "wall_time_s")
-SUMMED = ("loss", "dialogue_loss")  # weighted sums over the objectives (val/loss, train/loss)
-
-
-@dataclass
-class Setting:
-    """The jobs that share every axis value but the seed."""
-
-    key: tuple[str, ...]
-    label: str
-    jobs: list[Job] = field(default_factory=list)
-
-    def values(self, metric: str, seed: str) -> dict[str, float]:
-        """seed -> value of the completed jobs that have the metric."""
-        out = {}
-        for job in self.jobs:
-            value = job.value(metric) if job.completed else None
-            if value is not None:
-                out[job_seed(job, seed)] = value
-        return out
-
-    def seeds(self, seed: str) -> list[str]:
-        return sort_values({job_seed(job, seed) for job in self.jobs if job.completed})
-
-    def objectives(self) -> str:
-        """The objectives its completed jobs trained with, and their weights ("mlm+nsp";
-        "mlm+sbo×2"); "?" when the jobs' config does not say."""
-        for job in self.jobs:
-            node = job.config.get("objective") if job.completed else None
-            if isinstance(node, dict) and node:
-                return "+".join(
-                    name + ("" if _weight(part) == 1 else f"×{_weight(part):g}")
-                    for name, part in sorted(node.items())
-                )
-        return "?"
-
-
-def _weight(node) -> float:
-    weight = node.get("weight", 1.0) if isinstance(node, dict) else 1.0
-    return float(weight) if isinstance(weight, (int, float)) else 1.0
-
-
-def is_summed(metric: str) -> bool:
-    """A weighted sum of the objectives' losses (``val/loss``): it grows with every objective
-    added, so it only compares settings that train the same objectives."""
-    return metric.rpartition("/")[2] in SUMMED
 
 
 @dataclass
@@ -132,16 +88,6 @@ class Report:
     seeds: list[str]
     command: str
     plots: list[Path] = field(default_factory=list)
-
-
-def sort_values(values) -> list[str]:
-    def key(text: str):
-        try:
-            return (0, float(text), "")
-        except ValueError:
-            return (1, 0.0, text)
-
-    return sorted(values, key=key)
 
 
 def same_value(text: str, other) -> bool:
@@ -291,14 +237,6 @@ def metric_names(jobs: list[Job], extra: list[str]) -> list[tuple[str, str | Non
     return out
 
 
-def objective_sets(settings: list[Setting]) -> dict[str, list[str]]:
-    """Objective set -> the labels of the settings that train it."""
-    out: dict[str, list[str]] = {}
-    for setting in settings:
-        out.setdefault(setting.objectives(), []).append(setting.label)
-    return out
-
-
 def not_comparable_note(name: str, settings: list[Setting]) -> str | None:
     """Why ``name`` ranks no setting: it sums the objectives' losses and the settings train
     different objectives (None when it is comparable)."""
@@ -368,8 +306,8 @@ def report(
     command: str = "clozelab report",
 ) -> Report:
     """Build the report of the sweeps and write report.md, report.csv, report.json, plots/."""
-    from clozelab.report_plots import write_plots
-    from clozelab.report_write import write_csv, write_json, write_markdown
+    from clozelab.report.plots import write_plots
+    from clozelab.report.write import write_csv, write_json, write_markdown
 
     dirs = [Path(d) for d in sweep_dirs]
     if out is None:

@@ -21,12 +21,12 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 # Trainer keys clozelab reads itself (not pl.Trainer arguments).
 TRAINER_EXTRA = ("max_tokens",)
-# Keys each group is read by: scheduler by clozelab.optim.build_scheduler, logger by
-# clozelab.tracking (logger.wandb by its W&B logger).
+# Keys each group is read by: scheduler by clozelab.training.optim.build_scheduler, logger by
+# clozelab.training.tracking (logger.wandb by its W&B logger).
 SCHEDULER_KEYS = ("warmup", "decay", "min_ratio")
 LOGGER_KEYS = ("kind", "wandb", "tensorboard")
 WANDB_KEYS = ("project", "entity", "group", "job_type", "tags", "mode")
@@ -107,7 +107,7 @@ def check_trainer(node) -> None:
 
 def check_optimizer(node) -> None:
     """``optim`` against its ``_target_`` (``params`` is passed by clozelab)."""
-    from clozelab.config import target_class
+    from clozelab.core.config import target_class
 
     if not isinstance(node, DictConfig) or not node.get("_target_"):
         return
@@ -164,7 +164,7 @@ def _first_values(overrides: list[str]) -> list[str] | None:
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
-    from clozelab.config import conf_dir
+    from clozelab.core.config import conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose(config_name, overrides=overrides)

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from clozelab.progress import Budget, shown_metrics
+from clozelab.core.progress import Budget, shown_metrics
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
-from clozelab.optim import build_scheduler, parameter_groups
+from clozelab.training.optim import build_scheduler, parameter_groups
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -93,11 +93,10 @@ class PretrainModule(pl.LightningModule):
         ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
         stream = "dialogue" if "dialogue_label" in batch else "text"
         objectives = {name: objective for name, objective in self.objectives.items()
-                      if stream in getattr(objective, "streams", ("text",))}  # fmt: skip
+                      if stream in objective.streams}  # fmt: skip
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
-            prepare = getattr(objective, "prepare_inputs", None)
-            if prepare is not None:
-                batch = prepare(batch, self.embedding)
+            if objective.rewrites_inputs:
+                batch = objective.prepare_inputs(batch, self.embedding)
         encoded = self._encode(batch)
         total, logs, counts = None, {}, {}
         for name, objective in objectives.items():

@@ -9,10 +9,10 @@ import math
 import os
 from pathlib import Path
 
-from clozelab.report import SUMMED, objective_sets
-from clozelab.report_jobs import ABSENT, job_seed, protocol_summary
-from clozelab.report_plots import SHARED_CURVES, curve_columns, slug
-from clozelab.report_stats import CONFIDENCE, EXACT_MAX_PAIRS, better_text
+from clozelab.report.jobs import ABSENT, job_seed, protocol_summary
+from clozelab.report.plots import SHARED_CURVES, curve_columns, slug
+from clozelab.report.settings import SUMMED, objective_sets
+from clozelab.report.stats import CONFIDENCE, EXACT_MAX_PAIRS, better_text
 
 METHODS = (
     "Statistics over pre-training seeds (one value per job; a downstream score is already the "

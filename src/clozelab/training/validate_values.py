@@ -9,7 +9,7 @@ import re
 
 from omegaconf import DictConfig, ListConfig
 
-from clozelab.errors import config_error
+from clozelab.core.errors import config_error
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which pl.seed_everything uses
 DURATION = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")  # Lightning's DD:HH:MM:SS

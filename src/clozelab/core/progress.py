@@ -1,7 +1,7 @@
 """Progress displays: a Rich display for long work whose total may be unknown, and where a
 pre-training run stands against its budget (``Budget``: steps, tokens or time, with an ETA),
 shown as a Rich bar on a terminal (``clozelab.progress_bar.BudgetBar``) and in the plain log
-lines otherwise (``clozelab.callbacks.LogProgress``)."""
+lines otherwise (``clozelab.training.callbacks.LogProgress``)."""
 
 from __future__ import annotations
 

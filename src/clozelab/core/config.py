@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError
+from clozelab.core.errors import ClozelabError
 
 OVERLAY_GROUPS = {"experiment": "experiments", "sweep": "sweeps"}
 
@@ -19,7 +19,7 @@ OVERLAY_GROUPS = {"experiment": "experiments", "sweep": "sweeps"}
 def resource_dir(name: str) -> Path:
     """``conf``, ``experiments`` or ``sweeps``: inside the installed package (a wheel carries them
     there) or at the top of the source tree (editable install, checkout)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the clozelab package
     for candidate in (here / name, here.parents[1] / name):
         if candidate.is_dir():
             return candidate
@@ -58,6 +58,20 @@ def target_class(node: DictConfig, key: str):
         raise ClozelabError(
             f"{key}._target_={target!r}: cannot be imported ({exc}). Fix: name an existing class."
         ) from exc
+
+
+def component_class(node: DictConfig, key: str, base: type) -> type:
+    """The class ``node._target_`` names, checked to subclass the extension point ``base``
+    (``Corruption``, ``Objective``, ``Task`` ...): a user's class must declare the hooks clozelab
+    asks it about, so it subclasses the base that declares them."""
+    cls = target_class(node, key)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ClozelabError(
+            f"{key}._target_={node.get('_target_')!r} is not a {base.__name__}. Fix: subclass "
+            f"{base.__module__}.{base.__name__} (its hooks say what the component needs and "
+            "produces), or name one of clozelab's classes."
+        )
+    return cls
 
 
 def build(node: DictConfig, key: str, **runtime):

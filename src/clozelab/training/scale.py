@@ -27,7 +27,7 @@ from lightning_fabric.plugins.precision.precision import (
 from lightning_fabric.plugins.precision.xla import _PRECISION_INPUT as _XLA_PRECISION
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, config_error
 
 PRECISIONS = (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), "auto")
 XLA_PRECISIONS = get_args(_XLA_PRECISION)

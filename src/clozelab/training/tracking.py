@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from pytorch_lightning.loggers import Logger
 
-from clozelab.csv_log import RunCSVLogger
+from clozelab.training.csv_log import RunCSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def wandb_identity(cfg, config: dict) -> tuple[str | None, str, list[str], dict]
     recipe; job type = ``logger.wandb.job_type``, else the command (pretrain, finetune,
     evaluate); tags = ``logger.wandb.tags`` plus the corruption, the objectives, the recipe and
     the setting; the config gets the config-group choices (``choices.setting`` ...)."""
-    from clozelab.protocol import hydra_choices
+    from clozelab.training.protocol import hydra_choices
 
     choices = hydra_choices()
     sweep = (config.get("sweep_meta") or {}).get("name")
