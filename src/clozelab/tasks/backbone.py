@@ -22,8 +22,8 @@ from clozelab.core.errors import config_error
 from clozelab.core.rundir import read_checkpoint_state, read_hf_weights
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.model.encoder import EncoderOutput
-from clozelab.model.heads import Pooler
 from clozelab.model.layer_pool import embed_texts
+from clozelab.model.layers import Pooler
 
 log = logging.getLogger(__name__)
 
