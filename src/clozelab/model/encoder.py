@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,8 @@ def attention_with_cpu_dropout(
     ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """
     # (B, nh, T, hs), scaled before the product: fewer elements
-    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q = q * scale if scale != 1.0 else q
     scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
     if mask is not None:
         if mask.dtype == torch.bool:
@@ -217,6 +219,14 @@ class Encoder(nn.Module):
 
     hidden_size: int
     num_layers: int
+    #: batch keys ``forward`` takes as keyword arguments besides the embedded input and the
+    #: attention mask; the pre-training module and the fine-tuning backbone pass those the batch
+    #: has (XLNet: ``token_type_ids`` for its relative segments, ``perm_mask`` and
+    #: ``target_mapping`` for its two streams). None by default.
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
+    #: the token a sequence-level downstream head reads when ``task.pooling`` is null: ``cls``
+    #: (the first token, BERT) or ``last`` (the last real token: XLNet's [CLS] sits at the end).
+    summary_pooling: ClassVar[str] = "cls"
 
     @classmethod
     def context_for(cls, node) -> str:

@@ -141,6 +141,7 @@ class _T5Stack(nn.Module):
                 scale=1.0,
                 cross=cross,
                 head_size=head_size,
+                activation_dropout=dropout,
             )
             for _ in range(num_layers)
         )
