@@ -8,7 +8,7 @@
     measured bf16 matmul peak. The issue's targets (model=base: MFU >= 40%, >= 1.5x HF's
     tokens/s, no recompilation) are checked and written as PASS / FAIL.
 (b) the masking-rate study at GPU scale: ``sweep=masking_rate_gpu`` (experiments/study_gpu.yaml:
-    model=mini, 40M tokens a job, 3 seeds, rates 0.15/0.4/0.8 with 80/10/10) and the mask-only arm
+    model=mini, 30M tokens a job, 3 seeds, rates 0.15/0.4/0.8 with 80/10/10) and the mask-only arm
     at 40%, several jobs at a time on the one GPU, stopped at the pack's deadline (a re-run resumes
     the unfinished jobs), then ``clozelab report``.
 (c) the report: OUT/README.md (card, timings, tables, targets), OUT/bench/*/bench.json,
@@ -56,7 +56,7 @@ VARIANTS = {
 }  # fmt: skip
 TARGETS = {"mfu": 0.40, "ratio_vs_hf": 1.5}  # model=base, seq 128, bf16 (issue 17, item 4)
 
-GPU_STUDY = ["hydra.launcher.n_jobs=4"]
+GPU_STUDY = ["hydra.launcher.n_jobs=6"]  # 12 jobs of model=mini share the GPU in two waves
 QUICK_STUDY = [
     "model=tiny", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
     "model.num_layers=2", "tokenizer.vocab_size=400", "data.batch_size=8",
@@ -160,12 +160,14 @@ def check_targets(rows: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------- (b)
-def run_sweep(args: list[str], env: dict, deadline: float, log_path: Path) -> dict:
-    """``clozelab pretrain ARGS`` in its own process group, stopped at ``deadline``."""
+def run_sweep(
+    args: list[str], env: dict, deadline: float, log_path: Path, command: str = "pretrain"
+) -> dict:
+    """``clozelab COMMAND ARGS`` in its own process group, stopped at ``deadline``."""
     start = time.time()
     with log_path.open("a") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clozelab", "pretrain", *args],
+            [sys.executable, "-m", "clozelab", command, *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -181,16 +183,35 @@ def run_sweep(args: list[str], env: dict, deadline: float, log_path: Path) -> di
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             rc = "stopped at the pack's deadline"
-    return {"args": args, "rc": rc, "wall_s": round(time.time() - start, 1)}
+    return {"command": command, "args": args, "rc": rc, "wall_s": round(time.time() - start, 1)}
 
 
-def run_study(out: Path, corpus: str, data_dir: str, deadline: float, quick: bool) -> dict:
-    """The masking-rate sweep, the mask-only arm, and ``clozelab report`` over both."""
-    studies = out / "studies"
+def prepare_corpus(extra: list[str], env: dict, deadline: float, log_path: Path) -> dict:
+    """``clozelab prepare`` the study's tokenizer and shards once, before the parallel jobs
+    (which would otherwise each build the same cache at the same time)."""
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.core.config import conf_dir, register_overlays
+
+    register_overlays()
+    job = [o for o in extra if not o.startswith("hydra")]
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("pretrain", overrides=["sweep=masking_rate_gpu", *job])
+    tok = cfg.tokenizer
+    args = [f"data.corpus={env['CLOZELAB_STUDY_CORPUS']}"]
+    args += [f"tokenizer.{k}={tok[k]}" for k in ("vocab_size", "lowercase", "min_frequency")]
+    return run_sweep(args, env, deadline, log_path, command="prepare")
+
+
+def run_study(
+    out: Path, studies: Path, corpus: str, data_dir: str, deadline: float, quick: bool
+) -> dict:
+    """The masking-rate sweep, the mask-only arm (job directories under ``studies``), and
+    ``clozelab report`` over both into ``out``."""
     env = {**os.environ, "CLOZELAB_STUDY_CORPUS": str(Path(corpus).resolve()),
            "CLOZELAB_DATA_DIR": str(Path(data_dir).resolve()), "WANDB_MODE": "offline"}  # fmt: skip
     extra = QUICK_STUDY if quick else GPU_STUDY
-    launches = []
+    launches = [prepare_corpus(extra, env, deadline, out / "study.log")]
     for name, grid, setting in zip(("masking_rate_gpu", "masking_rate_gpu_mask_only"),
                                    QUICK_GRIDS if quick else GRIDS,
                                    ([], ["setting=ops_mask_only"])):  # fmt: skip
@@ -281,8 +302,8 @@ def write_report(out: Path, pack: dict) -> Path:
     study = pack["study"]
     lines += ["", "## (b) Masking-rate study at GPU scale (sweep=masking_rate_gpu)", ""]
     for launch in study["launches"]:
-        lines.append(f"- `clozelab pretrain {' '.join(launch['args'])}`: rc {launch['rc']}, "
-                     f"{launch['wall_s']:.0f} s")  # fmt: skip
+        command = " ".join(["clozelab", launch["command"], *launch["args"]])
+        lines.append(f"- `{command}`: rc {launch['rc']}, {launch['wall_s']:.0f} s")
     lines += ["", "| job | status | val/ref_mlm_acc | tokens | wall s | downstream |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for j in study["jobs"]:
@@ -314,6 +335,7 @@ def write_report(out: Path, pack: dict) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="experiments/results/gpu")
+    parser.add_argument("--studies", help="the job directories (default OUT/studies)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--corpus", default="study_corpus", help="build_corpus.py's output")
     parser.add_argument("--data-dir", default="../shared/data", help="holds sst2/ and mrpc/")
@@ -333,12 +355,14 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     deadline = start + 60 * args.minutes
     out = Path(args.out)
+    studies = Path(args.studies) if args.studies else out / "studies"
     out.mkdir(parents=True, exist_ok=True)
     results = {} if "bench" in args.skip else bench_matrix(out, args.device, args.quick)
     bench_done = time.time()
-    study = ({"launches": [], "report_rc": 1, "report_error": "skipped", "jobs": []}
-             if "study" in args.skip else
-             run_study(out, args.corpus, args.data_dir, deadline - 30, args.quick))  # fmt: skip
+    if "study" in args.skip:
+        study = {"launches": [], "report_rc": 1, "report_error": "skipped", "jobs": []}
+    else:
+        study = run_study(out, studies, args.corpus, args.data_dir, deadline - 30, args.quick)
     rows = bench_rows(results)
     pack = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()

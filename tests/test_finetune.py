@@ -234,6 +234,50 @@ def test_finetune_from_a_hf_directory(tmp_path, tiny_tok):
     assert (w == body.embedding.word_embeddings.weight).all()
 
 
+XLNET_ARCH = {
+    **TINY_ARCH,
+    "embedding": {"_target_": "clozelab.model.char_cnn.WordEmbeddings",
+                  "vocab_size": "${model.vocab_size}", "hidden_size": "${model.hidden_size}",
+                  "dropout": "${model.dropout}", "pad_token_id": None},
+    "encoder": {"_target_": "clozelab.model.xlnet.XLNetEncoder",
+                "hidden_size": "${model.hidden_size}", "num_layers": "${model.num_layers}",
+                "num_heads": "${model.num_heads}",
+                "intermediate_size": "${model.intermediate_size}", "dropout": "${model.dropout}"},
+}  # fmt: skip
+
+
+def test_xlnet_body_fine_tunes_every_task_kind(tmp_path, tiny_tok):
+    """An XLNet body (relative positions and segments, no perm mask): classification reads the
+    last token's summary by default, as XLNet does; token labelling and QA read every state."""
+    arch = OmegaConf.create(XLNET_ARCH)
+
+    def run(task, **kw):
+        return run_task(task, "none", seeds=[1], eval_dir=tmp_path / "eval", arch=arch,
+                        random_init={"tokenizer": tiny_tok}, **kw)  # fmt: skip
+
+    rows = ["sentence\tlabel"] + [f"good movie {i}\t1" for i in range(8)]
+    rows += [f"bad river {i}\t0" for i in range(8)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n", "utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(rows[:1] + rows[5:13]) + "\n", "utf-8")
+    sst = OmegaConf.merge(load_task("sst2"), {"path": str(tmp_path), **SMALL, "epochs": 15})
+    result = run(sst)
+    assert result["protocol"]["pooling"] == "last" and result["value"] > 0.8
+    sent = "Paris NNP I-NP I-LOC\nis VBZ I-VP O\ngood JJ I-NP O\n\n"
+    (tmp_path / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + sent * 12, "utf-8")
+    (tmp_path / "dev.txt").write_text(sent * 3, "utf-8")
+    conll = OmegaConf.merge(load_task("conll2003"), {"path": str(tmp_path), **SMALL, "epochs": 10})
+    assert run(conll)["value"] == pytest.approx(1.0)
+    context = "the river crossed the city . the king built a large library ."
+    qas = [{"id": f"q{i}", "question": "who built the library ?",
+            "answers": [{"text": "the king", "answer_start": 30}]} for i in range(6)]  # fmt: skip
+    payload = {"data": [{"title": "a", "paragraphs": [{"context": context, "qas": qas}]}]}
+    (tmp_path / "s.json").write_text(json.dumps(payload), "utf-8")
+    squad = OmegaConf.merge(load_task("squad"), {"path": str(tmp_path), "train": "s.json",
+                            "validation": "s.json", **SMALL, "epochs": 10, "doc_stride": 4,
+                            "max_seq_length": 16})  # fmt: skip
+    assert run(squad)["metrics"]["f1"]["mean"] > 50
+
+
 def test_finetune_of_a_run_writes_inside_the_run_and_says_where(compose_pretrain, tmp_path,
                                                                monkeypatch, capsys):  # fmt: skip
     """``clozelab finetune checkpoint=RUN``: eval/<task>.json in the run, named in the log; its

@@ -80,8 +80,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
 def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache_dir):
     out = tmp_path / "gpu"
     data = _tiny_glue(tmp_path / "data")
-    pack = _pack().main(["--device", "cpu", "--quick", "--corpus", str(text_corpus),
-                         "--data-dir", str(data), "--out", str(out)])  # fmt: skip
+    args = ["--device", "cpu", "--quick", "--corpus", str(text_corpus), "--data-dir", str(data),
+            "--out", str(out), "--studies", str(tmp_path / "jobs")]  # fmt: skip
+    pack = _pack().main(args)
     assert len(pack["bench_rows"]) == 8 and set(pack["unpad"]) == {"mini", "base"}
     for row in pack["bench_rows"]:
         assert row["tokens_per_s"] > 0 and row["mfu"] > 0 and row["loss_abs_diff"] <= 1e-4
@@ -92,6 +93,7 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     assert all(j["val/ref_mlm_acc"] is not None and "eval/sst2/accuracy" in j["eval"]
                for j in jobs)  # fmt: skip
     assert pack["study"]["report_rc"] == 0 and (out / "masking_rate" / "report.md").is_file()
+    assert (tmp_path / "jobs" / "masking_rate_gpu").is_dir() and not (out / "studies").exists()
     readme = (out / "README.md").read_text()
     assert "**PASS**" in readme or "**FAIL**" in readme
     assert "corruption.rate=0.4 setting=ops_mask_only" in readme

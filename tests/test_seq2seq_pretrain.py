@@ -14,6 +14,7 @@ from seq2seq_batches import TARGET
 
 from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
+from clozelab.training.evaluation import load_task, run_task
 from clozelab.training.validate import validate_pretrain
 
 LAYOUTS = {
@@ -46,6 +47,57 @@ def test_tiny_encoder_decoder_pretrains_and_resumes(compose_pretrain, tmp_path, 
     resumed = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))  # max_steps=6
     assert resumed["steps"] == 6 and resumed["status"] == "completed"
     assert resumed["tokens_seen"] > metrics["tokens_seen"]
+    _check_hf_export(run, tmp_path / "exported")
+    _finetune_both_ways(run, tmp_path)
+
+
+def _check_hf_export(run: Path, out: Path) -> None:
+    """RUN_DIR/hf (written at the end of the run) and clozelab export load into transformers'
+    T5/BART with no missing or unexpected weights and give our logits."""
+    transformers = pytest.importorskip("transformers")
+    import clozelab
+    from clozelab.export import export
+
+    export(run, out)
+    model = clozelab.load(run)
+    ids = torch.tensor([[5, 20, 21, 22, 3], [5, 30, 3, 0, 0]])
+    mask = (ids != 0).long()
+    decoder_ids = torch.tensor([[0, 7, 8], [0, 9, 10]])
+    with torch.no_grad():
+        memory = model.encode(ids, mask).last_hidden_state
+        hidden = model.decoder(decoder_ids, model.embedding, memory, mask)
+        ours = model.decoder.logits(hidden.reshape(-1, hidden.shape[-1]), model.embedding)
+    for directory in (run / "hf", out):
+        hf, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+            directory, output_loading_info=True
+        )
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        with torch.no_grad():
+            theirs = hf.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
+    # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
+    from clozelab.data.tokenizer import load_tokenizer
+    from clozelab.training.components import build_run_components, init_components
+
+    _, embedding, encoder, objectives = build_run_components(run)
+    report = init_components(str(out), embedding, encoder, objectives,
+                             load_tokenizer(run / "tokenizer"))  # fmt: skip
+    assert report == {"missing": [], "unexpected": []}
+    decoder = objectives["seq2seq"].decoder
+    for mine, loaded in ((embedding, model.embedding), (decoder, model.decoder)):
+        for a, b in zip(mine.state_dict().values(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+
+
+def _finetune_both_ways(run: Path, tmp_path: Path) -> None:
+    """clozelab finetune on the seq2seq run: classification from the encoder alone, and the label
+    written as a word by the decoder (greedy), each scored and written to eval/<task>.json."""
+    small = {"epochs": 1, "max_train_examples": 16, "max_eval_examples": 8, "batch_size": 8}
+    for name, metric in (("polarity", "accuracy"), ("polarity_generate", "accuracy")):
+        task = OmegaConf.merge(load_task(name), small)
+        result = run_task(task, str(run), seeds=[1], eval_dir=tmp_path / "eval")
+        assert 0.0 <= result["value"] <= 1.0 and result["metric"] == metric
+        assert (tmp_path / "eval" / f"{name}.json").is_file()
 
 
 def test_seq2seq_objective_without_a_decoder_is_refused(compose_pretrain):
@@ -77,3 +129,15 @@ def test_a_decoder_no_objective_runs_is_refused(compose_pretrain):
     cfg = compose_pretrain("decoder=t5", "objective=[mlm]")
     with pytest.raises(ClozelabError, match="runs a decoder"):
         validate_pretrain(cfg)
+
+
+def test_a_generation_task_on_an_encoder_only_model_is_refused(tmp_path):
+    from tasks.conftest import TINY_ARCH
+
+    from clozelab.data.tokenizer import train_wordpiece
+
+    tok = train_wordpiece(["a good movie", "a bad movie"] * 5, 120).save(tmp_path / "tok")
+    task = OmegaConf.merge(load_task("polarity_generate"), {"max_train_examples": 4})
+    with pytest.raises(ClozelabError, match="no decoder"):
+        run_task(task, "none", seeds=[1], eval_dir=tmp_path / "eval",
+                 arch=OmegaConf.create(TINY_ARCH), random_init={"tokenizer": str(tok)})  # fmt: skip

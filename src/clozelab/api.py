@@ -32,7 +32,12 @@ from clozelab.core.rundir import (
     read_hf_weights,
     run_checkpoint,
 )
-from clozelab.training.components import build_run_components, log_load_report, pretraining_heads
+from clozelab.training.components import (
+    build_run_components,
+    log_load_report,
+    pretraining_heads,
+    run_decoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +49,18 @@ class ClozelabModel(nn.Module):
     Attributes:
         embedding, encoder: the body.
         mlm, nsp: the MLM / NSP objectives (their heads), or None.
+        decoder: the decoder of an encoder-decoder run (T5 / BART), or None.
         source: where the weights came from.
         load_report: ``{"missing": [...], "unexpected": [...]}`` of the weight loading.
     """
 
     def __init__(
-        self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None
-    ):
+        self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None,
+        decoder=None,
+    ):  # fmt: skip
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
+        self.decoder = decoder  # encoder-decoder runs: the seq2seq objective's decoder
         self.source = source
         self.load_report = report or {"missing": [], "unexpected": []}
         self.tokenizer = tokenizer  # clozelab Tokenizer (or a path to load it from), for embed
@@ -167,7 +175,8 @@ def _load_run(path: Path) -> ClozelabModel:
         )
     mlm, nsp = pretraining_heads(objectives)
     tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer).eval()
+    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer,
+                         run_decoder(objectives)).eval()  # fmt: skip
 
 
 def _load_hf(directory: Path) -> ClozelabModel:

@@ -16,6 +16,8 @@ Sections (``bench.sections``):
 - ``plm``: XLNet permutation LM, our step against HF ``XLNetLMHeadModel`` at the
   ``bench.pretrain`` sizes (``clozelab.bench_plm``).
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
+- ``seq2seq``: our T5 encoder-decoder step beside HF ``T5ForConditionalGeneration`` (same weights,
+  span-corrupted batches, AdamW): ``clozelab.bench_seq2seq``.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
 synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
@@ -57,7 +59,7 @@ from clozelab.training.timing import (
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "plm", "corruption")
+SECTIONS = ("pretrain", "unpad", "plm", "corruption", "seq2seq")
 DEVICES = ("cpu", "cuda")
 
 
@@ -354,6 +356,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         results.update(bench_plm(p, b.plm, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
+    if "seq2seq" in sections:
+        from clozelab.bench_seq2seq import bench_seq2seq
+
+        results.update(bench_seq2seq(b.seq2seq, device))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")

@@ -111,7 +111,11 @@ def _shards(path, tokens: list[int]):
     return str(path)
 
 
-REPLACING = ["ernie", "entity", "mask", "mass", "ngram", "phrase", "replace", "span", "whole_word"]
+REPLACING = [
+    "bart", "bart_infill", "bart_permute", "bart_rotate", "bart_token_delete", "bart_token_mask",
+    "ernie", "entity", "insert", "mask", "mass", "ngram", "phrase", "replace", "span", "whole_word",
+]  # fmt: skip
+RANDOM_KEYS = ("random_prob", "random_ratio", "mask_random")  # a share of random ids
 
 
 @pytest.mark.parametrize("preset", REPLACING)
@@ -172,6 +176,6 @@ def test_the_list_covers_every_preset_that_replaces():
     replacing = sorted(
         path.stem
         for path in (conf_dir() / "corruption").glob("*.yaml")
-        if OmegaConf.load(path).get("random_prob", 0)
+        if any(OmegaConf.load(path).get(key, 0) for key in RANDOM_KEYS)
     )
     assert replacing == sorted(REPLACING)

@@ -272,3 +272,26 @@ def test_bad_config_is_refused_with_the_key():
         XLNetEncoder(32, 2, 4, 64, mem_len=-1)
     with pytest.raises(ClozelabError, match="attn_type"):
         kwargs_from_xlnet_config({"model_type": "xlnet", **HF_CONFIG, "attn_type": "uni"})
+
+
+def test_training_attention_path_computes_the_same_math(monkeypatch):
+    """With attention dropout on CPU the scores go through baddbmm + softmax instead of SDPA;
+    with the dropout itself switched off both paths give the same streams."""
+    import clozelab.model.xlnet as xlnet
+    from clozelab.model.layers import Dropout
+
+    emb, enc, _ = ours()
+    batch = plm_batch()
+    kw = {"perm_mask": batch["perm_mask"], "target_mapping": batch["target_mapping"]}
+    with torch.no_grad():
+        ref = run_ours(emb, enc, batch, **kw)
+    monkeypatch.setattr(xlnet, "dropout", lambda x, p: x)
+    for module in enc.modules():
+        if isinstance(module, Dropout):
+            module.p = 0.0
+    enc.train()
+    assert enc.layers[0].attention.attention_dropout > 0
+    with torch.no_grad():
+        got = run_ours(emb, enc, batch, **kw)
+    assert (ref.last_hidden_state - got.last_hidden_state).abs().max() < TOL
+    assert (ref.query_hidden_state - got.query_hidden_state).abs().max() < TOL

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.corruption.base import ReplacementSampler, check_choice, check_probability
+from clozelab.corruption.base import check_choice, check_probability, replacement_sampler
 from clozelab.corruption.insert import insert_tokens
 from clozelab.corruption.reorder import permutation_order
 from clozelab.corruption.seq2seq import (
@@ -121,7 +121,11 @@ class BartNoising(Seq2SeqCorruption):
     rotate: probability of rotating a row (paper run: 0.0).
     insert: fraction of tokens inserted (0.0 = off).
     decoder_start, bos: see ``Seq2SeqCorruption`` (BART: eos, keeps <s>/[CLS]).
+    replace_distribution: random ids ``uniform`` over the non-special ids (BART) or ``unigram``
+        (by corpus frequency, counted once from the training shards).
     """
+
+    runtime_inputs = Seq2SeqCorruption.runtime_inputs | {"corpus"}  # unigram replacement
 
     def __init__(
         self,
@@ -135,6 +139,9 @@ class BartNoising(Seq2SeqCorruption):
         insert: float = 0.0,
         decoder_start: str = "eos",
         bos: bool = True,
+        replace_distribution: str = "uniform",
+        corpus=None,
+        replacement_probs: Tensor | None = None,
         **runtime,
     ) -> None:
         super().__init__(decoder_start, bos, **runtime)
@@ -160,7 +167,11 @@ class BartNoising(Seq2SeqCorruption):
         )
         self.rotate = check_probability(rotate, "corruption.rotate")
         self.insert = check_probability(insert, "corruption.insert")
-        self.sampler = ReplacementSampler(self.vocab_size, self.special_token_ids, "nonspecial")
+        self.sampler = replacement_sampler(
+            self.vocab_size, self.special_token_ids, "nonspecial", replace_distribution,
+            corpus, replacement_probs, needed=self.mask_random > 0 or self.insert > 0,
+        )  # fmt: skip
+        self.replace_distribution = replace_distribution
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         extra = math.ceil((n_tokens - n_special) * self.insert)
@@ -255,6 +266,7 @@ class BartNoising(Seq2SeqCorruption):
         return {k: take(v, source) for k, v in arrays.items()}
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
+        self.sampler.check_table()
         arrays = {k: as_numpy(batch[k]) for k in CARRIED if k in batch}
         if self.mask > 0 and self.mask_length != "subword":
             arrays["word_ids"] = as_numpy(batch["word_ids"])

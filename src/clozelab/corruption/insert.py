@@ -33,9 +33,10 @@ from clozelab.corruption.base import (
     ReplacementSampler,
     check_probability,
     check_rate,
+    replacement_sampler,
 )
 from clozelab.corruption.delete import PAD_VALUES
-from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put, take
+from clozelab.corruption.seq2seq import as_numpy, as_torch, eligible, put
 
 #: value of an inserted position in the per-token keys that do not copy their neighbour's
 INSERTED_VALUES = {
@@ -81,15 +82,18 @@ def insert_tokens(
         put(value, order, row_values)
     source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
     beyond = positions >= new_len[:, None]
-    out = {}
-    for key, array in arrays.items():
-        moved = take(array, source)
-        moved[beyond] = pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
-        if key == "input_ids":
-            moved = np.where(inserted, value, moved)
-        elif key in INSERTED_VALUES:
-            moved[inserted] = INSERTED_VALUES[key]
-        out[key] = moved
+    # every per-token array moves in one gather: stacked as int64 [K, B, T]
+    names = list(arrays)
+    stacked = np.stack([arrays[k].astype(np.int64, copy=False) for k in names])
+    moved = stacked[:, np.arange(b)[:, None], source]
+    fills = [pad_token_id if k == "input_ids" else PAD_VALUES.get(k, 0) for k in names]
+    moved = np.where(beyond, np.asarray(fills)[:, None, None], moved)
+    fixed = np.asarray([k in INSERTED_VALUES for k in names])
+    if fixed.any():  # inserted positions of keys with a fixed value (attention 1, no label, ...)
+        values = np.asarray([INSERTED_VALUES.get(k, 0) for k in names])[:, None, None]
+        moved = np.where(inserted & fixed[:, None, None], values, moved)
+    out = {k: moved[i].astype(arrays[k].dtype, copy=False) for i, k in enumerate(names)}
+    out["input_ids"] = np.where(inserted, value, out["input_ids"])
     return out, inserted
 
 
@@ -104,28 +108,38 @@ class Insertion(Corruption):
     random_ratio: share of the inserted tokens that are random non-special ids (the rest
         [MASK]); fairseq/BART: 0.1. An encoder detecting insertions needs random ids: an
         inserted [MASK] gives itself away.
+    replace_distribution: ``uniform`` over the non-special ids (fairseq) or ``unigram`` (by
+        corpus frequency, counted once from the training shards).
     vocab_size, mask_token_id, special_token_ids, pad_token_id: from the tokenizer at run time.
+    corpus: the training corpus's statistics (runtime; needed by ``unigram``).
     """
 
     produces = ("input_ids", "insertion_labels", "inserted_count", "corrupted_mask")
-    runtime_inputs = frozenset({"pad_token_id"})
+    runtime_inputs = frozenset({"pad_token_id", "corpus"})  # corpus: replace_distribution=unigram
 
     def __init__(
         self,
         rate: float = 0.1,
         random_ratio: float = 0.1,
+        replace_distribution: str = "uniform",
         *,
         vocab_size: int,
         mask_token_id: int,
         special_token_ids,
         pad_token_id: int = 0,
+        corpus=None,
+        replacement_probs: Tensor | None = None,
     ) -> None:
         self.rate = check_rate(rate)
         self.random_ratio = check_probability(random_ratio, "corruption.random_ratio")
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
-        self.sampler = ReplacementSampler(vocab_size, self.special_token_ids, "nonspecial")
+        self.sampler = replacement_sampler(
+            vocab_size, self.special_token_ids, "nonspecial", replace_distribution, corpus,
+            replacement_probs, needed=self.random_ratio > 0,
+        )  # fmt: skip
+        self.replace_distribution = replace_distribution
 
     def count(self, n_candidates: np.ndarray) -> np.ndarray:
         return np.ceil(np.asarray(n_candidates) * self.rate).astype(np.int64)
@@ -134,6 +148,7 @@ class Insertion(Corruption):
         return n_tokens + int(self.count(n_tokens - n_special))
 
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
+        self.sampler.check_table()
         unlocked = {k: v for k, v in batch.items() if k != "corrupted_mask"}
         candidates = eligible(unlocked, self.special_token_ids)
         num = self.count(candidates.sum(-1))
@@ -157,4 +172,7 @@ class Insertion(Corruption):
         return out
 
     def __repr__(self) -> str:
-        return f"Insertion(rate={self.rate}, random_ratio={self.random_ratio})"
+        return (
+            f"Insertion(rate={self.rate}, random_ratio={self.random_ratio}, "
+            f"replace_distribution={self.replace_distribution!r})"
+        )

@@ -37,7 +37,13 @@ import torch
 from torch import Tensor
 
 from clozelab.core.errors import config_error
-from clozelab.corruption.base import IGNORE_INDEX, Corruption, candidates, check_positive_int
+from clozelab.corruption.base import (
+    IGNORE_INDEX,
+    Corruption,
+    candidates,
+    check_positive_int,
+    choose_k,
+)
 
 
 def _positions_rank(priority: Tensor) -> Tensor:
@@ -123,25 +129,35 @@ class PermutationTargets(Corruption):
         b, t = eligible.shape
         covered = self.span_cover(b, t, generator) & eligible
         goal = self.budget(eligible)
-        positions = torch.arange(t, dtype=torch.float64).expand(b, t)
-        fill = t + torch.rand(b, t, generator=generator, dtype=torch.float64) * t
-        # spans first in reading order (cut from the end), then random single tokens
-        priority = torch.where(covered, positions, torch.where(eligible, fill, 3.0 * t))
-        predicted = (_positions_rank(priority) < goal[:, None]) & eligible
-        return predicted, goal
+        # spans past the budget are cut: the last covered tokens in reading order go
+        kept = covered & (covered.cumsum(-1) <= goal[:, None])
+        # a short row is topped up with uniformly chosen single tokens
+        need = goal - kept.sum(-1)
+        keys = torch.rand(b, t, generator=generator)
+        extra = choose_k(keys, eligible & ~kept, need)
+        return kept | extra, goal
 
     # ------------------------------------------------------------------ order and masks
     def order(self, predicted: Tensor, generator: torch.Generator) -> Tensor:
-        """long [B, T]: 0 for non-predicted positions, 1..M = place in the random order."""
+        """int16 [B, T]: 0 for non-predicted positions, 1..M = place in the random order."""
         b, t = predicted.shape
-        key = torch.where(predicted, torch.rand(b, t, generator=generator), 2.0)
-        return torch.where(predicted, _positions_rank(key) + 1, 0)
+        key = torch.rand(b, t, generator=generator).masked_fill_(~predicted, 2.0)
+        rank = _positions_rank(key)  # predicted positions take ranks 0..M-1
+        return torch.where(predicted, rank + 1, 0).to(torch.int16)
 
     @staticmethod
     def perm_mask(order: Tensor) -> Tensor:
-        """bool [B, T, T], True where i may not attend to j (the query stream's rule)."""
-        later = order[:, None, :] >= order[:, :, None]  # (B, T, T): order[j] >= order[i]
-        return later & (order > 0)[:, None, :]
+        """bool [B, T, T], True where i may not attend to j (the query stream's rule):
+        j is predicted and not before i, i.e. order[j] >= max(order[i], 1)."""
+        b, t = order.shape
+        if b == 0 or t == 0:
+            return torch.zeros(b, t, t, dtype=torch.bool)
+        m = int(order.max())
+        # row i depends on order[i] only: build the m + 1 distinct rows, then copy them out
+        levels = torch.arange(1, m + 2, dtype=order.dtype)
+        rows = order[:, None, :] >= levels[None, :, None]  # (B, m + 1, T): order[j] >= v
+        pick = (order.clamp_min(1) - 1).long() + torch.arange(b)[:, None] * (m + 1)  # (B, T)
+        return rows.reshape(-1, t).index_select(0, pick.reshape(-1)).view(b, t, t)
 
     @staticmethod
     def target_mapping(predicted: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor]:

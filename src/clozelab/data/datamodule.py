@@ -81,12 +81,11 @@ class ResumableDataLoader(DataLoader):
 def instance_length(corruption, kind: str, max_seq_length: int) -> int:
     """Length of the raw instances: the longest whose corrupted form fits ``max_seq_length``
     (``Corruption.instance_length``; T5 span corruption builds longer raw rows, insertion shorter
-    ones). Without a corruption (or a plain callable) it is ``max_seq_length``."""
-    fit = getattr(corruption, "instance_length", None)
-    if fit is None:
+    ones). Without a corruption it is ``max_seq_length``."""
+    if corruption is None:
         return max_seq_length
     n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
-    return int(fit(max_seq_length, n_special))
+    return int(corruption.instance_length(max_seq_length, n_special))
 
 
 class PretrainDataModule(pl.LightningDataModule):

@@ -12,7 +12,7 @@ exactly as in BERT, so a checkpoint maps one to one.
 Attention goes through ``F.scaled_dot_product_attention``, unmasked when the batch has no
 padding. One exception, for speed: training with attention dropout on CPU, where SDPA would fall
 back to its plain-math path with a slow dropout, computes the same math itself with the fast
-dropout of ``clozelab.model.heads`` (only with ``attention_backend="auto"`` and outside
+dropout of ``clozelab.model.layers`` (only with ``attention_backend="auto"`` and outside
 ``torch.compile``). ``attention_backend`` restricts SDPA to one kernel
 (``clozelab.model.attention``); ``unpad`` runs the dense parts of every layer on the real tokens
 of a padded batch only (``clozelab.model.unpad``).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
-from clozelab.model.heads import (
+from clozelab.model.layers import (
     Dropout,
     canonical_activation,
     dropout,
@@ -87,12 +88,13 @@ def attention_with_cpu_dropout(
 
     With attention dropout on CPU, SDPA falls back to this same math but draws its dropout mask
     with per-element Bernoulli sampling, which costs more than the two attention matmuls
-    together; ``clozelab.model.heads.dropout`` draws it about 4x faster. Masked keys get the
+    together; ``clozelab.model.layers.dropout`` draws it about 4x faster. Masked keys get the
     dtype's minimum (as HF does), so a row with every key masked averages instead of NaN.
     ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """
     # (B, nh, T, hs), scaled before the product: fewer elements
-    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q = q * scale if scale != 1.0 else q
     scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
     if mask is not None:
         if mask.dtype == torch.bool:
@@ -217,6 +219,14 @@ class Encoder(nn.Module):
 
     hidden_size: int
     num_layers: int
+    #: batch keys ``forward`` takes as keyword arguments besides the embedded input and the
+    #: attention mask; the pre-training module and the fine-tuning backbone pass those the batch
+    #: has (XLNet: ``token_type_ids`` for its relative segments, ``perm_mask`` and
+    #: ``target_mapping`` for its two streams). None by default.
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
+    #: the token a sequence-level downstream head reads when ``task.pooling`` is null: ``cls``
+    #: (the first token, BERT) or ``last`` (the last real token: XLNet's [CLS] sits at the end).
+    summary_pooling: ClassVar[str] = "cls"
 
     @classmethod
     def context_for(cls, node) -> str:

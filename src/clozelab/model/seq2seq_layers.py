@@ -9,7 +9,9 @@
   the query from the decoder and key/value (one ``Linear(H, 2 inner)``) from the encoder output.
   ``scale`` is 1/sqrt(hs) (BART) or 1 (T5 folds it into the initialisation); ``bias`` False: T5.
 - ``Block``: one layer: self-attention, optional cross-attention, feed-forward, each with dropout
-  and a residual, normalised before (``norm="pre"``, T5) or after (``norm="post"``, BART).
+  and a residual, normalised before (``norm="pre"``, T5) or after (``norm="post"``, BART);
+  ``activation_dropout`` inside the feed-forward block (T5 drops its hidden layer at the model's
+  dropout rate, HF ``T5DenseActDense``; BART's default is 0).
 
 Masks: ``mask`` is what SDPA takes (None, a boolean [B, 1, 1, S] key mask, or an additive float
 [B or 1, nh, T, S] with T5's position bias and padding folded in). ``causal`` without a mask
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
-from clozelab.model.heads import Dropout
+from clozelab.model.layers import Dropout
 
 
 class RMSNorm(nn.Module):
@@ -41,6 +43,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused kernel, same numbers
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         variance = x.float().pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
@@ -235,6 +239,7 @@ class Block(nn.Module):
         scale: float | None = None,
         cross: bool = False,
         head_size: int | None = None,
+        activation_dropout: float = 0.0,
     ):
         super().__init__()
         if norm not in ("pre", "post"):
@@ -259,6 +264,11 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(hidden_size, intermediate_size, activation, bias=bias)
         self.output_norm = make_norm()
         self.dropout = Dropout(dropout)
+        self.activation_dropout = Dropout(activation_dropout)  # T5: dropout_rate; BART: 0
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        ff = self.feed_forward
+        return ff.fc2(self.activation_dropout(ff.act(ff.fc1(x))))  # (B, T, I) inside
 
     def _residual(self, x: Tensor, norm: nn.Module, sub, *args, **kwargs) -> Tensor:
         if self.pre:
@@ -277,7 +287,7 @@ class Block(nn.Module):
         x = self._residual(x, self.attention_norm, self.attention, mask, causal=causal)
         if self.cross_attention is not None:
             x = self._residual(x, self.cross_norm, self.cross_attention, memory_mask, memory)
-        return self._residual(x, self.output_norm, self.feed_forward)
+        return self._residual(x, self.output_norm, self._feed_forward)
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
-from clozelab.model.heads import Dropout
+from clozelab.model.layers import Dropout
 from clozelab.model.seq2seq_layers import (
     Attention,
     Block,
@@ -141,6 +141,7 @@ class _T5Stack(nn.Module):
                 scale=1.0,
                 cross=cross,
                 head_size=head_size,
+                activation_dropout=dropout,
             )
             for _ in range(num_layers)
         )

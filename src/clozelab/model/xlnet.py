@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.encoder import EncoderOutput, FeedForward
-from clozelab.model.heads import Dropout, canonical_activation, init_bert_weights
+from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward
+from clozelab.model.layers import Dropout, canonical_activation, dropout, init_bert_weights
 
 
 @dataclass
@@ -71,10 +71,16 @@ def relative_position_encoding(klen: int, qlen: int, size: int, clamp_len: int, 
 
 def rel_shift(scores: Tensor, klen: int) -> Tensor:
     """[B, nh, Q, P] scores against every relative position -> [B, nh, Q, klen] scores against
-    the keys: out[..., i, j] = scores[..., i, j + Q - i] (distance of query i to key j)."""
+    the keys: out[..., i, j] = scores[..., i, j + Q - i] (distance of query i to key j).
+
+    A strided view of the contiguous scores (element i*P + Q - i + j is Q + i*(P-1) + j), so
+    neither the shift nor its gradient copies the [B, nh, Q, P] tensor more than once.
+    """
+    scores = scores.contiguous()
     b, n, q, p = scores.shape
-    shifted = scores.reshape(b, n, p, q)[:, :, 1:].reshape(b, n, q, p - 1)
-    return shifted[..., :klen]
+    return scores.as_strided(
+        (b, n, q, klen), (n * q * p, q * p, p - 1, 1), scores.storage_offset() + q
+    )
 
 
 @dataclass
@@ -83,10 +89,11 @@ class _Context:
 
     pos: Tensor  # (P, H) relative encodings
     mask_h: Tensor | None  # (B, 1, T, K) bool, True = may attend
-    mask_g: Tensor | None  # (B, 1, M, K) bool
-    seg_diff: Tensor | None  # (B, T, K) bool, True = different segment
-    target_pos: Tensor | None  # (B, M) long
-    target_valid: Tensor | None  # (B, M) float, 0 on padding rows of target_mapping
+    seg_h: Tensor | None  # (B, 1, T, K) float, 1 = key in another segment
+    mask_g: Tensor | None = None  # (B, 1, M, K) bool: the query rows
+    seg_g: Tensor | None = None  # (B, 1, M, K) float
+    rel_index_g: Tensor | None = None  # (B, nh, M, K): column of P for query row m, key j
+    target_valid: Tensor | None = None  # (B, M) float, 0 on padding rows of target_mapping
 
 
 class RelativeAttention(nn.Module):
@@ -122,51 +129,57 @@ class RelativeAttention(nn.Module):
             k, v = F.linear(torch.cat([mem, h], dim=1), w_kv).split(H, dim=-1)  # (B, K, H)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T|K, hs)
         pos_keys = self.r(ctx.pos).view(-1, self.num_heads, self.head_size).transpose(0, 1)
-        p = self.attention_dropout if self.training else 0.0
-        klen = k.shape[2]
-        bias_h = self._content_bias(q, pos_keys, ctx, klen)
-        y = F.scaled_dot_product_attention(
-            q + self.r_w_bias[:, None], k, v, attn_mask=bias_h, dropout_p=p
-        )
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        position = self._position_scores(q, pos_keys)  # (B, nh, T, P)
+        bias = self._bias(q, rel_shift(position, k.shape[2]), ctx.seg_h, ctx.mask_h)
+        y = self._attend(q, k, v, bias).transpose(1, 2).reshape(B, T, H)  # (B, T, H)
         residual = h
         if g is not None:
             M = g.shape[1]
             q_g = self._heads(F.linear(g, self.qkv.weight[:H]))  # (B, nh, M, hs)
-            bias_g = self._query_bias(q_g, pos_keys, ctx, klen, T)
-            y_g = F.scaled_dot_product_attention(
-                q_g + self.r_w_bias[:, None], k, v, attn_mask=bias_g, dropout_p=p
-            )
-            y_g = y_g * ctx.target_valid[:, None, :, None].to(y_g.dtype)  # HF: zero rows -> 0
+            position = self._position_scores(q_g, pos_keys).gather(-1, ctx.rel_index_g)
+            y_g = self._attend(q_g, k, v, self._bias(q_g, position, ctx.seg_g, ctx.mask_g))
+            y_g = y_g * ctx.target_valid[:, None, :, None]  # HF: all-zero mapping rows -> 0
             y = torch.cat([y, y_g.transpose(1, 2).reshape(B, M, H)], dim=1)  # (B, T+M, H)
             residual = torch.cat([h, g], dim=1)
         return self.norm(residual + self.dropout(self.o(y)))  # (B, T[+M], H): [h; g]
 
-    def _content_bias(self, q: Tensor, pos_keys: Tensor, ctx: _Context, klen: int) -> Tensor:
-        position = rel_shift((q + self.r_r_bias[:, None]) @ pos_keys.transpose(-1, -2), klen)
-        return self._finish(q, position, ctx.seg_diff, ctx.mask_h)  # (B, nh, T, K)
+    def _position_scores(self, q: Tensor, pos_keys: Tensor) -> Tensor:
+        """(q + r_r)·R / sqrt(hs) against every relative distance: (B, nh, Q, P)."""
+        return ((q + self.r_r_bias[:, None]) * self.head_size**-0.5) @ pos_keys.transpose(-1, -2)
 
-    def _query_bias(self, q_g, pos_keys, ctx: _Context, klen: int, qlen: int) -> Tensor:
-        position = (q_g + self.r_r_bias[:, None]) @ pos_keys.transpose(-1, -2)  # (B, nh, M, P)
-        keys = torch.arange(klen, device=q_g.device)
-        index = keys[None, None, :] + qlen - ctx.target_pos[:, :, None]  # (B, M, K): j + T - i
-        index = index[:, None].expand(-1, position.shape[1], -1, -1)  # (B, nh, M, K)
-        position = position.gather(-1, index)
-        seg_diff = None
-        if ctx.seg_diff is not None:
-            rows = ctx.target_pos[:, :, None].expand(-1, -1, klen)
-            seg_diff = ctx.seg_diff.gather(1, rows)  # (B, M, K)
-        return self._finish(q_g, position, seg_diff, ctx.mask_g)  # (B, nh, M, K)
+    def _bias(self, q: Tensor, position: Tensor, seg: Tensor | None, mask) -> Tensor:
+        """The additive attention mask: position + segment scores, scaled, masked.
 
-    def _finish(self, q, position, seg_diff, mask) -> Tensor:
-        """Add the segment term, scale and mask: the additive SDPA mask."""
-        if seg_diff is not None:
-            seg = torch.einsum("bnqd,snd->bnqs", q + self.r_s_bias[:, None], self.seg_embed)
-            position = position + torch.where(seg_diff[:, None], seg[..., 1:], seg[..., :1])
-        bias = position * (self.head_size**-0.5)
+        The segment score (q_i + r_s)·s_ij takes one of two values per row: the "same segment"
+        one is added to every key of row i, which softmax ignores, so only the difference
+        d_i = (q_i + r_s)·(s_diff - s_same) times "j is in another segment" is added (HF adds
+        both; the attention probabilities are the same).
+        """
+        if seg is not None:
+            delta = (self.seg_embed[1] - self.seg_embed[0]) * self.head_size**-0.5  # (nh, hs)
+            d = ((q + self.r_s_bias[:, None]) * delta[:, None]).sum(-1, keepdim=True)  # (B,nh,Q,1)
+            bias = torch.addcmul(position, d, seg)  # seg: (B, 1, Q, K) float, 1 = other segment
+            if mask is not None:
+                bias.masked_fill_(~mask, torch.finfo(bias.dtype).min)
+            return bias
         if mask is not None:
-            bias = bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
-        return bias
+            return position.masked_fill(~mask, torch.finfo(position.dtype).min)
+        return position.contiguous()
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """softmax((q + r_w)·k / sqrt(hs) + bias) v, with dropout on the probabilities in
+        training: (B, nh, Q, hs). SDPA without dropout; with dropout on CPU the same math with
+        clozelab's cheaper dropout (SDPA would fall back to its math path with per-element
+        Bernoulli draws)."""
+        q = q + self.r_w_bias[:, None]
+        p = self.attention_dropout if self.training else 0.0
+        if p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
+            scores = torch.baddbmm(
+                bias.flatten(0, 1), (q * self.head_size**-0.5).flatten(0, 1),
+                k.flatten(0, 1).transpose(1, 2),
+            ).view_as(bias)  # fmt: skip
+            return dropout(scores.softmax(dim=-1), p) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
 
 
 class XLNetLayer(nn.Module):
@@ -196,7 +209,7 @@ def target_positions(target_mapping: Tensor) -> tuple[Tensor, Tensor]:
     return target_mapping.argmax(-1), valid
 
 
-class XLNetEncoder(nn.Module):
+class XLNetEncoder(Encoder):
     """XLNet's stack: relative two-stream attention layers (SPECS §18), HF ``XLNetModel``
     computation-exact.
 
@@ -212,12 +225,10 @@ class XLNetEncoder(nn.Module):
         mem_len: keep the last ``mem_len`` states of every layer as memory for the next segment
             (Transformer-XL recurrence; 0: off). Pre-training feeds independent sequences, so the
             recipes leave it off; ``forward(..., mems=...)`` uses given memories in any case.
-        attention_dropout: unused by XLNet (one ``dropout`` rate); accepted for a uniform
-            config interface and must equal ``dropout`` or be null.
     """
 
-    #: batch keys ``forward`` reads besides the embedded input and the attention mask
     batch_inputs = ("token_type_ids", "perm_mask", "target_mapping")
+    summary_pooling = "last"  # XLNet's [CLS] sits at the end: heads read the last real token
 
     def __init__(
         self,
@@ -305,14 +316,19 @@ class XLNetEncoder(nn.Module):
         if token_type_ids is not None:
             seg = token_type_ids
             keys = seg if not mlen else torch.cat([seg.new_zeros(B, mlen), seg], dim=1)
-            seg_diff = seg[:, :, None] != keys[:, None, :]  # (B, T, K)
-        target_pos = target_valid = mask_g_rows = None
+            seg_diff = (seg[:, :, None] != keys[:, None, :]).to(hidden.dtype)  # (B, T, K)
+        ctx = _Context(pos, mask_h, None if seg_diff is None else seg_diff[:, None])
         if target_mapping is not None:
-            target_pos, target_valid = target_positions(target_mapping)
+            target_pos, ctx.target_valid = target_positions(target_mapping.to(hidden.dtype))
+            rows = target_pos[:, :, None].expand(-1, -1, klen)  # (B, M, K)
             if mask_g is not None:
-                rows = target_pos[:, :, None].expand(-1, -1, klen)
-                mask_g_rows = mask_g.gather(1, rows)[:, None]  # (B, 1, M, K)
-        return _Context(pos, mask_h, mask_g_rows, seg_diff, target_pos, target_valid)
+                ctx.mask_g = mask_g.gather(1, rows)[:, None]  # (B, 1, M, K)
+            if seg_diff is not None:
+                ctx.seg_g = seg_diff.gather(1, rows)[:, None]  # (B, 1, M, K)
+            # relative-distance column of query row m (position p) and key j: j + T - p
+            index = torch.arange(klen, device=device)[None, None, :] + T - target_pos[:, :, None]
+            ctx.rel_index_g = index[:, None].expand(-1, self.num_heads, -1, -1)
+        return ctx
 
     def forward(
         self,

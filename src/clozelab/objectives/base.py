@@ -164,6 +164,11 @@ class Objective(nn.Module):
         """Compute this objective's loss; ``encoder_output`` is an ``EncoderOutput``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
+    def seq2seq_decoder(self) -> nn.Module | None:
+        """The decoder this objective trains, for encoder-decoder runs (export to HF T5/BART,
+        text-to-text fine-tuning); None for the encoder-only objectives."""
+        return None
+
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
         """Refuse, with a ClozelabError naming the key and the fix, a composed config this

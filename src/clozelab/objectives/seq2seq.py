@@ -66,6 +66,9 @@ class Seq2Seq(Objective):
         self.decoder = decoder
         self.label_smoothing = float(label_smoothing)
 
+    def seq2seq_decoder(self) -> Decoder:
+        return self.decoder
+
     def decode(self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module) -> Tensor:
         """The decoder states [B, L, H] of a batch (teacher forcing)."""
         return self.decoder(

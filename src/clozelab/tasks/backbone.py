@@ -26,8 +26,8 @@ from clozelab.core.rundir import (
 )
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.model.encoder import EncoderOutput
-from clozelab.model.heads import Pooler
 from clozelab.model.layer_pool import embed_texts
+from clozelab.model.layers import Pooler
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ NONE = ("none", "null", "random", "")
 
 
 class Backbone(nn.Module):
-    """``embedding -> encoder``; ``pooler`` is the pre-trained [CLS] pooler when there is one."""
+    """``embedding -> encoder``; ``pooler`` is the pre-trained [CLS] pooler when there is one;
+    ``decoder`` the pre-trained decoder of an encoder-decoder run (text-to-text tasks)."""
 
     def __init__(
         self,
@@ -44,16 +45,20 @@ class Backbone(nn.Module):
         tokenizer: Tokenizer,
         pooler: Pooler | None = None,
         source: str = "none",
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         self.embedding = embedding
         self.encoder = encoder
         self.pooler = pooler
+        self.decoder = decoder
         self.tokenizer = tokenizer
         self.source = source
         self.hidden_size = int(encoder.hidden_size)
         self.num_layers = int(encoder.num_layers)
         self.max_positions = int(getattr(embedding, "max_position_embeddings", 512))
+        #: the token a sequence-level head reads by default (``cls``; XLNet: ``last``)
+        self.summary_pooling = encoder.summary_pooling
 
     def forward(
         self,
@@ -63,7 +68,12 @@ class Backbone(nn.Module):
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
         hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
-        return self.encoder(hidden, attention_mask, output_hidden_states=output_hidden_states)
+        extra = {}
+        if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
+            extra["token_type_ids"] = token_type_ids  # relative segments (XLNet)
+        return self.encoder(
+            hidden, attention_mask, output_hidden_states=output_hidden_states, **extra
+        )
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
         """Vectors of ``texts`` in one call (``model/layer_pool.embed_texts``): ``layers`` an
@@ -151,7 +161,20 @@ def _from_run(found: _Found) -> Backbone:
             _load_prefixed(pooler, state, prefix, str(found.weights))
             break
     tokenizer = load_tokenizer(found.root)
-    return Backbone(embedding, encoder, tokenizer, pooler, source=str(found.root))
+    decoder = _run_decoder(found, state)
+    return Backbone(embedding, encoder, tokenizer, pooler, str(found.root), decoder)
+
+
+def _run_decoder(found: _Found, state: dict) -> nn.Module | None:
+    """The decoder of an encoder-decoder run (the objective whose config holds ``decoder``,
+    objective=[seq2seq]) with its trained weights; None for encoder-only runs."""
+    cfg = OmegaConf.load(found.root / "config.yaml")
+    for name, node in (cfg.get("objective") or {}).items():
+        if node.get("decoder") is not None:
+            decoder = build(node.decoder, "decoder")
+            _load_prefixed(decoder, state, f"objectives.{name}.decoder.", str(found.weights))
+            return decoder
+    return None
 
 
 def _hf_modules(found: _Found):

@@ -238,6 +238,16 @@ def _pad_rows(rows: Sequence[list], fill: int, tail: tuple[int, ...] = ()) -> Te
     return out
 
 
+def pad_targets(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
+    """Text-to-text targets: ``labels`` (-100 after each row's end) and ``decoder_input_ids``
+    (pad there), from the features' ``target_ids`` / ``decoder_input_ids`` lists."""
+    labels = _pad_rows([f["target_ids"] for f in features], -100)
+    return {
+        "labels": labels,
+        "decoder_input_ids": _pad_rows([f["decoder_input_ids"] for f in features], pad_id),
+    }
+
+
 def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
     """Pad ``input_ids``/``token_type_ids`` to the longest feature; build ``attention_mask``;
     stack the label keys (word-level lists padded with -100 / 0, ``word_mask`` marking words,
@@ -267,6 +277,8 @@ def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
         batch["word_mask"] = torch.tensor(
             [[j < len(f["word_starts"]) for j in range(words)] for f in features]
         )
+    if "target_ids" in first:  # text-to-text (kind: generation): labels + decoder inputs
+        batch.update(pad_targets(features, pad_id))
     if "span_gold" in first:
         batch["span_gold"] = _pad_rows([f["span_gold"] for f in features], -1, (3,))
     if "offsets" in first:

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.heads import Pooler, init_bert_weights
 from clozelab.model.layer_pool import layer_mix as build_layer_mix
+from clozelab.model.layers import Pooler, init_bert_weights
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.spans import SpanHead
 
@@ -29,12 +29,13 @@ KINDS = ("classification", "regression", "token", "qa", "span_ner")
 SUBWORD_LABELS = ("first", "all")  # token labelling: the first subword, or every subword
 SUBWORD_DECODING = ("first", "mean")  # from the first subword, or all of a word's subwords
 MODES = ("finetune", "features")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 
 
-def resolve_pooling(pooling: str | None, mode: str) -> str:
-    """``task.pooling`` in effect: null is ``cls`` when fine-tuning, ``mean`` for features."""
-    pooling = pooling or ("mean" if mode == "features" else "cls")
+def resolve_pooling(pooling: str | None, mode: str, summary: str = "cls") -> str:
+    """``task.pooling`` in effect: null is the backbone's ``summary`` token when fine-tuning
+    (``cls`` for BERT-style encoders, ``last`` for XLNet), ``mean`` for features."""
+    pooling = pooling or ("mean" if mode == "features" else summary)
     if pooling not in POOLINGS:
         raise config_error(
             "task.pooling", pooling, "unknown pooling", f"use one of {POOLINGS} or null"
@@ -153,9 +154,11 @@ class TaskModel(nn.Module):
         max_span_length, span_decoding, span_endpoints, span_pooling: span_ner only (see
             ``SpanHead``: decoding, endpoints ffn | linear, pooling attention | mean).
         pooling: classification / regression only: ``cls`` (the [CLS] vector through the
-            pooler, pre-trained when the checkpoint has one) or ``mean`` (the mean of the
-            non-padding token vectors through a fresh pooler); ``None``: ``cls`` when
-            fine-tuning, ``mean`` for frozen features.
+            pooler, pre-trained when the checkpoint has one), ``mean`` (the mean of the
+            non-padding token vectors through a fresh pooler) or ``last`` (the last real token
+            through a fresh dense + tanh: XLNet's sequence summary); ``None``: the backbone's
+            summary token (``cls``; ``last`` for XLNet) when fine-tuning, ``mean`` for frozen
+            features.
     """
 
     def __init__(
@@ -183,7 +186,7 @@ class TaskModel(nn.Module):
             )
         if mode not in MODES:
             raise config_error("mode", mode, "unknown mode", f"use one of {MODES}")
-        pooling = resolve_pooling(pooling, mode)
+        pooling = resolve_pooling(pooling, mode, backbone.summary_pooling)
         if decoder not in ("softmax", "crf"):
             raise config_error("task.decoder", decoder, "unknown decoder", "use softmax or crf")
         if subword_labels not in SUBWORD_LABELS:
@@ -214,7 +217,7 @@ class TaskModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pooler = None
         if kind in ("classification", "regression"):
-            if pooling == "mean":
+            if pooling in ("mean", "last"):
                 self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
             elif backbone.pooler is None:
                 self.pooler = Pooler(hidden)  # fresh: the checkpoint has no pre-trained pooler
@@ -248,6 +251,9 @@ class TaskModel(nn.Module):
     def _pooled(self, h: Tensor, mask: Tensor) -> Tensor:
         if self.pooling == "mean":
             return self.pooler(masked_mean(h, mask))
+        if self.pooling == "last":  # XLNet's summary: the last real token (its [CLS] sits last)
+            last = mask.long().sum(-1).clamp_min(1) - 1  # (B,)
+            return self.pooler(h[torch.arange(h.shape[0], device=h.device), last])
         pooler = self.pooler if self.pooler is not None else self.backbone.pooler
         return pooler(h)
 

@@ -60,7 +60,10 @@ class ClassificationTask(_Finetuned):
     kind = "classification"
     default_metrics = ("accuracy",)
 
+    summary_pooling = "cls"  # the backbone's summary token, recorded by ``encode``
+
     def encode(self, splits, backbone) -> TaskData:
+        self.summary_pooling = backbone.summary_pooling
         labels = label_names(self.cfg, splits["train"] or splits["validation"])
         length = self.max_length(backbone)
         train = encode_text(backbone.tokenizer, splits["train"], length, labels)
@@ -75,7 +78,8 @@ class ClassificationTask(_Finetuned):
         return classification_metrics(preds, target, data.num_labels, names)
 
     def protocol(self, mode: str) -> dict:
-        return {"decoder": None, "pooling": resolve_pooling(self.cfg.get("pooling"), mode)}
+        pooling = resolve_pooling(self.cfg.get("pooling"), mode, self.summary_pooling)
+        return {"decoder": None, "pooling": pooling}
 
 
 class RegressionTask(ClassificationTask):
@@ -85,6 +89,7 @@ class RegressionTask(ClassificationTask):
     default_metrics = ("pearson", "spearman")
 
     def encode(self, splits, backbone) -> TaskData:
+        self.summary_pooling = backbone.summary_pooling
         length = self.max_length(backbone)
         train = encode_text(backbone.tokenizer, splits["train"], length)
         return TaskData(train, encode_text(backbone.tokenizer, splits["validation"], length), 1)

@@ -56,6 +56,12 @@ def pretraining_heads(objectives: dict[str, nn.Module]) -> tuple[nn.Module | Non
     return mlm, nsp
 
 
+def run_decoder(objectives: dict[str, nn.Module]) -> nn.Module | None:
+    """The decoder an objective of the run trains (encoder-decoder runs, the objectives'
+    ``seq2seq_decoder`` hook), else None."""
+    return next((d for o in objectives.values() if (d := o.seq2seq_decoder()) is not None), None)
+
+
 def build_run_components(run_dir: Path):
     """Rebuild a run's embedding, encoder and objectives from its ``config.yaml`` and tokenizer."""
     from omegaconf import OmegaConf
@@ -90,6 +96,32 @@ def _check_vocab(rows: int, tokenizer, source: str) -> None:
         )
 
 
+def _hf_model_type(directory: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((directory / "config.json").read_text("utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _init_seq2seq(directory: Path, source: str, embedding, encoder, objectives, tokenizer):
+    """``model.init_from`` = an HF T5 / BART directory: body and decoder from its weights."""
+    from clozelab.model.hf_seq2seq import SHARED, from_hf_state_dict
+
+    decoder = run_decoder(objectives)
+    kind = _hf_model_type(directory)
+    if decoder is None:
+        raise config_error(
+            "model.init_from", source, f"an HF {kind} encoder-decoder, but this run has no decoder",
+            f"add objective=[seq2seq] decoder={kind} (experiment={kind})",
+        )  # fmt: skip
+    state = read_hf_weights(directory)
+    extra = embedding.word_embeddings.weight.shape[0] - tokenizer.vocab_size
+    _check_vocab(state[SHARED[kind]].shape[0] - extra, tokenizer, source)
+    return from_hf_state_dict(state, embedding, encoder, decoder)
+
+
 def init_components(
     init_from: str | Path | None,
     embedding: nn.Module,
@@ -100,7 +132,8 @@ def init_components(
     """Copy the weights of ``init_from`` into freshly built components (``model.init_from``).
 
     ``init_from`` is an HF BERT directory (mapped with ``clozelab.model.hf``; the MLM and NSP
-    heads load when both sides have them) or a clozelab run directory / checkpoint (loaded by
+    heads load when both sides have them), an HF T5 / BART directory (body and decoder, mapped
+    with ``clozelab.model.hf_seq2seq``) or a clozelab run directory / checkpoint (loaded by
     module name). Missing and unexpected weights are logged and returned; a vocabulary that
     differs from the tokenizer's, or any shape mismatch, raises a ClozelabError.
     """
@@ -108,7 +141,9 @@ def init_components(
         return None
     kind, resolved = locate(init_from, "model.init_from")
     source = str(init_from)
-    if kind == "hf":
+    if kind == "hf" and _hf_model_type(resolved) in ("t5", "bart"):
+        report = _init_seq2seq(resolved, source, embedding, encoder, objectives, tokenizer)
+    elif kind == "hf":
         from clozelab.model.hf import from_hf_state_dict
 
         state = read_hf_weights(resolved)
@@ -123,8 +158,9 @@ def init_components(
         run_dir, checkpoint = run_checkpoint(resolved, "model.init_from")
         state = read_checkpoint_state(checkpoint)
         word = state.get("embedding.word_embeddings.weight")
-        if word is not None:
-            _check_vocab(word.shape[0], tokenizer, str(run_dir))
+        if word is not None:  # the tokenizer's ids plus the corruption's extra ids (sentinels)
+            extra = embedding.word_embeddings.weight.shape[0] - tokenizer.vocab_size
+            _check_vocab(word.shape[0] - extra, tokenizer, str(run_dir))
         container = nn.Module()
         container.embedding, container.encoder = embedding, encoder
         container.objectives = nn.ModuleDict(objectives)

@@ -84,7 +84,7 @@ class PretrainModule(pl.LightningModule):
         """Embedding then encoder: the (B, T, H) states every objective reads."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
-        extra = {k: batch[k] for k in getattr(self.encoder, "batch_inputs", ()) if k in batch}
+        extra = {k: batch[k] for k in self.encoder.batch_inputs if k in batch}  # Encoder hook
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
     def _forward_stream(self, batch: dict[str, torch.Tensor]):

@@ -1,0 +1,155 @@
+"""``clozelab bench`` section ``seq2seq``: our encoder-decoder training step beside HF
+``T5ForConditionalGeneration`` (DESIGN §7, issue 18).
+
+One process, same threads, same weights (ours exported with ``clozelab.model.hf_seq2seq``), same
+batches (real ``Collator`` + T5 span corruption, ``corruption=t5_span``: raw rows long enough that
+the source fills ``seq_len``), same AdamW with gradient clipping, alternating rounds. Ours is the
+``PretrainModule`` running T5Embeddings -> T5Encoder -> the seq2seq objective (T5Decoder, loss on
+the target tokens only through the chunked tied cross-entropy); HF computes the full [B, L, V]
+logits and its cross-entropy. Keys: ``seq2seq.clozelab_loss`` / ``seq2seq.hf_loss`` (equal
+weights, dropout off), ``seq2seq.<name>_tokens_per_s[_bf16]`` (source + target tokens per
+second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from clozelab.training.timing import check_precisions, time_models, to_device
+
+SPECIAL = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the synthetic vocabulary
+
+
+def make_seq2seq_batches(s: DictConfig, n: int, seed: int):
+    """``n`` span-corrupted batches (the source fills ``seq_len``) and the corruption."""
+    from clozelab.corruption.t5 import T5Noise
+    from clozelab.data.collate import Collator
+
+    corruption = T5Noise(
+        density=s.noise_density,
+        mean_span=s.mean_span,
+        n_sentinels=s.n_sentinels,
+        vocab_size=s.vocab_size,
+        mask_token_id=4,
+        special_token_ids=SPECIAL,
+        pad_token_id=0,
+        eos_token_id=3,
+    )
+    length = corruption.instance_length(s.seq_len, 2)
+    rng = np.random.default_rng(seed)
+    collate = Collator(pad_id=0, corruption=corruption, seed=seed)
+    batches = []
+    for b in range(n):
+        items = []
+        for i in range(s.batch_size):
+            ids = rng.integers(5, s.vocab_size, length)
+            ids[0], ids[-1] = 2, 3
+            special = np.zeros(length, dtype=np.int64)
+            special[[0, -1]] = 1
+            items.append(
+                {
+                    "input_ids": ids,
+                    "token_type_ids": np.zeros(length, dtype=np.int64),
+                    "special_tokens_mask": special,
+                    "index": b * s.batch_size + i,
+                }
+            )
+        batches.append(collate(items))
+    return batches, corruption.extra_vocab
+
+
+def build_seq2seq_pair(s: DictConfig, vocab: int):
+    """Our T5 PretrainModule and an HF T5ForConditionalGeneration with the same weights."""
+    import transformers
+
+    from clozelab.model.hf_seq2seq import hf_config_dict, to_hf_state_dict
+    from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder
+    from clozelab.objectives.seq2seq import Seq2Seq
+    from clozelab.training.module import PretrainModule
+
+    torch.manual_seed(0)
+    sizes = (s.hidden_size, s.num_layers, s.num_heads, s.intermediate_size)
+    embedding = T5Embeddings(vocab, s.hidden_size)
+    encoder, decoder = T5Encoder(*sizes), T5Decoder(*sizes)
+    ours = PretrainModule(embedding, encoder, {"seq2seq": Seq2Seq(decoder)}, optimizer=None)
+    config = transformers.T5Config(**hf_config_dict(embedding, encoder, decoder, 0, 3))
+    config._attn_implementation = s.hf_attention
+    hf = transformers.T5ForConditionalGeneration(config)
+    hf.load_state_dict(to_hf_state_dict(embedding, encoder, decoder), strict=True)
+    return ours, hf
+
+
+def _ours_loss(model, batch):
+    return model(batch)[0]
+
+
+def _hf_loss(model, batch):
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+        decoder_attention_mask=batch["decoder_attention_mask"],
+        labels=batch["labels"],
+    ).loss
+
+
+def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
+    """Each model's loss on ``batch`` in eval mode (dropout off)."""
+    losses = {}
+    for name, (model, fn) in models.items():
+        model.eval()
+        with torch.no_grad():
+            losses[name] = float(fn(model, batch))
+        model.train()
+    return losses
+
+
+def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
+    """Tokens per second of both training steps (and the ratio), losses at equal weights."""
+    check_precisions("bench.seq2seq.precisions", s.precisions)
+    device = torch.device(device)
+    batches, extra = make_seq2seq_batches(s, s.batches, seed=0)
+    ours, hf = (m.to(device) for m in build_seq2seq_pair(s, s.vocab_size + extra))
+    source = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
+    target = float(np.mean([int((b["labels"] != -100).sum()) for b in batches]))
+    batches = to_device(batches, device)
+    out: dict[str, Any] = {
+        "seq2seq.config": (
+            f"T5 L{s.num_layers}+{s.num_layers}/H{s.hidden_size}/A{s.num_heads}/"
+            f"I{s.intermediate_size} V{s.vocab_size}+{extra} seq{s.seq_len} "
+            f"batch{s.batch_size} t5_span"
+        ),
+        "seq2seq.source_tokens_per_batch": source,
+        "seq2seq.target_tokens_per_batch": target,
+    }
+    models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
+    a, b = eval_losses(models, batches[0]).values()
+    out.update(
+        {"seq2seq.clozelab_loss": a, "seq2seq.hf_loss": b, "seq2seq.loss_abs_diff": abs(a - b)}
+    )
+    if not s.hf:
+        models.pop("hf")
+    tokens = source + target
+    for precision in s.precisions:
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        for name, step_s in time_models(models, batches, s, precision).items():
+            out[f"seq2seq.{name}_step_s{suffix}"] = step_s
+            out[f"seq2seq.{name}_tokens_per_s{suffix}"] = tokens / step_s
+    if s.hf:
+        for precision in s.precisions:
+            suffix = "" if precision == "fp32" else f"_{precision}"
+            ours_tps = out[f"seq2seq.clozelab_tokens_per_s{suffix}"]
+            if "fp32" in s.precisions:
+                out[f"seq2seq.ratio{suffix}"] = ours_tps / out["seq2seq.hf_tokens_per_s"]
+            if suffix:
+                out[f"seq2seq.ratio{suffix}_vs_hf{suffix}"] = (
+                    ours_tps / out[f"seq2seq.hf_tokens_per_s{suffix}"]
+                )
+    return out
+
+
+__all__ = ["bench_seq2seq", "build_seq2seq_pair", "make_seq2seq_batches"]
