@@ -21,9 +21,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from clozelab.cli import main
+from clozelab.core.claim import check_relaunch, claim, config_hash
 from clozelab.core.config import overlay_names, resource_dir
 from clozelab.core.errors import ClozelabError
-from clozelab.training.sweep import claim, config_hash, job_return
+from clozelab.training.sweep import job_return
 from clozelab.training.validate import validate_pretrain
 
 REPORT_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.json", "csv/metrics.csv")
@@ -153,7 +154,7 @@ def test_tiny_sweep_runs_through_submitit_local(tmp_path, text_corpus, cache_dir
 
 
 def test_crashed_job_is_isolated_and_a_relaunch_skips_finished_jobs(
-    tmp_path, text_corpus, cache_dir, monkeypatch
+    tmp_path, text_corpus, cache_dir, monkeypatch, capsys
 ):
     """Job 1 crashes at step 4 with a plain RuntimeError (after its step-3 checkpoint); job 0
     completes. Re-launched, job 0 is skipped (not re-trained) and job 1 resumes from step 3."""
@@ -190,7 +191,7 @@ def test_crashed_job_is_isolated_and_a_relaunch_skips_finished_jobs(
     finished_at = (sweep / "0" / "metrics.json").stat().st_mtime_ns
     main(args)
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == finished_at  # not re-trained
-    assert "already completed with this config" in (sweep / "0" / "pretrain.log").read_text()
+    assert "already completed with this config" in capsys.readouterr().err
     resumed = _metrics(sweep / "1")
     assert resumed["status"] == "completed" and resumed["steps"] == 6
     assert "Resuming from" in (sweep / "1" / "pretrain.log").read_text()
@@ -203,8 +204,14 @@ def test_a_job_dir_of_another_config_is_refused(tmp_path):
     other = OmegaConf.create({"seed": 2, "paths": {"output_dir": "/elsewhere"}})
     moved = OmegaConf.create({"seed": 1, "paths": {"output_dir": "/elsewhere"}})
     assert config_hash(moved) == config_hash(cfg)  # where the job lives is not part of it
-    with pytest.raises(ClozelabError, match="holds a run of another config.*seed=1"):
-        claim(tmp_path, config_hash(other), ["seed=2"])
+    assert check_relaunch(tmp_path, config_hash(moved), ["seed=1"], "hydra.sweep.dir", True) is None
+    with pytest.raises(ClozelabError, match="holds a run of another config.*seed=1 there, 2 now"):
+        check_relaunch(tmp_path, config_hash(other), ["seed=2"], "hydra.sweep.dir", True)
+    # a single run may resume an unfinished run of a compatible config, not a completed one
+    assert check_relaunch(tmp_path, config_hash(other), ["seed=2"], "hydra.run.dir", False) is None
+    (tmp_path / "metrics.json").write_text('{"status": "completed"}')
+    with pytest.raises(ClozelabError, match="holds a completed run of another config"):
+        check_relaunch(tmp_path, config_hash(other), ["seed=2"], "hydra.run.dir", False)
 
 
 def test_job_return_gives_optuna_the_named_metric():
@@ -326,3 +333,29 @@ def test_loader_workers_start_inside_a_joblib_job():
     expected = "fork" if sys.platform.startswith("linux") else "spawn"
     assert inside == [("loky", expected)] * 2
     assert worker_context(0) is None
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_a_changed_grid_leaves_the_refused_job_dir_byte_for_byte(
+    tmp_path, text_corpus, cache_dir, capsys
+):
+    """Job 0 ran corruption.rate=0.15; the sweep re-launched with rate 0.3 is refused there, and
+    the report still files the job under 0.15 (from the record the job itself wrote)."""
+    from clozelab.report.jobs import read_job
+
+    sweep = tmp_path / "sweep"
+    main(_args(text_corpus, cache_dir, sweep, "sweep=seeds", "seed=1", "corruption.rate=0.15"))
+    job = sweep / "0"
+    assert _metrics(job)["status"] == "completed"
+    before = _files(job)
+    capsys.readouterr()
+    main(_args(text_corpus, cache_dir, sweep, "sweep=seeds", "seed=1", "corruption.rate=0.3"))
+    err = capsys.readouterr().err
+    assert "job 0 refused" in err and "corruption.rate=0.15 there, 0.3 now" in err and "Fix:" in err
+    assert _files(job) == before  # .hydra/ included
+    read = read_job(job, sweep, 0)
+    assert read.overrides["corruption.rate"] == "0.15" and read.status == "completed"

@@ -16,7 +16,6 @@ checkpoint file of such a run, or an HF BERT directory (``config.json`` + ``mode
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.core.rundir import locate, read_checkpoint_state, read_hf_weights, run_checkpoint
+from clozelab.core.rundir import (
+    load_state_checked,
+    locate,
+    read_checkpoint_state,
+    read_hf_config,
+    read_hf_weights,
+    run_checkpoint,
+)
 from clozelab.training.components import (
     build_run_components,
     log_load_report,
@@ -155,8 +161,10 @@ def _load_run(path: Path) -> ClozelabModel:
     container.embedding, container.encoder = embedding, encoder
     container.objectives = nn.ModuleDict(objectives)
     state = read_checkpoint_state(checkpoint)
-    result = container.load_state_dict(state, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    load_state_checked(container, state, str(checkpoint))
+    expected = container.state_dict()
+    report = {"missing": sorted(set(expected) - set(state)),
+              "unexpected": sorted(set(state) - set(expected))}  # fmt: skip
     if report["missing"]:
         raise config_error(
             "checkpoint",
@@ -178,7 +186,7 @@ def _load_hf(directory: Path) -> ClozelabModel:
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
 
-    config = json.loads((directory / "config.json").read_text("utf-8"))
+    config = read_hf_config(directory)
     kw = kwargs_from_hf_config(config)
     state = read_hf_weights(directory)
     embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])

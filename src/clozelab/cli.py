@@ -15,7 +15,7 @@ commands:
   pretrain   pre-train (default: a small BERT, MLM + NSP, on the bundled Wikipedia sample)
   finetune   fine-tune one downstream task on several seeds -> RUN/eval/<task>.json
   evaluate   fine-tune and score a suite (glue, bundled, ner, qa) -> RUN/eval/*.json
-  export     clozelab export RUN_DIR OUT_DIR: an HF transformers BERT directory
+  export     clozelab export RUN_DIR OUT_DIR [--force]: an HF transformers BERT directory
   report     clozelab report SWEEP_DIR [...] [--out DIR] [--baseline K=V ...] [--metric NAME ...]:
              per-setting mean ± std, 95% CI, paired tests vs the baseline, plots
   bench      pre-training step vs HF transformers, corruption throughput -> bench.json
@@ -44,6 +44,10 @@ COMMANDS = {
     "bench": ("bench", "clozelab.bench:bench"),
     "preview": ("preview", "clozelab.preview:preview"),
 }
+
+# commands that write Hydra's launch record (.hydra/) themselves, once their run directory is
+# claimed (clozelab.core.claim); Hydra's own writing is off (hydra.output_subdir: null)
+RUN_DIR_OWNERS = ("pretrain",)
 
 log = logging.getLogger("clozelab")
 
@@ -124,6 +128,10 @@ def run_command(command: str, overrides: list[str]) -> None:
 
     def task(cfg):
         point_rank_launcher(command, overrides)  # Hydra has parsed sys.argv by now
+        if command not in RUN_DIR_OWNERS:
+            from clozelab.core.claim import write_hydra_record
+
+            write_hydra_record(Path(HydraConfig.get().runtime.output_dir), cfg)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             from clozelab.training.sweep import run_job  # failures isolated, finished jobs skipped
 
@@ -151,6 +159,15 @@ def user_modules_importable() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:  # e.g. `clozelab --help | head`: the reader has gone, stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        raise SystemExit(128 + 13) from None  # as a process ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     user_modules_importable()
     if not argv or argv[0] in ("-h", "--help", "help"):

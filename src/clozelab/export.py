@@ -15,15 +15,34 @@ import sys
 from pathlib import Path
 
 from clozelab.api import load
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.core.rundir import run_checkpoint
 from clozelab.training.hf_export import write_hf_dir, write_seq2seq_hf_dir
 
 log = logging.getLogger(__name__)
 
 
-def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Export a run directory (or a checkpoint inside one) to an HF BERT directory."""
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """OUT_DIR must be a directory that is new, empty, or (``force``) may be overwritten."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise config_error(
+            "OUT_DIR", str(out_dir), "exists and is not a directory",
+            "give a new directory path (the export writes config.json, model.safetensors and the "
+            "tokenizer files into it)",
+        )  # fmt: skip
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not force:
+        raise config_error(
+            "OUT_DIR", str(out_dir), f"is not empty (it holds {present[:6]}"
+            f"{' ...' if len(present) > 6 else ''}); the export would overwrite files there",
+            "give a new or empty directory, or add --force to overwrite",
+        )  # fmt: skip
+
+
+def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Export a run directory (or a checkpoint inside one) to an HF BERT directory (a new or
+    empty ``out_dir``; ``force`` overwrites the files of a non-empty one)."""
+    check_out_dir(Path(out_dir).expanduser(), force)
     run_dir = Path(run_dir).expanduser()
     model = load(run_dir)
     source_dir, checkpoint = run_checkpoint(run_dir)
@@ -46,10 +65,12 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("run_dir", help="a clozelab run directory or its checkpoints/*.ckpt")
     parser.add_argument("out_dir", help="the directory to write (created if missing)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty OUT_DIR, overwriting its files")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     try:
-        out = export(args.run_dir, args.out_dir)
+        out = export(args.run_dir, args.out_dir, force=args.force)
     except ClozelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

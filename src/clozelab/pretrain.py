@@ -17,15 +17,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from clozelab.core.claim import RunDirectory
 from clozelab.core.config import build
 from clozelab.core.errors import ClozelabError
 from clozelab.core.progress import Budget
 from clozelab.core.rundir import write_json
+from clozelab.data.corpus import resolve_corpus
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
 from clozelab.data.preprocess import prepare
 from clozelab.model.compile import apply_model_compile
-from clozelab.training.callbacks import CheckpointOnSignal, LogProgress, RNGState, TokenBudget
+from clozelab.training.callbacks import (
+    CheckpointOnSignal,
+    InitialMetrics,
+    LogProgress,
+    RNGState,
+    TokenBudget,
+    ValidatedAt,
+)
 from clozelab.training.checkpoint import (
     AtomicCheckpointIO,
     check_compatible,
@@ -72,6 +81,8 @@ def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
         ),
         pl.callbacks.LearningRateMonitor(logging_interval="step"),
         RNGState(),
+        InitialMetrics(),
+        ValidatedAt(),
         CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt"),
     ]
     if max_tokens:
@@ -105,17 +116,17 @@ def _vocab_text(tokenizer) -> str:
     return "".join(f"{token}\n" for token, _ in vocab)
 
 
-def _resume_point(run_dir: Path, module: PretrainModule, tokenizer) -> Path | None:
-    """``last.ckpt`` of the run directory when there is one, after checking that it fits this
-    config (architecture, vocabulary, tokenizer); raises ClozelabError before anything in the run
-    directory is overwritten."""
+def _resume_point(run_dir: Path, module: PretrainModule, tokenizer) -> tuple[Path | None, dict]:
+    """``last.ckpt`` of the run directory when there is one (and its contents), after checking
+    that it fits this config (architecture, vocabulary, tokenizer); raises ClozelabError before
+    anything in the run directory is overwritten."""
     removed = remove_stale_temporaries(run_dir / "checkpoints")
     if removed:
         log.warning("Removed %d partial checkpoint file(s) left by a killed write", removed)
     last = _last_checkpoint(run_dir)
     if last is None:
-        return None
-    check_compatible(last, module)
+        return None, {}
+    checkpoint = check_compatible(last, module)
     saved_vocab = run_dir / "tokenizer" / "vocab.txt"
     if saved_vocab.is_file() and saved_vocab.read_text("utf-8") != _vocab_text(tokenizer):
         raise ClozelabError(
@@ -123,11 +134,15 @@ def _resume_point(run_dir: Path, module: PretrainModule, tokenizer) -> Path | No
             f"the checkpoint {last} (same size, different tokens). Fix: re-launch with the "
             "tokenizer/data settings in config.yaml beside it, or use a new hydra.run.dir."
         )
-    return last
+    return last, checkpoint
 
 
-def _previous_initial(run_dir: Path) -> dict:
-    """The ``initial/...`` metrics of the interrupted run being resumed (kept in metrics.json)."""
+def _previous_initial(run_dir: Path, checkpoint: dict) -> dict:
+    """The ``initial/...`` metrics of the interrupted run being resumed: carried in its checkpoint
+    (so a SIGKILL, which writes no metrics.json, keeps them), else in its metrics.json."""
+    state = (checkpoint.get("callbacks") or {}).get(InitialMetrics.__qualname__) or {}
+    if state.get("metrics"):
+        return dict(state["metrics"])
     try:
         previous = json.loads((run_dir / "metrics.json").read_text("utf-8"))
     except (OSError, ValueError):
@@ -166,10 +181,55 @@ def _shares(shares: dict[str, float]) -> str:
 
 
 def pretrain(cfg: DictConfig) -> dict:
-    """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics."""
+    """Pre-train as configured; returns (and writes to ``metrics.json``) the final metrics.
+
+    The run directory is held for the whole run (clozelab.core.claim): a second launch on it is
+    refused, and a launch after the run completed with the same config does nothing (returns
+    its metrics)."""
     objective_names = validate_pretrain(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resolve_corpus(cfg.data.corpus)  # it exists (files are looked at, not read) before the
+    # run directory is touched, so a wrong path is named as such, not as another config
+    run = RunDirectory(cfg.paths.output_dir, cfg, writer=rank_zero_only.rank == 0)
+    done = run.open()
+    if done is not None:
+        return done
+    try:
+        metrics = _pretrain(cfg, run.path, objective_names)
+        run.finish(metrics)
+    finally:
+        run.close()
+    return metrics
+
+
+def _initial_validation(cfg, trainer, module, datamodule, run_dir, resume, checkpoint) -> dict:
+    """``initial/val/...``: the untrained model's validation (a new run), or the interrupted run's
+    (a resume); kept in every checkpoint by the InitialMetrics callback."""
+    if resume is not None:
+        log.info("Resuming from %s", resume)
+        initial = _previous_initial(run_dir, checkpoint)
+    elif cfg.get("initial_validation", True):
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+        initial = {f"initial/{k}": float(v) for k, v in (results[0] if results else {}).items()}
+    else:
+        initial = {}
+    next(c for c in trainer.callbacks if isinstance(c, InitialMetrics)).metrics = initial
+    return initial
+
+
+def _final_validation(trainer, module, datamodule) -> None:
+    """Validate the final weights unless the run just did (``trainer.max_steps`` below
+    ``trainer.val_check_interval``, a token or time budget, a resume after the last validation),
+    so every completed run reports ``val/...``."""
+    validated = next(c for c in trainer.callbacks if isinstance(c, ValidatedAt))
+    if validated.step == trainer.global_step or not trainer.limit_val_batches:
+        return
+    train = {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("val/")}
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    for key, value in train.items():  # validate() resets the training metrics
+        trainer.callback_metrics.setdefault(key, value)
+
+
+def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
 
@@ -209,7 +269,8 @@ def pretrain(cfg: DictConfig) -> dict:
         total_steps=_total_steps(cfg, datamodule),
         weight_decay=cfg.optim.get("weight_decay", 0.01),
     )
-    resume = _resume_point(run_dir, module, prepared.tokenizer)  # before anything is overwritten
+    # before anything is overwritten
+    resume, checkpoint = _resume_point(run_dir, module, prepared.tokenizer)
     if rank_zero_only.rank == 0:  # one writer of the run directory (every rank runs this)
         prepared.tokenizer.save(run_dir / "tokenizer")
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -217,18 +278,15 @@ def pretrain(cfg: DictConfig) -> dict:
     loggers = make_loggers(cfg.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
     trainer = _trainer(cfg, run_dir, loggers)
 
-    initial = {}
-    if resume is None and cfg.get("initial_validation", True):
-        results = trainer.validate(module, datamodule=datamodule, verbose=False)
-        initial = {f"initial/{k}": float(v) for k, v in (results[0] if results else {}).items()}
-    elif resume is not None:
-        log.info("Resuming from %s", resume)
-        initial = _previous_initial(run_dir)
+    initial = _initial_validation(cfg, trainer, module, datamodule, run_dir, resume, checkpoint)
+    del checkpoint
     start = time.perf_counter()
-    status = "completed"
     stopper = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        wall = time.perf_counter() - start
+        if not trainer.interrupted:
+            _final_validation(trainer, module, datamodule)
     except BaseException as exc:
         _record_failure(run_dir, trainer, loggers, exc, stopper.signum, initial)
         if stopper.signum is not None and isinstance(exc, SystemExit):
@@ -237,13 +295,12 @@ def pretrain(cfg: DictConfig) -> dict:
             stopper.hand_on()
             raise SystemExit(128 + int(stopper.signum)) from None
         raise
-    wall = time.perf_counter() - start
     metrics = _final_metrics(
         trainer,
         module,
         {
             **initial,
-            "status": "interrupted" if trainer.interrupted else status,
+            "status": "interrupted" if trainer.interrupted else "completed",
             "objectives": objective_names,
             "wall_time_s": round(wall, 2),
             # this launch's tokens only: a resumed run restores the earlier count

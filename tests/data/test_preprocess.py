@@ -81,3 +81,17 @@ def test_too_small_corpus_for_validation(tmp_path):
     data, tok = _cfgs(corpus, fraction=0.1)
     with pytest.raises(ClozelabError, match="data.validation_fraction"):
         prepare(data, tok, tmp_path / "cache")
+
+
+def test_data_text_column_reaches_the_reader(tmp_path, text_corpus):
+    import json
+
+    docs = text_corpus.read_text("utf-8").split("\n\n")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)))
+    data, tok = _cfgs(corpus)
+    with pytest.raises(ClozelabError, match=r"no column 'text'.*Fix: .*data\.text_column="):
+        prepare(data, tok, tmp_path / "cache")
+    data.text_column = "body"  # the fix the message names
+    prepared = prepare(data, tok, tmp_path / "cache")
+    assert prepared.stats["train"]["documents"] == len(docs) - len(docs) // 10

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clozelab.core.errors import ClozelabError
-from clozelab.model.heads import (
+from clozelab.model.layers import (
     Dropout,
     LMTransform,
     Pooler,

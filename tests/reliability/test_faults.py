@@ -175,6 +175,10 @@ def finished_run(tmp_path_factory, text_corpus, cache_dir):
     ]
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         pretrain(compose("pretrain", overrides=overrides))
+    # as if interrupted after its last checkpoint: a re-launch resumes (a completed run with
+    # another config is refused before its checkpoint is looked at: test_rundir.py)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))
     return run_dir
 
 

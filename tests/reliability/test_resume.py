@@ -28,7 +28,6 @@ RUN = [
     "callbacks.checkpoint_every_n_steps=4",
     "trainer.val_check_interval=6",
     "trainer.limit_val_batches=1",
-    "initial_validation=false",
     "eval.suite=null",
 ]
 
@@ -74,28 +73,26 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["state_dict"]
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    """step -> train/loss, from every CSV row the run (and its resumed parts) wrote."""
+TIMING = ("wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    """Every CSV row the run (and its resumed parts) wrote, timing columns left out."""
     with open(run_dir / "csv" / "metrics.csv") as handle:
-        return {
-            int(r["step"]): float(r["train/loss"])
-            for r in csv.DictReader(handle)
-            if r.get("train/loss")
-        }
+        return [
+            {k: v for k, v in row.items() if k not in TIMING and v != ""}
+            for row in csv.DictReader(handle)
+        ]
 
 
-STABLE = (
-    "steps",
-    "tokens_seen",
-    "train/loss",
-    "train/mlm_loss",
-    "train/nsp_loss",
-    "val/loss",
-    "val/mlm_loss",
-    "val/mlm_acc",
-    "val/nsp_loss",
-    "status",
-)
+def _losses(run_dir: Path) -> dict[int, float]:
+    """step -> train/loss, from the CSV rows."""
+    return {int(r["step"]): float(r["train/loss"]) for r in _rows(run_dir) if r.get("train/loss")}
+
+
+def _metrics(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +109,13 @@ def _assert_same_as_reference(run_dir: Path, reference: Path) -> None:
     assert ours.keys() == theirs.keys()
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"
-    ref_losses, losses = _losses(reference), _losses(run_dir)
-    assert len(ref_losses) == STEPS
-    for step, loss in losses.items():  # every step logged by either part equals the reference
-        assert loss == ref_losses[step], f"train/loss at step {step}"
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    ref_metrics = json.loads((reference / "metrics.json").read_text())
-    assert {k: metrics.get(k) for k in STABLE} == {k: ref_metrics.get(k) for k in STABLE}
+    assert len(_losses(reference)) == STEPS
+    # the logged history survives the kill and the resume, every step once, as uninterrupted
+    assert _rows(run_dir) == _rows(reference)
+    metrics, ref_metrics = _metrics(run_dir), _metrics(reference)
+    assert any(k.startswith("initial/val/") for k in ref_metrics)
+    assert any(k.startswith("val/") for k in ref_metrics)
+    assert metrics == ref_metrics  # initial/val/* included, timings left out
 
 
 def _kill_and_resume(at, how, tmp_path, text_corpus, cache_dir, reference, expect_rc):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clozelab.core.errors import config_error
+from clozelab.core.errors import ClozelabError, config_error
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -149,24 +149,105 @@ def locate(path: str | Path, key: str = "path") -> tuple[str, Path]:
 
 
 # ---------------------------------------------------------------------------- reading weights
-def read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    """The state dict of an HF directory (safetensors preferred), tensors only."""
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's load errors run to paragraphs)."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(exc).__name__}: {line if len(line) <= 160 else line[:157] + '...'}"
 
-        return load_file(str(directory / "model.safetensors"))
-    return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+
+def state_differences(stored: dict, expected: dict, check_missing: bool = True) -> list[str]:
+    """How the weights ``stored`` differ from a module's state ``expected`` (names and shapes),
+    by cause: the vocabulary (rows of the token table), other sizes, other parameters."""
+    missing = sorted(set(expected) - set(stored)) if check_missing else []
+    unexpected = sorted(set(stored) - set(expected)) if check_missing else []
+    common = sorted(set(expected) & set(stored))
+
+    def shape(k):
+        return f"{k}: checkpoint {tuple(stored[k].shape)} vs config {tuple(expected[k].shape)}"
+
+    def rows_differ(k):  # rows of the token table: the vocabulary
+        return "word_embeddings" in k and stored[k].shape[:1] != expected[k].shape[:1]
+
+    vocab = [shape(k) for k in common if rows_differ(k)]
+    differ = [k for k in common if tuple(stored[k].shape) != tuple(expected[k].shape)]
+    others = [shape(k) for k in differ if not rows_differ(k)]
+    problems = []
+    if vocab:
+        problems.append(f"a different vocabulary ({vocab[0]})")
+    if others:
+        problems.append(f"different layer sizes ({'; '.join(others[:2])})")
+    if missing or unexpected:
+        problems.append(
+            f"a different architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return problems
+
+
+def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
+    """``module.load_state_dict(state, strict=False)`` after checking the shapes: a checkpoint of
+    other sizes is a ClozelabError naming the difference, not a wall of size-mismatch lines."""
+    problems = state_differences(state, module.state_dict(), check_missing=False)
+    if problems:
+        raise ClozelabError(
+            f"checkpoint {source}: its weights do not fit the model its config describes: "
+            f"{'; '.join(problems)}. Fix: pass the checkpoint of the run whose config.yaml and "
+            "tokenizer/ sit beside it (config.yaml was changed, or the file was copied from "
+            "another run)."
+        )
+    module.load_state_dict(state, strict=False)
+
+
+def read_hf_weights(directory: Path) -> dict[str, Tensor]:
+    """The state dict of an HF directory (safetensors preferred), tensors only; a damaged file is
+    a ClozelabError naming it."""
+    path = directory / "model.safetensors"
+    try:
+        if path.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        path = directory / "pytorch_model.bin"
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        problem = f"unreadable, damaged or not a weights file ({first_line(exc)})"
+        fix = "export the model again (clozelab export RUN_DIR OUT_DIR) or point to another one"
+        raise config_error("checkpoint", str(path), problem, fix) from None
+
+
+def read_hf_config(directory: Path) -> dict:
+    """``config.json`` of an HF BERT directory, parsed and checked to be a BERT config."""
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise config_error(
+            "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
+            "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
+        ) from None  # fmt: skip
+    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in needed if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise config_error(
+            "checkpoint", str(path), f"not a BERT config.json (no {missing})",
+            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining)",
+        )  # fmt: skip
+    return config
 
 
 def read_checkpoint_state(checkpoint: Path, key: str = "checkpoint") -> dict[str, Tensor]:
     """The module state dict of a Lightning checkpoint (tensors only, no pickled objects)."""
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # torn, truncated, random bytes, not a checkpoint at all
         raise config_error(
-            key,
-            str(checkpoint),
-            f"cannot be read as a PyTorch checkpoint ({exc})",
-            "pass a checkpoint written by clozelab pretrain (checkpoints/last.ckpt)",
-        ) from exc
-    return ckpt.get("state_dict", ckpt)
+            key, str(checkpoint), f"unreadable, damaged or not a PyTorch checkpoint "
+            f"({first_line(exc)})",
+            "pass a whole checkpoint written by clozelab pretrain (checkpoints/last.ckpt, or an "
+            "earlier checkpoints/step-N.ckpt of the run)",
+        ) from None  # fmt: skip
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise config_error(key, str(checkpoint), "holds no state_dict",
+                           "pass a checkpoint written by clozelab pretrain")  # fmt: skip
+    return state

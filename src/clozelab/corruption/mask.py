@@ -1,5 +1,9 @@
 """BERT token masking: choose single tokens, then [MASK] / random / keep them (SPECS §1, §3, §4).
 
+``TokenMasking`` is the token-level fast path (``corruption=mask``); the unit-level schemes (whole
+word, entity, phrase) and their shared base ``MaskingCorruption`` live in ``masking.py``. Both
+module paths are ``_target_`` names in saved run configs, so they keep their names.
+
 Three budgets:
 
 * ``bernoulli`` — each candidate is chosen independently with probability ``rate`` (HF collator).

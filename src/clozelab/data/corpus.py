@@ -176,8 +176,15 @@ def _resolve_one(spec: str | PathLike[str], key: str) -> CorpusSpec:
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = _base_dir() / path
-    path = path.resolve()
-    if not path.exists():
+    try:
+        path = path.resolve()
+        exists = path.exists()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise config_error(
+            key, raw, f"cannot be resolved ({exc})",
+            "point it at the real file or directory (check the symbolic links on the way)",
+        ) from None  # fmt: skip
+    if not exists:
         raise config_error(
             key,
             raw,

@@ -195,7 +195,7 @@ def _rows(dataset: Any, source: str, split: str, text_column: str, key: str) -> 
             key,
             source,
             f"has no column {text_column!r} (columns: {', '.join(columns)})",
-            "set the text column to one of those (text_column=...)",
+            "name the column that holds the text: data.text_column=COLUMN (one of those)",
         )
     features = getattr(dataset, "features", None)
     if features is not None and text_column in features:

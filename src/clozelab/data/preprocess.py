@@ -30,6 +30,7 @@ from clozelab.data.corpus_stats import CorpusStats
 from clozelab.data.document import Document
 from clozelab.data.sentences import split_sentences
 from clozelab.data.shards import ShardError, ShardWriter, open_split
+from clozelab.data.staging import die_with_parent, remove_stale, staging_dir
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer, train_wordpiece
 
 log = logging.getLogger(__name__)
@@ -64,16 +65,33 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sentence_texts(corpus: str, max_documents: int | None) -> Iterator[str]:
-    for i, doc in enumerate(iter_documents(corpus)):
+def reader_options(data_cfg) -> dict:
+    """Corpus reader options from the data config (``data.text_column``: the column of HF
+    datasets and .jsonl/.csv/.parquet files; the other corpus kinds ignore it)."""
+    column = data_cfg.get("text_column") or "text"
+    return {"text_column": str(column)}
+
+
+def _keyed(settings: dict, options: dict) -> dict:
+    """The cache key settings plus the reader options that differ from the defaults (so the
+    default keeps the keys of existing caches)."""
+    changed = {k: v for k, v in options.items() if (k, v) != ("text_column", "text")}
+    return {**settings, "reader": changed} if changed else settings
+
+
+def _sentence_texts(corpus: str, max_documents: int | None, options: dict) -> Iterator[str]:
+    for i, doc in enumerate(iter_documents(corpus, **options)):
         if max_documents is not None and i >= max_documents:
             return
         for text, _ in split_sentences(doc):
             yield text
 
 
-def get_tokenizer(tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=None) -> Tokenizer:
+def get_tokenizer(
+    tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=None, options: dict | None = None
+) -> Tokenizer:
     """Load the configured tokenizer, or train (once, then cached) a WordPiece on the corpus."""
+    options = options or {}
     path = tokenizer_cfg.get("path")
     lowercase = tokenizer_cfg.get("lowercase", True)
     if path:
@@ -86,19 +104,21 @@ def get_tokenizer(tokenizer_cfg, corpus: str, cache_dir: Path, max_documents=Non
         "min_frequency": tokenizer_cfg.get("min_frequency", 2),
         "max_documents": max_documents,
     }
+    settings = _keyed(settings, options)
     target = cache_dir / "tokenizers" / _digest(settings)
+    remove_stale(target.parent)
     if (target / "tokenizer.json").is_file():
         log.info("Reusing the cached tokenizer at %s", target)
         return load_tokenizer(target / "tokenizer.json", lowercase)
     log.info("Training a WordPiece tokenizer (vocab %d) on %s", settings["vocab_size"], corpus)
     start = time.perf_counter()
     tokenizer = train_wordpiece(
-        _sentence_texts(corpus, max_documents),
+        _sentence_texts(corpus, max_documents, options),
         vocab_size=settings["vocab_size"],
         lowercase=lowercase,
         min_frequency=settings["min_frequency"],
     )
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = staging_dir(target)
     tokenizer.save(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings, indent=1), "utf-8")
     _publish(tmp, target)
@@ -127,6 +147,7 @@ _WORKER_ANNOTATOR: Annotator | None = None
 
 def _init_worker(tokenizer_json: str, lowercase: bool, settings: AnnotationSettings) -> None:
     global _WORKER_TOKENIZER, _WORKER_ANNOTATOR
+    die_with_parent()  # a killed prepare leaves no orphan workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, lowercase)
     _WORKER_ANNOTATOR = settings.build()
@@ -259,6 +280,7 @@ def build_shards(
     max_documents: int | None = None,
     shard_tokens: int = 50_000_000,
     settings: AnnotationSettings | None = None,
+    options: dict | None = None,
 ) -> dict:
     settings = settings or AnnotationSettings()
     phrases = settings.phrases != "none"
@@ -266,7 +288,7 @@ def build_shards(
         name: ShardWriter(directory / name, tokenizer.vocab_size, shard_tokens, phrases=phrases)
         for name in ("train", "validation")
     }
-    docs = _limited(iter_documents(corpus), max_documents)
+    docs = _limited(iter_documents(corpus, **(options or {})), max_documents)
     label = "Tokenising and annotating documents" if settings.active else "Tokenising documents"
     counts = [0, 0.0]
     start = time.perf_counter()
@@ -302,12 +324,31 @@ def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict
             "sentences_per_s_per_process": round(rate, 1)}  # fmt: skip
 
 
+def _documents(n: int) -> str:
+    return f"{n} document{'s' if n != 1 else ''}"
+
+
+def _holdout_fix(documents: int) -> str:
+    """What to do when no validation document is held out of ``documents``."""
+    if documents < 2:  # no fraction can split one document
+        return (
+            "give a corpus of several documents (text files: a blank line between documents; "
+            "one .jsonl/.csv row per document), or set data.validation_fraction=0 to train "
+            "without validation"
+        )
+    return (
+        f"set data.validation_fraction to at least 1/{documents} (e.g. "
+        f"{min(0.49, round(1 / documents + 0.005, 2))}), or use a larger corpus"
+    )
+
+
 def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
     """Tokenizer + shards for ``data_cfg.corpus``, reusing the cache when the key matches."""
     cache_dir = Path(cache_dir).expanduser()
     corpus = str(data_cfg.corpus)
     max_documents = data_cfg.get("max_documents")
-    tokenizer = get_tokenizer(tokenizer_cfg, corpus, cache_dir, max_documents)
+    options = reader_options(data_cfg)
+    tokenizer = get_tokenizer(tokenizer_cfg, corpus, cache_dir, max_documents, options)
     fraction = float(data_cfg.get("validation_fraction", 0.05))
     if not 0.0 <= fraction < 0.5:
         raise config_error(
@@ -325,8 +366,10 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
     annotation_key = annotation.cache_key()
     if annotation_key is not None:  # the default (anchors, no phrases) keeps the old keys
         settings["annotation"] = annotation_key
+    settings = _keyed(settings, options)
     key = _digest(settings)
     directory = cache_dir / "shards" / key
+    remove_stale(directory.parent)  # partial builds of killed runs
     if directory.is_dir():
         try:
             for split in ("train", "validation"):
@@ -339,7 +382,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             shutil.rmtree(directory, ignore_errors=True)
     log.info("Preprocessing %s into %s", corpus, directory)
     start = time.perf_counter()
-    tmp = directory.with_name(f"{key}.tmp{os.getpid()}")
+    tmp = staging_dir(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         stats = build_shards(
@@ -350,6 +393,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             workers=int(data_cfg.get("preprocessing_workers", 2)),
             max_documents=max_documents,
             settings=annotation,
+            options=options,
         )
         stats["settings"] = settings
         CorpusStats(tmp / "train").unigram_counts(tokenizer.vocab_size)  # cached with the shards
@@ -362,9 +406,9 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         raise
     if stats["validation"]["tokens"] == 0 and fraction > 0:
         raise ClozelabError(
-            f"data.validation_fraction={fraction}: the corpus has too few documents "
-            f"({stats['train']['documents']}) to hold any out. Fix: use a larger corpus or a "
-            "larger fraction."
+            f"data.validation_fraction={fraction}: holds out every {validation_every}th "
+            f"document, and the corpus has {_documents(stats['train']['documents'])}, so no "
+            f"validation document is left. Fix: {_holdout_fix(stats['train']['documents'])}."
         )
     log.info(
         "Preprocessed %d documents, %d sentences, %d tokens in %.1fs",

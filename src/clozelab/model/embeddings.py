@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.heads import Dropout, init_bert_weights
+from clozelab.model.layers import Dropout, init_bert_weights
 
 
 class Embedding(nn.Module):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.embeddings import Embedding
-from clozelab.model.heads import Dropout, init_bert_weights
+from clozelab.model.layers import Dropout, init_bert_weights
 
 
 def sinusoidal_table(n_positions: int, size: int) -> Tensor:

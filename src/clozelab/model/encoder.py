@@ -12,7 +12,7 @@ exactly as in BERT, so a checkpoint maps one to one.
 Attention goes through ``F.scaled_dot_product_attention``, unmasked when the batch has no
 padding. One exception, for speed: training with attention dropout on CPU, where SDPA would fall
 back to its plain-math path with a slow dropout, computes the same math itself with the fast
-dropout of ``clozelab.model.heads`` (only with ``attention_backend="auto"`` and outside
+dropout of ``clozelab.model.layers`` (only with ``attention_backend="auto"`` and outside
 ``torch.compile``). ``attention_backend`` restricts SDPA to one kernel
 (``clozelab.model.attention``); ``unpad`` runs the dense parts of every layer on the real tokens
 of a padded batch only (``clozelab.model.unpad``).
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
-from clozelab.model.heads import (
+from clozelab.model.layers import (
     Dropout,
     canonical_activation,
     dropout,
@@ -88,7 +88,7 @@ def attention_with_cpu_dropout(
 
     With attention dropout on CPU, SDPA falls back to this same math but draws its dropout mask
     with per-element Bernoulli sampling, which costs more than the two attention matmuls
-    together; ``clozelab.model.heads.dropout`` draws it about 4x faster. Masked keys get the
+    together; ``clozelab.model.layers.dropout`` draws it about 4x faster. Masked keys get the
     dtype's minimum (as HF does), so a row with every key masked averages instead of NaN.
     ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """

@@ -28,7 +28,7 @@ from clozelab.model.encoder import (
     key_padding_mask,
     run_layers,
 )
-from clozelab.model.heads import Dropout, canonical_activation, init_bert_weights
+from clozelab.model.layers import Dropout, canonical_activation, init_bert_weights
 from clozelab.model.unpad import Packing, check_unpad_attention
 
 NORMS = ("post", "pre")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
-from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation
+from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
 
 BODY_PREFIX = "bert."
 #: Keys HF checkpoints may carry that hold no weights (buffers); accepted and ignored.

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.bart import BartDecoder, BartEmbeddings
 from clozelab.model.encoder import TransformerEncoder
-from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation
+from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
 from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder
 
 _QKV = ("q", "k", "v")

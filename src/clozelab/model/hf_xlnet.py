@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.model.heads import HF_ACTIVATION_NAMES, canonical_activation
+from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
 
 BODY_PREFIX = "transformer."
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
-from clozelab.model.heads import Dropout
+from clozelab.model.layers import Dropout
 
 
 class RMSNorm(nn.Module):

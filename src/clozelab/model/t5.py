@@ -20,7 +20,7 @@ from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
-from clozelab.model.heads import Dropout
+from clozelab.model.layers import Dropout
 from clozelab.model.seq2seq_layers import (
     Attention,
     Block,

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward
-from clozelab.model.heads import Dropout, canonical_activation, dropout, init_bert_weights
+from clozelab.model.layers import Dropout, canonical_activation, dropout, init_bert_weights
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
-from clozelab.model.heads import get_activation, init_bert_weights
+from clozelab.model.layers import get_activation, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import config_error
-from clozelab.model.heads import LMTransform
+from clozelab.model.layers import LMTransform
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
-from clozelab.model.heads import init_bert_weights
+from clozelab.model.layers import init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import config_error
-from clozelab.model.heads import get_activation, init_bert_weights
+from clozelab.model.layers import get_activation, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import tied_decoder_cross_entropy
 

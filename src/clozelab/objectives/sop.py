@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.model.heads import Dropout, Pooler, init_bert_weights
+from clozelab.model.layers import Dropout, Pooler, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

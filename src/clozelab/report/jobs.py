@@ -1,7 +1,8 @@
 """The jobs of one or more sweep directories, as ``clozelab report`` reads them.
 
 A job directory is one that holds ``config.yaml`` or ``.hydra/`` (Hydra writes
-``<hydra.sweep.dir>/<job num>/``). Each job gives its overrides (``.hydra/overrides.yaml``), its
+``<hydra.sweep.dir>/<job num>/``). Each job gives its overrides (the record it wrote, ``job.json``;
+``.hydra/overrides.yaml`` for older jobs), its
 status and error (``metrics.json``), its metric values (``metrics.json``, ``eval/<task>.json``,
 ``csv/metrics.csv``) and its protocol. The grid Hydra's basic sweeper expands from
 ``multirun.yaml`` names the jobs that should exist, so a job that never ran is listed as missing.
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from clozelab.core.claim import RECORD_FILE
 from clozelab.core.errors import ClozelabError
-from clozelab.core.rundir import read_json as read_json_dict  # a JSON object, {} when unreadable
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Job:
     sweep_dir: Path
     order: tuple  # (index of its sweep dir, job number or name): grid order
     overrides: dict[str, str]  # key -> value as written on the command line
-    status: str  # completed | failed | interrupted | missing
+    status: str  # completed | failed | interrupted | missing | damaged
     error: str | None = None
     config: dict = field(default_factory=dict)
     choices: dict[str, str] = field(default_factory=dict)
@@ -93,8 +94,50 @@ def _select(container: dict, key: str):
 def _read_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text("utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
         return None
+
+
+class Damage:
+    """The damaged records of one job directory (a file there that cannot be read as what it
+    should be), named in the report instead of being taken for a job that has not run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.files: list[str] = []
+
+    def json(self, name: str) -> dict:
+        """A JSON object file of the job ({} when absent; noted when present but unreadable)."""
+        file = self.path / name
+        if not file.exists():
+            return {}
+        try:
+            value = json.loads(file.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            self.files.append(f"{name} ({type(exc).__name__}: {str(exc)[:80]})")
+            return {}
+        if not isinstance(value, dict):
+            self.files.append(f"{name} (a JSON {type(value).__name__}, not an object)")
+            return {}
+        return value
+
+    def yaml(self, name: str, kind: type):
+        """A YAML file of the job holding a ``kind`` (None when absent or damaged, noted)."""
+        file = self.path / name
+        if not file.exists():
+            return None
+        value = _read_yaml(file)
+        if not isinstance(value, kind):
+            self.files.append(f"{name} (not a YAML {kind.__name__})")
+            return None
+        return value
+
+    def message(self) -> str:
+        return (
+            f"damaged record: {'; '.join(self.files)} in {self.path}. Fix: restore the file(s) "
+            "from a backup, or re-run the job (re-launch the sweep: a finished job is skipped, "
+            "this one resumes from its checkpoint)"
+        )
 
 
 def split_override(text: str) -> tuple[str, str] | None:
@@ -111,19 +154,35 @@ def parse_overrides(items) -> dict[str, str]:
     return dict(pair for pair in pairs if pair is not None)
 
 
+def as_float(value) -> float | None:
+    """A finite number from a record's text, else None (absent, empty, damaged)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def last_csv_value(path: Path, column: str) -> float | None:
     for row in reversed(read_csv_rows(path)):
-        if row.get(column) not in (None, ""):
-            return float(row[column])
+        value = as_float(row.get(column))
+        if value is not None:
+            return value
     return None
 
 
+_WARNED: set[Path] = set()  # damaged CSV logs already named
+
+
 def read_csv_rows(path: Path) -> list[dict]:
-    """The rows of a Lightning CSVLogger file (empty when there is none)."""
+    """The rows of a Lightning CSVLogger file (empty when there is none or it is damaged)."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
-    except OSError:
+    except (OSError, ValueError, csv.Error) as exc:  # ValueError: not UTF-8 text
+        if path.exists() and path not in _WARNED:
+            _WARNED.add(path)
+            log.warning("%s: unreadable (%s); its curves are left out", path, exc)
         return []
 
 
@@ -144,25 +203,44 @@ def find_job_dirs(root: Path) -> list[Path]:
     return found
 
 
+def _launch_record(path: Path, damage: Damage) -> tuple[list, dict]:
+    """A job's overrides and config-group choices: from the record the job wrote (job.json),
+    else from Hydra's ``.hydra/`` (jobs of older versions)."""
+    record = damage.json(RECORD_FILE)
+    if isinstance(record.get("overrides"), list) and isinstance(record.get("choices"), dict):
+        return record["overrides"], record["choices"]
+    hydra = damage.yaml(".hydra/hydra.yaml", dict) or {}
+    runtime = hydra.get("hydra") if isinstance(hydra.get("hydra"), dict) else {}
+    choices = (runtime.get("runtime") or {}).get("choices") if isinstance(runtime, dict) else {}
+    overrides = damage.yaml(".hydra/overrides.yaml", list) or []
+    if not all(isinstance(o, str) for o in overrides):
+        damage.files.append(".hydra/overrides.yaml (entries that are not overrides)")
+        overrides = []
+    return overrides, choices if isinstance(choices, dict) else {}
+
+
 def read_job(path: Path, sweep_dir: Path, index: int) -> Job:
-    metrics = read_json_dict(path / "metrics.json")
-    hydra = _read_yaml(path / ".hydra" / "hydra.yaml") or {}
-    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    if metrics:
+    damage = Damage(path)
+    metrics = damage.json("metrics.json")
+    overrides, choices = _launch_record(path, damage)
+    config = damage.yaml("config.yaml", dict) or {}
+    evals = {p.stem: damage.json(f"eval/{p.name}") for p in sorted((path / "eval").glob("*.json"))}
+    evals.pop("summary", None)
+    if damage.files:
+        status, error = "damaged", damage.message()
+    elif metrics:
         status, error = str(metrics.get("status", "completed")), metrics.get("error")
     else:
         status = "missing"
         error = "no metrics.json: the job has not run, is still running, or was killed"
-    evals = {p.stem: read_json_dict(p) for p in sorted((path / "eval").glob("*.json"))}
-    evals.pop("summary", None)
     return Job(
         path=path,
         sweep_dir=sweep_dir,
         order=(index, *_job_key(path)),
-        overrides=parse_overrides(_read_yaml(path / ".hydra" / "overrides.yaml")),
+        overrides=parse_overrides(overrides),
         status=status,
         error=error,
-        config=_read_yaml(path / "config.yaml") or {},
+        config=config,
         choices={str(k): str(v) for k, v in choices.items() if v is not None},
         metrics=metrics,
         evals=evals,
@@ -197,12 +275,13 @@ def _missing_jobs(sweep_dir: Path, index: int, jobs: list[Job]) -> list[Job]:
     if grid is None:
         return []
     have = [job.overrides for job in jobs]
+    damaged = {job.path for job in jobs if job.status == "damaged"}  # listed as damaged
     missing = []
     for num, items in enumerate(grid):
         overrides = parse_overrides(items)
-        if overrides in have:
-            continue
         path = sweep_dir / str(num)
+        if overrides in have or path in damaged:
+            continue
         missing.append(
             Job(path=path, sweep_dir=sweep_dir, order=(index, 0, num, ""), overrides=overrides,
                 status="missing", error="in the grid of multirun.yaml, but no job directory")

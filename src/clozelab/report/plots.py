@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib.figure import Figure
 
-from clozelab.report.jobs import read_csv_rows
+from clozelab.report.jobs import as_float, read_csv_rows
 from clozelab.report.stats import better_text
 
 CURVES = ("train/loss", "val/loss")
@@ -157,15 +157,16 @@ def _curve(job, column: str, use_tokens: bool) -> list[tuple[int, float, float]]
     rows = read_csv_rows(job.path / "csv" / "metrics.csv")
     steps, tokens = [0.0], [0.0]
     for row in rows:
-        if row.get(TOKENS) and row.get("step"):
-            steps.append(float(row["step"]))
-            tokens.append(float(row[TOKENS]))
+        step, seen = as_float(row.get("step")), as_float(row.get(TOKENS))
+        if step is not None and seen is not None:
+            steps.append(step)
+            tokens.append(seen)
     out = []
-    for row in rows:
-        if row.get(column) and row.get("step"):
-            step = int(float(row["step"]))
-            x = float(np.interp(step, steps, tokens)) if use_tokens else float(step)
-            out.append((step, x, float(row[column])))
+    for row in rows:  # a damaged cell (not a number) leaves its point out
+        step, value = as_float(row.get("step")), as_float(row.get(column))
+        if step is not None and value is not None:
+            x = float(np.interp(step, steps, tokens)) if use_tokens else step
+            out.append((int(step), x, value))
     return out
 
 

@@ -180,7 +180,7 @@ def _jobs_section(report) -> list[str]:
     counts: dict[str, int] = {}
     for job in report.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    lines = ["## Jobs left out: failed, interrupted, missing, duplicate", "",
+    lines = ["## Jobs left out: failed, interrupted, missing, damaged, duplicate", "",
              f"{len(report.jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) +
              ". Only completed jobs enter the statistics.", ""]  # fmt: skip
     bad = [j for j in report.jobs if not j.completed]

@@ -9,7 +9,6 @@ body (``checkpoint=none``: the "why pre-train" baseline) with the sizes of ``mod
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,16 @@ from torch import Tensor, nn
 
 from clozelab.core.config import build
 from clozelab.core.errors import config_error
-from clozelab.core.rundir import read_checkpoint_state, read_hf_weights
+from clozelab.core.rundir import (
+    load_state_checked,
+    read_checkpoint_state,
+    read_hf_config,
+    read_hf_weights,
+)
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer
 from clozelab.model.encoder import EncoderOutput
-from clozelab.model.heads import Pooler
 from clozelab.model.layer_pool import embed_texts
+from clozelab.model.layers import Pooler
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,8 @@ def _run_modules(found: _Found) -> tuple[nn.Module, nn.Module, dict, DictConfig]
 
 def _load_prefixed(module: nn.Module, state: dict, prefix: str, key: str) -> None:
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, _ = module.load_state_dict(sub, strict=False)
+    load_state_checked(module, sub, key)
+    missing = sorted(set(module.state_dict()) - set(sub))
     if missing:
         raise config_error(
             "checkpoint",
@@ -177,8 +182,7 @@ def _hf_modules(found: _Found):
     from clozelab.model.encoder import TransformerEncoder
     from clozelab.model.hf import kwargs_from_hf_config
 
-    config = json.loads((found.root / "config.json").read_text("utf-8"))
-    kwargs = kwargs_from_hf_config(config)
+    kwargs = kwargs_from_hf_config(read_hf_config(found.root))
     return BertEmbeddings(**kwargs["embedding"]), TransformerEncoder(**kwargs["encoder"])
 
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.heads import Pooler, init_bert_weights
 from clozelab.model.layer_pool import layer_mix as build_layer_mix
+from clozelab.model.layers import Pooler, init_bert_weights
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.spans import SpanHead
 

@@ -76,6 +76,19 @@ def _file_errors(reader):
     return read
 
 
+def _check_delimiter(first: list[str] | None, delimiter: str, path: Path) -> None:
+    """A CSV read as TSV (or the other way round) comes out as one column per line: name the
+    format the file is in."""
+    other, fmt, right = ("\t", "csv", "tsv") if delimiter == "," else (",", "tsv", "csv")
+    if first and len(first) == 1 and other in first[0]:
+        raise config_error(
+            "task.format", fmt,
+            f"{path} reads as one column per line ({first[0][:60]!r}); it looks "
+            f"{'tab' if right == 'tsv' else 'comma'}-separated",
+            f"set task.format={right}",
+        )  # fmt: skip
+
+
 @_file_errors
 def read_delimited(
     path: Path,
@@ -93,6 +106,8 @@ def read_delimited(
         rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
         names = next(rows, None) if header else None
         for row in rows:
+            if not examples and sum(c is not None for c in (text, text_pair, label)) > 1:
+                _check_delimiter(names or row, delimiter, path)  # one column cannot hold them
             if not row or all(not c.strip() for c in row):
                 continue
             examples.append(

@@ -1,6 +1,7 @@
-"""Training callbacks: the token budget, plain-text progress for non-terminal output, and the
-two that make a run resumable exactly (RNG state in checkpoints; a checkpoint on SIGTERM/SIGINT/
-SIGUSR1 before exiting)."""
+"""Training callbacks: the token budget, plain-text progress for non-terminal output, the
+initial metrics carried in checkpoints, the step of the last validation, and the two that make a
+run resumable exactly (RNG state in checkpoints; a checkpoint on SIGTERM/SIGINT/SIGUSR1 before
+exiting)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,32 @@ class LogProgress(pl.Callback):
         if vals:
             log.info("validation at step %d: %s", trainer.global_step,
                      " · ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))  # fmt: skip
+
+
+class InitialMetrics(pl.Callback):
+    """The untrained model's validation metrics (``initial/val/...``), carried in every checkpoint
+    so that a resumed run reports them even when the launch it continues wrote no metrics.json
+    (SIGKILL, out of memory)."""
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    def state_dict(self) -> dict:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.metrics = dict(state_dict.get("metrics") or {})
+
+
+class ValidatedAt(pl.Callback):
+    """The global step of the last validation during training (None before any)."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.step = trainer.global_step
 
 
 class RNGState(pl.Callback):

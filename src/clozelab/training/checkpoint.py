@@ -22,7 +22,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from clozelab.core.errors import ClozelabError
-from clozelab.core.rundir import user_mode
+from clozelab.core.rundir import first_line, state_differences, user_mode
 
 TMP_PREFIX = ".tmp-"
 
@@ -96,10 +96,11 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torn, truncated, not a checkpoint at all
         raise ClozelabError(
-            f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc}). Fix: delete it (the "
-            "run then restarts from the previous checkpoint, or from scratch) or choose another "
-            "hydra.run.dir."
-        ) from exc
+            f"checkpoint {path}: unreadable, damaged or not a PyTorch checkpoint "
+            f"({first_line(exc)}). Fix: point to another checkpoint (e.g. an earlier "
+            "checkpoints/step-N.ckpt of the run); to resume the run, delete the file (it restarts "
+            "from scratch) or choose another hydra.run.dir."
+        ) from None
 
 
 def check_compatible(path: str | Path, module: torch.nn.Module, what: str = "resume") -> dict:
@@ -114,27 +115,9 @@ def check_compatible(path: str | Path, module: torch.nn.Module, what: str = "res
             f"checkpoint {path}: has no state_dict (not a clozelab pretrain checkpoint). Fix: "
             "delete it or choose another hydra.run.dir."
         )
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(stored[k].shape)} vs config {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(stored))
-        if tuple(stored[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
+    problems = state_differences(stored, module.state_dict())
+    if not problems:
         return checkpoint
-    problems = []
-    vocab = [s for s in shapes if "word_embeddings" in s]
-    if vocab:
-        problems.append(f"a different vocabulary ({vocab[0]})")
-    others = [s for s in shapes if s not in vocab]
-    if others:
-        problems.append(f"different layer sizes ({'; '.join(others[:2])})")
-    if missing or unexpected:
-        problems.append(
-            f"a different architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
     raise ClozelabError(
         f"checkpoint {path}: cannot {what} from it: it was written by a model with "
         f"{'; '.join(problems)}. Fix: re-launch with the config that wrote it (see config.yaml "

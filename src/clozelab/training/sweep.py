@@ -3,86 +3,66 @@
 - **Crash isolation.** Any exception a job raises is logged (with its traceback unless it is a
   ClozelabError), written to its ``metrics.json`` (``status: failed``, ``error``) and the next
   job starts; Ctrl-C and preemption (KeyboardInterrupt, SystemExit) still stop the sweep.
-- **Re-launch.** A job directory remembers the config it ran (``job.json``: a hash of the
-  resolved config, paths left out). Re-launching the same sweep (same ``hydra.sweep.dir``, same
-  grid, so the same job numbers) skips every job that finished with that config, and re-runs
-  the others, which resume from their ``checkpoints/last.ckpt``. A job directory that holds a run
-  of another config (the grid was changed) is refused, never resumed from.
+- **Re-launch.** A job directory holds the record its run wrote (``job.json``, see
+  clozelab.core.claim: a hash of the resolved config, paths left out). Re-launching the same sweep
+  (same ``hydra.sweep.dir``, same grid, so the same job numbers) skips every job that finished
+  with that config, and re-runs the others, which resume from their ``checkpoints/last.ckpt``. A
+  job directory that holds a run of another config (the grid was changed) is refused and left
+  byte-for-byte as it was, never resumed from.
 - **Optuna.** With ``sweep_meta.objective`` set (e.g. ``val/mlm_loss``) a job returns that metric
   as a float, as Hydra's Optuna sweeper needs; otherwise it returns its metrics.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from clozelab.core.claim import (
+    RECORD_FILE,
+    RunDirectoryRefused,
+    check_relaunch,
+    claim,
+    config_hash,
+    launch_identity,
+    notice,
+    read_json,
+    write_hydra_record,
+    write_json,
+)
 from clozelab.core.errors import ClozelabError
-from clozelab.core.rundir import read_json, write_json
 
 log = logging.getLogger("clozelab")
 
-JOB_FILE = "job.json"
+
+def record_launch(run_dir: Path, cfg: DictConfig) -> None:
+    """The job's record (job.json, .hydra/) when it has none yet, so a job that failed before
+    its run started is still a job the report can place on the grid."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0 or (run_dir / RECORD_FILE).is_file():
+        return
+    overrides, choices, _ = launch_identity()
+    claim(run_dir, config_hash(cfg), overrides, choices)
+    write_hydra_record(run_dir, cfg)
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config without ``paths`` (where the job lives is not what it is)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("paths", None)
-    text = json.dumps(container, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _write(path: Path, payload: dict) -> None:
-    """Atomic JSON write, by global rank 0 only (every rank of a multi-task job runs the job)."""
+def mark_failed(run_dir: Path, exc: BaseException, protocol: dict | None) -> None:
+    """``metrics.json`` says the job failed and why (what the run wrote before is kept); written
+    by global rank 0 only (every rank of a multi-task job runs the job)."""
     from pytorch_lightning.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    write_json(path, payload)
-
-
-def finished_metrics(run_dir: Path, digest: str) -> dict | None:
-    """The metrics of a job that ran to its end (training and evaluation) with this config."""
-    job, metrics = read_json(run_dir / JOB_FILE), read_json(run_dir / "metrics.json")
-    if job.get("config_hash") == digest and job.get("finished") and metrics:
-        return metrics if metrics.get("status") == "completed" else None
-    return None
-
-
-def claim(run_dir: Path, digest: str, overrides: list[str]) -> None:
-    """Record that this job directory runs this config (raises when it holds another one)."""
-    job = read_json(run_dir / JOB_FILE)
-    if job and job.get("config_hash") != digest:
-        raise ClozelabError(
-            f"hydra.sweep.dir: the job directory {run_dir} holds a run of another config "
-            f"(overrides {job.get('overrides')}, this job {overrides}); it is left as it is. Fix: "
-            "re-launch with the grid that wrote the sweep, or use a new hydra.sweep.dir."
-        )
-    launches = int(job.get("launches", 0)) + 1
-    _write(run_dir / JOB_FILE, {"config_hash": digest, "overrides": overrides,
-                                "launches": launches, "finished": False})  # fmt: skip
-
-
-def mark_finished(run_dir: Path, metrics: dict) -> None:
-    job = read_json(run_dir / JOB_FILE)
-    job["finished"] = metrics.get("status") == "completed"
-    _write(run_dir / JOB_FILE, job)
-
-
-def mark_failed(run_dir: Path, exc: BaseException, protocol: dict | None) -> None:
-    """``metrics.json`` says the job failed and why (what the run wrote before is kept)."""
     metrics = read_json(run_dir / "metrics.json")
     error = str(exc) if isinstance(exc, ClozelabError) else repr(exc)
     metrics.update(status="failed", error=error)
     if protocol is not None:
         metrics.setdefault("protocol", protocol)
-    _write(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
 
 
 def job_return(metrics, cfg: DictConfig):
@@ -109,32 +89,33 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
 
     hydra = HydraConfig.get()
     num, overrides = hydra.job.num, list(hydra.overrides.task)
-    tracked = command == "pretrain"
+    tracked = command == "pretrain"  # pretrain owns its run directory (clozelab.core.claim)
     run_dir = Path(cfg.paths.output_dir) if tracked else None
-    protocol, claimed = None, False
+    protocol, checked = None, False
     try:
         if tracked:
             from clozelab.training.protocol import protocol as run_protocol
 
-            digest = config_hash(cfg)
-            done = finished_metrics(run_dir, digest)
+            key = "hydra.sweep.dir"
+            done = check_relaunch(run_dir, config_hash(cfg), overrides, key, strict=True)
             if done is not None:
-                log.info("job %s: already completed with this config in %s; skipped", num, run_dir)
+                notice(f"job {num}: already completed with this config in {run_dir}; skipped")
                 return job_return(done, cfg)
-            claim(run_dir, digest, overrides)
-            claimed = True
+            checked = True
             protocol = run_protocol(cfg)
-        metrics = function(cfg)
+        metrics = function(cfg)  # pretrain checks again, under the directory's lock
     except (KeyboardInterrupt, SystemExit):
         raise
+    except RunDirectoryRefused as exc:  # the directory is left exactly as it was
+        notice(f"job {num} refused: {exc}")
+        return None
     except Exception as exc:  # the other jobs of the sweep go on
         if isinstance(exc, ClozelabError):
             log.error("job %s failed: %s", num, exc)
         else:
             log.exception("job %s failed", num)
-        if claimed:  # never in a directory that holds another config's run
+        if checked:  # never in a directory that holds another config's run
+            record_launch(run_dir, cfg)  # when it failed before pretrain claimed the directory
             mark_failed(run_dir, exc, protocol)
         return None
-    if tracked:
-        mark_finished(run_dir, metrics)
     return job_return(metrics, cfg)

@@ -17,7 +17,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import Logger
+
+from clozelab.training.csv_log import RunCSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def wandb_mode(requested: str | None = None) -> str:
 def make_loggers(logger_cfg, save_dir: str | Path, run_name: str, config: dict) -> list[Logger]:
     """CSV always, plus what ``logger_cfg.kind`` asks for ("csv", "wandb", "tensorboard")."""
     save_dir = Path(save_dir)
-    loggers: list[Logger] = [CSVLogger(save_dir, name="csv", version="")]
+    loggers: list[Logger] = [RunCSVLogger(save_dir, name="csv", version="")]  # kept on resume
     kinds = logger_cfg.get("kind", "csv")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     for kind in kinds:

@@ -18,6 +18,7 @@ from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder
 from clozelab.objectives.base import Objective
 from clozelab.training.scale import validate_trainer
+from clozelab.training.validate_values import check_values
 
 BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
              "entity_ids", "sentence_ids")  # fmt: skip
@@ -260,6 +261,7 @@ def validate_budget(cfg: DictConfig) -> None:
 
 def validate_pretrain(cfg: DictConfig) -> list[str]:
     check_arguments(cfg)  # trainer/optim/scheduler/logger keys against what reads them
+    check_values(cfg)  # types and ranges of seed, optim, scheduler, trainer
     validate_data(cfg)
     validate_model(cfg)
     validate_body(cfg)
