@@ -55,12 +55,14 @@ def test_plain_lines_start_at_the_first_step_with_budget_and_eta(compose_pretrai
 
     handler = _Lines()  # on the logger itself: whatever an earlier test did to logging's config
     monkeypatch.setattr(log, "disabled", False)
-    monkeypatch.setattr(log, "level", logging.INFO)
+    level = log.level
+    log.setLevel(logging.INFO)  # setLevel, not an attribute: it clears logging's isEnabledFor cache
     log.addHandler(handler)
     try:
         pretrain(compose_pretrain("callbacks.log_every_n_steps=4", "initial_validation=false"))
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
     lines = handler.lines
     steps = [line for line in lines if line.startswith("step ")]
     assert lines[0].startswith("training: step 0/6 · 0 tokens (0%)")
