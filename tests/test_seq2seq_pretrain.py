@@ -5,6 +5,8 @@ in seq2seq_batches.py (contract keys), independent of the corruption presets."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from seq2seq_batches import TARGET
 from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
 from clozelab.training.evaluation import load_task, run_task
+from clozelab.training.module import PretrainModule
 from clozelab.training.validate import validate_pretrain
 
 LAYOUTS = {
@@ -32,21 +35,29 @@ def _with_test_batches(cfg, extra_vocab: int = 0):
 
 
 @pytest.mark.parametrize("kind", sorted(LAYOUTS))
-def test_tiny_encoder_decoder_pretrains_and_resumes(compose_pretrain, tmp_path, kind):
+def test_tiny_encoder_decoder_pretrains_and_resumes(compose_pretrain, tmp_path, kind, monkeypatch):
     run = tmp_path / kind
-    overrides = (*LAYOUTS[kind], "objective=[seq2seq]", f"paths.output_dir={run}")
-    first = _with_test_batches(compose_pretrain(*overrides, "trainer.max_steps=3"), 4)
-    metrics = pretrain(first)
-    assert metrics["status"] == "completed" and metrics["steps"] == 3
-    assert math.isfinite(metrics["train/seq2seq_loss"])
-    assert metrics["val/seq2seq_loss"] < metrics["initial/val/seq2seq_loss"]
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    overrides = (*LAYOUTS[kind], "objective=[seq2seq]", f"paths.output_dir={run}",
+                 "trainer.max_steps=6")  # fmt: skip
+
+    def stop_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:  # SIGTERM while step 4 runs: checkpoint, exit
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PretrainModule, "on_train_batch_start", stop_at_step_3, raising=False)
+        with pytest.raises(SystemExit):
+            pretrain(_with_test_batches(compose_pretrain(*overrides), 4))
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 4
+    state = checkpoint["state_dict"]
     rows = state["embedding.word_embeddings.weight"].shape[0]
-    assert rows == metrics["vocab_size"] + 4  # the tokenizer's ids plus the sentinels
     assert any(k.startswith("objectives.seq2seq.decoder.layers.1.cross_attention") for k in state)
-    resumed = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))  # max_steps=6
+    resumed = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))  # the same command
     assert resumed["steps"] == 6 and resumed["status"] == "completed"
-    assert resumed["tokens_seen"] > metrics["tokens_seen"]
+    assert rows == resumed["vocab_size"] + 4  # the tokenizer's ids plus the sentinels
+    assert math.isfinite(resumed["train/seq2seq_loss"])
+    assert resumed["val/seq2seq_loss"] < resumed["initial/val/seq2seq_loss"]
     _check_hf_export(run, tmp_path / "exported")
     _finetune_both_ways(run, tmp_path)
 
