@@ -98,7 +98,10 @@ class T5Embeddings(Embedding):
 
 
 class _T5Stack(nn.Module):
-    """Layers, position bias and final norm shared by the T5 encoder and decoder."""
+    """Layers, position bias and final norm shared by the T5 encoder and decoder (``cross``: the
+    decoder's layers also attend to the encoder output; its position bias is one-directional)."""
+
+    cross: bool = False
 
     def __init__(
         self,
@@ -106,17 +109,17 @@ class _T5Stack(nn.Module):
         num_layers: int,
         num_heads: int,
         intermediate_size: int,
-        dropout: float,
-        attention_dropout: float,
-        activation: str,
-        layer_norm_eps: float,
-        relative_attention_num_buckets: int,
-        relative_attention_max_distance: int,
-        head_size: int | None,
-        initializer_factor: float,
-        cross: bool,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation: str = "relu",
+        layer_norm_eps: float = 1e-6,
+        relative_attention_num_buckets: int = 32,
+        relative_attention_max_distance: int = 128,
+        head_size: int | None = None,
+        initializer_factor: float = 1.0,
     ):
         super().__init__()
+        cross = self.cross
         if num_layers < 1:
             raise config_error("model.num_layers", num_layers, "must be at least 1", "set >= 1")
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
@@ -172,36 +175,7 @@ class T5Encoder(_T5Stack, Encoder):
         initializer_factor: T5's init factor.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_layers: int,
-        num_heads: int,
-        intermediate_size: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation: str = "relu",
-        layer_norm_eps: float = 1e-6,
-        relative_attention_num_buckets: int = 32,
-        relative_attention_max_distance: int = 128,
-        head_size: int | None = None,
-        initializer_factor: float = 1.0,
-    ):
-        super().__init__(
-            hidden_size,
-            num_layers,
-            num_heads,
-            intermediate_size,
-            dropout,
-            attention_dropout,
-            activation,
-            layer_norm_eps,
-            relative_attention_num_buckets,
-            relative_attention_max_distance,
-            head_size,
-            initializer_factor,
-            cross=False,
-        )
+    cross = False
 
     def forward(
         self,
@@ -232,36 +206,7 @@ class T5Decoder(_T5Stack, Decoder):
     layout = "t5"
     start = "pad"
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_layers: int,
-        num_heads: int,
-        intermediate_size: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation: str = "relu",
-        layer_norm_eps: float = 1e-6,
-        relative_attention_num_buckets: int = 32,
-        relative_attention_max_distance: int = 128,
-        head_size: int | None = None,
-        initializer_factor: float = 1.0,
-    ):
-        super().__init__(
-            hidden_size,
-            num_layers,
-            num_heads,
-            intermediate_size,
-            dropout,
-            attention_dropout,
-            activation,
-            layer_norm_eps,
-            relative_attention_num_buckets,
-            relative_attention_max_distance,
-            head_size,
-            initializer_factor,
-            cross=True,
-        )
+    cross = True
 
     def forward(
         self,
