@@ -45,13 +45,14 @@ from clozelab.training.timing import (
     check_precisions as _check_precisions,
 )
 from clozelab.training.timing import (
+    eval_losses,
+    time_models,
+)
+from clozelab.training.timing import (
     sync as _sync,
 )
 from clozelab.training.timing import (
     synthetic_instances as _instances,
-)
-from clozelab.training.timing import (
-    time_models,
 )
 from clozelab.training.timing import (
     to_device as _to_device,
@@ -184,17 +185,6 @@ def _hf_loss(model, batch):
     ).loss
 
 
-def _eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
-    """Each model's loss on ``batch`` in eval mode (dropout off), fp32."""
-    losses = {}
-    for name, (model, fn) in models.items():
-        model.eval()
-        with torch.no_grad():
-            losses[name] = float(fn(model, batch))
-        model.train()
-    return losses
-
-
 def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict[str, Any]:
     _check_precisions("bench.pretrain.precisions", p.precisions)
     device = torch.device(device)
@@ -205,7 +195,7 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
     batches = _to_device(batches, device)
     out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
 
-    a, b = _eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
+    a, b = eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
     out.update({"pretrain.clozelab_loss": a, "pretrain.hf_loss": b,
                 "pretrain.loss_abs_diff": abs(a - b)})  # fmt: skip
 
@@ -268,7 +258,7 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
     tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
     batches = _to_device(batches, device)
     out: dict[str, Any] = {"unpad.min_length": int(u.min_length), "unpad.real_token_fraction": real}
-    losses = _eval_losses(models, batches[0])
+    losses = eval_losses(models, batches[0])
     out["unpad.loss_abs_diff"] = max(abs(v - losses["padded"]) for k, v in losses.items()
                                      if k.startswith("unpad"))  # fmt: skip
     for precision in u.precisions:

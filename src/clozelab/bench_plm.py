@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from clozelab.training.timing import check_precisions, synthetic_instances, time_models, to_device
+from clozelab.training.timing import (
+    check_precisions,
+    eval_losses,
+    synthetic_instances,
+    time_models,
+    to_device,
+)
 
 
 def make_plm_batches(p: DictConfig, k: int, n: int, seed: int):
@@ -77,16 +83,6 @@ def _hf_loss(model, batch):
     ).loss
 
 
-def _eval_losses(models: dict, batch) -> dict[str, float]:
-    losses = {}
-    for name, (model, fn) in models.items():
-        model.eval()
-        with torch.no_grad():
-            losses[name] = float(fn(model, batch))
-        model.train()
-    return losses
-
-
 def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
     """The ``plm`` section: ``p`` is ``bench.pretrain`` (sizes, steps, rounds), ``c`` is
     ``bench.plm`` (``k``, ``precisions``, ``hf``)."""
@@ -98,7 +94,7 @@ def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
     predicted = float(np.mean([int((b["plm_labels"] != -100).sum()) for b in batches]))
     batches = to_device(batches, device)
     models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
-    losses = _eval_losses(models, batches[0])
+    losses = eval_losses(models, batches[0])
     out: dict[str, Any] = {
         "plm.config": f"L{p.num_layers}/H{p.hidden_size}/A{p.num_heads}/I{p.intermediate_size} "
         f"V{p.vocab_size} seq{p.seq_len} batch{p.batch_size} K{c.k}",

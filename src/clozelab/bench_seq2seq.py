@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from clozelab.training.timing import check_precisions, time_models, to_device
+from clozelab.training.timing import check_precisions, eval_losses, time_models, to_device
 
 SPECIAL = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the synthetic vocabulary
 
@@ -95,17 +95,6 @@ def _hf_loss(model, batch):
         decoder_attention_mask=batch["decoder_attention_mask"],
         labels=batch["labels"],
     ).loss
-
-
-def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
-    """Each model's loss on ``batch`` in eval mode (dropout off)."""
-    losses = {}
-    for name, (model, fn) in models.items():
-        model.eval()
-        with torch.no_grad():
-            losses[name] = float(fn(model, batch))
-        model.train()
-    return losses
 
 
 def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:

@@ -112,3 +112,15 @@ def check_precisions(key: str, precisions) -> None:
 
 def to_device(batches: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+
+
+def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
+    """Each model's loss on ``batch`` in eval mode (dropout off); ``models``: name -> (model,
+    loss_fn(model, batch))."""
+    losses = {}
+    for name, (model, fn) in models.items():
+        model.eval()
+        with torch.no_grad():
+            losses[name] = float(fn(model, batch))
+        model.train()
+    return losses
