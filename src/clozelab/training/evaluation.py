@@ -28,22 +28,23 @@ from clozelab.training.finetuning import run_seed
 log = logging.getLogger(__name__)
 
 
+def _load_group_file(group: str, key: str, name: str) -> DictConfig:
+    """conf/GROUP/NAME.yaml as a config node; an unknown NAME is refused under ``key``."""
+    path = conf_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        raise config_error(key, name, f"no such {group}", f"use one of {known}")
+    return OmegaConf.load(path)
+
+
 def load_task(name: str) -> DictConfig:
     """conf/task/NAME.yaml as a config node."""
-    path = conf_dir() / "task" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (conf_dir() / "task").glob("*.yaml"))
-        raise config_error("task", name, "no such task", f"use one of {known}")
-    return OmegaConf.load(path)
+    return _load_group_file("task", "task", name)
 
 
 def load_suite(name: str) -> DictConfig:
     """conf/suite/NAME.yaml as a config node (the ``eval`` block it fills)."""
-    path = conf_dir() / "suite" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (conf_dir() / "suite").glob("*.yaml"))
-        raise config_error("eval.suite", name, "no such suite", f"use one of {known}")
-    return OmegaConf.load(path)
+    return _load_group_file("suite", "eval.suite", name)
 
 
 def _summary(values: list[float]) -> dict:
