@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clozelab.core.errors import config_error
 
@@ -17,22 +17,13 @@ DURATION_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds",
 DECAYS = ("linear", "cosine", "constant")
 
 
-def _select(cfg: DictConfig, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def number(cfg, key: str, *, minimum=None, above=None, maximum=None, integer=False, fix=""):
     """The value of ``key`` when it is a number in range (None when absent or null)."""
-    value = _select(cfg, key)
+    value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return None
     kind = "an integer" if integer else "a number"
@@ -67,7 +58,7 @@ def check_optim(cfg: DictConfig) -> None:
     )
     number(cfg, "optim.weight_decay", minimum=0, fix="e.g. optim.weight_decay=0.01")
     number(cfg, "optim.eps", above=0, fix="e.g. optim.eps=1e-6")
-    betas = _select(cfg, "optim.betas")
+    betas = OmegaConf.select(cfg, "optim.betas", default=None)
     if betas is not None and not (
         isinstance(betas, ListConfig)
         and len(betas) == 2
@@ -81,13 +72,13 @@ def check_scheduler(cfg: DictConfig) -> None:
     number(cfg, "scheduler.warmup", minimum=0,
            fix="a fraction of the run below 1 (e.g. 0.06) or a number of steps")  # fmt: skip
     number(cfg, "scheduler.min_ratio", minimum=0, maximum=1, fix="e.g. scheduler.min_ratio=0.0")
-    decay = _select(cfg, "scheduler.decay")
+    decay = OmegaConf.select(cfg, "scheduler.decay", default=None)
     if decay is not None and decay not in DECAYS:
         raise config_error("scheduler.decay", decay, "unknown decay", f"use one of {list(DECAYS)}")
 
 
 def check_max_time(cfg: DictConfig) -> None:
-    value = _select(cfg, "trainer.max_time")
+    value = OmegaConf.select(cfg, "trainer.max_time", default=None)
     if value is None:
         return
     if isinstance(value, str) and DURATION.match(value.strip()):
@@ -106,7 +97,7 @@ def check_max_time(cfg: DictConfig) -> None:
 
 
 def _fraction_or_count(cfg, key: str, example: str, zero_ok: bool) -> None:
-    value = _select(cfg, key)
+    value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return
     least = 0 if zero_ok else 1
