@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clozelab.bench_plm import hf_plm_output
+from clozelab.bench.plm import hf_plm_output
 from clozelab.cli import main
 from clozelab.core.errors import ClozelabError
 from clozelab.corruption.permutation import PermutationTargets
