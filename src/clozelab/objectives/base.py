@@ -168,6 +168,11 @@ class Objective(nn.Module):
         """Compute this objective's loss; ``encoder_output`` is an ``EncoderOutput``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
+    def summary_pooler(self) -> nn.Module | None:
+        """The [CLS] pooler this objective trains (NSP, SOP), which a downstream sentence head
+        starts from; None for the others."""
+        return None
+
     def seq2seq_decoder(self) -> nn.Module | None:
         """The decoder this objective trains, for encoder-decoder runs (export to HF T5/BART,
         text-to-text fine-tuning); None for the encoder-only objectives."""
