@@ -88,7 +88,7 @@ def _check_hf_export(run: Path, out: Path) -> None:
         assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
     # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
     from clozelab.data.tokenizer import load_tokenizer
-    from clozelab.training.components import build_run_components, init_components
+    from clozelab.training.loading import build_run_components, init_components
 
     _, embedding, encoder, objectives = build_run_components(run)
     report = init_components(str(out), embedding, encoder, objectives,
