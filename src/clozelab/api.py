@@ -1,8 +1,8 @@
-"""The Python API (``clozelab.load``, ``clozelab.load_tokenizer``) and ``model.init_from``.
+"""The Python API: ``clozelab.load`` and ``clozelab.load_tokenizer``.
 
 ``load`` takes a clozelab run directory (``config.yaml`` + ``checkpoints/``), a Lightning
-checkpoint file of such a run, or an HF BERT directory (``config.json`` + ``model.safetensors`` or
-``pytorch_model.bin``), and returns a ``ClozelabModel`` in eval mode::
+checkpoint file of such a run, or an HF BERT or XLNet directory (``config.json`` +
+``model.safetensors`` or ``pytorch_model.bin``), and returns a ``ClozelabModel`` in eval mode::
 
     model = clozelab.load("outputs/2026-01-01/10-00-00")
     tok = clozelab.load_tokenizer("outputs/2026-01-01/10-00-00")
@@ -23,44 +23,43 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.core.errors import ClozelabError, config_error
-from clozelab.core.rundir import (
-    load_state_checked,
-    locate,
-    read_checkpoint_state,
-    read_hf_config,
-    read_hf_weights,
-    run_checkpoint,
-)
-from clozelab.training.components import (
-    build_run_components,
-    log_load_report,
-    pretraining_heads,
-    run_decoder,
-)
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import run_checkpoint
+from clozelab.training.components import log_load_report, plm_objective, pretraining_heads
+from clozelab.training.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- the model object
 class ClozelabModel(nn.Module):
-    """An embedding, an encoder and (when the checkpoint has them) the MLM and NSP heads.
+    """An embedding, an encoder and (when the checkpoint has them) the MLM and NSP heads, or
+    XLNet's permutation-LM head.
 
     Attributes:
         embedding, encoder: the body.
         mlm, nsp: the MLM / NSP objectives (their heads), or None.
+        plm: the permutation-LM objective (XLNet's ``lm_loss`` bias; decoder tied), or None.
         decoder: the decoder of an encoder-decoder run (T5 / BART), or None.
+        objectives: every objective module of the run, by name (what ``clozelab export`` writes).
         source: where the weights came from.
         load_report: ``{"missing": [...], "unexpected": [...]}`` of the weight loading.
     """
 
     def __init__(
         self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None,
-        decoder=None,
+        decoder=None, plm=None, objectives: dict | None = None,
     ):  # fmt: skip
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
+        self.plm = plm
         self.decoder = decoder  # encoder-decoder runs: the seq2seq objective's decoder
+        heads = {"mlm": mlm, "nsp": nsp, "plm": plm}
+        self.objectives = (
+            dict(objectives)
+            if objectives is not None
+            else {name: head for name, head in heads.items() if head is not None}
+        )  # a plain dict: the modules are registered once, as the attributes above
         self.source = source
         self.load_report = report or {"missing": [], "unexpected": []}
         self.tokenizer = tokenizer  # clozelab Tokenizer (or a path to load it from), for embed
@@ -77,9 +76,12 @@ class ClozelabModel(nn.Module):
     ):
         """``EncoderOutput``: ``.last_hidden_state`` [B, T, H] and ``.hidden_states`` (the
         embedding output, then every layer's output, as HF's ``output_hidden_states``)."""
-        input_ids = _as_batch(input_ids)
-        hidden = self.embedding(input_ids, _as_batch(token_type_ids))
-        return self.encoder(hidden, _as_batch(attention_mask), output_hidden_states=True)
+        input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
+        hidden = self.embedding(input_ids, token_type_ids)
+        extra = {}  # what the encoder reads from the batch (XLNet: relative segments)
+        if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
+            extra["token_type_ids"] = token_type_ids
+        return self.encoder(hidden, _as_batch(attention_mask), output_hidden_states=True, **extra)
 
     def mlm_logits(
         self,
@@ -110,6 +112,29 @@ class ClozelabModel(nn.Module):
             )
         hidden = self.encode(input_ids, attention_mask, token_type_ids).last_hidden_state
         return self.nsp.logits(hidden)
+
+    def plm_logits(
+        self,
+        input_ids: Tensor,
+        perm_mask: Tensor,
+        target_mapping: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """XLNet's permutation-LM logits [B, M, V] (HF ``XLNetLMHeadModel(...).logits``):
+        ``perm_mask`` [B, T, T] (1: i may not see j), ``target_mapping`` [B, M, T] (row m one-hot
+        at the m-th predicted position)."""
+        if self.plm is None:
+            raise ClozelabError(
+                f"{self.source}: this checkpoint has no permutation-LM head. Fix: load a "
+                "checkpoint trained with experiment=xlnet or an HF XLNetLMHeadModel directory."
+            )
+        input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
+        out = self.encoder(
+            self.embedding(input_ids), _as_batch(attention_mask), token_type_ids=token_type_ids,
+            perm_mask=_as_batch(perm_mask), target_mapping=_as_batch(target_mapping),
+        )  # fmt: skip
+        return self.plm.logits(out.query_hidden_state, self.embedding)
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
         """Vectors of ``texts`` in one call, each encoded alone as ``[CLS] text [SEP]``.
@@ -153,64 +178,28 @@ def _as_batch(x: Tensor | None) -> Tensor | None:
     return x[None] if x.dim() == 1 else x
 
 
-# ---------------------------------------------------------------------------- loaders
-def _load_run(path: Path) -> ClozelabModel:
-    run_dir, checkpoint = run_checkpoint(path)
-    _, embedding, encoder, objectives = build_run_components(run_dir)
-    container = nn.Module()
-    container.embedding, container.encoder = embedding, encoder
-    container.objectives = nn.ModuleDict(objectives)
-    state = read_checkpoint_state(checkpoint)
-    load_state_checked(container, state, str(checkpoint))
-    expected = container.state_dict()
-    report = {"missing": sorted(set(expected) - set(state)),
-              "unexpected": sorted(set(state) - set(expected))}  # fmt: skip
-    if report["missing"]:
-        raise config_error(
-            "checkpoint",
-            str(checkpoint),
-            f"lacks weights of the model its config.yaml describes: {report['missing'][:5]}",
-            "pass the checkpoint of this run (its config.yaml was changed, or the file is not "
-            "a clozelab checkpoint)",
-        )
-    mlm, nsp = pretraining_heads(objectives)
-    tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer,
-                         run_decoder(objectives)).eval()  # fmt: skip
-
-
-def _load_hf(directory: Path) -> ClozelabModel:
-    from clozelab.model.embeddings import BertEmbeddings
-    from clozelab.model.encoder import TransformerEncoder
-    from clozelab.model.hf import from_hf_state_dict, kwargs_from_hf_config
-    from clozelab.objectives.mlm import MLM
-    from clozelab.objectives.nsp import NSP
-
-    config = read_hf_config(directory)
-    kw = kwargs_from_hf_config(config)
-    state = read_hf_weights(directory)
-    embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
-    has_mlm = any(k.startswith("cls.predictions.") for k in state)
-    has_nsp = any(k.startswith("cls.seq_relationship.") for k in state)
-    mlm = MLM(**kw["mlm"]) if has_mlm else None
-    nsp = NSP(**kw["nsp"]) if has_nsp else None
-    if nsp is not None and not any("pooler." in k for k in state):
-        log.warning("%s has an NSP classifier but no pooler; the pooler is left random", directory)
-    report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)
-    log_load_report(str(directory), report)
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(directory), report, directory).eval()
-
-
+# ---------------------------------------------------------------------------- loading
 def load(path: str | Path) -> ClozelabModel:
-    """Load a model from a clozelab run directory, a checkpoint file or an HF BERT directory.
+    """Load a model from a clozelab run directory, a checkpoint file or an HF BERT / XLNet
+    directory (``clozelab.training.loading.load_checkpoint``).
 
     HF directories load every head their weights hold (``cls.predictions.*`` -> ``mlm``,
-    ``cls.seq_relationship.*`` -> ``nsp``); a ``BertModel`` directory loads the body only. The
-    model comes back on the CPU, in eval mode, with ``load_report`` telling what was missing or
-    left over.
+    ``cls.seq_relationship.*`` -> ``nsp``, ``lm_loss.bias`` -> ``plm``); a ``BertModel``
+    directory loads the body only. The model comes back on the CPU, in eval mode, with
+    ``load_report`` telling what was missing or left over.
     """
-    kind, resolved = locate(path)
-    return _load_hf(resolved) if kind == "hf" else _load_run(resolved)
+    loaded = load_checkpoint(path)
+    objectives, report = loaded.objectives, loaded.report
+    if loaded.kind == "hf":
+        log_load_report(str(loaded.root), report)
+        mlm, nsp = pretraining_heads(objectives)
+        return ClozelabModel(loaded.embedding, loaded.encoder, mlm, nsp, str(loaded.root), report,
+                             loaded.root, plm=plm_objective(objectives)).eval()  # fmt: skip
+    loaded.check_complete()
+    mlm, nsp = pretraining_heads(objectives)
+    return ClozelabModel(loaded.embedding, loaded.encoder, mlm, nsp, str(loaded.weights), report,
+                         loaded.tokenizer_dir, loaded.decoder, plm_objective(objectives),
+                         objectives).eval()  # fmt: skip
 
 
 def load_tokenizer(path: str | Path, **kwargs: Any):

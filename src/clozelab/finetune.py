@@ -14,14 +14,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.core.errors import config_error
-from clozelab.tasks.backbone import is_run_dir
+from clozelab.core.rundir import run_dir_of
 from clozelab.training.evaluation import evaluate_suite, run_task
 
 
 def _eval_dir(cfg: DictConfig) -> Path:
     if cfg.get("eval_dir"):
         return Path(cfg.eval_dir)
-    run = is_run_dir(cfg.get("checkpoint"))
+    run = run_dir_of(cfg.get("checkpoint"))
     return (run if run is not None else Path(cfg.paths.output_dir)) / "eval"
 
 

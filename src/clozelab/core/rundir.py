@@ -137,8 +137,9 @@ def locate(path: str | Path, key: str = "path") -> tuple[str, Path]:
         return "hf", path
     if path.is_file() or is_run_dir(path):
         return "run", path
-    if path.is_dir() and is_hf_dir(path / "hf"):
-        return "hf", path / "hf"
+    for sub in ("hf", "model"):  # a run's export; a packaged model's folder
+        if path.is_dir() and is_hf_dir(path / sub):
+            return "hf", path / sub
     raise config_error(
         key,
         str(path),
@@ -146,6 +147,18 @@ def locate(path: str | Path, key: str = "path") -> tuple[str, Path]:
         "HF BERT directory (config.json + model.safetensors or pytorch_model.bin)",
         "point to one of those",
     )
+
+
+def run_dir_of(path: str | Path | None) -> Path | None:
+    """The clozelab run directory ``path`` (a run directory or a checkpoint inside one) belongs
+    to; None for anything else (an HF directory, ``none``, a path that is not there)."""
+    if path is None:
+        return None
+    try:
+        kind, resolved = locate(path)
+        return run_checkpoint(resolved)[0] if kind == "run" else None
+    except ClozelabError:
+        return None
 
 
 # ---------------------------------------------------------------------------- reading weights
@@ -184,16 +197,21 @@ def state_differences(stored: dict, expected: dict, check_missing: bool = True) 
     return problems
 
 
-def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
+def load_state_checked(
+    module: torch.nn.Module, state: dict, source: str, key: str = "checkpoint", fix: str = ""
+) -> None:
     """``module.load_state_dict(state, strict=False)`` after checking the shapes: a checkpoint of
-    other sizes is a ClozelabError naming the difference, not a wall of size-mismatch lines."""
+    other sizes is a ClozelabError naming the difference (under ``key``, with ``fix``), not a
+    wall of size-mismatch lines."""
     problems = state_differences(state, module.state_dict(), check_missing=False)
     if problems:
+        fix = fix or (
+            "pass the checkpoint of the run whose config.yaml and tokenizer/ sit beside it "
+            "(config.yaml was changed, or the file was copied from another run)"
+        )
         raise ClozelabError(
-            f"checkpoint {source}: its weights do not fit the model its config describes: "
-            f"{'; '.join(problems)}. Fix: pass the checkpoint of the run whose config.yaml and "
-            "tokenizer/ sit beside it (config.yaml was changed, or the file was copied from "
-            "another run)."
+            f"{key} {source}: its weights do not fit the model its config describes: "
+            f"{'; '.join(problems)}. Fix: {fix}."
         )
     module.load_state_dict(state, strict=False)
 
@@ -215,8 +233,25 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
         raise config_error("checkpoint", str(path), problem, fix) from None
 
 
+#: the ``config.json`` keys each HF family clozelab reads must have (``model_type`` -> keys).
+HF_CONFIG_KEYS = {
+    "bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"),
+    "xlnet": ("vocab_size", "d_model", "n_layer", "n_head", "d_inner"),
+}
+
+
+def hf_model_type(directory: Path) -> str | None:
+    """``model_type`` of an HF directory's ``config.json`` (None when unreadable or absent)."""
+    try:
+        config = json.loads((directory / "config.json").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 def read_hf_config(directory: Path) -> dict:
-    """``config.json`` of an HF BERT directory, parsed and checked to be a BERT config."""
+    """``config.json`` of an HF BERT or XLNet directory, parsed and checked to hold the sizes of
+    its ``model_type`` (``HF_CONFIG_KEYS``; BERT's when absent)."""
     path = directory / "config.json"
     try:
         config = json.loads(path.read_text("utf-8"))
@@ -225,12 +260,15 @@ def read_hf_config(directory: Path) -> dict:
             "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
             "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
         ) from None  # fmt: skip
-    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    family = config.get("model_type") if isinstance(config, dict) else None
+    family = family if family in HF_CONFIG_KEYS else "bert"
+    needed = HF_CONFIG_KEYS[family]
     missing = [k for k in needed if not isinstance(config, dict) or k not in config]
     if missing:
         raise config_error(
-            "checkpoint", str(path), f"not a BERT config.json (no {missing})",
-            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining)",
+            "checkpoint", str(path), f"not a {family.upper()} config.json (no {missing})",
+            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
+            "an HF XLNet directory (XLNetModel / XLNetLMHeadModel)",
         )  # fmt: skip
     return config
 

@@ -31,6 +31,7 @@ class PermutationLM(Objective):
     requires = ("perm_mask", "target_mapping", "plm_labels")
     instance_kinds = None
     requires_fix = "use corruption=plm (XLNet's permutation targets; experiment=xlnet)"
+    reads_encoder_output = False  # the query stream only: the last content layer is skipped
 
     def __init__(self, vocab_size: int, weight: float = 1.0):
         super().__init__(weight=weight)

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from clozelab.core.config import conf_dir
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import write_json
-from clozelab.tasks.backbone import NONE, Backbone, load_backbone
-from clozelab.tasks.kinds import task_for
+from clozelab.tasks.backbone import NONE, Backbone
+from clozelab.tasks.base import task_for
 from clozelab.training.finetuning import run_seed
+from clozelab.training.loading import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,9 @@ def _module_backbone(module, run_dir: Path) -> Backbone:
     """A Backbone sharing nothing with the trained PretrainModule (a CPU copy, eval mode)."""
     from clozelab.data.tokenizer import load_tokenizer
 
-    objectives = getattr(module, "objectives", {}) or {}
-    pooler = None
-    for name in ("nsp", "sop"):
-        if name in objectives and hasattr(objectives[name], "pooler"):
-            pooler = copy.deepcopy(objectives[name].pooler).cpu().float()
-            break
+    objectives = module.objectives.values()
+    pooler = next((p for o in objectives if (p := o.summary_pooler()) is not None), None)
+    pooler = copy.deepcopy(pooler).cpu().float() if pooler is not None else None
     embedding = copy.deepcopy(module.embedding).cpu().float()
     encoder = copy.deepcopy(module.encoder).cpu().float()
     backbone = Backbone(embedding, encoder, load_tokenizer(run_dir), pooler, str(run_dir))

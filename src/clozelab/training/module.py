@@ -80,11 +80,15 @@ class PretrainModule(pl.LightningModule):
         logs["loss"] = total
         return total, logs, counts
 
-    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Embedding then encoder: the (B, T, H) states every objective reads."""
+    def _encode(self, batch: dict[str, torch.Tensor], objectives=None) -> torch.Tensor:
+        """Embedding then encoder: the (B, T, H) states every objective reads (``objectives``:
+        the step's, which say whether they read ``last_hidden_state``; None: all of them)."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         extra = {k: batch[k] for k in self.encoder.batch_inputs if k in batch}  # Encoder hook
+        if self.encoder.skips_unread_output:  # Encoder / Objective hooks
+            readers = self.objectives.values() if objectives is None else objectives.values()
+            extra["content_output"] = any(o.reads_encoder_output for o in readers)
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
     def _forward_stream(self, batch: dict[str, torch.Tensor]):
@@ -97,7 +101,7 @@ class PretrainModule(pl.LightningModule):
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
                 batch = objective.prepare_inputs(batch, self.embedding)
-        encoded = self._encode(batch)
+        encoded = self._encode(batch, objectives)
         total, logs, counts = None, {}, {}
         for name, objective in objectives.items():
             out = objective(encoded, batch, self.embedding)
