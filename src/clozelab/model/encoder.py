@@ -238,6 +238,21 @@ class Encoder(nn.Module):
     skips_unread_output: ClassVar[bool] = False
 
     @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse, with a ClozelabError naming the key and the fix, a composed pre-training
+        config this encoder cannot train with (ERNIE-THU's without entity links). Called before
+        any data is read; the default accepts every config."""
+
+    def bind_corpus(self, corpus) -> dict:
+        """Take what this encoder needs from the training corpus's statistics (``corpus``: a
+        ``clozelab.data.corpus_stats.CorpusStats``; ERNIE-THU: the TransE entity table). Called
+        once by ``build_components`` when the run has prepared shards, before the optimizer
+        exists. Returns the keys of this encoder's config node it fixed (``num_entities``), which
+        the run's config.yaml records so a rebuild without the corpus has the same shapes. The
+        default takes nothing."""
+        return {}
+
+    @classmethod
     def context_for(cls, node) -> str:
         """What a position's output has read, for the encoder configured by ``node``: one of
         ``CONTEXTS``: ``bidirectional`` (every token: the default), ``causal`` (itself and the

@@ -65,7 +65,9 @@ def validate_body(cfg: DictConfig) -> None:
     for key, base in (("embedding", Embedding), ("encoder", Encoder)):
         node = cfg_select(cfg, key)
         if node is not None and node.get("_target_"):
-            component_class(node, key, base)
+            cls = component_class(node, key, base)
+            if key == "encoder":
+                cls.check_config(cfg)  # Encoder hook: e.g. ERNIE-THU needs entity links
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -113,6 +115,8 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
+    if cfg_select(cfg, "data.entity_links"):  # the entity each mention names (ERNIE-THU)
+        provided["text"].add("entity_links")
     if cfg_select(cfg, "data.dialogue.corpus"):
         provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
