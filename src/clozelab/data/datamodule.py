@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clozelab.core.batch import Batch, ReferenceBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data import instances
 from clozelab.data.collate import Collator
@@ -111,7 +112,6 @@ class PretrainDataModule(pl.LightningDataModule):
         is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
-        self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -160,16 +160,16 @@ class PretrainDataModule(pl.LightningDataModule):
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(
-        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None
-    ) -> DataLoader:
+        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None,
+        batch_type: type[Batch] = Batch,
+    ) -> DataLoader:  # fmt: skip
         dataset = self.dataset(split, epoch)
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
-        collator = Collator(
-            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of
-        )
+        collator = Collator(self._pad, corruption or self.corruption, self.seed,
+                            self.pad_to_multiple_of, batch_type)  # fmt: skip
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
@@ -203,15 +203,15 @@ class PretrainDataModule(pl.LightningDataModule):
         return loader
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The text loader, then the dialogue and reference ones when configured; ``val_streams``
-        names each, in order."""
+        """The text loader, then the dialogue and reference ones when configured (each collates
+        the ``Batch`` class of its stream)."""
         text = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
         loaders = {"text": text}
         if self.dialogue is not None:
             loaders["dialogue"] = self.dialogue.val_loader(text)
         if self.reference_corruption is not None:
             loaders["reference"] = self._loader(
-                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
-            )
-        self.val_streams = list(loaders)
+                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption,
+                batch_type=ReferenceBatch,
+            )  # fmt: skip
         return text if len(loaders) == 1 else list(loaders.values())

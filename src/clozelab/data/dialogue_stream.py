@@ -21,6 +21,7 @@ import logging
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clozelab.core.batch import DialogueBatch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data.collate import Collator
 from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader, worker_context
@@ -32,11 +33,6 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("alternate", "joint")
 TEXT, DIALOGUE = "text", "dialogue"
-
-
-def is_dialogue(batch) -> bool:
-    """Whether a collated batch (or item) is a dialogue one."""
-    return "dialogue_label" in batch
 
 
 class StreamBatches(Sampler[list]):
@@ -82,7 +78,8 @@ class StreamBatches(Sampler[list]):
 
 
 class MixedDataset(Dataset):
-    """``dataset[(stream, key)]``: a text instance or a dialogue stream item."""
+    """``dataset[(stream, key)]``: ``(stream, item)``, a text instance or a dialogue stream
+    item."""
 
     def __init__(self, text: Dataset, dialogue: DialogueDataset):
         self.text, self.dialogue = text, dialogue
@@ -92,20 +89,21 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, key):
         stream, i = key
-        return self.dialogue[i] if stream == DIALOGUE else self.text[i]
+        return stream, self.dialogue[i] if stream == DIALOGUE else self.text[i]
 
 
 class MixedCollator:
-    """Collates a step's items per stream: one batch, or ``{"text": ..., "dialogue": ...}``."""
+    """Collates a step's ``(stream, item)`` pairs per stream: one batch, or a ``JointBatch``
+    ``{"text": ..., "dialogue": ...}``."""
 
     def __init__(self, text: Collator, dialogue: Collator):
         self.text, self.dialogue = text, dialogue
 
     def __call__(self, items):
-        dialogue = [item for item in items if is_dialogue(item)]
-        text = [item for item in items if not is_dialogue(item)]
+        dialogue = [item for stream, item in items if stream == DIALOGUE]
+        text = [item for stream, item in items if stream != DIALOGUE]
         if text and dialogue:
-            return {TEXT: self.text(text), DIALOGUE: self.dialogue(dialogue)}
+            return JointBatch({TEXT: self.text(text), DIALOGUE: self.dialogue(dialogue)})
         return self.dialogue(dialogue) if dialogue else self.text(text)
 
 
@@ -203,7 +201,8 @@ class DialogueStream:
     def collator(self, text: Collator, epoch: int) -> Collator:
         """A dialogue collator beside the text one: same corruption, its own seed stream."""
         salted = int(np.random.SeedSequence([self.seed, 0xD1A]).generate_state(1)[0])
-        collator = Collator(text.pad_id, text.corruption, salted, text.pad_to_multiple_of)
+        collator = Collator(text.pad_id, text.corruption, salted, text.pad_to_multiple_of,
+                            DialogueBatch)  # fmt: skip
         collator.epoch = epoch
         return collator
 

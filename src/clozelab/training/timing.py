@@ -111,7 +111,8 @@ def check_precisions(key: str, precisions) -> None:
 
 
 def to_device(batches: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    return [type(b)({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+            for b in batches]  # fmt: skip
 
 
 def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
