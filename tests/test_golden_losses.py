@@ -87,10 +87,11 @@ GOLDEN = {
         "val/sbo_loss": 5.230828,
     },
     "xlnet": {  # re-recorded on xlnet2: the last layer's content stream is no longer computed
-        # in PLM training (nothing reads it), so fewer dropout draws: other masks, same model
-        "train": [5.335079, 5.314385, 5.286518],
-        "val/loss": 5.291373,
-        "val/plm_loss": 5.291373,
+        # in PLM training (nothing reads it), so fewer dropout draws: other masks, same model;
+        # and the factorisation order is drawn with one key per prediction row
+        "train": [5.33509, 5.314371, 5.286551],
+        "val/loss": 5.291372,
+        "val/plm_loss": 5.291372,
     },
 }
 

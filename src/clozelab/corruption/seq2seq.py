@@ -47,15 +47,28 @@ def as_torch(x: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _flat(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Indices into ``values.reshape(-1)`` of ``values[b, index[b, j]]`` (one flat index is
+    cheaper than NumPy's two broadcast fancy indices)."""
+    b, t = values.shape
+    return index + (np.arange(b) * t)[:, None]
+
+
 def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[b, index[b, j]]`` (``np.take_along_axis`` on the last axis, without its
     per-call overhead)."""
-    return values[np.arange(values.shape[0])[:, None], index]
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return values.reshape(-1)[_flat(values, index)]
 
 
 def put(values: np.ndarray, index: np.ndarray, new) -> None:
     """``values[b, index[b, j]] = new[b, j]`` in place (``np.put_along_axis``)."""
-    values[np.arange(values.shape[0])[:, None], index] = new
+    if not values.flags.c_contiguous:  # a view reshape(-1) would copy: write through indexing
+        values[np.arange(values.shape[0])[:, None], index] = new
+        return
+    flat = _flat(values, index)
+    values.reshape(-1)[flat.reshape(-1)] = np.broadcast_to(new, flat.shape).reshape(-1)
 
 
 class Compactor:

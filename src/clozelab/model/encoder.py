@@ -238,6 +238,11 @@ class Encoder(nn.Module):
     skips_unread_output: ClassVar[bool] = False
 
     @classmethod
+    def check_pretraining(cls, node) -> None:
+        """Refuse, with a ClozelabError naming the key, a setting of the encoder configured by
+        ``node`` that pre-training cannot honour (compose time; nothing by default)."""
+
+    @classmethod
     def context_for(cls, node) -> str:
         """What a position's output has read, for the encoder configured by ``node``: one of
         ``CONTEXTS``: ``bidirectional`` (every token: the default), ``causal`` (itself and the

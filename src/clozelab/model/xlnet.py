@@ -306,6 +306,21 @@ class XLNetEncoder(Encoder):
                 nn.init.normal_(param, std=initializer_range)
         nn.init.normal_(self.mask_emb, std=initializer_range)
 
+    @classmethod
+    def check_pretraining(cls, node) -> None:
+        """Transformer-XL memory needs each batch row to continue the previous batch's row; the
+        pre-training loader feeds independent, shuffled sequences, so ``mem_len > 0`` is refused
+        there (it works when encoding: ``forward(..., mems=...)``, HF ``use_mems`` parity)."""
+        mem_len = node.get("mem_len") or 0
+        if mem_len > 0:
+            raise config_error(
+                "encoder.mem_len", mem_len,
+                "segment recurrence needs each batch row to continue the previous batch's row, "
+                "and the pre-training loader feeds independent, shuffled sequences; memory is "
+                "supported when encoding (XLNetEncoder(..., mems=...), HF use_mems parity)",
+                "pre-train with encoder.mem_len=0",
+            )  # fmt: skip
+
     def _context(self, hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen):
         B, T, _ = hidden.shape
         device, klen = hidden.device, mlen + T

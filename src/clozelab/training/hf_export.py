@@ -102,7 +102,44 @@ def write_seq2seq_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.
     out = Path(out_dir)
     _write_weights(out, to_hf_state_dict(embedding, encoder, decoder, include_tied=False), config)
     _write_tokenizer(out, tokenizer_dir)
+    _add_sentinels(out, tok.vocab_size, int(config["vocab_size"]) - tok.vocab_size)
     return out
+
+
+def sentinel_names(n: int) -> list[str]:
+    """T5's sentinel tokens in id order: ids V .. V + n - 1 are ``<extra_id_{n-1}>`` ..
+    ``<extra_id_0>`` (``corruption.seq2seq.SentinelIds``: ``<extra_id_0>`` is the highest id)."""
+    return [f"<extra_id_{i}>" for i in reversed(range(n))]
+
+
+def _add_sentinels(out: Path, vocab_size: int, n: int) -> None:
+    """Give the exported tokenizer the ``n`` sentinel ids past its vocabulary (T5 layouts) as
+    special tokens, so HF tokenizers encode ``<extra_id_i>`` and decode our targets: added
+    tokens of ``tokenizer.json``, lines of ``vocab.txt`` (the slow tokenizer's ids) and
+    ``additional_special_tokens`` of ``special_tokens_map.json`` / ``tokenizer_config.json``."""
+    if n <= 0 or not (out / "tokenizer.json").is_file():
+        return
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    names = sentinel_names(n)
+    fast = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    fast.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in names])
+    if fast.token_to_id(names[0]) != vocab_size or fast.get_vocab_size() != vocab_size + n:
+        raise ClozelabError(
+            f"export: the tokenizer in {out} did not take the {n} T5 sentinels at ids "
+            f"{vocab_size}..{vocab_size + n - 1} (it has {fast.get_vocab_size()} ids). Fix: "
+            "export from the run's own tokenizer directory."
+        )
+    fast.save(str(out / "tokenizer.json"))
+    if (out / "vocab.txt").is_file():
+        with (out / "vocab.txt").open("a", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in names))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+        data["additional_special_tokens"] = list(reversed(names))  # <extra_id_0> first, as T5
+        path.write_text(json.dumps(data, indent=2), "utf-8")
 
 
 def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,

@@ -61,11 +61,14 @@ def _probability(cfg, key: str, low_open: bool, high_open: bool):
 
 def validate_body(cfg: DictConfig) -> None:
     """The embedding and encoder name classes of their extension points (``Embedding``,
-    ``Encoder``: the hooks clozelab asks them about)."""
+    ``Encoder``: the hooks clozelab asks them about); the encoder refuses what pre-training
+    cannot honour (``Encoder.check_pretraining``)."""
     for key, base in (("embedding", Embedding), ("encoder", Encoder)):
         node = cfg_select(cfg, key)
         if node is not None and node.get("_target_"):
-            component_class(node, key, base)
+            cls = component_class(node, key, base)
+            if key == "encoder":
+                cls.check_pretraining(node)
 
 
 def validate_model(cfg: DictConfig) -> None:
