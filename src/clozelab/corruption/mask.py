@@ -85,11 +85,18 @@ class TokenMasking(MaskedReplacement):
         replacement_probs: Tensor | None = None,
     ) -> None:
         super().__init__(
-            rate, mask_prob, random_prob, keep_prob, replace_from, replace_distribution,
-            vocab_size=vocab_size, mask_token_id=mask_token_id,
-            special_token_ids=special_token_ids, corpus=corpus,
+            rate,
+            mask_prob,
+            random_prob,
+            keep_prob,
+            replace_from,
+            replace_distribution,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+            special_token_ids=special_token_ids,
+            corpus=corpus,
             replacement_probs=replacement_probs,
-        )  # fmt: skip
+        )
         self.budget = check_choice(budget, "corruption.budget", BUDGETS)
         self.max_predictions = check_positive_int(
             max_predictions, "corruption.max_predictions", allow_none=True

@@ -186,11 +186,18 @@ class MaskingCorruption(MaskedReplacement):
         replacement_probs: Tensor | None = None,
     ) -> None:
         super().__init__(
-            rate, mask_prob, random_prob, keep_prob, replace_from, replace_distribution,
-            vocab_size=vocab_size, mask_token_id=mask_token_id,
-            special_token_ids=special_token_ids, corpus=corpus,
+            rate,
+            mask_prob,
+            random_prob,
+            keep_prob,
+            replace_from,
+            replace_distribution,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+            special_token_ids=special_token_ids,
+            corpus=corpus,
             replacement_probs=replacement_probs,
-        )  # fmt: skip
+        )
         self.operations_per = check_choice(
             operations_per, "corruption.operations_per", OPERATIONS_PER
         )
@@ -239,8 +246,11 @@ class MaskingCorruption(MaskedReplacement):
         previous = batch.get("corrupted_mask")
         out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
         if self.spans:
-            out["span_bounds"] = (span_bounds(selected, merged) if previous is None
-                                  else span_bounds(out["corrupted_mask"]))  # fmt: skip
+            out["span_bounds"] = (
+                span_bounds(selected, merged)
+                if previous is None
+                else span_bounds(out["corrupted_mask"])
+            )
         return out
 
     def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:

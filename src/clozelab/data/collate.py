@@ -25,8 +25,14 @@ class Collator:
     attention mask, and applies the corruption with a generator seeded by ``batch_seed``; the
     result is a ``batch_type`` (``clozelab.core.batch``: the stream the batch declares)."""
 
-    def __init__(self, pad_id: int, corruption=None, seed: int = 0, pad_to_multiple_of: int = 8,
-                 batch_type: type[Batch] = Batch):  # fmt: skip
+    def __init__(
+        self,
+        pad_id: int,
+        corruption=None,
+        seed: int = 0,
+        pad_to_multiple_of: int = 8,
+        batch_type: type[Batch] = Batch,
+    ):
         self.pad_id, self.corruption, self.seed = pad_id, corruption, seed
         self.pad_to_multiple_of = pad_to_multiple_of
         self.batch_type = batch_type

@@ -51,8 +51,12 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         batches = int(self.position()) if self.position is not None else 0
-        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size,
-                "world_size": getattr(self.sampler, "world_size", 1)}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "batches": batches,
+            "batch_size": self.batch_size,
+            "world_size": getattr(self.sampler, "world_size", 1),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Skip the batches already trained on. The ranks' step-k batches together are items
@@ -160,16 +164,22 @@ class PretrainDataModule(pl.LightningDataModule):
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(
-        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None,
+        self,
+        split: str,
+        epoch: int,
+        shuffle: bool,
+        start: int = 0,
+        corruption=None,
         batch_type: type[Batch] = Batch,
-    ) -> DataLoader:  # fmt: skip
+    ) -> DataLoader:
         dataset = self.dataset(split, epoch)
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
-        collator = Collator(self._pad, corruption or self.corruption, self.seed,
-                            self.pad_to_multiple_of, batch_type)  # fmt: skip
+        collator = Collator(
+            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of, batch_type
+        )
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
@@ -211,7 +221,10 @@ class PretrainDataModule(pl.LightningDataModule):
             loaders["dialogue"] = self.dialogue.val_loader(text)
         if self.reference_corruption is not None:
             loaders["reference"] = self._loader(
-                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption,
+                "validation",
+                VALIDATION_EPOCH,
+                False,
+                corruption=self.reference_corruption,
                 batch_type=ReferenceBatch,
-            )  # fmt: skip
+            )
         return text if len(loaders) == 1 else list(loaders.values())

@@ -99,8 +99,11 @@ class PretrainModule(pl.LightningModule):
         ``streams`` include "dialogue" run; those that train on text too log as
         ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
         stream = batch.stream
-        objectives = {name: objective for name, objective in self.objectives.items()
-                      if stream in objective.streams}  # fmt: skip
+        objectives = {
+            name: objective
+            for name, objective in self.objectives.items()
+            if stream in objective.streams
+        }
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
                 batch = objective.prepare_inputs(batch, self.embedding)
@@ -174,8 +177,11 @@ class PretrainModule(pl.LightningModule):
         }
         which = ", ".join(f"objective.{k} loss={v}" for k, v in bad.items()) or "the weighted sum"
         indices = batch.get("index")
-        sample = f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})" if (
-            indices is not None) else ""  # fmt: skip
+        sample = (
+            f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})"
+            if (indices is not None)
+            else ""
+        )
         raise NonFiniteLossError(
             f"train/loss={float(loss)} at training step {self.global_step + 1}: non-finite loss "
             f"from {which}{sample}. The run is stopped and marked failed; the last good "
@@ -219,8 +225,9 @@ class PretrainModule(pl.LightningModule):
             [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
         )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        means = {key: total / weight for key, (total, weight) in zip(keys, sums.tolist())
-                 if weight > 0}  # fmt: skip
+        means = {
+            key: total / weight for key, (total, weight) in zip(keys, sums.tolist()) if weight > 0
+        }
         means.update(exact_losses(means, self._val_losses))
         for key, value in means.items():
             self.log(f"val/{key}", value, prog_bar=key == "mlm_loss")
