@@ -90,6 +90,8 @@ def test_albert_shares_layers_and_factorizes(compose_pretrain):
          r"deletes or reorders"),
         (("objective=[plm]", "corruption=plm"), r"encoder=xlnet"),
         (("experiment=xlnet", "encoder.mem_len=16"), r"encoder.mem_len=0"),
+        (("embedding=word", "encoder=xlnet", "encoder.mem_len=8", "data.instances=full_sentences",
+          "objective=[mlm]"), r"encoder.mem_len.*independent.*encoder.mem_len=0"),
         (("experiment=xlnet", "corruption=mask"), r"corruption=plm"),
         (("experiment=xlnet", "objective=[mlm]"), r"mlm_labels"),
     ],

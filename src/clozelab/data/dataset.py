@@ -71,8 +71,10 @@ class InstanceDataset(Dataset):
         row = self.table[index]
         pieces = [(np.array([self.cls_id]), [-1], [-1], [-1], [True], 0)]
         if self.kind in inst.PAIR_LABEL_KEYS:
-            segments = [(row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
-                        (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1)]  # fmt: skip
+            segments = [
+                (row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
+                (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1),
+            ]
         else:
             segments = [(row[inst.P_SHARD], row[inst.P_START], row[inst.P_END], 0)]
         cross = self.kind == "full_sentences"

@@ -67,8 +67,9 @@ class EntityIndex:
         per_token[inside] = ids[entity_ids[inside]]
         if title is not None:
             head = self.entity(title)
-            self.triples.update((head, LINKS_TO, int(t)) for t in set(ids[ids >= 0].tolist())
-                                if t != head)  # fmt: skip
+            self.triples.update(
+                (head, LINKS_TO, int(t)) for t in set(ids[ids >= 0].tolist()) if t != head
+            )
         self._co_occurrences(per_token, entity_ids, sentences)
         return per_token.astype(np.int32)
 
@@ -96,8 +97,12 @@ class EntityIndex:
 
         atomic_write(out / "triples.npy", save)
         counts = np.bincount(triples[:, 1], minlength=len(RELATIONS)) if len(triples) else [0, 0]
-        return {"entities": len(names), "mentions": self.mentions, "triples": len(triples),
-                **{r: int(c) for r, c in zip(RELATIONS, counts)}}  # fmt: skip
+        return {
+            "entities": len(names),
+            "mentions": self.mentions,
+            "triples": len(triples),
+            **{r: int(c) for r, c in zip(RELATIONS, counts)},
+        }
 
 
 def _one_line(name: str) -> str:

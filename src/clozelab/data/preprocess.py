@@ -358,9 +358,12 @@ def _knowledge_stats(index: EntityIndex, directory: Path, wall: float) -> dict:
     stats = index.write(directory)
     log.info(
         "Entity links: %d mentions of %d entities, %d triples (%d links_to, %d co_occurs)",
-        stats["mentions"], stats["entities"], stats["triples"], stats["links_to"],
+        stats["mentions"],
+        stats["entities"],
+        stats["triples"],
+        stats["links_to"],
         stats["co_occurs"],
-    )  # fmt: skip
+    )
     return stats
 
 
@@ -371,10 +374,18 @@ def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict
     log.info(
         "Annotated %d sentences (%s) in %.1f s of worker time (%.0f sentences/s per process; "
         "%.1f s wall for the whole preprocessing)",
-        sentences, source, seconds, rate, wall,
-    )  # fmt: skip
-    return {"source": source, "sentences": sentences, "seconds": round(seconds, 3),
-            "sentences_per_s_per_process": round(rate, 1)}  # fmt: skip
+        sentences,
+        source,
+        seconds,
+        rate,
+        wall,
+    )
+    return {
+        "source": source,
+        "sentences": sentences,
+        "seconds": round(seconds, 3),
+        "sentences_per_s_per_process": round(rate, 1),
+    }
 
 
 def _documents(n: int) -> str:
@@ -469,7 +480,9 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         stats["train"]["documents"] + stats["validation"]["documents"],
         stats["train"]["sentences"] + stats["validation"]["sentences"],
         stats["train"]["tokens"] + stats["validation"]["tokens"],
-        stats["seconds"], stats["text_mb"], stats["mb_per_s"],
+        stats["seconds"],
+        stats["text_mb"],
+        stats["mb_per_s"],
         ", with entity links" if annotation.entity_links else "",
-    )  # fmt: skip
+    )
     return Prepared(tokenizer, directory, False, stats)

@@ -191,7 +191,7 @@ class KnowledgeEncoder(Encoder):
         return {"num_entities": int(vectors.shape[0])}
 
     @classmethod
-    def check_config(cls, cfg) -> None:
+    def check_pretraining(cls, node, cfg) -> None:
         """Pre-training needs the entity inputs: ``data.entity_links=true``."""
         data = cfg.get("data") or {}
         if not data.get("entity_links"):

@@ -72,10 +72,15 @@ def run_decoder(objectives: dict[str, nn.Module]) -> nn.Module | None:
 
 def log_load_report(source: str, report: dict[str, list[str]]) -> None:
     if report["missing"]:
-        log.warning("%s: %d weights missing, left as initialised: %s", source,
-                    len(report["missing"]), report["missing"])  # fmt: skip
+        log.warning(
+            "%s: %d weights missing, left as initialised: %s",
+            source,
+            len(report["missing"]),
+            report["missing"],
+        )
     if report["unexpected"]:
-        log.warning("%s: %d weights unused: %s", source, len(report["unexpected"]),
-                    report["unexpected"])  # fmt: skip
+        log.warning(
+            "%s: %d weights unused: %s", source, len(report["unexpected"]), report["unexpected"]
+        )
     if not report["missing"] and not report["unexpected"]:
         log.info("%s: every weight loaded", source)
