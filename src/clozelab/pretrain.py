@@ -25,6 +25,7 @@ from clozelab.core.rundir import write_json
 from clozelab.data.corpus import resolve_corpus
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
+from clozelab.data.knowledge import save_entity_names
 from clozelab.data.preprocess import prepare
 from clozelab.model.compile import apply_model_compile
 from clozelab.training.callbacks import (
@@ -274,6 +275,8 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
     resume, checkpoint = _resume_point(run_dir, module, prepared.tokenizer)
     if rank_zero_only.rank == 0:  # one writer of the run directory (every rank runs this)
         prepared.tokenizer.save(run_dir / "tokenizer")
+        if "entity_links" in encoder.batch_inputs:  # Encoder hook: fine-tuning links to these
+            save_entity_names(prepared, run_dir)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     run_name = cfg.get("run_name") or run_dir.name
     loggers = make_loggers(cfg.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))
