@@ -45,6 +45,11 @@ class InstanceDataset(Dataset):
             if shard.phrase_ids is None
             else np.asarray(shard.phrase_ids[start:end], dtype=np.int64)
         )
+        links = (
+            None
+            if shard.entity_links is None
+            else np.asarray(shard.entity_links[start:end], dtype=np.int64)
+        )
         sentence = np.searchsorted(shard.sentences, np.arange(start, end), side="right") - 1
         special = np.zeros(len(tokens), dtype=bool)
         if insert_separators:
@@ -58,22 +63,29 @@ class InstanceDataset(Dataset):
                 special = np.insert(special, inner, True)
                 if phrases is not None:
                     phrases = np.insert(phrases, inner, -1)
-        return tokens, words, entities, sentence, special, phrases
+                if links is not None:
+                    links = np.insert(links, inner, -1)
+        return tokens, words, entities, sentence, special, phrases, links
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         row = self.table[index]
         pieces = [(np.array([self.cls_id]), [-1], [-1], [-1], [True], 0)]
         if self.kind in inst.PAIR_LABEL_KEYS:
-            segments = [(row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
-                        (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1)]  # fmt: skip
+            segments = [
+                (row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
+                (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1),
+            ]
         else:
             segments = [(row[inst.P_SHARD], row[inst.P_START], row[inst.P_END], 0)]
         cross = self.kind == "full_sentences"
         phrase_pieces: list = [[-1]]  # [CLS]; the rest when the shards hold phrases
+        link_pieces: list = [[-1]]  # [CLS]; the rest when the shards hold entity links
         for shard_i, start, end, segment in segments:
-            tokens, words, entities, sentence, special, phrases = self._segment(
+            tokens, words, entities, sentence, special, phrases, links = self._segment(
                 int(shard_i), int(start), int(end), cross
             )
+            if links is not None:  # the segment, then its [SEP]
+                link_pieces += [links, [-1]]
             # offset by segment so ids from the two segments never collide
             shift = segment * (1 << 40)
             entities = entities + (entities >= 0) * shift
@@ -95,9 +107,20 @@ class InstanceDataset(Dataset):
         }
         if len(phrase_pieces) > 1:
             item["phrase_ids"] = _renumber(np.concatenate([np.asarray(p) for p in phrase_pieces]))
+        if len(link_pieces) > 1:
+            links = np.concatenate([np.asarray(p) for p in link_pieces])
+            item["entity_links"] = first_token_links(links, item["entity_ids"])
         if self.kind in inst.PAIR_LABEL_KEYS:
             item[inst.PAIR_LABEL_KEYS[self.kind]] = np.int64(row[inst.LABEL])
         return item
+
+
+def first_token_links(links: np.ndarray, entity_ids: np.ndarray) -> np.ndarray:
+    """The entity of each mention on its first token only, -1 elsewhere (ERNIE-THU aligns an
+    entity to the first token of its mention, SPECS §19). ``entity_ids``: the mention units."""
+    first = entity_ids >= 0
+    first[1:] &= entity_ids[1:] != entity_ids[:-1]
+    return np.where(first, links, -1)
 
 
 def _renumber(ids: np.ndarray) -> np.ndarray:

@@ -201,10 +201,14 @@ def _truncate(a_shard, a, b_shard, b, label, max_num_tokens, rng):
     front_a = int(rng.binomial(remove_a, 0.5)) if remove_a else 0
     front_b = int(rng.binomial(remove_b, 0.5)) if remove_b else 0
     return (
-        a_shard, a[0] + front_a, a[1] - (remove_a - front_a),
-        b_shard, b[0] + front_b, b[1] - (remove_b - front_b),
+        a_shard,
+        a[0] + front_a,
+        a[1] - (remove_a - front_a),
+        b_shard,
+        b[0] + front_b,
+        b[1] - (remove_b - front_b),
         label,
-    )  # fmt: skip
+    )
 
 
 def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> np.ndarray:

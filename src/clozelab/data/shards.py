@@ -10,6 +10,8 @@ A split directory holds ``shard-00000/``, ``shard-00001/`` ... Each shard stores
 - ``documents.bin``   int64, sentence index where each document starts, plus a final end index
 - ``phrase_ids.bin``  int32, shard-global phrase index of each token, -1 outside phrases (only
   when preprocessing finds phrases: ``data.phrases=spacy_chunks``)
+- ``entity_links.bin`` int32, id of the entity each token's mention names (the entity vocabulary
+  of ``clozelab.data.knowledge``), -1 elsewhere (only with ``data.entity_links``)
 - ``meta.json``       dtypes, lengths and a CRC32 per file (a torn or corrupt shard is detected)
 """
 
@@ -29,7 +31,7 @@ ARRAYS = {
     "sentences": np.int64,
     "documents": np.int64,
 }
-OPTIONAL = {"phrase_ids": np.int32}  # present when the writer was asked for them
+OPTIONAL = {"phrase_ids": np.int32, "entity_links": np.int32}  # when the writer is asked for them
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -65,8 +67,12 @@ class ShardWriter:
         vocab_size: int,
         shard_tokens: int = 50_000_000,
         phrases: bool = False,
+        links=None,
     ):
+        """``links``: a ``clozelab.data.knowledge.EntityIndex`` (shared by the splits) to number
+        the entities mentions name (``entity_links.bin``); None: none stored."""
         self.phrases = phrases
+        self.links = links
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tokens_dtype = token_dtype(vocab_size)
@@ -80,7 +86,9 @@ class ShardWriter:
         path.mkdir()
         dtypes = dict(ARRAYS, tokens=self.tokens_dtype)
         if self.phrases:
-            dtypes.update(OPTIONAL)
+            dtypes["phrase_ids"] = OPTIONAL["phrase_ids"]
+        if self.links is not None:
+            dtypes["entity_links"] = OPTIONAL["entity_links"]
         self._open = {
             "path": path,
             "files": {name: _Appender(path / f"{name}.bin", dt) for name, dt in dtypes.items()},
@@ -93,10 +101,13 @@ class ShardWriter:
         }
         self.n_shards += 1
 
-    def add_document(self, sentences: list[tuple[np.ndarray, ...]]) -> None:
+    def add_document(
+        self, sentences: list[tuple[np.ndarray, ...]], links=None, title: str | None = None
+    ) -> None:
         """Add one document: per sentence (token ids, word index within the sentence, entity index
         within the document or -1[, phrase index within the document or -1: with
-        ``phrases=True``])."""
+        ``phrases=True``]); with an entity index, ``links`` names the entity of each entity
+        index and ``title`` the document (``EncodedDocument``)."""
         if not sentences:
             return
         if self._open is None or self._open["tokens"] >= self.shard_tokens:
@@ -115,6 +126,9 @@ class ShardWriter:
         files["word_ids"].append(words + shard["words"])
         n_entities = int(entities.max()) + 1 if len(entities) else 0
         files["entity_ids"].append(np.where(entities >= 0, entities + shard["entities"], -1))
+        if self.links is not None:
+            sentence = np.repeat(np.arange(len(sentences)), lengths)
+            files["entity_links"].append(self.links.add_document(links, entities, sentence, title))
         if self.phrases:
             phrases = np.concatenate([s[3] for s in sentences])
             files["phrase_ids"].append(np.where(phrases >= 0, phrases + shard["phrases"], -1))
@@ -166,6 +180,7 @@ class Shard:
     sentences: np.ndarray  # [n_sentences + 1] token offsets
     documents: np.ndarray  # [n_documents + 1] sentence offsets
     phrase_ids: np.ndarray | None = None  # only in shards written with phrases
+    entity_links: np.ndarray | None = None  # only in shards written with entity links
 
     @property
     def n_documents(self) -> int:

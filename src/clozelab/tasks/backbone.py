@@ -70,6 +70,11 @@ class Backbone(nn.Module):
             return self(input_ids, attention_mask, token_type_ids, True).hidden_states
 
         return embed_texts(
-            encode, self.tokenizer, texts, layers=layers, pool=pool,
-            max_length=self.max_positions, batch_size=batch_size,
-        )  # fmt: skip
+            encode,
+            self.tokenizer,
+            texts,
+            layers=layers,
+            pool=pool,
+            max_length=self.max_positions,
+            batch_size=batch_size,
+        )

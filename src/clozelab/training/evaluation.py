@@ -100,13 +100,19 @@ def run_task(
         splits = kind.read(data_dir)
         prepared = kind.encode(splits, backbone)
         for seed in seeds:
-            log.info("task %s seed %d: %d train / %d validation features",
-                     name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
+            log.info(
+                "task %s seed %d: %d train / %d validation features",
+                name,
+                seed,
+                len(prepared.train),
+                len(prepared.validation),
+            )
             facts = run_seed(make, prepared, kind, seed, mode, mix_layers, layer_mix)
             runs.append({"seed": seed, **facts})
         protocol = {
-            "split": "validation (dev)" if not task.get("holdout") else
-                     f"held-out {1 - float(task.holdout):.0%} of the validation file",
+            "split": "validation (dev)"
+            if not task.get("holdout")
+            else f"held-out {1 - float(task.holdout):.0%} of the validation file",
             "train_examples": len(splits["train"]),
             "eval_examples": len(splits["validation"]),
             "epochs": task.get("epochs", 3),
@@ -120,7 +126,7 @@ def run_task(
             "mix_layers": mix_layers if mode == "features" else None,
             "layer_mix": layer_mix if mode == "features" else None,
             **kind.protocol(mode),
-        }  # fmt: skip
+        }
     metric = task.get("metric") or kind.default_metrics[0]
     names = sorted({k for r in runs for k in r["metrics"]})
     summary = {k: _summary([float(r["metrics"][k]) for r in runs]) for k in names}
@@ -145,8 +151,15 @@ def run_task(
     for logger in loggers:
         logger.log_metrics({f"eval/{name}/{k}": v["mean"] for k, v in summary.items()})
         logger.save()
-    log.info("%s: %s = %.4f ± %.4f (%d seeds) -> %s", name, metric, result["value"],
-             result["std"], len(seeds), eval_dir / f"{name}.json")  # fmt: skip
+    log.info(
+        "%s: %s = %.4f ± %.4f (%d seeds) -> %s",
+        name,
+        metric,
+        result["value"],
+        result["std"],
+        len(seeds),
+        eval_dir / f"{name}.json",
+    )
     return result
 
 
@@ -210,8 +223,7 @@ def evaluate_run(
     source = run_dir
     if module is not None:
         source = _module_backbone(module, run_dir)
-    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task,
-                             loggers=loggers)  # fmt: skip
+    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task, loggers=loggers)
     return {f"eval/{name}/{r['metric']}": r["value"] for name, r in results.items()}
 
 

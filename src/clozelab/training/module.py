@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from clozelab.core.batch import Batch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
 from clozelab.training.optim import build_scheduler, parameter_groups
@@ -65,14 +66,16 @@ class PretrainModule(pl.LightningModule):
         self.tokens_at_train_start = 0
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, batch: Batch | JointBatch):
         """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
-        ``{"text": batch, "dialogue": batch}``: the two streams' totals are summed."""
+        a ``JointBatch`` ``{"text": batch, "dialogue": batch}``: the two streams' totals are
+        summed."""
         self._objective_losses, self._loss_terms = {}, {}
-        if "input_ids" in batch:
-            return self._forward_stream(batch)
+        parts = batch.streams()
+        if len(parts) == 1:
+            return self._forward_stream(parts[0])
         total, logs, counts = 0.0, {}, {}
-        for part in batch.values():
+        for part in parts:
             part_total, part_logs, part_counts = self._forward_stream(part)
             total = total + part_total
             logs.update(part_logs)
@@ -91,13 +94,16 @@ class PretrainModule(pl.LightningModule):
             extra["content_output"] = any(o.reads_encoder_output for o in readers)
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
-    def _forward_stream(self, batch: dict[str, torch.Tensor]):
-        """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
-        objectives whose ``streams`` include "dialogue" run; those that train on text too log as
+    def _forward_stream(self, batch: Batch):
+        """One stream's batch. On a ``DialogueBatch`` (ERNIE DLM) only the objectives whose
+        ``streams`` include "dialogue" run; those that train on text too log as
         ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
-        stream = "dialogue" if "dialogue_label" in batch else "text"
-        objectives = {name: objective for name, objective in self.objectives.items()
-                      if stream in objective.streams}  # fmt: skip
+        stream = batch.stream
+        objectives = {
+            name: objective
+            for name, objective in self.objectives.items()
+            if stream in objective.streams
+        }
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
                 batch = objective.prepare_inputs(batch, self.embedding)
@@ -137,8 +143,7 @@ class PretrainModule(pl.LightningModule):
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
         logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
-        parts = [batch] if "input_ids" in batch else list(batch.values())  # joint dialogue step
-        tokens = sum(part["attention_mask"].sum() for part in parts)
+        tokens = sum(part["attention_mask"].sum() for part in batch.streams())
         if world > 1:
             logs, tokens = self._mean_across_ranks(logs, tokens)
         self.tokens_seen += int(tokens)
@@ -172,8 +177,11 @@ class PretrainModule(pl.LightningModule):
         }
         which = ", ".join(f"objective.{k} loss={v}" for k, v in bad.items()) or "the weighted sum"
         indices = batch.get("index")
-        sample = f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})" if (
-            indices is not None) else ""  # fmt: skip
+        sample = (
+            f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})"
+            if (indices is not None)
+            else ""
+        )
         raise NonFiniteLossError(
             f"train/loss={float(loss)} at training step {self.global_step + 1}: non-finite loss "
             f"from {which}{sample}. The run is stopped and marked failed; the last good "
@@ -184,8 +192,7 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        streams = getattr(self.trainer.datamodule, "val_streams", None) if self._trainer else None
-        if streams and streams[dataloader_idx] == "reference":
+        if batch.stream == "reference":
             logs, counts = self._reference_mlm(batch)
         else:
             _, logs, counts = self(batch)
@@ -218,8 +225,9 @@ class PretrainModule(pl.LightningModule):
             [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
         )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        means = {key: total / weight for key, (total, weight) in zip(keys, sums.tolist())
-                 if weight > 0}  # fmt: skip
+        means = {
+            key: total / weight for key, (total, weight) in zip(keys, sums.tolist()) if weight > 0
+        }
         means.update(exact_losses(means, self._val_losses))
         for key, value in means.items():
             self.log(f"val/{key}", value, prog_bar=key == "mlm_loss")

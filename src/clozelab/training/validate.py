@@ -61,11 +61,14 @@ def _probability(cfg, key: str, low_open: bool, high_open: bool):
 
 def validate_body(cfg: DictConfig) -> None:
     """The embedding and encoder name classes of their extension points (``Embedding``,
-    ``Encoder``: the hooks clozelab asks them about)."""
+    ``Encoder``: the hooks clozelab asks them about); the encoder refuses what pre-training
+    cannot honour (``Encoder.check_pretraining``)."""
     for key, base in (("embedding", Embedding), ("encoder", Encoder)):
         node = cfg_select(cfg, key)
         if node is not None and node.get("_target_"):
-            component_class(node, key, base)
+            cls = component_class(node, key, base)
+            if key == "encoder":
+                cls.check_pretraining(node, cfg)  # Encoder hook
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -89,8 +92,10 @@ def validate_model(cfg: DictConfig) -> None:
 
 def validate_corruption(cfg: DictConfig) -> None:
     _probability(cfg, "corruption.rate", low_open=True, high_open=True)
-    probs = [_probability(cfg, f"corruption.{k}", False, False)
-             for k in ("mask_prob", "random_prob", "keep_prob")]  # fmt: skip
+    probs = [
+        _probability(cfg, f"corruption.{k}", False, False)
+        for k in ("mask_prob", "random_prob", "keep_prob")
+    ]
     if all(p is not None for p in probs) and abs(sum(probs) - 1.0) > 1e-6:
         raise ClozelabError(
             f"corruption.mask_prob={probs[0]}, corruption.random_prob={probs[1]}, "
@@ -113,6 +118,8 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
+    if cfg_select(cfg, "data.entity_links"):  # the entity each mention names (ERNIE-THU)
+        provided["text"].add("entity_links")
     if cfg_select(cfg, "data.dialogue.corpus"):
         provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
@@ -137,11 +144,12 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         tied = "embedding_size" in inspect.signature(cls).parameters  # a tied decoder
         if tied and node.get("embedding_size") != table:
             raise config_error(
-                f"objective.{name}.embedding_size", node.get("embedding_size"),
+                f"objective.{name}.embedding_size",
+                node.get("embedding_size"),
                 f"its decoder is tied to the embedding table of width {table} "
                 "(embedding.embedding_size; null: the hidden size)",
                 f"set objective.{name}.embedding_size=${{embedding.embedding_size}}",
-            )  # fmt: skip
+            )
         cls.check_config(cfg, name)  # combinations beyond batch keys
         names.append(name)
     return names
@@ -155,10 +163,11 @@ def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> 
     decoder = cfg_select(cfg, "decoder")
     if decoder is not None and not any(n.get("decoder") is not None for n in objectives.values()):
         raise config_error(
-            "decoder", decoder.get("_target_"),
+            "decoder",
+            decoder.get("_target_"),
             f"no objective of objective={list(objectives)} runs a decoder",
             "add objective=[seq2seq] (encoder-decoder pre-training) or drop decoder=",
-        )  # fmt: skip
+        )
     if not set(TARGET_KEYS) <= corrupted:
         return
     readers = [
@@ -187,9 +196,11 @@ def validate_dialogue(cfg: DictConfig) -> None:
     corpus = node.get("corpus")
     if node.get("schedule") not in SCHEDULES:
         raise config_error(
-            "data.dialogue.schedule", node.get("schedule"), "unknown schedule",
+            "data.dialogue.schedule",
+            node.get("schedule"),
+            "unknown schedule",
             f"use one of {list(SCHEDULES)}",
-        )  # fmt: skip
+        )
     if node.get("schedule") == "alternate":
         _int(cfg, "data.dialogue.every", 2)
     _int(cfg, "data.dialogue.batch_size", 1)
@@ -198,9 +209,11 @@ def validate_dialogue(cfg: DictConfig) -> None:
     patterns = list(node.get("patterns") or [])
     if not patterns or set(patterns) - set(PATTERNS):
         raise config_error(
-            "data.dialogue.patterns", patterns, f"must be a non-empty subset of {list(PATTERNS)}",
+            "data.dialogue.patterns",
+            patterns,
+            f"must be a non-empty subset of {list(PATTERNS)}",
             "e.g. data.dialogue.patterns=[QRQ,QRR,QQR]",
-        )  # fmt: skip
+        )
     embedding = cfg_select(cfg, "embedding")
     if embedding is not None and embedding.get("_target_"):
         cls = target_class(embedding, "embedding")
@@ -210,8 +223,9 @@ def validate_dialogue(cfg: DictConfig) -> None:
                 f"embedding ({embedding._target_}) has no role table. Fix: add embedding=role."
             )
     objectives = cfg_select(cfg, "objective") or {}
-    streams = [component_class(n, f"objective.{k}", Objective).streams
-               for k, n in objectives.items()]  # fmt: skip
+    streams = [
+        component_class(n, f"objective.{k}", Objective).streams for k, n in objectives.items()
+    ]
     if not any("dialogue" in s for s in streams):
         raise ClozelabError(
             f"data.dialogue.corpus={corpus!r}, but none of objective={list(objectives)} trains on "
