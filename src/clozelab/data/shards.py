@@ -10,6 +10,9 @@ A split directory holds ``shard-00000/``, ``shard-00001/`` ... Each shard stores
 - ``documents.bin``   int64, sentence index where each document starts, plus a final end index
 - ``phrase_ids.bin``  int32, shard-global phrase index of each token, -1 outside phrases (only
   when preprocessing finds phrases: ``data.phrases=spacy_chunks``)
+- ``case_flags.bin``  uint8, 1 where the token's text starts with an upper-case letter in the
+  original (cased) text, whatever the tokenizer's lowercasing (only with ``data.case_flags=true``:
+  ERNIE 2.0's capitalisation prediction)
 - ``meta.json``       dtypes, lengths and a CRC32 per file (a torn or corrupt shard is detected)
 """
 
@@ -29,7 +32,7 @@ ARRAYS = {
     "sentences": np.int64,
     "documents": np.int64,
 }
-OPTIONAL = {"phrase_ids": np.int32}  # present when the writer was asked for them
+OPTIONAL = {"phrase_ids": np.int32, "case_flags": np.uint8}  # present when the writer was asked
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -65,8 +68,9 @@ class ShardWriter:
         vocab_size: int,
         shard_tokens: int = 50_000_000,
         phrases: bool = False,
+        case_flags: bool = False,
     ):
-        self.phrases = phrases
+        self.phrases, self.case_flags = phrases, case_flags
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tokens_dtype = token_dtype(vocab_size)
@@ -80,7 +84,9 @@ class ShardWriter:
         path.mkdir()
         dtypes = dict(ARRAYS, tokens=self.tokens_dtype)
         if self.phrases:
-            dtypes.update(OPTIONAL)
+            dtypes["phrase_ids"] = OPTIONAL["phrase_ids"]
+        if self.case_flags:
+            dtypes["case_flags"] = OPTIONAL["case_flags"]
         self._open = {
             "path": path,
             "files": {name: _Appender(path / f"{name}.bin", dt) for name, dt in dtypes.items()},
@@ -96,7 +102,7 @@ class ShardWriter:
     def add_document(self, sentences: list[tuple[np.ndarray, ...]]) -> None:
         """Add one document: per sentence (token ids, word index within the sentence, entity index
         within the document or -1[, phrase index within the document or -1: with
-        ``phrases=True``])."""
+        ``phrases=True`` (None otherwise)[, case flags: with ``case_flags=True``]])."""
         if not sentences:
             return
         if self._open is None or self._open["tokens"] >= self.shard_tokens:
@@ -119,6 +125,8 @@ class ShardWriter:
             phrases = np.concatenate([s[3] for s in sentences])
             files["phrase_ids"].append(np.where(phrases >= 0, phrases + shard["phrases"], -1))
             shard["phrases"] += int(phrases.max()) + 1 if len(phrases) and phrases.max() >= 0 else 0
+        if self.case_flags:
+            files["case_flags"].append(np.concatenate([s[4] for s in sentences]))
         shard["words"] += int(words.max()) + 1 if len(words) else 0
         shard["entities"] += max(n_entities, 0)
         shard["tokens"] += len(tokens)
@@ -166,6 +174,7 @@ class Shard:
     sentences: np.ndarray  # [n_sentences + 1] token offsets
     documents: np.ndarray  # [n_documents + 1] sentence offsets
     phrase_ids: np.ndarray | None = None  # only in shards written with phrases
+    case_flags: np.ndarray | None = None  # only in shards written with data.case_flags
 
     @property
     def n_documents(self) -> int:
