@@ -19,8 +19,8 @@ import bisect
 from pathlib import Path
 
 from clozelab.core.errors import config_error
+from clozelab.tasks.classification import ClassificationTask
 from clozelab.tasks.examples import TextExample, holdout_split
-from clozelab.tasks.kinds import ClassificationTask
 
 
 class SentenceLength(ClassificationTask):

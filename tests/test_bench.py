@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clozelab.bench import bench, step_flops
+from clozelab.bench.pretrain import bench, step_flops
 from clozelab.core.errors import ClozelabError
 
 pytest.importorskip("transformers")

@@ -68,7 +68,7 @@ def test_regression_and_feature_mode(tmp_path, tiny_tok):
     task = OmegaConf.merge(
         load_task("custom"),
         {
-            "kind": "regression",
+            "_target_": "clozelab.tasks.classification.RegressionTask",
             "train": str(tmp_path / "t.csv"),
             "validation": str(tmp_path / "t.csv"),
             "text": "s1",

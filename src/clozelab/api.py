@@ -1,8 +1,8 @@
 """The Python API (``clozelab.load``, ``clozelab.load_tokenizer``) and ``model.init_from``.
 
 ``load`` takes a clozelab run directory (``config.yaml`` + ``checkpoints/``), a Lightning
-checkpoint file of such a run, or an HF BERT directory (``config.json`` + ``model.safetensors`` or
-``pytorch_model.bin``), and returns a ``ClozelabModel`` in eval mode::
+checkpoint file of such a run, or an HF BERT or XLNet directory (``config.json`` +
+``model.safetensors`` or ``pytorch_model.bin``), and returns a ``ClozelabModel`` in eval mode::
 
     model = clozelab.load("outputs/2026-01-01/10-00-00")
     tok = clozelab.load_tokenizer("outputs/2026-01-01/10-00-00")
@@ -35,6 +35,7 @@ from clozelab.core.rundir import (
 from clozelab.training.components import (
     build_run_components,
     log_load_report,
+    plm_objective,
     pretraining_heads,
     run_decoder,
 )
@@ -44,23 +45,33 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------- the model object
 class ClozelabModel(nn.Module):
-    """An embedding, an encoder and (when the checkpoint has them) the MLM and NSP heads.
+    """An embedding, an encoder and (when the checkpoint has them) the MLM and NSP heads, or
+    XLNet's permutation-LM head.
 
     Attributes:
         embedding, encoder: the body.
         mlm, nsp: the MLM / NSP objectives (their heads), or None.
+        plm: the permutation-LM objective (XLNet's ``lm_loss`` bias; decoder tied), or None.
         decoder: the decoder of an encoder-decoder run (T5 / BART), or None.
+        objectives: every objective module of the run, by name (what ``clozelab export`` writes).
         source: where the weights came from.
         load_report: ``{"missing": [...], "unexpected": [...]}`` of the weight loading.
     """
 
     def __init__(
         self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None,
-        decoder=None,
+        decoder=None, plm=None, objectives: dict | None = None,
     ):  # fmt: skip
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
+        self.plm = plm
         self.decoder = decoder  # encoder-decoder runs: the seq2seq objective's decoder
+        heads = {"mlm": mlm, "nsp": nsp, "plm": plm}
+        self.objectives = (
+            dict(objectives)
+            if objectives is not None
+            else {name: head for name, head in heads.items() if head is not None}
+        )  # a plain dict: the modules are registered once, as the attributes above
         self.source = source
         self.load_report = report or {"missing": [], "unexpected": []}
         self.tokenizer = tokenizer  # clozelab Tokenizer (or a path to load it from), for embed
@@ -77,9 +88,12 @@ class ClozelabModel(nn.Module):
     ):
         """``EncoderOutput``: ``.last_hidden_state`` [B, T, H] and ``.hidden_states`` (the
         embedding output, then every layer's output, as HF's ``output_hidden_states``)."""
-        input_ids = _as_batch(input_ids)
-        hidden = self.embedding(input_ids, _as_batch(token_type_ids))
-        return self.encoder(hidden, _as_batch(attention_mask), output_hidden_states=True)
+        input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
+        hidden = self.embedding(input_ids, token_type_ids)
+        extra = {}  # what the encoder reads from the batch (XLNet: relative segments)
+        if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
+            extra["token_type_ids"] = token_type_ids
+        return self.encoder(hidden, _as_batch(attention_mask), output_hidden_states=True, **extra)
 
     def mlm_logits(
         self,
@@ -110,6 +124,29 @@ class ClozelabModel(nn.Module):
             )
         hidden = self.encode(input_ids, attention_mask, token_type_ids).last_hidden_state
         return self.nsp.logits(hidden)
+
+    def plm_logits(
+        self,
+        input_ids: Tensor,
+        perm_mask: Tensor,
+        target_mapping: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """XLNet's permutation-LM logits [B, M, V] (HF ``XLNetLMHeadModel(...).logits``):
+        ``perm_mask`` [B, T, T] (1: i may not see j), ``target_mapping`` [B, M, T] (row m one-hot
+        at the m-th predicted position)."""
+        if self.plm is None:
+            raise ClozelabError(
+                f"{self.source}: this checkpoint has no permutation-LM head. Fix: load a "
+                "checkpoint trained with experiment=xlnet or an HF XLNetLMHeadModel directory."
+            )
+        input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
+        out = self.encoder(
+            self.embedding(input_ids), _as_batch(attention_mask), token_type_ids=token_type_ids,
+            perm_mask=_as_batch(perm_mask), target_mapping=_as_batch(target_mapping),
+        )  # fmt: skip
+        return self.plm.logits(out.query_hidden_state, self.embedding)
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
         """Vectors of ``texts`` in one call, each encoded alone as ``[CLS] text [SEP]``.
@@ -176,7 +213,28 @@ def _load_run(path: Path) -> ClozelabModel:
     mlm, nsp = pretraining_heads(objectives)
     tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
     return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer,
-                         run_decoder(objectives)).eval()  # fmt: skip
+                         run_decoder(objectives), plm_objective(objectives),
+                         objectives).eval()  # fmt: skip
+
+
+def _load_hf_xlnet(directory: Path, config: dict) -> ClozelabModel:
+    """An HF XLNetModel / XLNetLMHeadModel directory: the body, and the PLM head when the
+    weights have ``lm_loss.bias``."""
+    from clozelab.model.hf_xlnet import (
+        from_hf_xlnet_state_dict,
+        kwargs_from_xlnet_config,
+        xlnet_modules,
+    )
+    from clozelab.objectives.plm import PermutationLM
+
+    state = read_hf_weights(directory)
+    embedding, encoder = xlnet_modules(config)
+    plm = PermutationLM(**kwargs_from_xlnet_config(config)["plm"]) if "lm_loss.bias" in state \
+        else None  # fmt: skip
+    report = from_hf_xlnet_state_dict(state, embedding, encoder, None if plm is None else plm.bias)
+    log_load_report(str(directory), report)
+    return ClozelabModel(embedding, encoder, source=str(directory), report=report,
+                         tokenizer=directory, plm=plm).eval()  # fmt: skip
 
 
 def _load_hf(directory: Path) -> ClozelabModel:
@@ -187,6 +245,8 @@ def _load_hf(directory: Path) -> ClozelabModel:
     from clozelab.objectives.nsp import NSP
 
     config = read_hf_config(directory)
+    if config.get("model_type") == "xlnet":
+        return _load_hf_xlnet(directory, config)
     kw = kwargs_from_hf_config(config)
     state = read_hf_weights(directory)
     embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
@@ -202,7 +262,8 @@ def _load_hf(directory: Path) -> ClozelabModel:
 
 
 def load(path: str | Path) -> ClozelabModel:
-    """Load a model from a clozelab run directory, a checkpoint file or an HF BERT directory.
+    """Load a model from a clozelab run directory, a checkpoint file or an HF BERT / XLNet
+    directory.
 
     HF directories load every head their weights hold (``cls.predictions.*`` -> ``mlm``,
     ``cls.seq_relationship.*`` -> ``nsp``); a ``BertModel`` directory loads the body only. The

@@ -1,5 +1,6 @@
 """``clozelab export RUN_DIR OUT_DIR``: a run as an HF transformers BERT directory (an
-encoder-decoder run: a T5ForConditionalGeneration / BartForConditionalGeneration directory).
+encoder-decoder run: a T5ForConditionalGeneration / BartForConditionalGeneration directory; an
+XLNet run: an XLNetLMHeadModel directory).
 
 The directory (``config.json``, ``model.safetensors`` in the ``BertForPreTraining`` key layout, the
 tokenizer files) is what ``transformers.BertForPreTraining.from_pretrained(OUT_DIR)`` and
@@ -17,7 +18,7 @@ from pathlib import Path
 from clozelab.api import load
 from clozelab.core.errors import ClozelabError, config_error
 from clozelab.core.rundir import run_checkpoint
-from clozelab.training.hf_export import write_hf_dir, write_seq2seq_hf_dir
+from clozelab.training.hf_export import write_run_hf_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,7 @@ def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Pat
     run_dir = Path(run_dir).expanduser()
     model = load(run_dir)
     source_dir, checkpoint = run_checkpoint(run_dir)
-    if model.decoder is not None:  # encoder-decoder: T5 / BART layout
-        out = write_seq2seq_hf_dir(out_dir, model.embedding, model.encoder, model.decoder,
-                                   source_dir / "tokenizer")  # fmt: skip
-    else:
-        out = write_hf_dir(out_dir, model.embedding, model.encoder, model.mlm, model.nsp,
+    out = write_run_hf_dir(out_dir, model.embedding, model.encoder, model.objectives,
                            source_dir / "tokenizer")  # fmt: skip
     log.info("Exported %s to %s", checkpoint, out)
     return out

@@ -9,6 +9,7 @@ middle of writing a checkpoint file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from helpers import TINY
 
@@ -199,3 +201,69 @@ def test_interrupted_run_is_marked_in_metrics_json(tmp_path, text_corpus, cache_
     assert metrics["status"] == "interrupted" and "SIGINT" in metrics["error"]
     assert metrics["steps"] == 3
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"] == 3
+
+
+def test_stop_before_the_first_periodic_checkpoint_is_overwritten_by_the_resumed_run(tmp_path):
+    """A stop before any periodic checkpoint: the signal's last.ckpt is the one the resumed run
+    overwrites at its end (not a last-v1.ckpt beside a stale last.ckpt)."""
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    from clozelab.training.callbacks import CheckpointOnSignal
+
+    class StopAt(BoringModel):
+        stop_at: int | None = None
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.global_step == self.stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def fit(max_steps, stop_at=None, resume=None):
+        model = StopAt()
+        model.stop_at = stop_at
+        checkpoints = pl.callbacks.ModelCheckpoint(
+            dirpath=tmp_path, filename="step-{step}", save_last=True, every_n_train_steps=4
+        )
+        stopper = CheckpointOnSignal(tmp_path / "last.ckpt")
+        trainer = pl.Trainer(max_steps=max_steps, callbacks=[checkpoints, stopper], logger=False,
+                             enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        with contextlib.suppress(SystemExit):  # the stop exits, as in a run
+            trainer.fit(model, ckpt_path=resume)
+        return stopper
+
+    assert fit(8, stop_at=1).signum == signal.SIGTERM  # stopped in step 2, before step 4's file
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    fit(8, resume=tmp_path / "last.ckpt")  # its last periodic checkpoint: step 8
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert not list(tmp_path.glob("last-v*.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def xlnet_reference(tmp_path_factory, text_corpus, cache_dir):
+    """The uninterrupted run of the xlnet recipe (permutation targets, two-stream encoder)."""
+    run_dir = tmp_path_factory.mktemp("xlnet_reference") / "run"
+    args = _args(text_corpus, cache_dir, run_dir, "experiment=xlnet", "trainer.max_steps=8")
+    proc = _clozelab(args, cache_dir, run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_xlnet_recipe_resumes_exactly(tmp_path, text_corpus, cache_dir, xlnet_reference):
+    """Stopped at step 3 (before the first periodic checkpoint) and re-launched, the xlnet recipe
+    reaches the uninterrupted run's weights bitwise and logs the same loss at every step: its
+    permutations and targets are drawn again exactly as they were."""
+    run_dir = tmp_path / "run"
+    args = _args(text_corpus, cache_dir, run_dir, "experiment=xlnet", "trainer.max_steps=8")
+    first = _killed(3, "SIGTERM", args, cache_dir, tmp_path)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    second = _clozelab(args, cache_dir, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stderr + second.stdout
+    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
+    ours, theirs = _weights(run_dir), _weights(xlnet_reference)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"
+    reference = _losses(xlnet_reference)
+    assert len(reference) == 8
+    assert _losses(run_dir) == reference

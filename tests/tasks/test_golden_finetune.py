@@ -42,7 +42,8 @@ def _classification(d):
 def _regression(d):
     rows = ["s1,s2,score"] + [f"{WORDS[i]} movie,bad {WORDS[-i]},{i % 5}" for i in range(10)]
     (d / "t.csv").write_text("\n".join(rows) + "\n", "utf-8")
-    node = {"kind": "regression", "train": str(d / "t.csv"), "validation": str(d / "t.csv"),
+    node = {"_target_": "clozelab.tasks.classification.RegressionTask",
+            "train": str(d / "t.csv"), "validation": str(d / "t.csv"),
             "text": "s1", "text_pair": "s2", "label": "score"}  # fmt: skip
     return load_task("custom"), node, {}
 

@@ -10,7 +10,8 @@ import torch
 
 from clozelab.core.errors import ClozelabError
 from clozelab.model.layer_pool import LayerAverage, ScalarMix
-from clozelab.tasks.heads import CRF, TaskModel
+from clozelab.tasks.classification import ClassificationModel
+from clozelab.tasks.tagging import CRF
 
 
 def _brute(crf, em, length):
@@ -77,8 +78,8 @@ def test_too_many_layers_names_the_real_key():
 
 @pytest.mark.parametrize("layer_mix", ["average", "learned"])
 def test_features_mode_freezes_the_backbone(tiny_backbone, layer_mix):
-    model = TaskModel(
-        tiny_backbone(), "classification", 2, mode="features", mix_layers=2, layer_mix=layer_mix
+    model = ClassificationModel(
+        tiny_backbone(), 2, mode="features", mix_layers=2, layer_mix=layer_mix
     )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("backbone.") for n in trainable)
@@ -93,7 +94,7 @@ def test_features_mode_freezes_the_backbone(tiny_backbone, layer_mix):
         ).hidden_states
         assert torch.allclose(model.hidden(batch), (states[-1] + states[-2]) / 2, atol=1e-6)
     with pytest.raises(ClozelabError, match="layer_mix"):
-        TaskModel(tiny_backbone(), "classification", 2, mode="features", layer_mix="max")
+        ClassificationModel(tiny_backbone(), 2, mode="features", layer_mix="max")
 
 
 def _batch(ids, pad):
@@ -108,12 +109,12 @@ def test_pooling_reads_cls_or_the_mean_of_the_real_tokens(tiny_backbone, mode):
     backbone = tiny_backbone()
     pad = backbone.tokenizer.pad_id
     kw = {"mode": mode, "mix_layers": 2}
-    assert TaskModel(backbone, "classification", 2, **kw).pooling == (
+    assert ClassificationModel(backbone, 2, **kw).pooling == (
         "cls" if mode == "finetune" else "mean"
     )
     batch = _batch([[2, 7, 8, 9, 3, pad, pad], [2, 11, 12, 3, pad, pad, pad]], pad)
     for pooling in ("cls", "mean"):
-        model = TaskModel(backbone, "classification", 2, pooling=pooling, **kw).eval()
+        model = ClassificationModel(backbone, 2, pooling=pooling, **kw).eval()
         with torch.no_grad():
             h = model.hidden(batch)
             pooled = model._pooled(h, batch["attention_mask"])
@@ -127,7 +128,7 @@ def test_pooling_reads_cls_or_the_mean_of_the_real_tokens(tiny_backbone, mode):
             wider = _batch([[*r, pad, pad] for r in batch["input_ids"].tolist()], pad)
             again = model._pooled(model.hidden(wider), wider["attention_mask"])
             assert torch.allclose(pooled, again, atol=1e-5)
-    cls_out = TaskModel(backbone, "classification", 2, pooling="cls", **kw).eval()
+    cls_out = ClassificationModel(backbone, 2, pooling="cls", **kw).eval()
     with torch.no_grad():
         h = cls_out.hidden(batch)
         changed = h.clone()
@@ -140,7 +141,7 @@ def test_pooling_reads_cls_or_the_mean_of_the_real_tokens(tiny_backbone, mode):
 
 def test_unknown_pooling_names_the_key_and_the_choices(tiny_backbone):
     with pytest.raises(ClozelabError, match=r"task\.pooling.*max.*cls.*mean"):
-        TaskModel(tiny_backbone(), "classification", 2, pooling="max")
+        ClassificationModel(tiny_backbone(), 2, pooling="max")
 
 
 def test_bundled_similarity_uses_the_embed_api_with_task_layers(tiny_backbone):

@@ -94,7 +94,8 @@ def test_custom_task_csv_and_regression(tmp_path):
     task = OmegaConf.merge(
         load_task("custom"),
         {"train": str(tmp_path / "train.csv"), "validation": "dev.csv", "path": str(tmp_path),
-         "text": "review", "label": "stars", "kind": "regression"},
+         "text": "review", "label": "stars",
+         "_target_": "clozelab.tasks.classification.RegressionTask"},
     )  # fmt: skip
     splits = read_task(task)
     assert [e.text for e in splits["train"]] == ["good, fine", "bad"]

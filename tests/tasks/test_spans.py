@@ -13,8 +13,8 @@ from helpers import SHARED_DATA
 from omegaconf import OmegaConf
 
 from clozelab.core.errors import ClozelabError
+from clozelab.tasks.base import task_for
 from clozelab.tasks.features import encode_spans, pad_batch
-from clozelab.tasks.heads import TaskModel
 from clozelab.tasks.metrics import span_f1
 from clozelab.tasks.readers import (
     SpanExample,
@@ -23,6 +23,7 @@ from clozelab.tasks.readers import (
     read_entities_jsonl,
     read_task,
 )
+from clozelab.tasks.span_ner import SpanNERModel
 from clozelab.tasks.spans import SpanHead, enumerate_spans, greedy_flat, span_targets
 from clozelab.training.evaluation import load_task
 
@@ -224,7 +225,7 @@ def test_entity_jsonl_keeps_nested_spans(tmp_path):
     first, second = read_entities_jsonl(path)
     assert first.spans == [(0, 3, "ORG"), (2, 3, "GPE")] and second.spans == []
     task = OmegaConf.merge(load_task("nested_ner"), {"train": str(path), "validation": str(path)})
-    splits = read_task(task)
+    splits = task_for(task).read(None)  # the span NER task reads jsonl as entity spans
     assert isinstance(splits["train"][0], SpanExample)
     bad = tmp_path / "bad.jsonl"
     _write_jsonl(bad, [{"tokens": ["a"], "entities": [{"start": 0, "end": 2, "type": "X"}]}])
@@ -257,7 +258,7 @@ def test_nested_gold_spans_train_and_decode(tiny_backbone):
     feats = encode_spans(backbone.tokenizer, [ex], 32, index, 4)
     batch = pad_batch(feats, backbone.tokenizer.pad_id)
     torch.manual_seed(0)
-    model = TaskModel(backbone, "span_ner", 3, dropout=0.0, max_span_length=4)
+    model = SpanNERModel(backbone, 3, dropout=0.0, max_span_length=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(60):
         loss = model(batch)["loss"]

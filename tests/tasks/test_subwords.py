@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from clozelab.core.errors import ClozelabError
 from clozelab.tasks.features import encode_tokens, pad_batch
-from clozelab.tasks.heads import TaskModel, combine_subwords
 from clozelab.tasks.readers import TokenExample
+from clozelab.tasks.tagging import TokenModel, combine_subwords
 
 TAGS = {"O": 0, "B-LOC": 1, "I-LOC": 2}
 
@@ -48,7 +48,7 @@ def test_training_loss_by_hand(tiny_backbone, subword_labels):
     backbone = tiny_backbone()
     _, f = _sentence(backbone.tokenizer)
     batch = pad_batch([f], backbone.tokenizer.pad_id)
-    model = TaskModel(backbone, "token", 3, dropout=0.0, subword_labels=subword_labels).eval()
+    model = TokenModel(backbone, 3, dropout=0.0, subword_labels=subword_labels).eval()
     with torch.no_grad():
         loss = model(batch)["loss"]
         tokens = model.output(model.hidden(batch))[0]  # (T, L)
@@ -74,7 +74,7 @@ def test_decoding_first_subword_or_combined_distributions():
     torch.testing.assert_close(combined[1], (p[2] + p[3]) / 2)  # the mean of the two
     # first subword of w1 says label 0 (0.2 > 0), the average of its two says label 1
     assert p[2].argmax() == 0 and combined[1].argmax() == 1
-    model = TaskModel.__new__(TaskModel)
+    model = TokenModel.__new__(TokenModel)
     torch.nn.Module.__init__(model)
     model.crf = None
     mask = torch.tensor([[True, True]])
@@ -94,7 +94,7 @@ def test_model_decodes_with_mean_and_refuses_crf_with_all(tiny_backbone):
     backbone = tiny_backbone()
     _, f = _sentence(backbone.tokenizer)
     batch = pad_batch([f], backbone.tokenizer.pad_id)
-    model = TaskModel(backbone, "token", 3, dropout=0.0, subword_decoding="mean").eval()
+    model = TokenModel(backbone, 3, dropout=0.0, subword_decoding="mean").eval()
     with torch.no_grad():
         out = model(batch)
         tokens = model.output(model.hidden(batch))
@@ -103,6 +103,6 @@ def test_model_decodes_with_mean_and_refuses_crf_with_all(tiny_backbone):
     tags = model.predict_tags(out, batch["word_mask"])
     assert tags == [expected[0].argmax(-1).tolist()]
     with pytest.raises(ClozelabError, match="task.subword_labels"):
-        TaskModel(backbone, "token", 3, decoder="crf", subword_labels="all")
+        TokenModel(backbone, 3, decoder="crf", subword_labels="all")
     with pytest.raises(ClozelabError, match="task.subword_decoding"):
-        TaskModel(backbone, "token", 3, subword_decoding="last")
+        TokenModel(backbone, 3, subword_decoding="last")

@@ -215,8 +215,25 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
         raise config_error("checkpoint", str(path), problem, fix) from None
 
 
+#: the ``config.json`` keys each HF family clozelab reads must have (``model_type`` -> keys).
+HF_CONFIG_KEYS = {
+    "bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"),
+    "xlnet": ("vocab_size", "d_model", "n_layer", "n_head", "d_inner"),
+}
+
+
+def hf_model_type(directory: Path) -> str | None:
+    """``model_type`` of an HF directory's ``config.json`` (None when unreadable or absent)."""
+    try:
+        config = json.loads((directory / "config.json").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 def read_hf_config(directory: Path) -> dict:
-    """``config.json`` of an HF BERT directory, parsed and checked to be a BERT config."""
+    """``config.json`` of an HF BERT or XLNet directory, parsed and checked to hold the sizes of
+    its ``model_type`` (``HF_CONFIG_KEYS``; BERT's when absent)."""
     path = directory / "config.json"
     try:
         config = json.loads(path.read_text("utf-8"))
@@ -225,12 +242,15 @@ def read_hf_config(directory: Path) -> dict:
             "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
             "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
         ) from None  # fmt: skip
-    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    family = config.get("model_type") if isinstance(config, dict) else None
+    family = family if family in HF_CONFIG_KEYS else "bert"
+    needed = HF_CONFIG_KEYS[family]
     missing = [k for k in needed if not isinstance(config, dict) or k not in config]
     if missing:
         raise config_error(
-            "checkpoint", str(path), f"not a BERT config.json (no {missing})",
-            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining)",
+            "checkpoint", str(path), f"not a {family.upper()} config.json (no {missing})",
+            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
+            "an HF XLNet directory (XLNetModel / XLNetLMHeadModel)",
         )  # fmt: skip
     return config
 

@@ -3,7 +3,7 @@
 noising / insertion (``bench_references``) on the same sequences (DESIGN.md §7: >= 10,000
 sequences/s at length 128 on one core; HF's whole-word collator does ~830).
 
-``clozelab bench`` (src/clozelab/bench.py) calls ``bench_corruptions``. The sequences are real text
+``clozelab bench`` (bench/pretrain.py) calls ``bench_corruptions``. The sequences are real text
 (the bundled Wikipedia sample) tokenised with the BERT uncased vocabulary, as ``[CLS] A [SEP] B
 [SEP]`` pairs with word ids from the tokenizer. Entity units are a synthetic annotation (2 of every
 7 words) and the phrase table holds the 500 most frequent word bigrams of the same text: timing

@@ -227,6 +227,10 @@ class Encoder(nn.Module):
     #: the token a sequence-level downstream head reads when ``task.pooling`` is null: ``cls``
     #: (the first token, BERT) or ``last`` (the last real token: XLNet's [CLS] sits at the end).
     summary_pooling: ClassVar[str] = "cls"
+    #: the HF transformers family ``clozelab export`` writes a run with this encoder as:
+    #: ``bert`` (``BertForPreTraining`` layout, which refuses the encoders it cannot map) or
+    #: ``xlnet`` (``XLNetLMHeadModel``). Encoder-decoder runs are written as their decoder's.
+    hf_model_type: ClassVar[str] = "bert"
 
     @classmethod
     def context_for(cls, node) -> str:

@@ -24,6 +24,7 @@ from clozelab.core.errors import ClozelabError, config_error
 from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
 
 BODY_PREFIX = "transformer."
+WORD_KEY = BODY_PREFIX + "word_embedding.weight"
 
 
 def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
@@ -47,7 +48,7 @@ def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
         return t
 
     layout: dict[str, tuple] = {
-        "transformer.word_embedding.weight": (embedding.word_embeddings.weight, same, same),
+        WORD_KEY: (embedding.word_embeddings.weight, same, same),
         "transformer.mask_emb": (
             encoder.mask_emb,
             lambda t: t.view(1, 1, H),
@@ -87,16 +88,20 @@ def _check(embedding: nn.Module, encoder: nn.Module) -> None:
 
 
 def to_hf_xlnet_state_dict(
-    embedding: nn.Module, encoder: nn.Module, lm_bias: Tensor | None = None
+    embedding: nn.Module,
+    encoder: nn.Module,
+    lm_bias: Tensor | None = None,
+    include_tied: bool = True,
 ) -> dict[str, Tensor]:
     """Our weights as an ``XLNetLMHeadModel`` state dict (``XLNetModel`` body keys with the
-    ``transformer.`` prefix; ``lm_loss.weight`` and ``lm_loss.bias`` when ``lm_bias`` is given)."""
+    ``transformer.`` prefix; ``lm_loss.bias`` when ``lm_bias`` is given, and ``lm_loss.weight``,
+    a copy of the word table, unless ``include_tied`` is False, as HF's own saves leave it out)."""
     _check(embedding, encoder)
     state = {}
     for key, (tensor, to_hf, _) in _hf_layout(embedding, encoder, lm_bias).items():
         state[key] = to_hf(tensor.detach()).contiguous().clone()
-    if lm_bias is not None:
-        state["lm_loss.weight"] = state["transformer.word_embedding.weight"].clone()
+    if lm_bias is not None and include_tied:
+        state["lm_loss.weight"] = state[WORD_KEY].clone()
     return state
 
 
@@ -230,3 +235,13 @@ def kwargs_from_xlnet_config(config: Mapping[str, Any]) -> dict[str, dict[str, A
         },
         "plm": {"vocab_size": config["vocab_size"]},
     }
+
+
+def xlnet_modules(config: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+    """The word-only embedding and ``XLNetEncoder`` an HF XLNet ``config.json`` describes
+    (randomly initialised; load the weights with ``from_hf_xlnet_state_dict``)."""
+    from clozelab.model.char_cnn import WordEmbeddings
+    from clozelab.model.xlnet import XLNetEncoder
+
+    kwargs = kwargs_from_xlnet_config(config)
+    return WordEmbeddings(**kwargs["embedding"]), XLNetEncoder(**kwargs["encoder"])

@@ -229,6 +229,7 @@ class XLNetEncoder(Encoder):
 
     batch_inputs = ("token_type_ids", "perm_mask", "target_mapping")
     summary_pooling = "last"  # XLNet's [CLS] sits at the end: heads read the last real token
+    hf_model_type = "xlnet"  # clozelab export writes an XLNetLMHeadModel directory
 
     def __init__(
         self,

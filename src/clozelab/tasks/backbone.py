@@ -1,10 +1,10 @@
 """The pre-trained body a downstream task fine-tunes: embedding + encoder (+ pooler) + tokenizer.
 
 ``load_backbone`` reads a clozelab run directory (``config.yaml`` + ``checkpoints/last.ckpt`` +
-``tokenizer/``), a Lightning checkpoint file inside one, an HF BERT directory (``config.json`` +
-``model.safetensors`` or ``pytorch_model.bin`` + a tokenizer), or builds a randomly initialised
-body (``checkpoint=none``: the "why pre-train" baseline) with the sizes of ``model`` or, with
-``like``, of another checkpoint.
+``tokenizer/``), a Lightning checkpoint file inside one, an HF BERT or XLNet directory
+(``config.json`` + ``model.safetensors`` or ``pytorch_model.bin`` + a tokenizer), or builds a
+randomly initialised body (``checkpoint=none``: the "why pre-train" baseline) with the sizes of
+``model`` or, with ``like``, of another checkpoint.
 """
 
 from __future__ import annotations
@@ -181,23 +181,30 @@ def _hf_modules(found: _Found):
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
     from clozelab.model.hf import kwargs_from_hf_config
+    from clozelab.model.hf_xlnet import xlnet_modules
 
-    kwargs = kwargs_from_hf_config(read_hf_config(found.root))
+    config = read_hf_config(found.root)
+    if config.get("model_type") == "xlnet":
+        return xlnet_modules(config)
+    kwargs = kwargs_from_hf_config(config)
     return BertEmbeddings(**kwargs["embedding"]), TransformerEncoder(**kwargs["encoder"])
 
 
 def _from_hf(found: _Found) -> Backbone:
     from clozelab.model.hf import from_hf_state_dict
+    from clozelab.model.hf_xlnet import from_hf_xlnet_state_dict
 
     embedding, encoder = _hf_modules(found)
     state = read_hf_weights(found.root)
-    report = from_hf_state_dict(state, embedding, encoder)
+    family = encoder.hf_model_type  # the body _hf_modules built for config.json's model_type
+    loader = from_hf_xlnet_state_dict if family == "xlnet" else from_hf_state_dict
+    report = loader(state, embedding, encoder)
     if report["missing"]:
         raise config_error(
             "checkpoint",
             str(found.weights),
-            f"missing BERT weights {report['missing'][:3]}",
-            "give a complete HF BERT checkpoint",
+            f"missing {family.upper()} weights {report['missing'][:3]}",
+            f"give a complete HF {family.upper()} checkpoint",
         )
     pooler = None
     for prefix in ("pooler.", "bert.pooler."):

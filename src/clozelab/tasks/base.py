@@ -2,9 +2,15 @@
 scoring; the fine-tuning loop (``training/finetuning.py``) and the suites
 (``training/evaluation.py``) ask it, never a ``kind`` string.
 
-A task config (``conf/task/*.yaml``) names its class with ``_target_`` (without one, the built-in
-class of its ``kind``: ``tasks/kinds.py``). A user's task in their own module subclasses ``Task``
-and is selected with ``task._target_=my_module.MyTask``.
+A task config (``conf/task/*.yaml``) names its class with ``_target_``; ``task_for(cfg)`` builds
+it. The built-in kinds: ``classification.ClassificationTask`` / ``RegressionTask``,
+``tagging.TokenTask`` (softmax or CRF), ``qa.QATask``, ``span_ner.SpanNERTask``,
+``generation.GenerationTask`` (text to text), and the zero-shot ``bundled.WordSimilarityTask`` /
+``ResponseSelectionTask``. A user's task in their own module subclasses ``Task`` (or a built-in
+kind) and is selected with ``task._target_=my_module.MyTask``.
+
+A fine-tuned kind's model subclasses ``tasks.heads.TaskModel`` (the backbone, fine-tuned or
+frozen with a layer mix, and the dropout before the head) with its own head.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import nn
 
+from clozelab.core.config import component_class
+from clozelab.core.errors import config_error
 from clozelab.tasks.backbone import Backbone
 
 
@@ -35,6 +43,13 @@ class TaskData:
 
 class Task:
     """Base of the downstream task kinds.
+
+    How ``run_task`` (``training/evaluation.py``) uses a task: ``task_for(cfg)`` builds it; a
+    ``zero_shot`` task returns ``score_zero_shot(backbone, seeds)``; any other is read once
+    (``read``) and encoded once (``encode`` -> ``TaskData``); then per seed the loop of
+    ``training/finetuning.py`` builds a fresh ``build_model``, trains it on ``model(batch)["loss"]``
+    over padded batches of ``TaskData.train`` (``tasks.features.pad_batch``), runs it on the
+    validation batches and asks ``score`` for the metrics; ``protocol`` adds to the result's record.
 
     Class attributes a subclass sets:
         kind: the name written to ``eval/<task>.json`` (``classification``, ``qa`` ...).
@@ -58,6 +73,15 @@ class Task:
         from clozelab.tasks.readers import read_task
 
         return read_task(self.cfg, data_dir)
+
+    def max_length(self, backbone: Backbone) -> int:
+        """``task.max_seq_length`` (default 128), capped at the backbone's positions."""
+        return min(int(self.cfg.get("max_seq_length", 128)), backbone.max_positions)
+
+    def body(self, mode: str, mix_layers: int, layer_mix: str) -> dict[str, Any]:
+        """The keyword arguments of ``TaskModel`` (the body under the head) for this task."""
+        dropout = float(self.cfg.get("dropout", 0.1))
+        return {"mode": mode, "mix_layers": mix_layers, "layer_mix": layer_mix, "dropout": dropout}
 
     def encode(self, splits: dict[str, list], backbone: Backbone) -> TaskData:
         """The features of ``splits`` for ``backbone`` (its tokenizer and position limit)."""
@@ -83,3 +107,23 @@ class Task:
     def score_zero_shot(self, backbone: Backbone, seeds: list[int]) -> list[dict]:
         """One metrics dict per seed, for ``zero_shot`` tasks."""
         raise NotImplementedError(f"{type(self).__name__} is not a zero-shot task")
+
+
+def task_for(cfg: DictConfig) -> Task:
+    """The task a config node names: an instance of its ``_target_`` class (a ``Task``)."""
+    if not cfg.get("_target_"):
+        raise config_error(
+            "task._target_", None, f"task {cfg.get('name')!r} names no task class",
+            "set task._target_ to a Task subclass, e.g. "
+            "clozelab.tasks.classification.ClassificationTask (see conf/task/*.yaml)",
+        )  # fmt: skip
+    cls = component_class(cfg, "task", Task)
+    kind = cfg.get("kind")
+    if kind is not None and kind != cls.kind:
+        raise config_error(
+            "task.kind", kind,
+            f"a task's kind is its class: task._target_={cfg._target_} is kind {cls.kind!r}",
+            "drop task.kind and name the class of the kind you want in task._target_ (e.g. "
+            "clozelab.tasks.classification.RegressionTask)",
+        )  # fmt: skip
+    return cls(cfg)

@@ -5,9 +5,9 @@
 - ``simlex999`` / ``wordsim353``: word-similarity sets in gensim's test data; zero-shot, the
   Spearman correlation of human scores with the cosine of mean-pooled subword vectors (of the
   layers ``task.layers``: the last one, or the average of several, via ``Backbone.embed``).
-- ``chatterbot``: response selection on the English conversations of ``chatterbot-corpus``;
-  zero-shot, the true reply ranked among distractors by the cosine of mean-pooled vectors
-  (accuracy = recall@1, and MRR).
+- ``chatterbot``: response (dialogue) selection on the English conversations of
+  ``chatterbot-corpus``; zero-shot, the true reply ranked among distractors by the cosine of
+  mean-pooled vectors (accuracy = recall@1, and MRR).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torchmetrics.functional import spearman_corrcoef
 from clozelab.core.errors import config_error
 from clozelab.data.packages import package_dir
 from clozelab.tasks.backbone import Backbone
+from clozelab.tasks.base import Task
 from clozelab.tasks.bundled_data import gensim_file, read_conversations, read_word_pairs
 
 
@@ -79,3 +80,33 @@ def response_selection(
         n = len(pairs)
         results.append({"accuracy": hits / n, "mrr": reciprocal / n, "pairs": float(n)})
     return results
+
+
+class _ZeroShot(Task):
+    """Scored on the frozen encoder's mean-pooled vectors, without training."""
+
+    zero_shot = True
+    default_metrics = ("spearman",)
+
+    def protocol(self, mode: str) -> dict:
+        layers = self.cfg.get("layers", -1)
+        layers = layers if isinstance(layers, int) else [int(i) for i in layers]
+        return {"training": "none (zero-shot, frozen encoder, mean-pooled)", "layers": layers}
+
+
+class WordSimilarityTask(_ZeroShot):
+    """Spearman correlation of human scores with the cosine of word vectors (SimLex, WordSim)."""
+
+    kind = "word_similarity"
+
+    def score_zero_shot(self, backbone, seeds) -> list[dict]:
+        return [word_similarity(backbone, self.cfg)] * len(seeds)  # deterministic
+
+
+class ResponseSelectionTask(_ZeroShot):
+    """The true reply ranked among distractors by cosine (chatterbot; recall@1 and MRR)."""
+
+    kind = "response_selection"
+
+    def score_zero_shot(self, backbone, seeds) -> list[dict]:
+        return response_selection(backbone, self.cfg, seeds)

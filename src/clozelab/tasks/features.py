@@ -67,7 +67,8 @@ def _label(label, index: dict | None, labels) -> int | float:
     except (TypeError, ValueError):
         raise config_error(
             "task.label", str(label), "not a number, but the task is a regression",
-            "set task.kind=classification, or fix the label in the task file",
+            "use a classification task (task._target_=clozelab.tasks.classification."
+            "ClassificationTask), or fix the label in the task file",
         ) from None  # fmt: skip
 
 

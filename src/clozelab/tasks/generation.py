@@ -1,5 +1,5 @@
-"""Text-to-text downstream tasks (T5's format, Raffel et al. 2020 §2.4): task ``kind:
-generation`` fine-tunes a pre-trained encoder-decoder with teacher forcing and scores its greedy
+"""Text-to-text downstream tasks (T5's format, Raffel et al. 2020 §2.4): ``GenerationTask``
+fine-tunes a pre-trained encoder-decoder with teacher forcing and scores its greedy
 outputs.
 
 - SQuAD (``format: squad``): source ``question: Q context: C``, target the first gold answer;
@@ -64,7 +64,7 @@ def text_pairs(task: DictConfig, examples: Sequence) -> list[TextPair]:
             pairs.append(TextPair(source, word, [word]))
         else:
             raise config_error(
-                "task.kind", "generation",
+                "task._target_", "clozelab.tasks.generation.GenerationTask",
                 f"cannot turn a {type(example).__name__} into a (source, target) pair",
                 "use a SQuAD task (format: squad) or a labelled sentence(-pair) task",
             )  # fmt: skip
@@ -139,7 +139,7 @@ def score_generation(predictions: Sequence[str], pairs: Sequence[TextPair],
 
 
 class GenerationTask(Task):
-    """``kind: generation``: text-to-text fine-tuning of an encoder-decoder run and greedy
+    """Kind ``generation``: text-to-text fine-tuning of an encoder-decoder run and greedy
     decoding (task configs name it with ``_target_: clozelab.tasks.generation.GenerationTask``)."""
 
     kind = "generation"
@@ -148,7 +148,7 @@ class GenerationTask(Task):
     def decoder(self, backbone: Backbone) -> Decoder:
         if backbone.decoder is None:
             raise config_error(
-                "task.kind", self.kind,
+                "task._target_", self.cfg.get("_target_"),
                 f"task {self.cfg.get('name')!r} generates text, but the checkpoint "
                 f"{backbone.source} has no decoder (an encoder-only model)",
                 "fine-tune a seq2seq run (experiment=t5|bart|mass), or use the classification "
@@ -159,7 +159,7 @@ class GenerationTask(Task):
     def encode(self, splits, backbone) -> TaskData:
         tok = backbone.tokenizer
         start = decoder_start_id(self.decoder(backbone), tok)
-        length = min(int(self.cfg.get("max_seq_length", 128)), backbone.max_positions)
+        length = self.max_length(backbone)
         target = int(self.cfg.get("max_target_length", 32))
         train = encode_generation(tok, text_pairs(self.cfg, splits["train"]), length, target,
                                   start)  # fmt: skip
@@ -169,7 +169,7 @@ class GenerationTask(Task):
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
         if mode != "finetune":
             raise config_error("mode", mode, "text-to-text tasks fine-tune the whole model",
-                               "use mode=finetune for task.kind=generation")  # fmt: skip
+                               "use mode=finetune for a generation task")  # fmt: skip
         target = int(self.cfg.get("max_target_length", 32))
         return GenerationModel(backbone.embedding, backbone.encoder, self.decoder(backbone),
                                backbone.tokenizer, target)  # fmt: skip

@@ -324,7 +324,7 @@ def _check_file(path: Path, key: str) -> Path:
     return path
 
 
-def _read_split(task: DictConfig, path: Path, split: str):
+def _read_split(task: DictConfig, path: Path, entities: bool):
     fmt = task.format
     if fmt in ("glue", "tsv", "csv"):
         delimiter = "," if fmt == "csv" else "\t"
@@ -336,9 +336,10 @@ def _read_split(task: DictConfig, path: Path, split: str):
             task.get("label"),
             header=bool(task.get("header", True)),
         )
-    if fmt == "jsonl" and task.get("kind") == "span_ner":
-        tokens, entities = task.get("tokens", "tokens"), task.get("entities", "entities")
-        return read_entities_jsonl(path, tokens, entities)
+    if fmt == "jsonl" and entities:
+        return read_entities_jsonl(
+            path, task.get("tokens", "tokens"), task.get("entities", "entities")
+        )
     if fmt == "jsonl":
         return read_jsonl(path, task.text, task.get("text_pair"), task.get("label"))
     if fmt == "conll":
@@ -358,8 +359,11 @@ def subsample(items: list, limit: int | None, seed: int = 0) -> list:
     return [items[i] for i in keep]
 
 
-def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str, list]:
+def read_task(
+    task: DictConfig, data_dir: str | Path | None = None, entities: bool = False
+) -> dict[str, list]:
     """``{"train": [...], "validation": [...]}`` for ``task`` (subsampled as it asks).
+    ``entities``: ``jsonl`` files hold tokens and entity spans (span NER), not texts and labels.
 
     ``task.holdout=F`` (with ``task.train`` null) trains on a fraction F of the validation file
     and scores on the rest, for data sets whose train split is not at hand (SQuAD, QNLI here)."""
@@ -375,10 +379,10 @@ def read_task(task: DictConfig, data_dir: str | Path | None = None) -> dict[str,
         val_path = resolve_path(task, task.get("validation"), data_dir)
         if val_path is None:
             raise config_error("task.validation", None, "no validation file", "set it")
-        validation = _read_split(task, _check_file(val_path, "task.validation"), "validation")
+        validation = _read_split(task, _check_file(val_path, "task.validation"), entities)
         train_path = resolve_path(task, task.get("train"), data_dir)
         if train_path is not None:
-            train = _read_split(task, _check_file(train_path, "task.train"), "train")
+            train = _read_split(task, _check_file(train_path, "task.train"), entities)
         elif task.get("holdout"):
             train, validation = holdout_split(validation, float(task.holdout))
         else:

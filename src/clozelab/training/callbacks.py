@@ -206,6 +206,7 @@ class CheckpointOnSignal(pl.Callback):
     def _save(self, trainer) -> None:
         if self.signum is None:  # Lightning's own handler caught it (signal sent earlier)
             self.signum = signal.SIGTERM
+        self._own_last(trainer)
         trainer.save_checkpoint(self.path)
         self._saved = True
         log.warning(
@@ -213,6 +214,17 @@ class CheckpointOnSignal(pl.Callback):
             self.path,
             trainer.global_step,
         )
+
+    def _own_last(self, trainer) -> None:
+        """Record ``path`` as the ``last`` file of the ModelCheckpoint that writes into its
+        directory, in the state this checkpoint carries: the resumed run then overwrites it.
+        Without this, a stop before the first periodic checkpoint leaves that callback's
+        ``last_model_path`` empty, and the resumed run, finding a ``last.ckpt`` it does not own,
+        writes its final weights to ``last-v1.ckpt`` while ``last.ckpt`` keeps the stop's."""
+        for callback in trainer.checkpoint_callbacks:
+            mine = isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.save_last
+            if mine and Path(callback.dirpath or "") == self.path.parent:
+                callback.last_model_path = str(self.path)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore()

@@ -16,7 +16,13 @@ from torch import nn
 
 from clozelab.core.config import build, target_class
 from clozelab.core.errors import config_error
-from clozelab.core.rundir import locate, read_checkpoint_state, read_hf_weights, run_checkpoint
+from clozelab.core.rundir import (
+    hf_model_type,
+    locate,
+    read_checkpoint_state,
+    read_hf_weights,
+    run_checkpoint,
+)
 from clozelab.corruption.runtime import runtime_kwargs
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,14 @@ def pretraining_heads(objectives: dict[str, nn.Module]) -> tuple[nn.Module | Non
     mlm = next((o for o in objectives.values() if isinstance(o, MLM)), None)
     nsp = next((o for o in objectives.values() if isinstance(o, NSP)), None)
     return mlm, nsp
+
+
+def plm_objective(objectives: dict[str, nn.Module]) -> nn.Module | None:
+    """The permutation-LM objective among ``objectives`` (its bias is HF XLNet's
+    ``lm_loss.bias``), or None."""
+    from clozelab.objectives.plm import PermutationLM
+
+    return next((o for o in objectives.values() if isinstance(o, PermutationLM)), None)
 
 
 def run_decoder(objectives: dict[str, nn.Module]) -> nn.Module | None:
@@ -96,21 +110,12 @@ def _check_vocab(rows: int, tokenizer, source: str) -> None:
         )
 
 
-def _hf_model_type(directory: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((directory / "config.json").read_text("utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
 def _init_seq2seq(directory: Path, source: str, embedding, encoder, objectives, tokenizer):
     """``model.init_from`` = an HF T5 / BART directory: body and decoder from its weights."""
     from clozelab.model.hf_seq2seq import SHARED, from_hf_state_dict
 
     decoder = run_decoder(objectives)
-    kind = _hf_model_type(directory)
+    kind = hf_model_type(directory)
     if decoder is None:
         raise config_error(
             "model.init_from", source, f"an HF {kind} encoder-decoder, but this run has no decoder",
@@ -120,6 +125,21 @@ def _init_seq2seq(directory: Path, source: str, embedding, encoder, objectives, 
     extra = embedding.word_embeddings.weight.shape[0] - tokenizer.vocab_size
     _check_vocab(state[SHARED[kind]].shape[0] - extra, tokenizer, source)
     return from_hf_state_dict(state, embedding, encoder, decoder)
+
+
+def _init_xlnet(directory: Path, source: str, embedding, encoder, objectives, tokenizer):
+    """``model.init_from`` = an HF XLNet directory: the body, and the PLM bias when this run
+    trains objective=[plm] (``clozelab.model.hf_xlnet``)."""
+    from clozelab.model.hf_xlnet import WORD_KEY, from_hf_xlnet_state_dict
+
+    state = read_hf_weights(directory)
+    word = state.get(WORD_KEY, state.get(WORD_KEY.removeprefix("transformer.")))
+    if word is None:
+        raise config_error("model.init_from", source, "has no word embeddings",
+                           "point to an HF XLNet checkpoint")  # fmt: skip
+    _check_vocab(word.shape[0], tokenizer, source)
+    plm = plm_objective(objectives)
+    return from_hf_xlnet_state_dict(state, embedding, encoder, None if plm is None else plm.bias)
 
 
 def init_components(
@@ -132,7 +152,8 @@ def init_components(
     """Copy the weights of ``init_from`` into freshly built components (``model.init_from``).
 
     ``init_from`` is an HF BERT directory (mapped with ``clozelab.model.hf``; the MLM and NSP
-    heads load when both sides have them), an HF T5 / BART directory (body and decoder, mapped
+    heads load when both sides have them), an HF XLNet directory (``clozelab.model.hf_xlnet``;
+    the PLM bias loads with objective=[plm]), an HF T5 / BART directory (body and decoder, mapped
     with ``clozelab.model.hf_seq2seq``) or a clozelab run directory / checkpoint (loaded by
     module name). Missing and unexpected weights are logged and returned; a vocabulary that
     differs from the tokenizer's, or any shape mismatch, raises a ClozelabError.
@@ -141,8 +162,10 @@ def init_components(
         return None
     kind, resolved = locate(init_from, "model.init_from")
     source = str(init_from)
-    if kind == "hf" and _hf_model_type(resolved) in ("t5", "bart"):
+    if kind == "hf" and hf_model_type(resolved) in ("t5", "bart"):
         report = _init_seq2seq(resolved, source, embedding, encoder, objectives, tokenizer)
+    elif kind == "hf" and hf_model_type(resolved) == "xlnet":
+        report = _init_xlnet(resolved, source, embedding, encoder, objectives, tokenizer)
     elif kind == "hf":
         from clozelab.model.hf import from_hf_state_dict
 

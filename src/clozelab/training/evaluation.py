@@ -22,7 +22,7 @@ from clozelab.core.config import conf_dir
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import write_json
 from clozelab.tasks.backbone import NONE, Backbone, load_backbone
-from clozelab.tasks.kinds import task_for
+from clozelab.tasks.base import task_for
 from clozelab.training.finetuning import run_seed
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """A run as an HF transformers BERT directory (``clozelab export``, and ``RUN_DIR/hf/`` at the end
-of a completed pre-training run).
+of a completed pre-training run); XLNet runs as an ``XLNetLMHeadModel`` directory and
+encoder-decoder runs as T5 / BART ones (``write_run_hf_dir`` picks the family).
 
 The directory holds ``config.json`` (``hidden_act`` "gelu" for the exact-erf GELU),
 ``model.safetensors`` in the ``BertForPreTraining`` key layout (SPECS §15; the tied decoder
@@ -21,7 +22,7 @@ from torch import nn
 
 from clozelab.core.errors import ClozelabError
 from clozelab.core.rundir import user_mode
-from clozelab.training.components import pretraining_heads, run_decoder
+from clozelab.training.components import plm_objective, pretraining_heads, run_decoder
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,49 @@ def write_seq2seq_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.
     return out
 
 
+def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,
+                       plm: nn.Module | None, tokenizer_dir: str | Path) -> Path:  # fmt: skip
+    """An HF ``XLNetLMHeadModel`` directory of these modules (``clozelab.model.hf_xlnet``;
+    ``lm_loss.bias`` is the PLM objective's, ``lm_loss.weight`` is tied to the word table, as
+    HF saves it), or an ``XLNetModel`` one without ``plm``; pad / bos / eos are the run's
+    [PAD] / [CLS] / [SEP]."""
+    from clozelab.data.tokenizer import load_tokenizer
+    from clozelab.model.hf_xlnet import to_hf_xlnet_state_dict, xlnet_config_dict
+
+    tok = load_tokenizer(tokenizer_dir)
+    bias = None if plm is None else plm.bias
+    config = xlnet_config_dict(embedding, encoder, with_lm_head=plm is not None,
+                               pad_token_id=tok.pad_id, bos_token_id=tok.cls_id,
+                               eos_token_id=tok.sep_id, torch_dtype="float32")  # fmt: skip
+    state = to_hf_xlnet_state_dict(embedding, encoder, bias, include_tied=False)
+    if plm is None:  # XLNetModel layout: no prefix
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    out = Path(out_dir)
+    _write_weights(out, state, config)
+    _write_tokenizer(out, tokenizer_dir)
+    return out
+
+
+def write_run_hf_dir(
+    out_dir: str | Path,
+    embedding: nn.Module,
+    encoder: nn.Module,
+    objectives: dict[str, nn.Module],
+    tokenizer_dir: str | Path,
+) -> Path:
+    """A run's modules as the HF directory of their family: an encoder-decoder run as T5 / BART,
+    an encoder whose ``hf_model_type`` is ``xlnet`` as ``XLNetLMHeadModel``, anything else as
+    ``BertForPreTraining`` (which raises a ClozelabError for encoders it cannot map)."""
+    decoder = run_decoder(objectives)
+    if decoder is not None:  # encoder-decoder: T5 / BART layout
+        return write_seq2seq_hf_dir(out_dir, embedding, encoder, decoder, tokenizer_dir)
+    if encoder.hf_model_type == "xlnet":
+        plm = plm_objective(objectives)
+        return write_xlnet_hf_dir(out_dir, embedding, encoder, plm, tokenizer_dir)
+    mlm, nsp = pretraining_heads(objectives)
+    return write_hf_dir(out_dir, embedding, encoder, mlm, nsp, tokenizer_dir)
+
+
 def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     """Write ``RUN_DIR/hf/`` at the end of a completed pre-training run (pretrain.py).
 
@@ -111,15 +155,9 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     warning that says why; the run's result stands either way.
     """
     run_dir = Path(run_dir)
-    mlm, nsp = pretraining_heads(dict(module.objectives))
-    decoder = run_decoder(dict(module.objectives))
     try:
-        if decoder is not None:  # encoder-decoder: T5 / BART layout
-            out = write_seq2seq_hf_dir(run_dir / "hf", module.embedding, module.encoder, decoder,
-                                       run_dir / "tokenizer")  # fmt: skip
-        else:
-            out = write_hf_dir(run_dir / "hf", module.embedding, module.encoder, mlm, nsp,
-                               run_dir / "tokenizer")  # fmt: skip
+        out = write_run_hf_dir(run_dir / "hf", module.embedding, module.encoder,
+                               dict(module.objectives), run_dir / "tokenizer")  # fmt: skip
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)
         return None

@@ -14,10 +14,10 @@ Sections (``bench.sections``):
   step with ``encoder.unpad`` off and on (same weights, same batches, alternating rounds), the
   loss of both at equal weights, and HF on the same batches.
 - ``plm``: XLNet permutation LM, our step against HF ``XLNetLMHeadModel`` at the
-  ``bench.pretrain`` sizes (``clozelab.bench_plm``).
+  ``bench.pretrain`` sizes (``clozelab.bench.plm``).
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 - ``seq2seq``: our T5 encoder-decoder step beside HF ``T5ForConditionalGeneration`` (same weights,
-  span-corrupted batches, AdamW): ``clozelab.bench_seq2seq``.
+  span-corrupted batches, AdamW): ``clozelab.bench.seq2seq``.
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
 synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
@@ -341,13 +341,13 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     if "unpad" in sections:
         results.update(bench_unpad(p, b.unpad, device))
     if "plm" in sections:
-        from clozelab.bench_plm import bench_plm
+        from clozelab.bench.plm import bench_plm
 
         results.update(bench_plm(p, b.plm, device))
     if "corruption" in sections:
         results.update(bench_corruption(b.corruption))
     if "seq2seq" in sections:
-        from clozelab.bench_seq2seq import bench_seq2seq
+        from clozelab.bench.seq2seq import bench_seq2seq
 
         results.update(bench_seq2seq(b.seq2seq, device))
     run_dir = Path(cfg.paths.output_dir)

@@ -72,15 +72,20 @@ def _ours_loss(model, batch):
     return model(batch)[0]
 
 
-def _hf_loss(model, batch):
+def hf_plm_output(model, batch, **kwargs):
+    """An HF ``XLNetLMHeadModel`` on one of our PLM batches (``kwargs``: e.g. ``labels``)."""
     return model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         token_type_ids=batch["token_type_ids"],
         perm_mask=batch["perm_mask"].float(),
         target_mapping=batch["target_mapping"],
-        labels=batch["plm_labels"],
-    ).loss
+        **kwargs,
+    )
+
+
+def _hf_loss(model, batch):
+    return hf_plm_output(model, batch, labels=batch["plm_labels"]).loss
 
 
 def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
