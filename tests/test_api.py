@@ -13,7 +13,8 @@ import torch
 import clozelab
 from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
-from clozelab.training.components import build_components, init_components
+from clozelab.training.components import build_components
+from clozelab.training.loading import init_components
 
 transformers = pytest.importorskip("transformers")
 

@@ -103,11 +103,14 @@ def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
             "bench.seq2seq.intermediate_size=64", "bench.seq2seq.vocab_size=300",
             "bench.seq2seq.seq_len=32", "bench.seq2seq.batch_size=4", "bench.seq2seq.batches=2",
             "bench.seq2seq.steps=1", "bench.seq2seq.rounds=1", "bench.seq2seq.warmup_steps=0",
-            "bench.seq2seq.n_sentinels=10", "bench.seq2seq.precisions=[fp32,bf16]")  # fmt: skip
+            "bench.seq2seq.n_sentinels=10", "bench.seq2seq.precisions=[fp32,bf16]",
+            "bench.seq2seq.generate_length=3", "bench.seq2seq.generate_repeats=1")  # fmt: skip
     results = bench(_compose(tmp_path, *tiny))
     assert json.loads((tmp_path / "bench.json").read_text()) == results
     for key in ("seq2seq.clozelab_tokens_per_s", "seq2seq.hf_tokens_per_s", "seq2seq.ratio",
-                "seq2seq.ratio_bf16", "seq2seq.ratio_bf16_vs_hf_bf16"):  # fmt: skip
+                "seq2seq.ratio_bf16", "seq2seq.ratio_bf16_vs_hf_bf16",
+                "seq2seq.generate_cached_tokens_per_s", "seq2seq.generate_uncached_tokens_per_s",
+                "seq2seq.generate_hf_tokens_per_s"):  # fmt: skip
         assert math.isfinite(results[key]) and results[key] > 0, key
     # same weights, same span-corrupted batch, dropout off: the same loss as transformers
     assert results["seq2seq.loss_abs_diff"] <= 1e-4

@@ -157,8 +157,8 @@ def test_hf_xlnet_dir_initialises_a_run_and_a_fine_tuning_body(xlnet_run, tmp_pa
     from omegaconf import OmegaConf
 
     from clozelab.data.tokenizer import load_tokenizer
-    from clozelab.tasks.backbone import load_backbone
-    from clozelab.training.components import build_components, init_components
+    from clozelab.training.components import build_components
+    from clozelab.training.loading import init_components, load_backbone
 
     out = tmp_path / "hf"
     main(["export", str(xlnet_run), str(out)])

@@ -219,7 +219,7 @@ def test_finetune_from_a_hf_directory(tmp_path, tiny_tok):
     from safetensors.torch import save_file
 
     from clozelab.model.hf import hf_config_dict, to_hf_state_dict
-    from clozelab.tasks.backbone import load_backbone
+    from clozelab.training.loading import load_backbone
 
     body = load_backbone("none", arch=OmegaConf.create(TINY_ARCH), tokenizer=tiny_tok)
     hf = tmp_path / "hf"

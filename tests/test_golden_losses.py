@@ -86,10 +86,12 @@ GOLDEN = {
         "val/mlm_loss": 5.28188,
         "val/sbo_loss": 5.230828,
     },
-    "xlnet": {  # recorded on the xlnet branch after the architecture refactor
-        "train": [5.34965, 5.321375, 5.286731],
-        "val/loss": 5.292487,
-        "val/plm_loss": 5.292487,
+    "xlnet": {  # re-recorded on xlnet2: the last layer's content stream is no longer computed
+        # in PLM training (nothing reads it), so fewer dropout draws: other masks, same model;
+        # and the factorisation order is drawn with one key per prediction row
+        "train": [5.33509, 5.314371, 5.286551],
+        "val/loss": 5.291372,
+        "val/plm_loss": 5.291372,
     },
 }
 

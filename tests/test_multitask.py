@@ -17,9 +17,9 @@ from conftest import TINY_ARCH
 
 from clozelab.core.errors import ClozelabError
 from clozelab.finetune import finetune
-from clozelab.tasks.backbone import load_backbone
 from clozelab.tasks.base import task_for
 from clozelab.training.evaluation import load_task
+from clozelab.training.loading import load_backbone
 from clozelab.training.multitask import sampling_shares, task_order, train_multitask
 
 SIZES = {"big": 800, "mid": 200, "small": 40}

@@ -17,6 +17,8 @@ from clozelab.training.validate import validate_pretrain
 SMOKE = ("trainer.max_steps=2", "trainer.val_check_interval=2", "initial_validation=false",
          "eval.suite=null")  # fmt: skip
 
+ERNIE_THU = ("data.corpus=bundled:wikipedia", "data.max_documents=12", "encoder.transe.epochs=2",
+             "encoder.entity_dim=16", "encoder.entity_heads=2")  # fmt: skip
 # Per recipe: overrides that fit the tiny model (H=32), and the objectives whose losses it logs.
 RECIPES = {
     "bert": ((), ("mlm", "nsp")),
@@ -38,6 +40,8 @@ RECIPES = {
         ),
         ("mlm", "capitalization", "token_document", "sentence_distance", "sentence_reorder"),
     ),
+    # the real Wikipedia sample: its link anchors are the entity mentions
+    "ernie_thu": (ERNIE_THU, ("mlm", "nsp", "dea")),
     "xlnet": ((), ("plm",)),
     "t5": ((), ("seq2seq",)),
     "bart": ((), ("seq2seq",)),
@@ -97,6 +101,8 @@ def test_albert_shares_layers_and_factorizes(compose_pretrain):
          r"deletes or reorders"),
         (("objective=[plm]", "corruption=plm"), r"encoder=xlnet"),
         (("experiment=xlnet", "encoder.mem_len=16"), r"encoder.mem_len=0"),
+        (("embedding=word", "encoder=xlnet", "encoder.mem_len=8", "data.instances=full_sentences",
+          "objective=[mlm]"), r"encoder.mem_len.*independent.*encoder.mem_len=0"),
         (("experiment=xlnet", "corruption=mask"), r"corruption=plm"),
         (("experiment=xlnet", "objective=[mlm]"), r"mlm_labels"),
     ],

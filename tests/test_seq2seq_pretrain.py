@@ -88,7 +88,7 @@ def _check_hf_export(run: Path, out: Path) -> None:
         assert (theirs.logits.reshape(ours.shape) - ours).abs().max() < 1e-4
     # model.init_from=<HF T5/BART dir>: a fresh run's body and decoder start from those weights
     from clozelab.data.tokenizer import load_tokenizer
-    from clozelab.training.components import build_run_components, init_components
+    from clozelab.training.loading import build_run_components, init_components
 
     _, embedding, encoder, objectives = build_run_components(run)
     report = init_components(str(out), embedding, encoder, objectives,
@@ -152,3 +152,67 @@ def test_a_generation_task_on_an_encoder_only_model_is_refused(tmp_path):
     with pytest.raises(ClozelabError, match="no decoder"):
         run_task(task, "none", seeds=[1], eval_dir=tmp_path / "eval",
                  arch=OmegaConf.create(TINY_ARCH), random_init={"tokenizer": str(tok)})  # fmt: skip
+
+
+def test_mass_decoder_reads_the_fragment_positions_from_the_corruption(compose_pretrain,
+                                                                       monkeypatch):  # fmt: skip
+    """experiment=mass (SPECS §17): the corruption's decoder_position_ids (each fragment token's
+    position in the sentence) travel through the data module into the decoder, which places its
+    learned positions there (BART layout) instead of at 0..k-1."""
+    from clozelab.model.bart import BartDecoder
+    from clozelab.objectives.seq2seq import Seq2Seq
+
+    batches, seen = [], []
+    forward, objective = BartDecoder.forward, Seq2Seq.forward
+
+    def spy(self, input_ids, embedding, memory, memory_mask=None, position_ids=None):
+        if self.training:
+            seen.append(position_ids)
+        return forward(self, input_ids, embedding, memory, memory_mask, position_ids)
+
+    def spy_batch(self, encoder_output, batch, embedding):
+        if self.training:
+            batches.append({k: v.clone() for k, v in batch.items() if torch.is_tensor(v)})
+        return objective(self, encoder_output, batch, embedding)
+
+    monkeypatch.setattr(BartDecoder, "forward", spy)
+    monkeypatch.setattr(Seq2Seq, "forward", spy_batch)
+    cfg = compose_pretrain("experiment=mass", "trainer.max_steps=1", "initial_validation=false",
+                           "trainer.val_check_interval=1", "eval.suite=null")  # fmt: skip
+    pretrain(cfg)
+    batch, positions = batches[0], seen[0]
+    labels = batch["labels"]
+    assert positions is not None and positions.shape[0] == labels.shape[0]
+    assert torch.equal(positions, batch["decoder_position_ids"][:, : positions.shape[1]])
+    special = batch["special_tokens_mask"].bool()
+    for row in range(labels.shape[0]):
+        fragment = positions[row][labels[row, : positions.shape[1]] != -100]
+        # one fragment of the row's non-special tokens, in order, at its source positions: the
+        # positions between two of its tokens are specials (a [SEP] inside a packed row)
+        assert len(fragment) > 0 and (fragment[1:] > fragment[:-1]).all()
+        inside = torch.arange(int(fragment[0]), int(fragment[-1]) + 1)
+        skipped = inside[~torch.isin(inside, fragment)]
+        assert special[row, skipped].all() and not special[row, fragment].any()
+    assert (positions[:, 0] > 1).any()  # not the default 0..k-1
+
+
+def test_decoder_positions_change_bart_states_and_only_distances_count_for_t5():
+    """BART's decoder adds the learned position of each given position; T5's relative bias sees
+    distances only, so a contiguous fragment at any offset is decoded as at 0..k-1."""
+    from clozelab.model.bart import BartDecoder, BartEmbeddings
+    from clozelab.model.t5 import T5Decoder, T5Embeddings
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (2, 6))
+    memory = torch.randn(2, 9, 16)
+    shifted = torch.arange(6).expand(2, 6) + torch.tensor([[7], [3]])
+    default = torch.arange(6).expand(2, 6)
+    bart = BartDecoder(16, 1, 2, 32, vocab_size=50, max_position_embeddings=32).eval()
+    bart_emb = BartEmbeddings(50, 16, max_position_embeddings=32)
+    t5, t5_emb = T5Decoder(16, 1, 2, 32).eval(), T5Embeddings(50, 16)
+    with torch.no_grad():
+        a = bart(ids, bart_emb, memory, None, shifted)
+        assert torch.equal(bart(ids, bart_emb, memory, None, default), bart(ids, bart_emb, memory))
+        assert not torch.allclose(a, bart(ids, bart_emb, memory))
+        b = t5(ids, t5_emb, memory, None, shifted)
+        assert torch.allclose(b, t5(ids, t5_emb, memory), atol=1e-6)

@@ -1,4 +1,4 @@
-"""The Python API (``clozelab.load``, ``clozelab.load_tokenizer``) and ``model.init_from``.
+"""The Python API: ``clozelab.load`` and ``clozelab.load_tokenizer``.
 
 ``load`` takes a clozelab run directory (``config.yaml`` + ``checkpoints/``), a Lightning
 checkpoint file of such a run, or an HF BERT or XLNet directory (``config.json`` +
@@ -23,22 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.core.errors import ClozelabError, config_error
-from clozelab.core.rundir import (
-    load_state_checked,
-    locate,
-    read_checkpoint_state,
-    read_hf_config,
-    read_hf_weights,
-    run_checkpoint,
-)
-from clozelab.training.components import (
-    build_run_components,
-    log_load_report,
-    plm_objective,
-    pretraining_heads,
-    run_decoder,
-)
+from clozelab.core.errors import ClozelabError
+from clozelab.core.rundir import run_checkpoint
+from clozelab.training.components import log_load_report, plm_objective, pretraining_heads
+from clozelab.training.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +47,18 @@ class ClozelabModel(nn.Module):
     """
 
     def __init__(
-        self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None,
-        decoder=None, plm=None, objectives: dict | None = None,
-    ):  # fmt: skip
+        self,
+        embedding,
+        encoder,
+        mlm=None,
+        nsp=None,
+        source: str = "",
+        report=None,
+        tokenizer=None,
+        decoder=None,
+        plm=None,
+        objectives: dict | None = None,
+    ):
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
         self.plm = plm
@@ -143,9 +140,12 @@ class ClozelabModel(nn.Module):
             )
         input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
         out = self.encoder(
-            self.embedding(input_ids), _as_batch(attention_mask), token_type_ids=token_type_ids,
-            perm_mask=_as_batch(perm_mask), target_mapping=_as_batch(target_mapping),
-        )  # fmt: skip
+            self.embedding(input_ids),
+            _as_batch(attention_mask),
+            token_type_ids=token_type_ids,
+            perm_mask=_as_batch(perm_mask),
+            target_mapping=_as_batch(target_mapping),
+        )
         return self.plm.logits(out.query_hidden_state, self.embedding)
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
@@ -175,9 +175,14 @@ class ClozelabModel(nn.Module):
             return self.encode(input_ids, attention_mask, token_type_ids).hidden_states
 
         return embed_texts(
-            encode, self.tokenizer, texts, layers=layers, pool=pool, max_length=limit,
+            encode,
+            self.tokenizer,
+            texts,
+            layers=layers,
+            pool=pool,
+            max_length=limit,
             batch_size=batch_size,
-        )  # fmt: skip
+        )
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         return self.encode(input_ids, attention_mask, token_type_ids)
@@ -190,88 +195,45 @@ def _as_batch(x: Tensor | None) -> Tensor | None:
     return x[None] if x.dim() == 1 else x
 
 
-# ---------------------------------------------------------------------------- loaders
-def _load_run(path: Path) -> ClozelabModel:
-    run_dir, checkpoint = run_checkpoint(path)
-    _, embedding, encoder, objectives = build_run_components(run_dir)
-    container = nn.Module()
-    container.embedding, container.encoder = embedding, encoder
-    container.objectives = nn.ModuleDict(objectives)
-    state = read_checkpoint_state(checkpoint)
-    load_state_checked(container, state, str(checkpoint))
-    expected = container.state_dict()
-    report = {"missing": sorted(set(expected) - set(state)),
-              "unexpected": sorted(set(state) - set(expected))}  # fmt: skip
-    if report["missing"]:
-        raise config_error(
-            "checkpoint",
-            str(checkpoint),
-            f"lacks weights of the model its config.yaml describes: {report['missing'][:5]}",
-            "pass the checkpoint of this run (its config.yaml was changed, or the file is not "
-            "a clozelab checkpoint)",
-        )
-    mlm, nsp = pretraining_heads(objectives)
-    tokenizer = run_dir / "tokenizer"  # loaded by embed when first needed
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(checkpoint), report, tokenizer,
-                         run_decoder(objectives), plm_objective(objectives),
-                         objectives).eval()  # fmt: skip
-
-
-def _load_hf_xlnet(directory: Path, config: dict) -> ClozelabModel:
-    """An HF XLNetModel / XLNetLMHeadModel directory: the body, and the PLM head when the
-    weights have ``lm_loss.bias``."""
-    from clozelab.model.hf_xlnet import (
-        from_hf_xlnet_state_dict,
-        kwargs_from_xlnet_config,
-        xlnet_modules,
-    )
-    from clozelab.objectives.plm import PermutationLM
-
-    state = read_hf_weights(directory)
-    embedding, encoder = xlnet_modules(config)
-    plm = PermutationLM(**kwargs_from_xlnet_config(config)["plm"]) if "lm_loss.bias" in state \
-        else None  # fmt: skip
-    report = from_hf_xlnet_state_dict(state, embedding, encoder, None if plm is None else plm.bias)
-    log_load_report(str(directory), report)
-    return ClozelabModel(embedding, encoder, source=str(directory), report=report,
-                         tokenizer=directory, plm=plm).eval()  # fmt: skip
-
-
-def _load_hf(directory: Path) -> ClozelabModel:
-    from clozelab.model.embeddings import BertEmbeddings
-    from clozelab.model.encoder import TransformerEncoder
-    from clozelab.model.hf import from_hf_state_dict, kwargs_from_hf_config
-    from clozelab.objectives.mlm import MLM
-    from clozelab.objectives.nsp import NSP
-
-    config = read_hf_config(directory)
-    if config.get("model_type") == "xlnet":
-        return _load_hf_xlnet(directory, config)
-    kw = kwargs_from_hf_config(config)
-    state = read_hf_weights(directory)
-    embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
-    has_mlm = any(k.startswith("cls.predictions.") for k in state)
-    has_nsp = any(k.startswith("cls.seq_relationship.") for k in state)
-    mlm = MLM(**kw["mlm"]) if has_mlm else None
-    nsp = NSP(**kw["nsp"]) if has_nsp else None
-    if nsp is not None and not any("pooler." in k for k in state):
-        log.warning("%s has an NSP classifier but no pooler; the pooler is left random", directory)
-    report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)
-    log_load_report(str(directory), report)
-    return ClozelabModel(embedding, encoder, mlm, nsp, str(directory), report, directory).eval()
-
-
+# ---------------------------------------------------------------------------- loading
 def load(path: str | Path) -> ClozelabModel:
     """Load a model from a clozelab run directory, a checkpoint file or an HF BERT / XLNet
-    directory.
+    directory (``clozelab.training.loading.load_checkpoint``).
 
     HF directories load every head their weights hold (``cls.predictions.*`` -> ``mlm``,
-    ``cls.seq_relationship.*`` -> ``nsp``); a ``BertModel`` directory loads the body only. The
-    model comes back on the CPU, in eval mode, with ``load_report`` telling what was missing or
-    left over.
+    ``cls.seq_relationship.*`` -> ``nsp``, ``lm_loss.bias`` -> ``plm``); a ``BertModel``
+    directory loads the body only. The model comes back on the CPU, in eval mode, with
+    ``load_report`` telling what was missing or left over.
     """
-    kind, resolved = locate(path)
-    return _load_hf(resolved) if kind == "hf" else _load_run(resolved)
+    loaded = load_checkpoint(path)
+    objectives, report = loaded.objectives, loaded.report
+    if loaded.kind == "hf":
+        log_load_report(str(loaded.root), report)
+        mlm, nsp = pretraining_heads(objectives)
+        return ClozelabModel(
+            loaded.embedding,
+            loaded.encoder,
+            mlm,
+            nsp,
+            str(loaded.root),
+            report,
+            loaded.root,
+            plm=plm_objective(objectives),
+        ).eval()
+    loaded.check_complete()
+    mlm, nsp = pretraining_heads(objectives)
+    return ClozelabModel(
+        loaded.embedding,
+        loaded.encoder,
+        mlm,
+        nsp,
+        str(loaded.weights),
+        report,
+        loaded.tokenizer_dir,
+        loaded.decoder,
+        plm_objective(objectives),
+        objectives,
+    ).eval()
 
 
 def load_tokenizer(path: str | Path, **kwargs: Any):

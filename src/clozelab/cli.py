@@ -99,9 +99,9 @@ def inside_the_run(command: str, overrides: list[str]) -> list[str]:
     checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint=")), None)
     if checkpoint is None or "," in checkpoint:
         return overrides
-    from clozelab.tasks.backbone import is_run_dir
+    from clozelab.core.rundir import run_dir_of
 
-    run = is_run_dir(checkpoint)
+    run = run_dir_of(checkpoint)
     if run is None:
         return overrides
     return [*overrides, f"hydra.run.dir={run.resolve()}/eval/{command}/${{now:%Y-%m-%d_%H-%M-%S}}"]

@@ -14,8 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.core.errors import config_error
-from clozelab.core.rundir import write_json
-from clozelab.tasks.backbone import is_run_dir
+from clozelab.core.rundir import run_dir_of, write_json
 from clozelab.training.evaluation import evaluate_suite, load_task, run_task
 from clozelab.training.multitask import check_config, run_multitask
 
@@ -23,7 +22,7 @@ from clozelab.training.multitask import check_config, run_multitask
 def _eval_dir(cfg: DictConfig) -> Path:
     if cfg.get("eval_dir"):
         return Path(cfg.eval_dir)
-    run = is_run_dir(cfg.get("checkpoint"))
+    run = run_dir_of(cfg.get("checkpoint"))
     return (run if run is not None else Path(cfg.paths.output_dir)) / "eval"
 
 
@@ -80,18 +79,34 @@ def _multitask(cfg: DictConfig, checkpoint, node: DictConfig) -> dict:
     overrides = node.get("overrides") or {}
     unknown = sorted(set(overrides) - set(node.tasks))
     if unknown:
-        raise config_error("multitask.overrides", unknown[0], "not one of multitask.tasks",
-                           f"name one of {list(node.tasks)}")  # fmt: skip
-    tasks = [OmegaConf.merge(load_task(str(name)), node.get("common") or {},
-                             overrides.get(name) or {}) for name in node.tasks]  # fmt: skip
+        raise config_error(
+            "multitask.overrides",
+            unknown[0],
+            "not one of multitask.tasks",
+            f"name one of {list(node.tasks)}",
+        )
+    tasks = [
+        OmegaConf.merge(load_task(str(name)), node.get("common") or {}, overrides.get(name) or {})
+        for name in node.tasks
+    ]
     out = Path(cfg.paths.output_dir)
     results = run_multitask(
-        tasks, checkpoint, node=node, seeds=list(cfg.seeds), eval_dir=_eval_dir(cfg),
-        data_dir=cfg.get("data_dir"), arch=cfg, random_init=cfg.get("random_init"),
+        tasks,
+        checkpoint,
+        node=node,
+        seeds=list(cfg.seeds),
+        eval_dir=_eval_dir(cfg),
+        data_dir=cfg.get("data_dir"),
+        arch=cfg,
+        random_init=cfg.get("random_init"),
         loggers=_loggers(cfg, out, "finetune-multitask"),
-    )  # fmt: skip
-    metrics = {"status": "completed", "tasks": list(node.tasks), "joint": bool(node.joint),
-               "wall_time_s": max(r["wall_time_s"] for r in results.values())}  # fmt: skip
+    )
+    metrics = {
+        "status": "completed",
+        "tasks": list(node.tasks),
+        "joint": bool(node.joint),
+        "wall_time_s": max(r["wall_time_s"] for r in results.values()),
+    }
     for name, result in results.items():
         metrics.update({f"eval/{name}/{k}": v["mean"] for k, v in result["metrics"].items()})
     out.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,9 @@ from clozelab.training.checkpoint import (
     check_compatible,
     remove_stale_temporaries,
 )
-from clozelab.training.components import build_components, build_corruption, init_components
+from clozelab.training.components import build_components, build_corruption
 from clozelab.training.hf_export import export_after_run
+from clozelab.training.loading import init_components
 from clozelab.training.module import PretrainModule
 from clozelab.training.progress_bar import BudgetBar
 from clozelab.training.protocol import protocol

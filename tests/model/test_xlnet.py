@@ -295,3 +295,32 @@ def test_training_attention_path_computes_the_same_math(monkeypatch):
         got = run_ours(emb, enc, batch, **kw)
     assert (ref.last_hidden_state - got.last_hidden_state).abs().max() < TOL
     assert (ref.query_hidden_state - got.query_hidden_state).abs().max() < TOL
+
+
+@pytest.mark.parametrize("with_mems", [False, True])
+def test_query_stream_only_output_skips_the_last_content_layer_exactly(with_mems):
+    """``content_output=False`` (PLM training: nothing reads the content stream's output): the
+    query stream and every gradient are those of the full forward; ``last_hidden_state`` is None
+    and the last layer's content-only weights get no gradient."""
+    emb, enc, plm = ours()
+    batch = plm_batch()
+    kw = {"perm_mask": batch["perm_mask"], "target_mapping": batch["target_mapping"]}
+    if with_mems:
+        kw["mems"] = [torch.randn(3, 4, H, generator=torch.Generator().manual_seed(i))
+                      for i in range(L)]  # fmt: skip
+    grads = []
+    for content in (True, False):
+        emb.zero_grad(set_to_none=True), enc.zero_grad(set_to_none=True)
+        out = run_ours(emb, enc, batch, content_output=content, **kw)
+        assert (out.last_hidden_state is None) == (not content)
+        plm(out, batch, emb).loss.backward()
+        grads.append({n: p.grad for n, p in [*emb.named_parameters(), *enc.named_parameters()]})
+        if content:
+            ref = out.query_hidden_state.detach()
+    assert (ref - out.query_hidden_state).abs().max() < TOL
+    full, skipped = grads
+    for name, grad in full.items():
+        if skipped[name] is None:  # only the last layer's content-stream-only weights
+            assert name.startswith(f"layers.{L - 1}.") and grad.abs().max() < TOL, name
+        else:
+            assert (grad - skipped[name]).abs().max() < TOL, name

@@ -34,7 +34,7 @@ def tiny_tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_backbone(tiny_tokenizer_dir):
-    from clozelab.tasks.backbone import load_backbone
+    from clozelab.training.loading import load_backbone
 
     def make():
         arch = OmegaConf.create(TINY_ARCH)

@@ -47,6 +47,53 @@ def test_greedy_decode_equals_hf_t5_greedy_generate():
     assert strip_after_eos([5, 6, 1, 0], 1) == [5, 6] and strip_after_eos([5], 1) == [5]
 
 
+def _random_pair(layout: str):
+    """Random small T5 / BART components (eval mode) with non-trivial weights."""
+    from clozelab.model.bart import BartDecoder, BartEmbeddings
+    from clozelab.model.encoder import TransformerEncoder
+
+    torch.manual_seed(3)
+    if layout == "t5":
+        parts = T5Embeddings(60, 16), T5Encoder(16, 2, 2, 32), T5Decoder(16, 3, 2, 32)
+    else:
+        parts = (BartEmbeddings(60, 16, max_position_embeddings=40),
+                 TransformerEncoder(16, 2, 2, 32, layer_norm_eps=1e-5),
+                 BartDecoder(16, 2, 2, 32, vocab_size=60, max_position_embeddings=40))  # fmt: skip
+    with torch.no_grad():
+        parts[2].layers[0].feed_forward.fc1.weight.mul_(3)
+    return tuple(m.eval() for m in parts)
+
+
+@pytest.mark.parametrize("layout", ["t5", "bart"])
+def test_cached_greedy_decode_equals_the_uncached_one(layout):
+    """The key/value cache (one token per step, cross-attention projected once) writes exactly
+    what re-reading the whole prefix writes, and its per-step states equal the full pass's."""
+    embedding, encoder, decoder = _random_pair(layout)
+    g = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(5, 60, (6, 11), generator=g)
+    mask = torch.ones_like(input_ids)
+    mask[1, 7:] = 0
+    mask[4, 3:] = 0
+    for eos in (1, 60):  # early stops; an eos never written (every row runs 15 steps)
+        args = (embedding, encoder, decoder, input_ids, mask, 0, eos, 0)
+        cached = greedy_decode(*args, max_length=15, use_cache=True)
+        assert torch.equal(cached, greedy_decode(*args, max_length=15, use_cache=False))
+    assert cached.shape[1] == 15
+    with torch.no_grad():  # states: step by step through the cache == one teacher-forced pass
+        memory = encoder(embedding(input_ids), mask).last_hidden_state
+        prefix = torch.randint(0, 60, (6, 9), generator=g)  # any target prefix
+        full = decoder(prefix, embedding, memory, mask)
+        cache = decoder.new_cache()
+        steps = [decoder(prefix[:, i : i + 1], embedding, memory, mask, cache=cache)
+                 for i in range(prefix.shape[1])]  # fmt: skip
+        two = decoder.new_cache()  # a cache also takes several positions at once
+        chunks = [decoder(prefix[:, :4], embedding, memory, mask, cache=two),
+                  decoder(prefix[:, 4:], embedding, memory, mask, cache=two)]  # fmt: skip
+    assert cache.length == prefix.shape[1]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert torch.allclose(torch.cat(chunks, 1), full, atol=1e-5)
+
+
 def _tokenizer():
     return train_wordpiece(["the film is great", "the film is awful", "positive negative",
                             "who wrote it question context paris"] * 5, vocab_size=120)  # fmt: skip

@@ -99,11 +99,14 @@ def make_batches(p: DictConfig, n: int, seed: int, min_length: int | None = None
     from clozelab.data.collate import Collator
 
     rng = np.random.default_rng(seed)
-    corruption = TokenMasking(p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4,
-                              special_token_ids=[0, 1, 2, 3, 4])  # fmt: skip
+    corruption = TokenMasking(
+        p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4, special_token_ids=[0, 1, 2, 3, 4]
+    )
     collate = Collator(pad_id=0, corruption=corruption, seed=seed)
-    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng, min_length)
-              for _ in range(n)]  # fmt: skip
+    groups = [
+        _instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng, min_length)
+        for _ in range(n)
+    ]
     collate(groups[0])  # warm-up
     start = time.perf_counter()
     batches = [collate(g) for g in groups]
@@ -135,13 +138,18 @@ def build_ours(p: DictConfig, **encoder_kw):
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
     embedding = BertEmbeddings(V, H, max_position_embeddings=max(512, p.seq_len))
-    encoder = TransformerEncoder(H, p.num_layers, p.num_heads, p.intermediate_size,
-                                 **encoder_options(p, **encoder_kw))  # fmt: skip
+    encoder = TransformerEncoder(
+        H, p.num_layers, p.num_heads, p.intermediate_size, **encoder_options(p, **encoder_kw)
+    )
     ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
     if p.get("compile", False):
-        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"),
-                           dynamic=p.get("compile_dynamic"),
-                           backend=p.get("compile_backend", "inductor"))  # fmt: skip
+        compile_components(
+            embedding,
+            encoder,
+            mode=p.get("compile_mode", "default"),
+            dynamic=p.get("compile_dynamic"),
+            backend=p.get("compile_backend", "inductor"),
+        )
     return ours
 
 
@@ -153,14 +161,19 @@ def build_hf(p: DictConfig, ours):
 
     H, V = p.hidden_size, p.vocab_size
     config = transformers.BertConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=p.num_layers,
-        num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size,
-        max_position_embeddings=max(512, p.seq_len), hidden_act="gelu",
-    )  # fmt: skip
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        max_position_embeddings=max(512, p.seq_len),
+        hidden_act="gelu",
+    )
     config._attn_implementation = p.hf_attention
     hf = transformers.BertForPreTraining(config)
-    state = to_hf_state_dict(ours.embedding, ours.encoder, ours.objectives["mlm"],
-                             ours.objectives["nsp"])  # fmt: skip
+    state = to_hf_state_dict(
+        ours.embedding, ours.encoder, ours.objectives["mlm"], ours.objectives["nsp"]
+    )
     hf.load_state_dict(state, strict=True)
     return hf
 
@@ -196,11 +209,19 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
     out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
 
     a, b = eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
-    out.update({"pretrain.clozelab_loss": a, "pretrain.hf_loss": b,
-                "pretrain.loss_abs_diff": abs(a - b)})  # fmt: skip
+    out.update(
+        {"pretrain.clozelab_loss": a, "pretrain.hf_loss": b, "pretrain.loss_abs_diff": abs(a - b)}
+    )
 
-    flops = step_flops(p.num_layers, p.hidden_size, p.intermediate_size, p.vocab_size,
-                       p.batch_size, int(batches[0]["input_ids"].shape[1]), predicted)  # fmt: skip
+    flops = step_flops(
+        p.num_layers,
+        p.hidden_size,
+        p.intermediate_size,
+        p.vocab_size,
+        p.batch_size,
+        int(batches[0]["input_ids"].shape[1]),
+        predicted,
+    )
     models = {"clozelab": (ours, _ours_loss)}
     if p.hf:
         models["hf"] = (hf, _hf_loss)
@@ -244,8 +265,12 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
     _check_precisions("bench.unpad.precisions", u.precisions)
     for layout in u.layouts:
         if layout not in ("padded", "nested"):
-            raise config_error("bench.unpad.layouts", layout, "unknown attention layout",
-                               "use a list of [padded, nested]")  # fmt: skip
+            raise config_error(
+                "bench.unpad.layouts",
+                layout,
+                "unknown attention layout",
+                "use a list of [padded, nested]",
+            )
     device = torch.device(device)
     models = {"padded": (build_ours(p, unpad=False).to(device), _ours_loss)}
     for layout in u.layouts:
@@ -259,8 +284,9 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
     batches = _to_device(batches, device)
     out: dict[str, Any] = {"unpad.min_length": int(u.min_length), "unpad.real_token_fraction": real}
     losses = eval_losses(models, batches[0])
-    out["unpad.loss_abs_diff"] = max(abs(v - losses["padded"]) for k, v in losses.items()
-                                     if k.startswith("unpad"))  # fmt: skip
+    out["unpad.loss_abs_diff"] = max(
+        abs(v - losses["padded"]) for k, v in losses.items() if k.startswith("unpad")
+    )
     for precision in u.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
         for name, step_s in time_models(models, batches, p, precision).items():
@@ -306,14 +332,19 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     sections = list(b.sections)
     for section in sections:
         if section not in SECTIONS:
-            raise config_error("bench.sections", section, "unknown section",
-                               f"choose from {list(SECTIONS)}")  # fmt: skip
+            raise config_error(
+                "bench.sections", section, "unknown section", f"choose from {list(SECTIONS)}"
+            )
     device = b.get("device", "cpu")
     if device not in DEVICES:
         raise config_error("bench.device", device, "unknown device", f"use one of {list(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise config_error("bench.device", device, "PyTorch sees no CUDA device",
-                           "run on a GPU with CUDA torch, or use bench.device=cpu")  # fmt: skip
+        raise config_error(
+            "bench.device",
+            device,
+            "PyTorch sees no CUDA device",
+            "run on a GPU with CUDA torch, or use bench.device=cpu",
+        )
     if b.threads:
         torch.set_num_threads(int(b.threads))
     results: dict[str, Any] = {
@@ -334,8 +365,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     if "pretrain" in sections:
         peaks = {"fp32": matmul_peak_gflops(b.matmul.size, b.matmul.repeats, device=device)}
         if "bf16" in p.precisions:
-            peaks["bf16"] = matmul_peak_gflops(b.matmul.size, b.matmul.repeats, torch.bfloat16,
-                                               device)  # fmt: skip
+            peaks["bf16"] = matmul_peak_gflops(
+                b.matmul.size, b.matmul.repeats, torch.bfloat16, device
+            )
         results.update({f"matmul.{k}_gflops": v for k, v in peaks.items()})
         results.update(bench_pretrain(p, peaks, device))
     if "unpad" in sections:

@@ -9,6 +9,12 @@ the target tokens only through the chunked tied cross-entropy); HF computes the 
 logits and its cross-entropy. Keys: ``seq2seq.clozelab_loss`` / ``seq2seq.hf_loss`` (equal
 weights, dropout off), ``seq2seq.<name>_tokens_per_s[_bf16]`` (source + target tokens per
 second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``.
+
+Greedy generation (``generate_length`` > 0; eval mode, the same weights): tokens written per
+second by ``clozelab.model.generate.greedy_decode`` with its key/value cache
+(``seq2seq.generate_cached_tokens_per_s``) and re-reading the prefix
+(``seq2seq.generate_uncached_tokens_per_s``), and by HF ``generate`` (greedy, its cache:
+``seq2seq.generate_hf_tokens_per_s``); every row writes exactly ``generate_length`` tokens.
 """
 
 from __future__ import annotations
@@ -97,6 +103,50 @@ def _hf_loss(model, batch):
     ).loss
 
 
+def _generate_rates(ours, hf, batch, length: int, repeats: int) -> dict[str, float]:
+    """Generated tokens per second: ours with and without the cache, HF greedy ``generate``."""
+    import time
+
+    from clozelab.model.generate import greedy_decode
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    decoder = ours.objectives["seq2seq"].decoder
+    args = (ours.embedding, ours.encoder, decoder, ids, mask, 0, -1, 0)  # eos -1: never written
+
+    def ours_run(cache: bool):
+        return greedy_decode(*args, max_length=length, use_cache=cache)
+
+    def hf_run():
+        return hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=length,
+            min_new_tokens=length,
+            do_sample=False,
+            num_beams=1,
+        )
+
+    calls = {"cached": lambda: ours_run(True), "uncached": lambda: ours_run(False)}
+    if hf is not None:
+        calls["hf"] = hf_run
+    out = {}
+    for model in (ours, hf):
+        if model is not None:
+            model.eval()
+    with torch.no_grad():
+        for name, call in calls.items():
+            call()  # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            seconds = (time.perf_counter() - start) / repeats
+            out[f"seq2seq.generate_{name}_tokens_per_s"] = ids.shape[0] * length / seconds
+    for model in (ours, hf):
+        if model is not None:
+            model.train()
+    return out
+
+
 def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     """Tokens per second of both training steps (and the ratio), losses at equal weights."""
     check_precisions("bench.seq2seq.precisions", s.precisions)
@@ -128,6 +178,14 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
         for name, step_s in time_models(models, batches, s, precision).items():
             out[f"seq2seq.{name}_step_s{suffix}"] = step_s
             out[f"seq2seq.{name}_tokens_per_s{suffix}"] = tokens / step_s
+    length = int(s.get("generate_length", 0))
+    if length > 0:
+        out["seq2seq.generate_config"] = f"greedy, batch {s.batch_size}, {length} tokens a row"
+        out.update(
+            _generate_rates(
+                ours, hf if s.hf else None, batches[0], length, int(s.get("generate_repeats", 2))
+            )
+        )
     if s.hf:
         for precision in s.precisions:
             suffix = "" if precision == "fp32" else f"_{precision}"

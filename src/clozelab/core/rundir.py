@@ -137,8 +137,9 @@ def locate(path: str | Path, key: str = "path") -> tuple[str, Path]:
         return "hf", path
     if path.is_file() or is_run_dir(path):
         return "run", path
-    if path.is_dir() and is_hf_dir(path / "hf"):
-        return "hf", path / "hf"
+    for sub in ("hf", "model"):  # a run's export; a packaged model's folder
+        if path.is_dir() and is_hf_dir(path / sub):
+            return "hf", path / sub
     raise config_error(
         key,
         str(path),
@@ -146,6 +147,18 @@ def locate(path: str | Path, key: str = "path") -> tuple[str, Path]:
         "HF BERT directory (config.json + model.safetensors or pytorch_model.bin)",
         "point to one of those",
     )
+
+
+def run_dir_of(path: str | Path | None) -> Path | None:
+    """The clozelab run directory ``path`` (a run directory or a checkpoint inside one) belongs
+    to; None for anything else (an HF directory, ``none``, a path that is not there)."""
+    if path is None:
+        return None
+    try:
+        kind, resolved = locate(path)
+        return run_checkpoint(resolved)[0] if kind == "run" else None
+    except ClozelabError:
+        return None
 
 
 # ---------------------------------------------------------------------------- reading weights
@@ -184,16 +197,21 @@ def state_differences(stored: dict, expected: dict, check_missing: bool = True) 
     return problems
 
 
-def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
+def load_state_checked(
+    module: torch.nn.Module, state: dict, source: str, key: str = "checkpoint", fix: str = ""
+) -> None:
     """``module.load_state_dict(state, strict=False)`` after checking the shapes: a checkpoint of
-    other sizes is a ClozelabError naming the difference, not a wall of size-mismatch lines."""
+    other sizes is a ClozelabError naming the difference (under ``key``, with ``fix``), not a
+    wall of size-mismatch lines."""
     problems = state_differences(state, module.state_dict(), check_missing=False)
     if problems:
+        fix = fix or (
+            "pass the checkpoint of the run whose config.yaml and tokenizer/ sit beside it "
+            "(config.yaml was changed, or the file was copied from another run)"
+        )
         raise ClozelabError(
-            f"checkpoint {source}: its weights do not fit the model its config describes: "
-            f"{'; '.join(problems)}. Fix: pass the checkpoint of the run whose config.yaml and "
-            "tokenizer/ sit beside it (config.yaml was changed, or the file was copied from "
-            "another run)."
+            f"{key} {source}: its weights do not fit the model its config describes: "
+            f"{'; '.join(problems)}. Fix: {fix}."
         )
     module.load_state_dict(state, strict=False)
 
@@ -239,19 +257,23 @@ def read_hf_config(directory: Path) -> dict:
         config = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise config_error(
-            "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
+            "checkpoint",
+            str(path),
+            f"not a readable JSON file ({first_line(exc)})",
             "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
-        ) from None  # fmt: skip
+        ) from None
     family = config.get("model_type") if isinstance(config, dict) else None
     family = family if family in HF_CONFIG_KEYS else "bert"
     needed = HF_CONFIG_KEYS[family]
     missing = [k for k in needed if not isinstance(config, dict) or k not in config]
     if missing:
         raise config_error(
-            "checkpoint", str(path), f"not a {family.upper()} config.json (no {missing})",
+            "checkpoint",
+            str(path),
+            f"not a {family.upper()} config.json (no {missing})",
             "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
             "an HF XLNet directory (XLNetModel / XLNetLMHeadModel)",
-        )  # fmt: skip
+        )
     return config
 
 
@@ -261,13 +283,18 @@ def read_checkpoint_state(checkpoint: Path, key: str = "checkpoint") -> dict[str
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torn, truncated, random bytes, not a checkpoint at all
         raise config_error(
-            key, str(checkpoint), f"unreadable, damaged or not a PyTorch checkpoint "
-            f"({first_line(exc)})",
+            key,
+            str(checkpoint),
+            f"unreadable, damaged or not a PyTorch checkpoint ({first_line(exc)})",
             "pass a whole checkpoint written by clozelab pretrain (checkpoints/last.ckpt, or an "
             "earlier checkpoints/step-N.ckpt of the run)",
-        ) from None  # fmt: skip
+        ) from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise config_error(key, str(checkpoint), "holds no state_dict",
-                           "pass a checkpoint written by clozelab pretrain")  # fmt: skip
+        raise config_error(
+            key,
+            str(checkpoint),
+            "holds no state_dict",
+            "pass a checkpoint written by clozelab pretrain",
+        )
     return state

@@ -93,8 +93,10 @@ def _texts(n: int) -> list[str]:
         "national",
     ]
     g = torch.Generator().manual_seed(0)
-    return [" ".join(words[i] for i in torch.randint(len(words), (200,), generator=g).tolist())
-            for _ in range(n)]  # fmt: skip
+    return [
+        " ".join(words[i] for i in torch.randint(len(words), (200,), generator=g).tolist())
+        for _ in range(n)
+    ]
 
 
 def bench_batch(seq_len: int = 128, batch: int = 32):
@@ -176,15 +178,24 @@ def build_preset(name: str, tokenizer, clean):
     return corruption
 
 
-def _rate(fn, batch_size: int, seconds: float) -> float:
+def _rate(fn, batch_size: int, seconds: float) -> tuple[float, float]:
+    """Sequences per wall-clock second and per CPU-second of this process (on a loaded machine
+    the second is the one-core throughput; with one thread the two agree on an idle one)."""
     fn(0)  # warm-up
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         fn(calls + 1)
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return round(calls * batch_size / elapsed, 1)
+            used = max(time.process_time() - cpu, 1e-9)
+            return round(calls * batch_size / elapsed, 1), round(calls * batch_size / used, 1)
+
+
+def _rates(results: dict, name: str, fn, batch_size: int, seconds: float) -> None:
+    wall, cpu = _rate(fn, batch_size, seconds)
+    results[f"corruption.{name}.sequences_per_s"] = wall
+    results[f"corruption.{name}.sequences_per_cpu_s"] = cpu
 
 
 def bench_corruptions(
@@ -206,19 +217,14 @@ def bench_corruptions(
         results: dict[str, float] = {}
         for name in presets or PRESETS:
             corruption = build_preset(name, ours, clean)
-            results[f"corruption.{name}.sequences_per_s"] = _rate(
-                lambda i, c=corruption: c(clean, torch.Generator().manual_seed(i)), batch, seconds
-            )
+            call = lambda i, c=corruption: c(clean, torch.Generator().manual_seed(i))  # noqa: E731
+            _rates(results, name, call, batch, seconds)
         from clozelab.corruption.bench_references import references
 
         for name, call in references(clean, ours).items():  # seq2seq references, same rows
-            results[f"corruption.{name}.sequences_per_s"] = _rate(
-                lambda i, c=call: c(), batch, seconds
-            )
+            _rates(results, name, lambda i, c=call: c(), batch, seconds)
         token = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15)
-        results["corruption.hf_token.sequences_per_s"] = _rate(
-            lambda i: token([dict(f) for f in features]), batch, seconds
-        )
+        _rates(results, "hf_token", lambda i: token([dict(f) for f in features]), batch, seconds)
         text_features = []
         for f in features:  # whole-word masking needs offsets: re-encode with them
             enc = hf_tok(
@@ -229,8 +235,12 @@ def bench_corruptions(
             )
             text_features.append(dict(enc))
         whole = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, whole_word_mask=True)
-        results["corruption.hf_whole_word.sequences_per_s"] = _rate(
-            lambda i: whole([dict(f) for f in text_features]), batch, seconds
+        _rates(
+            results,
+            "hf_whole_word",
+            lambda i: whole([dict(f) for f in text_features]),
+            batch,
+            seconds,
         )
         return results
     finally:

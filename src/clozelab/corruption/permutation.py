@@ -138,12 +138,16 @@ class PermutationTargets(Corruption):
         return kept | extra, goal
 
     # ------------------------------------------------------------------ order and masks
-    def order(self, predicted: Tensor, generator: torch.Generator) -> Tensor:
-        """int16 [B, T]: 0 for non-predicted positions, 1..M = place in the random order."""
-        b, t = predicted.shape
-        key = torch.rand(b, t, generator=generator).masked_fill_(~predicted, 2.0)
-        rank = _positions_rank(key)  # predicted positions take ranks 0..M-1
-        return torch.where(predicted, rank + 1, 0).to(torch.int16)
+    def order(self, where: Tensor, valid: Tensor, t: int, generator) -> Tensor:
+        """int16 [B, T]: 0 for non-predicted positions, 1..M = place in the random order of the
+        predicted positions ``where`` [B, M] (``valid`` rows; ``target_mapping``'s). One uniform
+        key per prediction row, sorted over the M rows only."""
+        b, m = where.shape
+        key = torch.rand(b, m, generator=generator).masked_fill_(~valid, 2.0)
+        place = _positions_rank(key) + 1  # valid rows take places 1..budget
+        order = torch.zeros(b, t + 1, dtype=torch.int16)  # column t: the padding rows' sink
+        index = torch.where(valid, where, t)
+        return order.scatter_(1, index, place.to(torch.int16))[:, :t]
 
     @staticmethod
     def perm_mask(order: Tensor) -> Tensor:
@@ -161,12 +165,14 @@ class PermutationTargets(Corruption):
 
     @staticmethod
     def target_mapping(predicted: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(target_mapping float [B, M, T], positions long [B, M], valid bool [B, M])."""
+        """(target_mapping float [B, M, T], positions long [B, M], valid bool [B, M]): row m
+        of a row is its m-th predicted position in reading order (a running count places each)."""
         b, t = predicted.shape
         m = max(int(goal.max()) if goal.numel() else 0, 1)
-        positions = torch.arange(t).expand(b, t)
-        key = torch.where(predicted, positions, positions + t)
-        where = key.sort(dim=-1).values[:, :m] % t  # predicted positions first, ascending
+        rank = predicted.cumsum(-1) - 1  # (B, T): a predicted position's row
+        index = torch.where(predicted, rank, m)  # non-predicted: the sink column m
+        where = torch.zeros(b, m + 1, dtype=torch.long)
+        where = where.scatter_(1, index, torch.arange(t).expand(b, t))[:, :m]  # (B, M)
         valid = torch.arange(m)[None, :] < goal[:, None]
         mapping = torch.zeros(b, m, t)
         mapping.scatter_(2, where[:, :, None], valid[:, :, None].float())
@@ -175,8 +181,8 @@ class PermutationTargets(Corruption):
     def __call__(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict:
         eligible = candidates(batch, self.special_token_ids)
         predicted, goal = self.select(eligible, generator)
-        order = self.order(predicted, generator)
         mapping, where, valid = self.target_mapping(predicted, goal)
+        order = self.order(where, valid, predicted.shape[1], generator)
         out = dict(batch)
         out["perm_mask"] = self.perm_mask(order)
         out["target_mapping"] = mapping

@@ -31,8 +31,12 @@ from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import Corruption, check_choice, check_positive_int
 
 SEQ2SEQ_KEYS = (
-    "input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask",
-)  # fmt: skip
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+)
 DECODER_STARTS = ("pad", "eos", "mask")
 #: per-token keys that travel with the source (others are dropped: their positions changed)
 SOURCE_KEYS = {"token_type_ids": 0, "special_tokens_mask": 1}
@@ -47,15 +51,28 @@ def as_torch(x: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _flat(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Indices into ``values.reshape(-1)`` of ``values[b, index[b, j]]`` (one flat index is
+    cheaper than NumPy's two broadcast fancy indices)."""
+    b, t = values.shape
+    return index + (np.arange(b) * t)[:, None]
+
+
 def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[b, index[b, j]]`` (``np.take_along_axis`` on the last axis, without its
     per-call overhead)."""
-    return values[np.arange(values.shape[0])[:, None], index]
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return values.reshape(-1)[_flat(values, index)]
 
 
 def put(values: np.ndarray, index: np.ndarray, new) -> None:
     """``values[b, index[b, j]] = new[b, j]`` in place (``np.put_along_axis``)."""
-    values[np.arange(values.shape[0])[:, None], index] = new
+    if not values.flags.c_contiguous:  # a view reshape(-1) would copy: write through indexing
+        values[np.arange(values.shape[0])[:, None], index] = new
+        return
+    flat = _flat(values, index)
+    values.reshape(-1)[flat.reshape(-1)] = np.broadcast_to(new, flat.shape).reshape(-1)
 
 
 class Compactor:

@@ -6,6 +6,10 @@
 * ``data.phrases``: ``none``, or ``spacy_chunks`` (spaCy noun chunks, stored in the shards as
   ``phrase_ids``; the gensim collocations of ``corruption.phrase_source=collocations`` need
   nothing here, they are learnt from the shards).
+* ``data.entity_links``: also keep the entity each mention names (the article a Wikipedia
+  anchor links to, the gazetteer's spelling of a name, spaCy's mention text), stored in the
+  shards as ``entity_links`` with the entity vocabulary and link graph of
+  ``clozelab.data.knowledge`` (ERNIE-THU's knowledge inputs, SPECS §19).
 
 Both are found per sentence and turned into token ids by the same character-span path as the
 anchors (``preprocess.encode_document``). ``AnnotationSettings.cache_key`` is what the shard cache
@@ -34,6 +38,7 @@ class AnnotationSettings:
     spacy_model: str | None = None
     spacy_batch_size: int = 256
     phrases: str = "none"
+    entity_links: bool = False
 
     @classmethod
     def from_config(cls, data_cfg) -> AnnotationSettings:
@@ -63,8 +68,19 @@ class AnnotationSettings:
             raise config_error(
                 "data.spacy_batch_size", batch, "must be an integer >= 1", "e.g. 256"
             )
+        links = get("entity_links", False)
+        if not isinstance(links, bool):
+            raise config_error(
+                "data.entity_links", links, "must be true or false", "set data.entity_links=true"
+            )
         return cls(
-            entities, gazetteer and str(gazetteer), types, get("spacy_model"), batch, phrases
+            entities,
+            gazetteer and str(gazetteer),
+            types,
+            get("spacy_model"),
+            batch,
+            phrases,
+            links,
         )
 
     @property
@@ -81,10 +97,13 @@ class AnnotationSettings:
         return "data.phrases", self.phrases
 
     def cache_key(self) -> dict | None:
-        """Settings for the shard cache key; None for the defaults (anchors, no phrases)."""
+        """Settings for the shard cache key; None for the defaults (anchors, no phrases, no
+        entity links)."""
         if not self.active:
-            return None
+            return {"entity_links": True} if self.entity_links else None
         key: dict = {"entities": self.entities, "phrases": self.phrases}
+        if self.entity_links:
+            key["entity_links"] = True
         if self.entities != "anchors":
             key["entity_types"] = None if self.entity_types is None else sorted(self.entity_types)
         if self.entities == "gazetteer":
@@ -148,12 +167,22 @@ class Annotator:
         self.seconds = 0.0
 
     def __call__(self, sentences: list[str]):
+        entities, phrases, _ = self.annotate(sentences)
+        return entities, phrases
+
+    def annotate(self, sentences: list[str]):
+        """``(entities, phrases, links)``: ``links`` per sentence the entity each span of
+        ``entities`` names (the gazetteer's spelling, spaCy's mention text), None with
+        ``entities``."""
         start = time.perf_counter()
-        entities = phrases = None
+        entities = phrases = links = None
         if self.spacy is not None:
             entities, phrases = self.spacy(sentences)
+            if entities is not None:
+                links = [[text[a:b] for a, b in spans] for text, spans in zip(sentences, entities)]
         if self.gazetteer is not None:
-            entities = [self.gazetteer.find(text) for text in sentences]
+            found = [self.gazetteer.find_names(text) for text in sentences]
+            entities, links = [f[0] for f in found], [f[1] for f in found]
         self.sentences += len(sentences)
         self.seconds += time.perf_counter() - start
-        return entities, phrases
+        return entities, phrases, links

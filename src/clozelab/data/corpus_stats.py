@@ -8,7 +8,11 @@ never read shard directories themselves.
   ``Phrases`` layers over words spelled as their token ids, learnt on first request for the
   asked ``min_count`` / ``threshold``.
 
-Both are cached beside the shards (``<prepared dir>/corpus_stats/``), so a second run reads them.
+- ``knowledge``: the entity vocabulary and link graph written at preprocessing
+  (``data.entity_links``, ``clozelab.data.knowledge``), and ``entity_embeddings``: TransE vectors
+  trained on that graph (``clozelab.data.transe``) for the asked settings (ERNIE-THU, SPECS §19).
+
+All are cached beside the shards (``<prepared dir>/corpus_stats/``), so a second run reads them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clozelab.core.errors import ClozelabError
 from clozelab.core.rundir import atomic_write, write_json
+from clozelab.data.knowledge import KnowledgeGraph
 from clozelab.data.shards import open_split
+from clozelab.data.transe import TransESettings, train_transe
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,36 @@ class CorpusStats:
         write_json(path, phrases, indent=None, sort_keys=False)
         log.info("Learnt %d phrases from %s (cached at %s)", len(phrases), self.train_dir, path)
         return phrases
+
+    def knowledge(self) -> KnowledgeGraph:
+        """The entity vocabulary and triples of the corpus (``data.entity_links=true``)."""
+        if not KnowledgeGraph.exists(self.train_dir.parent):
+            raise ClozelabError(
+                f"{self.train_dir.parent}: these shards were prepared without entity links, so "
+                "there is no entity vocabulary or link graph. Fix: set data.entity_links=true "
+                "(experiment=ernie_thu does)."
+            )
+        return KnowledgeGraph.load(self.train_dir.parent)
+
+    def entity_embeddings(self, settings: TransESettings) -> torch.Tensor:
+        """``float32 [num_entities, settings.dim]`` TransE vectors of the corpus's entities,
+        trained on first request for these settings, then read from the cache."""
+        path = self.cache_dir / f"transe-{settings.key()}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path))
+        graph = self.knowledge()
+        vectors, _, losses = train_transe(
+            graph.triples, graph.num_entities, len(graph.relations), settings
+        )
+        array = vectors.numpy().astype(np.float32)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array)
+
+        atomic_write(path, write)
+        write_json(path.with_suffix(".json"), {"losses": losses}, indent=None, sort_keys=False)
+        return torch.from_numpy(array)
 
     def has_phrase_units(self) -> bool:
         """Whether the shards hold phrase units found at preprocessing (``data.phrases``)."""

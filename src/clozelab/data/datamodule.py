@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clozelab.core.batch import Batch, ReferenceBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data import instances
 from clozelab.data.collate import Collator
@@ -51,8 +52,12 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         batches = int(self.position()) if self.position is not None else 0
-        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size,
-                "world_size": getattr(self.sampler, "world_size", 1)}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "batches": batches,
+            "batch_size": self.batch_size,
+            "world_size": getattr(self.sampler, "world_size", 1),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Skip the batches already trained on. The ranks' step-k batches together are items
@@ -118,7 +123,6 @@ class PretrainDataModule(pl.LightningDataModule):
         segments of one (``data.instances=structure``, ERNIE 2.0)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
-        self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -141,11 +145,23 @@ class PretrainDataModule(pl.LightningDataModule):
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
         if self.kind == "structure":
-            table = structure_rows(shards, self.instance_length, self.short_seq_prob, rng,
-                                   self.reorder_share, self.reorder_segments)  # fmt: skip
+            table = structure_rows(
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.reorder_share,
+                self.reorder_segments,
+            )
         else:
-            table = instances.build(self.kind, shards, self.instance_length,
-                                    self.short_seq_prob, rng, self.sop_single_sentence)  # fmt: skip
+            table = instances.build(
+                self.kind,
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.sop_single_sentence,
+            )
         return InstanceDataset(shards, table, self.kind, self._cls, self._sep, self.features)
 
     def _first_train_table(self) -> np.ndarray:
@@ -169,7 +185,13 @@ class PretrainDataModule(pl.LightningDataModule):
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(
-        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None
+        self,
+        split: str,
+        epoch: int,
+        shuffle: bool,
+        start: int = 0,
+        corruption=None,
+        batch_type: type[Batch] = Batch,
     ) -> DataLoader:
         dataset = self.dataset(split, epoch)
         rank, world = (
@@ -177,7 +199,7 @@ class PretrainDataModule(pl.LightningDataModule):
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
         collator = Collator(
-            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of
+            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of, batch_type
         )
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
@@ -212,15 +234,18 @@ class PretrainDataModule(pl.LightningDataModule):
         return loader
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The text loader, then the dialogue and reference ones when configured; ``val_streams``
-        names each, in order."""
+        """The text loader, then the dialogue and reference ones when configured (each collates
+        the ``Batch`` class of its stream)."""
         text = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
         loaders = {"text": text}
         if self.dialogue is not None:
             loaders["dialogue"] = self.dialogue.val_loader(text)
         if self.reference_corruption is not None:
             loaders["reference"] = self._loader(
-                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
+                "validation",
+                VALIDATION_EPOCH,
+                False,
+                corruption=self.reference_corruption,
+                batch_type=ReferenceBatch,
             )
-        self.val_streams = list(loaders)
         return text if len(loaders) == 1 else list(loaders.values())

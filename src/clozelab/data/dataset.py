@@ -13,7 +13,8 @@ from clozelab.data.token_features import TOKEN_FEATURES, DocumentCounts, case_la
 
 #: Per-token arrays of a segment and the value they take on an inserted special token.
 _SPECIAL_VALUES = {"word_ids": -1, "entity_ids": -1, "sentence_ids": -1, "phrase_ids": -1,
-                   "case_labels": IGNORE_INDEX, "token_document_labels": IGNORE_INDEX}  # fmt: skip
+                   "entity_links": -1, "case_labels": IGNORE_INDEX,
+                   "token_document_labels": IGNORE_INDEX}  # fmt: skip
 
 
 def local_word_ids(raw: np.ndarray, special: np.ndarray) -> np.ndarray:
@@ -33,8 +34,15 @@ class InstanceDataset(Dataset):
     read); ``case_labels`` needs shards written with ``data.case_flags=true``.
     """
 
-    def __init__(self, shards: list[Shard], table: np.ndarray, kind: str, cls_id: int,
-                 sep_id: int, features: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        shards: list[Shard],
+        table: np.ndarray,
+        kind: str,
+        cls_id: int,
+        sep_id: int,
+        features: tuple[str, ...] = (),
+    ):
         if kind not in inst.KINDS:
             raise ValueError(f"unknown instance kind {kind!r}")
         unknown = set(features) - set(TOKEN_FEATURES)
@@ -64,6 +72,8 @@ class InstanceDataset(Dataset):
         }
         if shard.phrase_ids is not None:  # phrase units stored at preprocessing (data.phrases)
             out["phrase_ids"] = np.asarray(shard.phrase_ids[start:end], dtype=np.int64)
+        if shard.entity_links is not None:  # the entity each mention names (ERNIE-THU)
+            out["entity_links"] = np.asarray(shard.entity_links[start:end], dtype=np.int64)
         if "case_labels" in self.features:
             out["case_labels"] = case_labels(
                 out["word_ids"], np.asarray(shard.case_flags[start:end])
@@ -90,8 +100,10 @@ class InstanceDataset(Dataset):
             ]
             return [pieces[j] for j in structure.permutation_of(int(row[inst.LABEL]))]
         if self.kind in inst.TWO_SEGMENT_KINDS:
-            return [(row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
-                    (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1)]  # fmt: skip
+            return [
+                (row[inst.A_SHARD], row[inst.A_START], row[inst.A_END], 0),
+                (row[inst.B_SHARD], row[inst.B_START], row[inst.B_END], 1),
+            ]
         return [(row[inst.P_SHARD], row[inst.P_START], row[inst.P_END], 0)]
 
     def _labels(self, row: np.ndarray) -> dict[str, np.int64]:
@@ -100,8 +112,10 @@ class InstanceDataset(Dataset):
         if self.kind == "structure":
             reordered = row[inst.KIND] == structure.REORDERED
             label, none = np.int64(row[inst.LABEL]), np.int64(IGNORE_INDEX)
-            return {"sentence_distance_label": none if reordered else label,
-                    "permutation_label": label if reordered else none}  # fmt: skip
+            return {
+                "sentence_distance_label": none if reordered else label,
+                "permutation_label": label if reordered else none,
+            }
         return {}
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -133,8 +147,10 @@ class InstanceDataset(Dataset):
                 for key in keys:
                     pieces[key].append([_SPECIAL_VALUES[key]])
         special_mask = np.concatenate([np.asarray(p, dtype=bool) for p in special])
-        joined = {key: np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces[key]])
-                  for key in keys}  # fmt: skip
+        joined = {
+            key: np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces[key]])
+            for key in keys
+        }
         item = {
             "index": np.int64(index),
             "input_ids": np.concatenate([np.asarray(p, dtype=np.int64) for p in tokens]),
@@ -146,10 +162,20 @@ class InstanceDataset(Dataset):
         }
         if "phrase_ids" in joined:
             item["phrase_ids"] = _renumber(joined["phrase_ids"])
+        if "entity_links" in joined:
+            item["entity_links"] = first_token_links(joined["entity_links"], item["entity_ids"])
         for key in self.features:
             item[key] = joined[key]
         item.update(self._labels(row))
         return item
+
+
+def first_token_links(links: np.ndarray, entity_ids: np.ndarray) -> np.ndarray:
+    """The entity of each mention on its first token only, -1 elsewhere (ERNIE-THU aligns an
+    entity to the first token of its mention, SPECS §19). ``entity_ids``: the mention units."""
+    first = entity_ids >= 0
+    first[1:] &= entity_ids[1:] != entity_ids[:-1]
+    return np.where(first, links, -1)
 
 
 def _renumber(ids: np.ndarray) -> np.ndarray:

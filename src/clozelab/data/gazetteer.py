@@ -45,7 +45,7 @@ class Gazetteer:
             for word in words:
                 node = node.setdefault(word, {})
             if END not in node:
-                node[END] = kind
+                node[END] = name  # the entity a match mentions: the name as the file spells it
                 self.size += 1
 
     def __len__(self) -> int:
@@ -79,18 +79,23 @@ class Gazetteer:
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of the names in ``text``: sorted, non-overlapping."""
+        return self.find_names(text)[0]
+
+    def find_names(self, text: str) -> tuple[list[tuple[int, int]], list[str]]:
+        """``find``, plus the entity each span mentions: the name as the file spells it (the
+        first line of the names that match alike)."""
         found = tokens(text)
         words = [m.group().casefold() for m in found]
-        spans = []
+        spans, names = [], []
         i, n = 0, len(words)
         trie = self.trie
         while i < n:
             node = trie.get(words[i])
-            last = -1
+            last, name = -1, ""
             j = i
             while node is not None:
                 if END in node:
-                    last = j
+                    last, name = j, node[END]
                 j += 1
                 if j == n:
                     break
@@ -99,5 +104,6 @@ class Gazetteer:
                 i += 1
                 continue
             spans.append((found[i].start(), found[last].end()))
+            names.append(name)
             i = last + 1
-        return spans
+        return spans, names

@@ -50,8 +50,9 @@ INSTANCE_KEYS = {
 }
 KINDS = tuple(INSTANCE_KEYS)
 #: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
-PAIR_LABEL_KEYS = {kind: INSTANCE_KEYS[kind][0]
-                   for kind in ("segment_pair", "sentence_pair", "sentence_order")}  # fmt: skip
+PAIR_LABEL_KEYS = {
+    kind: INSTANCE_KEYS[kind][0] for kind in ("segment_pair", "sentence_pair", "sentence_order")
+}
 #: Kinds whose rows may hold two segments (three special tokens).
 TWO_SEGMENT_KINDS = (*PAIR_LABEL_KEYS, "structure")
 
@@ -211,10 +212,14 @@ def truncate_pair(a_shard, a, b_shard, b, label, max_num_tokens, rng):
     front_a = int(rng.binomial(remove_a, 0.5)) if remove_a else 0
     front_b = int(rng.binomial(remove_b, 0.5)) if remove_b else 0
     return (
-        a_shard, a[0] + front_a, a[1] - (remove_a - front_a),
-        b_shard, b[0] + front_b, b[1] - (remove_b - front_b),
+        a_shard,
+        a[0] + front_a,
+        a[1] - (remove_a - front_a),
+        b_shard,
+        b[0] + front_b,
+        b[1] - (remove_b - front_b),
         label,
-    )  # fmt: skip
+    )
 
 
 def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> np.ndarray:

@@ -28,7 +28,8 @@ from clozelab.data.annotate import AnnotationSettings, Annotator
 from clozelab.data.corpus import corpus_fingerprint, iter_documents
 from clozelab.data.corpus_stats import CorpusStats
 from clozelab.data.document import Document
-from clozelab.data.sentences import split_sentences
+from clozelab.data.knowledge import EntityIndex
+from clozelab.data.sentences import sentence_units, split_sentences
 from clozelab.data.shards import ShardError, ShardWriter, open_split
 from clozelab.data.staging import die_with_parent, remove_stale, staging_dir
 from clozelab.data.tokenizer import Tokenizer, load_tokenizer, train_wordpiece
@@ -157,14 +158,17 @@ def _init_worker(
     _WORKER_CASE = case
 
 
-def _span_ids(offsets: np.ndarray, spans, out: np.ndarray, first: int) -> int:
+def _span_ids(offsets: np.ndarray, spans, out: np.ndarray, first: int, kept=None) -> int:
     """Number the tokens wholly inside each character span ``first``, ``first + 1``, ... (spans
-    covering no token get no number); returns the next free number."""
-    for start, end in spans:
+    covering no token get no number); returns the next free number. ``kept`` (a list) receives
+    the position in ``spans`` of each span numbered."""
+    for j, (start, end) in enumerate(spans):
         inside = (offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])
         if inside.any():
             out[inside] = first
             first += 1
+            if kept is not None:
+                kept.append(j)
     return first
 
 
@@ -178,6 +182,17 @@ def case_flags(text: str, offsets: np.ndarray) -> np.ndarray:
     return flags
 
 
+@dataclass
+class EncodedDocument:
+    """One encoded document: per sentence (token ids, word index in the sentence, entity index in
+    the document or -1[, phrase index in the document or -1]); for each entity index the entity
+    it mentions (``Document.links`` or the annotator's names; None where unknown); the title."""
+
+    sentences: list[tuple[np.ndarray, ...]]
+    links: list[str | None]
+    title: str | None = None
+
+
 def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None, case=False):
     """Documents -> per document, per sentence: (token ids, word index in the sentence, entity
     index in the document or -1), plus the phrase index in the document or -1 when the annotator
@@ -185,18 +200,28 @@ def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None,
     once (spaCy batches them) and replaces the documents' own entity spans when it finds
     entities. ``case`` adds a fifth element, the ``case_flags`` of the tokens (the fourth is then
     None when there are no phrases)."""
-    split = [split_sentences(doc) for doc in docs]
-    flat = [text for sentences in split for text, _ in sentences]
-    entities = phrases = None
+    return [encoded.sentences for encoded in encode_linked(docs, tokenizer, annotator, case)]
+
+
+def encode_linked(docs: list[Document], tokenizer: Tokenizer, annotator=None, case=False):
+    """``encode_documents`` as ``EncodedDocument``s: with the entity each entity index
+    mentions."""
+    split = [sentence_units(doc) for doc in docs]
+    flat = [text for sentences in split for text, _, _ in sentences]
+    entities = phrases = names = None
     if annotator is not None and flat:
-        entities, phrases = annotator(flat)
+        entities, phrases, names = annotator.annotate(flat)
     encodings = tokenizer.encode_batch(flat) if flat else []
     out, at = [], 0
-    for sentences in split:
-        encoded, n_entities, n_phrases = [], 0, 0
-        for text_spans in sentences:
+    for doc, sentences in zip(docs, split):
+        encoded, links, n_entities, n_phrases = [], [], 0, 0
+        for _, spans, index in sentences:
             enc = encodings[at]
-            spans = text_spans[1] if entities is None else entities[at]
+            if entities is not None:
+                spans = entities[at]
+                mentions = names[at] if names is not None else [None] * len(spans)
+            else:
+                mentions = [doc.links[i] for i in index] if doc.links else [None] * len(spans)
             at += 1
             ids = np.asarray(enc.ids, dtype=np.int32)
             if len(ids) == 0:
@@ -204,19 +229,21 @@ def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None,
             words = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             entity_ids = np.full(len(ids), -1, dtype=np.int32)
-            n_entities = _span_ids(offsets, spans, entity_ids, n_entities)
+            kept: list[int] = []
+            n_entities = _span_ids(offsets, spans, entity_ids, n_entities, kept)
+            links += [mentions[j] for j in kept]
             phrase_ids = None
             if phrases is not None:
                 phrase_ids = np.full(len(ids), -1, dtype=np.int32)
                 n_phrases = _span_ids(offsets, phrases[at - 1], phrase_ids, n_phrases)
             if case:
-                encoded.append((ids, words, entity_ids, phrase_ids,
-                                case_flags(flat[at - 1], offsets)))  # fmt: skip
+                flags = case_flags(flat[at - 1], offsets)
+                encoded.append((ids, words, entity_ids, phrase_ids, flags))
             elif phrase_ids is None:
                 encoded.append((ids, words, entity_ids))
             else:
                 encoded.append((ids, words, entity_ids, phrase_ids))
-        out.append(encoded)
+        out.append(EncodedDocument(encoded, links, doc.title))
     return out
 
 
@@ -229,7 +256,7 @@ def encode_document(doc: Document, tokenizer: Tokenizer, annotator=None, case: b
 
 def _encode_chunk(docs: list[Document]):
     before = _annotation_counts(_WORKER_ANNOTATOR)
-    encoded = encode_documents(docs, _WORKER_TOKENIZER, _WORKER_ANNOTATOR, _WORKER_CASE)
+    encoded = encode_linked(docs, _WORKER_TOKENIZER, _WORKER_ANNOTATOR, _WORKER_CASE)
     after = _annotation_counts(_WORKER_ANNOTATOR)
     return encoded, (after[0] - before[0], after[1] - before[1])
 
@@ -271,7 +298,7 @@ def _encoded_documents(
         annotator = settings.build()
         for chunk in _chunks(docs, CHUNK_DOCUMENTS):
             before = _annotation_counts(annotator)
-            encoded = encode_documents(chunk, tokenizer, annotator, case)
+            encoded = encode_linked(chunk, tokenizer, annotator, case)
             after = _annotation_counts(annotator)
             yield from unpack((encoded, (after[0] - before[0], after[1] - before[1])))
         return
@@ -285,6 +312,13 @@ def _encoded_documents(
                 yield from unpack(pending.popleft().get())
         while pending:
             yield from unpack(pending.popleft().get())
+
+
+def _counted(docs: Iterable[Document], total: list) -> Iterator[Document]:
+    """``docs``, adding the UTF-8 size of their text to ``total[0]`` (for the MB/s log)."""
+    for doc in docs:
+        total[0] += len(doc.text.encode("utf-8", "surrogatepass"))
+        yield doc
 
 
 def _limited(docs: Iterable[Document], max_documents: int | None) -> Iterator[Document]:
@@ -308,23 +342,32 @@ def build_shards(
 ) -> dict:
     settings = settings or AnnotationSettings()
     phrases = settings.phrases != "none"
+    index = EntityIndex() if settings.entity_links else None
     writers = {
         name: ShardWriter(
-            directory / name, tokenizer.vocab_size, shard_tokens, phrases=phrases, case_flags=case
+            directory / name, tokenizer.vocab_size, shard_tokens, phrases, index, case_flags=case
         )
         for name in ("train", "validation")
     }
-    docs = _limited(iter_documents(corpus, **(options or {})), max_documents)
+    text_bytes = [0]
+    docs = _counted(_limited(iter_documents(corpus, **(options or {})), max_documents), text_bytes)
     label = "Tokenising and annotating documents" if settings.active else "Tokenising documents"
     counts = [0, 0.0]
     start = time.perf_counter()
     with progress(label) as advance:
         encoded = _encoded_documents(docs, tokenizer, workers, settings, counts, case)
-        for i, sentences in enumerate(encoded):
+        for i, doc in enumerate(encoded):
             held_out = validation_every > 0 and i % validation_every == validation_every - 1
-            writers["validation" if held_out else "train"].add_document(sentences)
+            writers["validation" if held_out else "train"].add_document(
+                doc.sentences, doc.links, doc.title
+            )
             advance(1)
     stats = {name: writer.close() for name, writer in writers.items()}
+    wall = time.perf_counter() - start
+    stats["text_mb"] = round(text_bytes[0] / 1e6, 3)
+    stats["mb_per_s"] = round(text_bytes[0] / 1e6 / wall, 3) if wall > 0 else 0.0
+    if index is not None:
+        stats["knowledge"] = _knowledge_stats(index, directory, time.perf_counter() - start)
     if settings.active:
         stats["annotation"] = _annotation_stats(settings, counts, time.perf_counter() - start)
     if stats["train"]["tokens"] == 0:
@@ -337,6 +380,19 @@ def build_shards(
     return stats
 
 
+def _knowledge_stats(index: EntityIndex, directory: Path, wall: float) -> dict:
+    stats = index.write(directory)
+    log.info(
+        "Entity links: %d mentions of %d entities, %d triples (%d links_to, %d co_occurs)",
+        stats["mentions"],
+        stats["entities"],
+        stats["triples"],
+        stats["links_to"],
+        stats["co_occurs"],
+    )
+    return stats
+
+
 def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict:
     sentences, seconds = counts
     source = f"entities={settings.entities} phrases={settings.phrases}"
@@ -344,10 +400,18 @@ def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict
     log.info(
         "Annotated %d sentences (%s) in %.1f s of worker time (%.0f sentences/s per process; "
         "%.1f s wall for the whole preprocessing)",
-        sentences, source, seconds, rate, wall,
-    )  # fmt: skip
-    return {"source": source, "sentences": sentences, "seconds": round(seconds, 3),
-            "sentences_per_s_per_process": round(rate, 1)}  # fmt: skip
+        sentences,
+        source,
+        seconds,
+        rate,
+        wall,
+    )
+    return {
+        "source": source,
+        "sentences": sentences,
+        "seconds": round(seconds, 3),
+        "sentences_per_s_per_process": round(rate, 1),
+    }
 
 
 def _documents(n: int) -> str:
@@ -441,10 +505,14 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             f"validation document is left. Fix: {_holdout_fix(stats['train']['documents'])}."
         )
     log.info(
-        "Preprocessed %d documents, %d sentences, %d tokens in %.1fs",
+        "Preprocessed %d documents, %d sentences, %d tokens in %.1fs (%.2f MB of text, "
+        "%.2f MB/s%s)",
         stats["train"]["documents"] + stats["validation"]["documents"],
         stats["train"]["sentences"] + stats["validation"]["sentences"],
         stats["train"]["tokens"] + stats["validation"]["tokens"],
         stats["seconds"],
+        stats["text_mb"],
+        stats["mb_per_s"],
+        ", with entity links" if annotation.entity_links else "",
     )
     return Prepared(tokenizer, directory, False, stats)

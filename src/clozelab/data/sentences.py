@@ -16,7 +16,7 @@ import numpy as np
 
 from clozelab.data.document import Document
 
-__all__ = ["sentence_spans", "split_sentences"]
+__all__ = ["sentence_spans", "sentence_units", "split_sentences"]
 
 Span = tuple[int, int]
 
@@ -116,21 +116,29 @@ def split_sentences(doc: Document) -> list[tuple[str, list[Span]]]:
     Entities must be sorted (the ``Document`` contract); those not wholly inside one sentence
     are dropped.
     """
+    return [(text, spans) for text, spans, _ in sentence_units(doc)]
+
+
+def sentence_units(doc: Document) -> list[tuple[str, list[Span], list[int]]]:
+    """``split_sentences`` plus, per sentence, the index in ``doc.entities`` of each span kept
+    (so ``doc.links[i]`` names the entity a span mentions)."""
     spans = sentence_spans(doc)
     entities = doc.entities
-    out: list[tuple[str, list[Span]]] = []
+    out: list[tuple[str, list[Span], list[int]]] = []
     k = 0
     n = len(entities)
     for start, end in spans:
         while k < n and entities[k][0] < start:
             k += 1  # starts before this sentence: inside an earlier one or crossing into this
         inside: list[Span] = []
+        index: list[int] = []
         j = k
         while j < n and entities[j][0] < end:
             e_start, e_end = entities[j]
             if e_end <= end and e_end > e_start:
                 inside.append((e_start - start, e_end - start))
+                index.append(j)
             j += 1
         k = j
-        out.append((doc.text[start:end], inside))
+        out.append((doc.text[start:end], inside, index))
     return out

@@ -13,6 +13,8 @@ A split directory holds ``shard-00000/``, ``shard-00001/`` ... Each shard stores
 - ``case_flags.bin``  uint8, 1 where the token's text starts with an upper-case letter in the
   original (cased) text, whatever the tokenizer's lowercasing (only with ``data.case_flags=true``:
   ERNIE 2.0's capitalisation prediction)
+- ``entity_links.bin`` int32, id of the entity each token's mention names (the entity vocabulary
+  of ``clozelab.data.knowledge``), -1 elsewhere (only with ``data.entity_links``)
 - ``meta.json``       dtypes, lengths and a CRC32 per file (a torn or corrupt shard is detected)
 """
 
@@ -32,7 +34,7 @@ ARRAYS = {
     "sentences": np.int64,
     "documents": np.int64,
 }
-OPTIONAL = {"phrase_ids": np.int32, "case_flags": np.uint8}  # present when the writer was asked
+OPTIONAL = {"phrase_ids": np.int32, "entity_links": np.int32, "case_flags": np.uint8}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -68,9 +70,15 @@ class ShardWriter:
         vocab_size: int,
         shard_tokens: int = 50_000_000,
         phrases: bool = False,
+        links=None,
         case_flags: bool = False,
     ):
-        self.phrases, self.case_flags = phrases, case_flags
+        """``links``: a ``clozelab.data.knowledge.EntityIndex`` (shared by the splits) to number
+        the entities mentions name (``entity_links.bin``); None: none stored. ``case_flags``:
+        store each token's original capitalisation (``case_flags.bin``)."""
+        self.phrases = phrases
+        self.links = links
+        self.case_flags = case_flags
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tokens_dtype = token_dtype(vocab_size)
@@ -87,6 +95,8 @@ class ShardWriter:
             dtypes["phrase_ids"] = OPTIONAL["phrase_ids"]
         if self.case_flags:
             dtypes["case_flags"] = OPTIONAL["case_flags"]
+        if self.links is not None:
+            dtypes["entity_links"] = OPTIONAL["entity_links"]
         self._open = {
             "path": path,
             "files": {name: _Appender(path / f"{name}.bin", dt) for name, dt in dtypes.items()},
@@ -99,10 +109,14 @@ class ShardWriter:
         }
         self.n_shards += 1
 
-    def add_document(self, sentences: list[tuple[np.ndarray, ...]]) -> None:
+    def add_document(
+        self, sentences: list[tuple[np.ndarray, ...]], links=None, title: str | None = None
+    ) -> None:
         """Add one document: per sentence (token ids, word index within the sentence, entity index
         within the document or -1[, phrase index within the document or -1: with
-        ``phrases=True`` (None otherwise)[, case flags: with ``case_flags=True``]])."""
+        ``phrases=True`` (None otherwise)[, case flags: with ``case_flags=True``]]); with an
+        entity index, ``links`` names the entity of each entity index and ``title`` the document
+        (``EncodedDocument``)."""
         if not sentences:
             return
         if self._open is None or self._open["tokens"] >= self.shard_tokens:
@@ -121,6 +135,9 @@ class ShardWriter:
         files["word_ids"].append(words + shard["words"])
         n_entities = int(entities.max()) + 1 if len(entities) else 0
         files["entity_ids"].append(np.where(entities >= 0, entities + shard["entities"], -1))
+        if self.links is not None:
+            sentence = np.repeat(np.arange(len(sentences)), lengths)
+            files["entity_links"].append(self.links.add_document(links, entities, sentence, title))
         if self.phrases:
             phrases = np.concatenate([s[3] for s in sentences])
             files["phrase_ids"].append(np.where(phrases >= 0, phrases + shard["phrases"], -1))
@@ -175,6 +192,7 @@ class Shard:
     documents: np.ndarray  # [n_documents + 1] sentence offsets
     phrase_ids: np.ndarray | None = None  # only in shards written with phrases
     case_flags: np.ndarray | None = None  # only in shards written with data.case_flags
+    entity_links: np.ndarray | None = None  # only in shards written with entity links
 
     @property
     def n_documents(self) -> int:

@@ -138,8 +138,11 @@ def structure_rows(
             a = (int(starts[first]), int(starts[a_end]))
             after = list(range(a_end + 1, hi))  # non-adjacent starts: a sentence gap after A
             before = list(range(lo, first - 1))  # ... or B ends before sentence first - 1
-            allowed = ((ADJACENT, a_end < hi), (SAME_DOCUMENT, bool(after or before)),
-                       (RANDOM_DOCUMENT, len(documents) > 1))  # fmt: skip
+            allowed = (
+                (ADJACENT, a_end < hi),
+                (SAME_DOCUMENT, bool(after or before)),
+                (RANDOM_DOCUMENT, len(documents) > 1),
+            )
             possible = [label for label, ok in allowed if ok]
             if not possible:  # a one-sentence corpus: nothing to pair
                 first, length, i = i + 1, 0, i + 1

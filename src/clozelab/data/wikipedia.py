@@ -3,7 +3,9 @@
 ``iter_wikipedia`` walks the dump with ``xml.etree.ElementTree.iterparse`` and clears every page
 once it is read, so memory stays flat on a full English Wikipedia dump. Only main-namespace
 (``ns 0``) articles that are not redirects are kept. Their wikitext is cleaned to prose by
-``clean_wikitext`` and the anchors of internal links become ``Document.entities``.
+``clean_wikitext`` and the anchors of internal links become ``Document.entities``, the articles
+they link to ``Document.links`` and the page title ``Document.title`` (the link graph of
+``clozelab.data.knowledge``).
 
 Cleaning, in order (each step a compiled regex or one linear scan):
 
@@ -46,13 +48,23 @@ from typing import BinaryIO
 from clozelab.core.errors import config_error
 from clozelab.data.document import Document
 
-__all__ = ["clean_wikitext", "iter_wikipedia", "open_maybe_compressed"]
+__all__ = [
+    "article_title",
+    "clean_wikitext",
+    "clean_wikitext_links",
+    "iter_wikipedia",
+    "open_maybe_compressed",
+]
 
 # Markers around link anchors while the text is being cleaned (stripped from the input first).
 _OPEN = "\x01"
 _CLOSE = "\x02"
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\r]")
+# The opening marker is followed by one character of this private-use plane that numbers the link
+# (its target in the list ``_replace_links`` fills); input characters of the plane are removed.
+_LINK_BASE = 0xF0000
+_MAX_LINKS = 0xFFFE  # links of one page that can carry their target
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\r\U000F0000-\U000FFFFF]")
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 
 # Tags whose content is not prose: the tag and everything inside it go.
@@ -104,7 +116,9 @@ _ODD_SPACE = re.compile(r"[^\S \n]")  # whitespace other than " " and "\n"
 _MULTI_SPACE = re.compile(r"  +")
 _EMPTY_PARENS = re.compile(r"\([ ,;]*\)")
 _LETTER = re.compile(r"[^\W\d_]")
-_MARKERS = re.compile(rf"[{_OPEN}{_CLOSE}]")
+_MARKERS = re.compile(rf"{_OPEN}[\U000F0000-\U000FFFFD]|{_CLOSE}")
+_OPEN_SPACE = re.compile(rf"({_OPEN}[\U000F0000-\U000FFFFD]) ")
+_EMPTY_LINK = re.compile(rf"{_OPEN}[\U000F0000-\U000FFFFD]{_CLOSE}")
 
 
 def open_maybe_compressed(path: Path) -> BinaryIO:
@@ -199,10 +213,12 @@ def iter_wikipedia(
 
 
 def _page_to_document(page: ET.Element, min_chars: int) -> Document | None:
-    ns = page_id = text = None
+    ns = page_id = text = title = None
     for child in page:
         name = _local(child.tag)
-        if name == "ns":
+        if name == "title":
+            title = article_title(child.text or "")
+        elif name == "ns":
             ns = (child.text or "").strip()
         elif name == "id":
             page_id = (child.text or "").strip()
@@ -216,20 +232,36 @@ def _page_to_document(page: ET.Element, min_chars: int) -> Document | None:
         return None
     if text.lstrip()[:9].upper() == "#REDIRECT":
         return None
-    clean, entities = clean_wikitext(text)
+    clean, entities, targets = clean_wikitext_links(text)
     if len(clean) < min_chars:
         return None
-    return Document(id=page_id, text=clean, entities=entities)
+    return Document(id=page_id, text=clean, entities=entities, title=title, links=targets)
 
 
 def clean_wikitext(wikitext: str) -> tuple[str, list[tuple[int, int]]]:
     """Turn wikitext into prose; return the text and the char spans of its link anchors."""
+    text, entities, _ = clean_wikitext_links(wikitext)
+    return text, entities
+
+
+def article_title(target: str) -> str | None:
+    """The article a link target names, as MediaWiki spells titles: the ``#section`` dropped,
+    underscores as spaces, runs of spaces collapsed, the first letter upper-cased; None when
+    nothing is left."""
+    title = " ".join(target.partition("#")[0].replace("_", " ").split())
+    return title[:1].upper() + title[1:] if title else None
+
+
+def clean_wikitext_links(wikitext: str) -> tuple[str, list[tuple[int, int]], list[str | None]]:
+    """``clean_wikitext`` plus, for each anchor span, the title of the article it links to
+    (``article_title``; None when the target names no article)."""
+    targets: list[str | None] = []
     text = _CONTROL.sub("", wikitext)
     text = _COMMENT.sub("", text)
     text = _drop_tags(text)
     text = _strip_templates_and_tables(text)
     text = _HEADING.sub("", text)
-    text = _replace_links(text)
+    text = _replace_links(text, targets)
     text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
     text = _BR.sub(" ", text)
     text = _TAG.sub("", text)
@@ -237,7 +269,7 @@ def clean_wikitext(wikitext: str) -> tuple[str, list[tuple[int, int]]]:
     text = html.unescape(text)
     # (html.unescape maps &#1; and &#2; to "", so it cannot forge a marker)
     text = _LIST_MARKER.sub("", text)
-    return _finish(text)
+    return _finish(text, targets)
 
 
 def _drop_tags(text: str) -> str:
@@ -326,8 +358,9 @@ def _link_namespace(target: str) -> str | None:
     return head.strip().lower().replace("_", " ")
 
 
-def _replace_links(text: str) -> str:
-    """Replace ``[[...]]`` links by their anchors wrapped in markers (see module doc)."""
+def _replace_links(text: str, targets: list[str | None]) -> str:
+    """Replace ``[[...]]`` links by their anchors wrapped in markers (see module doc); the opening
+    marker carries the number of the link's target, appended to ``targets``."""
     if "[[" not in text:
         return text.replace("]]", "")
     out: list[str] = []
@@ -358,7 +391,7 @@ def _replace_links(text: str) -> str:
         if tm is not None:
             trail = tm.group()
             end = tm.end()
-        out.append(_render_link(inner, trail))
+        out.append(_render_link(inner, trail, targets))
         seg_start = pos = end
     if depth:  # unclosed "[[": keep the text after it, without the brackets
         rest = text[link_start:]
@@ -368,7 +401,7 @@ def _replace_links(text: str) -> str:
     return "".join(out)
 
 
-def _render_link(inner: str, trail: str) -> str:
+def _render_link(inner: str, trail: str, targets: list[str | None]) -> str:
     raw_target, pipe, anchor = inner.partition("|")
     target = raw_target.strip()
     colon_prefixed = target.startswith(":")
@@ -394,17 +427,19 @@ def _render_link(inner: str, trail: str) -> str:
     if "\n" in anchor:
         return anchor  # MediaWiki does not render links across lines
     is_entity = (ns is None or ns not in _INTERWIKI) and not target.startswith("#")
-    if is_entity and not colon_prefixed:
-        return f"{_OPEN}{anchor}{_CLOSE}"
+    if is_entity and not colon_prefixed and len(targets) < _MAX_LINKS:
+        targets.append(article_title(target))
+        return f"{_OPEN}{chr(_LINK_BASE + len(targets) - 1)}{anchor}{_CLOSE}"
     return anchor
 
 
-def _finish(text: str) -> tuple[str, list[tuple[int, int]]]:
-    """Collapse whitespace, drop lines without letters, and turn markers into spans."""
+def _finish(text: str, targets: list[str | None]):
+    """Collapse whitespace, drop lines without letters, and turn markers into spans (with the
+    ``targets`` their opening markers number)."""
     text = _MULTI_SPACE.sub(" ", _ODD_SPACE.sub(" ", text))
     # Move spaces out of the anchors and drop empty ones (runs are single spaces by now).
-    text = text.replace(_OPEN + " ", " " + _OPEN).replace(" " + _CLOSE, _CLOSE + " ")
-    text = text.replace(_OPEN + _CLOSE, "")
+    text = _OPEN_SPACE.sub(r" \1", text).replace(" " + _CLOSE, _CLOSE + " ")
+    text = _EMPTY_LINK.sub("", text)
     text = _EMPTY_PARENS.sub("", text)
     for punct in ",.;)":
         text = text.replace(" " + punct, punct)
@@ -413,23 +448,24 @@ def _finish(text: str) -> tuple[str, list[tuple[int, int]]]:
         line for line in (raw.strip(" ") for raw in text.split("\n")) if _LETTER.search(line)
     )
     if _OPEN not in text:
-        return text.replace(_CLOSE, ""), []
+        return text.replace(_CLOSE, ""), [], []
     pieces: list[str] = []
-    entities: list[tuple[int, int]] = []
+    entities: list[tuple[int, int, str | None]] = []
     length = 0
     seg_start = 0
-    open_at = -1
+    open_at, link = -1, None
     for m in _MARKERS.finditer(text):
         piece = text[seg_start : m.start()]
         pieces.append(piece)
         length += len(piece)
         seg_start = m.end()
-        if m.group() == _OPEN:
-            open_at = length
+        if m.group()[0] == _OPEN:
+            open_at, link = length, targets[ord(m.group()[1]) - _LINK_BASE]
         elif open_at >= 0:
             if length > open_at:
-                entities.append((open_at, length))
+                entities.append((open_at, length, link))
             open_at = -1
     pieces.append(text[seg_start:])
     clean = "".join(pieces)
-    return clean, [(s, e) for s, e in entities if clean[s:e].strip() == clean[s:e]]
+    kept = [(s, e, t) for s, e, t in entities if clean[s:e].strip() == clean[s:e]]
+    return clean, [(s, e) for s, e, _ in kept], [t for _, _, t in kept]

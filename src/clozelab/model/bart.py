@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.decoder import Decoder
+from clozelab.model.decoder import Decoder, DecoderCache
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import key_padding_mask
 from clozelab.model.layers import Dropout, init_bert_weights
@@ -176,13 +176,20 @@ class BartDecoder(Decoder):
         memory: Tensor,
         memory_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
-        """[B, L] target prefix -> [B, L, H]; ``position_ids`` [B, L] default 0..L-1."""
+        """[B, L] target prefix -> [B, L, H]; ``position_ids`` [B, L] default 0..L-1 (with
+        ``cache``: the L positions after the ``cache.length`` ones it holds)."""
         x = nn.functional.embedding(input_ids, self.word_table(embedding)) * self.scale
+        L = input_ids.shape[1]
+        if cache is not None and position_ids is None and cache.length:
+            position_ids = torch.arange(cache.length, cache.length + L, device=x.device)[None]
         x = self.dropout(self.positions(x, position_ids))
         cross = key_padding_mask(memory_mask)  # (B, 1, 1, S) bool or None
-        for layer in self.layers:
-            x = layer(x, None, memory, cross, causal=True)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None, memory, cross, causal=True, cache=cache.layers[i] if cache else None)
+        if cache is not None:
+            cache.length += L
         return x  # (B, L, H)
 
     def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,7 +5,7 @@ position; the seq2seq objective (``clozelab.objectives.seq2seq``) owns it, as EL
 its generator, so the pre-training module stays ``corrupt -> embed -> encode -> objectives``:
 
     decoder(input_ids [B, L], embedding, memory [B, S, H], memory_mask [B, S],
-            position_ids [B, L] | None) -> [B, L, H]
+            position_ids [B, L] | None, cache: DecoderCache | None) -> [B, L, H]
     decoder.output(hidden [N, H], embedding) -> (rows [N, H], table [V, H], bias [V])
     decoder.logits(hidden [N, H], embedding) -> [N, V]   (rows @ table^T + bias)
 
@@ -15,6 +15,10 @@ that carry a target before projecting to the vocabulary. Variants:
 ``clozelab.model.t5.T5Decoder`` (pre-LN
 RMSNorm, relative position bias, no biases) and ``clozelab.model.bart.BartDecoder`` (post-LN,
 learned positions with BART's offset of 2, GELU).
+
+Incremental decoding (``clozelab.model.generate``): with a ``DecoderCache`` (``new_cache()``) the
+decoder reads only the new target positions; each layer appends their self-attention keys/values
+to the cached ones and projects the encoder output for cross-attention once, at the first call.
 """
 
 from __future__ import annotations
@@ -25,6 +29,16 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
+
+
+class DecoderCache:
+    """The keys/values of a decoder's layers during incremental decoding: per layer
+    ``{"self": {"k", "v"}, "cross": {"k", "v"}}`` ([B, nh, S, hs] each), and ``length``, the
+    target positions already read (the offset of the next call's positions)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.layers: list[dict] = [{"self": {}, "cross": {}} for _ in range(num_layers)]
+        self.length = 0
 
 
 class Decoder(nn.Module):
@@ -46,8 +60,13 @@ class Decoder(nn.Module):
         memory: Tensor,
         memory_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def new_cache(self) -> DecoderCache:
+        """An empty key/value cache for incremental decoding with this decoder."""
+        return DecoderCache(len(self.layers))
 
     def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         """``(rows, table, bias)`` with logits = rows @ table^T + bias, for hidden [N, H]: the
@@ -72,4 +91,4 @@ class Decoder(nn.Module):
         return weight
 
 
-__all__ = ["Decoder"]
+__all__ = ["Decoder", "DecoderCache"]

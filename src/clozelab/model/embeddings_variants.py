@@ -50,9 +50,11 @@ class _TableEmbeddings(Embedding):
         super().__init__()
         if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
             raise config_error(
-                "model.pad_token_id", pad_token_id, f"outside the vocabulary of {vocab_size}",
+                "model.pad_token_id",
+                pad_token_id,
+                f"outside the vocabulary of {vocab_size}",
                 "use the tokenizer's pad_token_id",
-            )  # fmt: skip
+            )
         self.vocab_size, self.max_position_embeddings = vocab_size, max_position_embeddings
         self.pad_token_id = pad_token_id
         self.word_embeddings = nn.Embedding(vocab_size, size, padding_idx=pad_token_id)
@@ -75,10 +77,11 @@ class _TableEmbeddings(Embedding):
     def _positions(self, seq_len: int, position_ids: Tensor | None) -> Tensor:
         if seq_len > self.max_position_embeddings:
             raise config_error(
-                "data.max_seq_length", seq_len,
+                "data.max_seq_length",
+                seq_len,
                 f"longer than model.max_position_embeddings={self.max_position_embeddings}",
                 "lower data.max_seq_length or raise model.max_position_embeddings",
-            )  # fmt: skip
+            )
         if hasattr(self, "position_embeddings"):
             table = self.position_embeddings.weight
         else:
@@ -90,9 +93,11 @@ class _TableEmbeddings(Embedding):
         LayerNorm and dropout."""
         if role_ids is not None and self.role_embeddings is None:
             raise config_error(
-                "embedding", type(self).__name__, "the batch has role_ids but no role table",
+                "embedding",
+                type(self).__name__,
+                "the batch has role_ids but no role table",
                 "use embedding=role (ERNIE DLM) or drop role_ids from the batch",
-            )  # fmt: skip
+            )
         x = self.word_embeddings(input_ids)  # (B, T, E)
         x = x + self._positions(input_ids.shape[-1], position_ids)
         if role_ids is not None:  # the dialogue role replaces the segment (SPECS §11)
@@ -125,9 +130,15 @@ class SinusoidalEmbeddings(_TableEmbeddings):
         initializer_range: float = 0.02,
     ):
         super().__init__(
-            vocab_size, hidden_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
-            dropout, pad_token_id, learned_positions=False,
-        )  # fmt: skip
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=False,
+        )
         self.hidden_size = hidden_size
         init_bert_weights(self, std=initializer_range)
         self._zero_pad()
@@ -163,11 +174,21 @@ class FactorizedEmbeddings(_TableEmbeddings):
     ):
         if embedding_size < 1:
             raise config_error(
-                "embedding.embedding_size", embedding_size, "must be >= 1",
+                "embedding.embedding_size",
+                embedding_size,
+                "must be >= 1",
                 "use e.g. embedding.embedding_size=128 (ALBERT)",
-            )  # fmt: skip
-        super().__init__(vocab_size, embedding_size, max_position_embeddings, type_vocab_size,
-                         layer_norm_eps, dropout, pad_token_id, learned_positions=True)  # fmt: skip
+            )
+        super().__init__(
+            vocab_size,
+            embedding_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+        )
         self.hidden_size, self.embedding_size = hidden_size, embedding_size
         self.projection = nn.Linear(embedding_size, hidden_size)
         init_bert_weights(self, std=initializer_range)
@@ -204,9 +225,17 @@ class RoleEmbeddings(_TableEmbeddings):
     ):
         if num_roles < 1:
             raise config_error("embedding.num_roles", num_roles, "must be >= 1", "use 2 (Q, R)")
-        super().__init__(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
-                         layer_norm_eps, dropout, pad_token_id, learned_positions=True,
-                         num_roles=num_roles)  # fmt: skip
+        super().__init__(
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+            num_roles=num_roles,
+        )
         self.hidden_size = hidden_size
         init_bert_weights(self, std=initializer_range)
         self._zero_pad()
@@ -244,17 +273,35 @@ class TaskEmbeddings(_TableEmbeddings):
         initializer_range: float = 0.02,
     ):
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise config_error("embedding.num_tasks", num_tasks, "must be an integer >= 1",
-                               "one row per scheduled objective, e.g. 5")  # fmt: skip
-        super().__init__(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
-                         layer_norm_eps, dropout, pad_token_id, learned_positions=True)  # fmt: skip
+            raise config_error(
+                "embedding.num_tasks",
+                num_tasks,
+                "must be an integer >= 1",
+                "one row per scheduled objective, e.g. 5",
+            )
+        super().__init__(
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+        )
         self.hidden_size, self.num_tasks = hidden_size, num_tasks
         self.task_embeddings = nn.Embedding(num_tasks, hidden_size)
         init_bert_weights(self, std=initializer_range)
         self._zero_pad()
 
-    def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None,
-                task_ids: Tensor | None = None) -> Tensor:  # fmt: skip
+    def forward(
+        self,
+        input_ids,
+        token_type_ids=None,
+        position_ids=None,
+        role_ids=None,
+        task_ids: Tensor | None = None,
+    ) -> Tensor:
         if task_ids is None:
             task = self.task_embeddings.weight[0]  # (H,) broadcast
         elif task_ids.dim() == 1:

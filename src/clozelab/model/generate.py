@@ -1,9 +1,11 @@
 """Greedy decoding with an encoder-decoder (text-to-text fine-tuning and scoring).
 
 The encoder runs once; the decoder then extends every row by its most likely next token until
-each row has written ``eos_id`` or ``max_length`` tokens are out. Each step re-reads the whole
-prefix (no key/value cache): answers and label words are a few tokens long, where the cache would
-save little and cost a second code path through every attention layer.
+each row has written ``eos_id`` or ``max_length`` tokens are out. With ``use_cache`` (the
+default) each step feeds only the newest token: the decoder's ``DecoderCache`` keeps every
+layer's self-attention keys/values and the cross-attention keys/values of the encoder output,
+projected once (``clozelab.model.decoder``). ``use_cache=False`` re-reads the whole prefix at each
+step (the reference the cache is tested against: identical outputs).
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ def greedy_decode(
     pad_id: int,
     max_length: int = 32,
     token_type_ids: Tensor | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
     """[B, <= max_length] generated ids (without the start token); after a row's ``eos_id``
     the row holds ``pad_id``. ``max_length`` counts the eos."""
     memory = encoder(embedding(input_ids, token_type_ids), attention_mask).last_hidden_state
     B = input_ids.shape[0]
     prefix = torch.full((B, 1), start_id, dtype=torch.long, device=input_ids.device)
+    cache = decoder.new_cache() if use_cache else None
+    fed = prefix  # what the decoder reads this step: the newest token, or the whole prefix
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     out = []
     for _ in range(max_length):
-        hidden = decoder(prefix, embedding, memory, attention_mask)[:, -1]  # (B, H)
+        hidden = decoder(fed, embedding, memory, attention_mask, cache=cache)[:, -1]  # (B, H)
         step = decoder.logits(hidden, embedding).argmax(-1)  # (B,)
         step = step.masked_fill(done, pad_id)
         out.append(step)
@@ -43,6 +48,7 @@ def greedy_decode(
         if bool(done.all()):
             break
         prefix = torch.cat([prefix, step[:, None]], dim=1)
+        fed = step[:, None] if use_cache else prefix
     return torch.stack(out, dim=1)
 
 

@@ -96,9 +96,11 @@ class RelativePositionBias(nn.Module):
         )
         self.embedding = nn.Embedding(num_buckets, num_heads)
 
-    def forward(self, query_length: int, key_length: int) -> Tensor:
+    def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
+        """The bias of queries at positions offset.. offset + T - 1 over keys 0..S-1 (``offset``:
+        the tokens a decoder's key/value cache already holds)."""
         device = self.embedding.weight.device
-        query = torch.arange(query_length, device=device)[:, None]  # (T, 1)
+        query = torch.arange(offset, offset + query_length, device=device)[:, None]  # (T, 1)
         key = torch.arange(key_length, device=device)[None, :]  # (1, S)
         bucket = relative_position_bucket(
             key - query, self.bidirectional, self.num_buckets, self.max_distance
@@ -116,6 +118,12 @@ class RelativePositionBias(nn.Module):
         return self.embedding(bucket).permute(0, 3, 1, 2)
 
 
+def future_keys(T: int, S: int, device) -> Tensor:
+    """``bool [T, S]``, True where key s comes after query t, the T queries being the last T of
+    the S positions (S > T while a key/value cache holds the earlier ones)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).triu(1 + S - T)
+
+
 def additive_mask(bias: Tensor, key_mask: Tensor | None, causal: bool) -> Tensor:
     """T5's position ``bias`` [1, nh, T, S] with padding keys (``key_mask`` [B, S], 1 = token)
     and, for ``causal``, future keys set to the dtype's minimum: one float SDPA mask."""
@@ -123,8 +131,7 @@ def additive_mask(bias: Tensor, key_mask: Tensor | None, causal: bool) -> Tensor
     low = torch.finfo(bias.dtype).min
     if causal:
         T, S = bias.shape[-2:]
-        future = torch.ones(T, S, dtype=torch.bool, device=bias.device).triu(1)
-        mask = mask.masked_fill(future, low)
+        mask = mask.masked_fill(future_keys(T, S, bias.device), low)
     if key_mask is not None and not bool(key_mask.all()):
         keep = key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         mask = mask.masked_fill(~keep, low)
@@ -190,18 +197,34 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         memory: Tensor | None = None,
         causal: bool = False,
+        cache: dict | None = None,
     ) -> Tensor:
-        """x [B, T, H] (and ``memory`` [B, S, H] for cross-attention) -> [B, T, H]."""
+        """x [B, T, H] (and ``memory`` [B, S, H] for cross-attention) -> [B, T, H].
+
+        ``cache`` (incremental decoding, a dict this layer fills): self-attention appends the new
+        keys/values to the cached ones, so ``x`` holds only the new positions; cross-attention
+        projects ``memory`` once and reuses it. ``causal`` then masks by position (the queries are
+        the last T of the S keys)."""
         if self.cross:
             (q,) = self._heads(self.q(x), 1)
-            k, v = self._heads(self.kv(memory), 2)
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = self._heads(self.kv(memory), 2)
         else:
             q, k, v = self._heads(self.qkv(x), 3)
+            if cache is not None and "k" in cache:
+                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v  # (B, nh, S, hs)
+        T, S = q.shape[-2], k.shape[-2]
         p = self.attention_dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu" and not torch.compiler.is_compiling():
-            if causal and mask is None:  # the fast-dropout path takes an explicit mask
-                T, S = q.shape[-2], k.shape[-2]
-                mask = ~torch.ones(T, S, dtype=torch.bool, device=x.device).triu(1)
+        cpu_dropout = p > 0.0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+        if causal and mask is None and (S != T or cpu_dropout):
+            # SDPA's is_causal aligns the queries top-left; a cache (or the CPU dropout path)
+            # needs an explicit mask: True = attend
+            mask, causal = ~future_keys(T, S, x.device), False
+        if cpu_dropout:
             y = attention_with_cpu_dropout(q, k, v, mask, p, self.scale)
         else:
             y = F.scaled_dot_product_attention(
@@ -282,11 +305,17 @@ class Block(nn.Module):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         causal: bool = False,
+        cache: dict | None = None,
     ) -> Tensor:
-        """x [B, T, H]; ``memory`` [B, S, H] and its SDPA ``memory_mask`` for a decoder layer."""
-        x = self._residual(x, self.attention_norm, self.attention, mask, causal=causal)
+        """x [B, T, H]; ``memory`` [B, S, H] and its SDPA ``memory_mask`` for a decoder layer;
+        ``cache``: this layer's ``{"self": {}, "cross": {}}`` of a ``DecoderCache``."""
+        own = cache["self"] if cache is not None else None
+        x = self._residual(x, self.attention_norm, self.attention, mask, causal=causal, cache=own)
         if self.cross_attention is not None:
-            x = self._residual(x, self.cross_norm, self.cross_attention, memory_mask, memory)
+            cross = cache["cross"] if cache is not None else None
+            x = self._residual(
+                x, self.cross_norm, self.cross_attention, memory_mask, memory, cache=cross
+            )
         return self._residual(x, self.output_norm, self._feed_forward)
 
 
@@ -297,5 +326,6 @@ __all__ = [
     "RelativePositionBias",
     "additive_mask",
     "check_heads",
+    "future_keys",
     "relative_position_bucket",
 ]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.decoder import Decoder
+from clozelab.model.decoder import Decoder, DecoderCache
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
 from clozelab.model.layers import Dropout
@@ -215,19 +215,24 @@ class T5Decoder(_T5Stack, Decoder):
         memory: Tensor,
         memory_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         """[B, L] target prefix -> [B, L, H]. ``position_ids`` [B, L] (e.g. MASS: the fragment's
-        positions in the sentence) give the relative distances; default 0..L-1."""
+        positions in the sentence) give the relative distances; default 0..L-1. With ``cache``
+        the L positions follow the ``cache.length`` ones it holds (position ids: default only)."""
         x = self.dropout(nn.functional.embedding(input_ids, self.word_table(embedding)))
         L = input_ids.shape[1]
+        past = cache.length if cache is not None else 0
         if position_ids is None:
-            bias = self.position_bias(L, L)  # (1, nh, L, L)
+            bias = self.position_bias(L, past + L, offset=past)  # (1, nh, L, past + L)
         else:
             bias = self.position_bias.between(position_ids, position_ids)  # (B, nh, L, L)
         mask = additive_mask(bias.to(x.dtype), None, causal=True)
         cross = key_padding_mask(memory_mask)  # (B, 1, 1, S) bool or None
-        for layer in self.layers:
-            x = layer(x, mask, memory, cross)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, memory, cross, cache=cache.layers[i] if cache else None)
+        if cache is not None:
+            cache.length += L
         return self.dropout(self.final_norm(x))  # (B, L, H)
 
     def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor]:

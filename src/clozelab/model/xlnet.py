@@ -117,31 +117,41 @@ class RelativeAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, h: Tensor, g: Tensor | None, ctx: _Context, mem: Tensor | None):
+    def forward(
+        self, h: Tensor, g: Tensor | None, ctx: _Context, mem: Tensor | None, content: bool = True
+    ) -> Tensor:
         """h [B, T, H] (content), g [B, M, H] (query) or None, ``mem`` [B, mlen, H] or None ->
-        [B, T + M, H]: the new content rows followed by the new query rows."""
+        [B, T + M, H]: the new content rows followed by the new query rows. ``content`` False
+        (the last layer when nothing reads the content stream's output): only the query rows,
+        [B, M, H]; the content stream then gives just its keys and values."""
         B, T, H = h.shape
-        if mem is None:
+        if content and mem is None:
             q, k, v = self.qkv(h).split(H, dim=-1)  # 3 x (B, T, H)
         else:
             w_q, w_kv = self.qkv.weight.split([H, 2 * H])
-            q = F.linear(h, w_q)
-            k, v = F.linear(torch.cat([mem, h], dim=1), w_kv).split(H, dim=-1)  # (B, K, H)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T|K, hs)
+            q = F.linear(h, w_q) if content else None
+            keys = h if mem is None else torch.cat([mem, h], dim=1)
+            k, v = F.linear(keys, w_kv).split(H, dim=-1)  # (B, K, H)
+        k, v = self._heads(k), self._heads(v)  # (B, nh, K, hs)
         pos_keys = self.r(ctx.pos).view(-1, self.num_heads, self.head_size).transpose(0, 1)
-        position = self._position_scores(q, pos_keys)  # (B, nh, T, P)
-        bias = self._bias(q, rel_shift(position, k.shape[2]), ctx.seg_h, ctx.mask_h)
-        y = self._attend(q, k, v, bias).transpose(1, 2).reshape(B, T, H)  # (B, T, H)
-        residual = h
+        rows, residual = [], []  # [content rows (B, T, H)], [query rows (B, M, H)]
+        if content:
+            q = self._heads(q)  # (B, nh, T, hs)
+            position = self._position_scores(q, pos_keys)  # (B, nh, T, P)
+            bias = self._bias(q, rel_shift(position, k.shape[2]), ctx.seg_h, ctx.mask_h)
+            rows.append(self._attend(q, k, v, bias).transpose(1, 2).reshape(B, T, H))
+            residual.append(h)
         if g is not None:
             M = g.shape[1]
             q_g = self._heads(F.linear(g, self.qkv.weight[:H]))  # (B, nh, M, hs)
             position = self._position_scores(q_g, pos_keys).gather(-1, ctx.rel_index_g)
             y_g = self._attend(q_g, k, v, self._bias(q_g, position, ctx.seg_g, ctx.mask_g))
             y_g = y_g * ctx.target_valid[:, None, :, None]  # HF: all-zero mapping rows -> 0
-            y = torch.cat([y, y_g.transpose(1, 2).reshape(B, M, H)], dim=1)  # (B, T+M, H)
-            residual = torch.cat([h, g], dim=1)
-        return self.norm(residual + self.dropout(self.o(y)))  # (B, T[+M], H): [h; g]
+            rows.append(y_g.transpose(1, 2).reshape(B, M, H))
+            residual.append(g)
+        y = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # (B, T[+M] | M, H)
+        x = residual[0] if len(residual) == 1 else torch.cat(residual, dim=1)
+        return self.norm(x + self.dropout(self.o(y)))  # (B, T[+M] | M, H): [h; g]
 
     def _position_scores(self, q: Tensor, pos_keys: Tensor) -> Tensor:
         """(q + r_r)·R / sqrt(hs) against every relative distance: (B, nh, Q, P)."""
@@ -175,9 +185,10 @@ class RelativeAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
             scores = torch.baddbmm(
-                bias.flatten(0, 1), (q * self.head_size**-0.5).flatten(0, 1),
+                bias.flatten(0, 1),
+                (q * self.head_size**-0.5).flatten(0, 1),
                 k.flatten(0, 1).transpose(1, 2),
-            ).view_as(bias)  # fmt: skip
+            ).view_as(bias)
             return dropout(scores.softmax(dim=-1), p) @ v
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
 
@@ -193,10 +204,20 @@ class XLNetLayer(nn.Module):
         self.output_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.dropout = Dropout(dropout)
 
-    def forward(self, h: Tensor, g: Tensor | None, ctx: _Context, mem: Tensor | None = None):
-        x = self.attention(h, g, ctx, mem)  # (B, T[+M], H)
+    def forward(
+        self,
+        h: Tensor,
+        g: Tensor | None,
+        ctx: _Context,
+        mem: Tensor | None = None,
+        content: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """(new h, new g); ``content`` False: (None, new g), the content rows not computed."""
+        x = self.attention(h, g, ctx, mem, content)  # (B, T[+M] | M, H)
         ff = self.feed_forward.fc2(self.dropout(self.feed_forward.act(self.feed_forward.fc1(x))))
         x = self.output_norm(x + self.dropout(ff))
+        if not content:
+            return None, x
         if g is None:
             return x, None
         return x[:, : h.shape[1]], x[:, h.shape[1] :]
@@ -228,6 +249,7 @@ class XLNetEncoder(Encoder):
     """
 
     batch_inputs = ("token_type_ids", "perm_mask", "target_mapping")
+    skips_unread_output = True  # forward(..., content_output=False): the query stream only
     summary_pooling = "last"  # XLNet's [CLS] sits at the end: heads read the last real token
     hf_model_type = "xlnet"  # clozelab export writes an XLNetLMHeadModel directory
 
@@ -285,6 +307,22 @@ class XLNetEncoder(Encoder):
                 nn.init.normal_(param, std=initializer_range)
         nn.init.normal_(self.mask_emb, std=initializer_range)
 
+    @classmethod
+    def check_pretraining(cls, node, cfg) -> None:
+        """Transformer-XL memory needs each batch row to continue the previous batch's row; the
+        pre-training loader feeds independent, shuffled sequences, so ``mem_len > 0`` is refused
+        there (it works when encoding: ``forward(..., mems=...)``, HF ``use_mems`` parity)."""
+        mem_len = node.get("mem_len") or 0
+        if mem_len > 0:
+            raise config_error(
+                "encoder.mem_len",
+                mem_len,
+                "segment recurrence needs each batch row to continue the previous batch's row, "
+                "and the pre-training loader feeds independent, shuffled sequences; memory is "
+                "supported when encoding (XLNetEncoder(..., mems=...), HF use_mems parity)",
+                "pre-train with encoder.mem_len=0",
+            )
+
     def _context(self, hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen):
         B, T, _ = hidden.shape
         device, klen = hidden.device, mlen + T
@@ -341,6 +379,7 @@ class XLNetEncoder(Encoder):
         perm_mask: Tensor | None = None,
         target_mapping: Tensor | None = None,
         mems: list[Tensor] | tuple[Tensor, ...] | None = None,
+        content_output: bool = True,
     ) -> TwoStreamOutput:
         """Encode the embedded input ``hidden`` [B, T, H].
 
@@ -352,6 +391,10 @@ class XLNetEncoder(Encoder):
             target_mapping: [B, M, T], row m one-hot at the m-th predicted position (or all
                 zero: padding). None: no query stream.
             mems: one [B, mlen, H] memory per layer from a previous segment.
+            content_output: False when only the query stream's output is read (PLM training):
+                the last layer computes the query rows only (its content rows feed nothing; HF
+                computes them) and ``last_hidden_state`` is None. Ignored without a
+                ``target_mapping`` or with ``output_hidden_states``.
         """
         mlen = mems[0].shape[1] if mems is not None else 0
         ctx = self._context(hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen)
@@ -362,13 +405,15 @@ class XLNetEncoder(Encoder):
             g = self.dropout(self.mask_emb.to(hidden.dtype).expand(B, M, -1))  # (B, M, H)
         states: list[Tensor] = [h] if output_hidden_states else []
         new_mems: list[Tensor] = []
+        skip_last = not content_output and g is not None and not output_hidden_states
         for i, layer in enumerate(self.layers):
             if self.mem_len > 0:
                 new_mems.append(self._cache(h, None if mems is None else mems[i]))
-            h, g = layer(h, g, ctx, None if mems is None else mems[i])
+            content = not (skip_last and i == self.num_layers - 1)
+            h, g = layer(h, g, ctx, None if mems is None else mems[i], content)
             if output_hidden_states:
                 states.append(h)
-        h = self.dropout(h)
+        h = None if h is None else self.dropout(h)
         if output_hidden_states:
             states[-1] = h
         return TwoStreamOutput(

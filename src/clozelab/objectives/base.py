@@ -129,6 +129,9 @@ class Objective(nn.Module):
         rewrites_inputs: True when ``prepare_inputs`` rewrites the batch before the encoder
             (ELECTRA's generator, the causal LM restoring the original tokens); at most one
             objective of a run may.
+        reads_encoder_output: False when ``forward`` never reads the encoder output's
+            ``last_hidden_state`` (XLNet's PLM reads the query stream only); when no objective
+            of a step reads it, an encoder that ``skips_unread_output`` does not compute it.
 
     Hooks a subclass may override: ``check_config`` (refuse combinations beyond batch keys at
     compose time) and ``prepare_inputs``. A user's objective in their own module subclasses this
@@ -145,6 +148,7 @@ class Objective(nn.Module):
     streams: ClassVar[tuple[str, ...]] = ("text",)
     requires_fix: ClassVar[str] = "choose a corruption that produces them"
     rewrites_inputs: ClassVar[bool] = False
+    reads_encoder_output: ClassVar[bool] = True
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -163,6 +167,11 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         """Compute this objective's loss; ``encoder_output`` is an ``EncoderOutput``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def summary_pooler(self) -> nn.Module | None:
+        """The [CLS] pooler this objective trains (NSP, SOP), which a downstream sentence head
+        starts from; None for the others."""
+        return None
 
     def seq2seq_decoder(self) -> nn.Module | None:
         """The decoder this objective trains, for encoder-decoder runs (export to HF T5/BART,

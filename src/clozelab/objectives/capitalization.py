@@ -27,8 +27,9 @@ class CapitalizationPrediction(TokenClassifier):
         tokenizer = cfg.get("tokenizer") or {}
         if tokenizer.get("lowercase") is False:
             raise config_error(
-                "tokenizer.lowercase", False,
+                "tokenizer.lowercase",
+                False,
                 f"objective.{name} predicts the case the lowercased input has lost; with a cased "
                 "vocabulary the input shows it and the task is trivial",
                 "set tokenizer.lowercase=true (ERNIE 2.0 trains it on uncased input)",
-            )  # fmt: skip
+            )

@@ -23,3 +23,6 @@ class NSP(PooledClassifier):
     requires = ("next_sentence_label",)
     instance_kinds = ("segment_pair", "sentence_pair")
     label_key = "next_sentence_label"
+
+    def summary_pooler(self):
+        return self.pooler

@@ -31,6 +31,7 @@ class PermutationLM(Objective):
     requires = ("perm_mask", "target_mapping", "plm_labels")
     instance_kinds = None
     requires_fix = "use corruption=plm (XLNet's permutation targets; experiment=xlnet)"
+    reads_encoder_output = False  # the query stream only: the last content layer is skipped
 
     def __init__(self, vocab_size: int, weight: float = 1.0):
         super().__init__(weight=weight)
@@ -44,8 +45,11 @@ class PermutationLM(Objective):
     def forward(
         self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module
     ) -> ObjectiveOutput:
-        query = encoder_output.query_hidden_state if isinstance(
-            encoder_output, TwoStreamOutput) else None  # fmt: skip
+        query = (
+            encoder_output.query_hidden_state
+            if isinstance(encoder_output, TwoStreamOutput)
+            else None
+        )
         if query is None:
             raise config_error(
                 "encoder",
@@ -70,24 +74,16 @@ class PermutationLM(Objective):
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
-        """Refuse an encoder without a query stream, and Transformer-XL memory in pre-training
-        (compose time)."""
+        """Refuse an encoder without a query stream (compose time; Transformer-XL memory is
+        refused by the encoder's ``check_pretraining``)."""
         from clozelab.core.config import target_class
 
         encoder = target_class(cfg.encoder, "encoder")
         if not {"perm_mask", "target_mapping"} <= set(encoder.batch_inputs):  # Encoder hook
             raise config_error(
-                "encoder", cfg.encoder.get("_target_"),
+                "encoder",
+                cfg.encoder.get("_target_"),
                 f"objective.{name} (permutation LM) reads the query stream of a two-stream "
                 "encoder, which this encoder does not have",
                 "use encoder=xlnet embedding=word (experiment=xlnet)",
-            )  # fmt: skip
-        mem_len = cfg.encoder.get("mem_len") or 0
-        if mem_len > 0:
-            raise config_error(
-                "encoder.mem_len", mem_len,
-                "segment recurrence needs each batch row to continue the previous batch's row, "
-                "and the pre-training loader feeds independent, shuffled sequences; memory is "
-                "supported when encoding (XLNetEncoder(..., mems=...), HF use_mems parity)",
-                "pre-train with encoder.mem_len=0",
-            )  # fmt: skip
+            )

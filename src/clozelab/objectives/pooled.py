@@ -35,8 +35,13 @@ class PooledClassifier(Objective):
     label_key: ClassVar[str] = ""
     num_labels: int = 2
 
-    def __init__(self, hidden_size: int, weight: float = 1.0, initializer_range: float = 0.02,
-                 num_labels: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        hidden_size: int,
+        weight: float = 1.0,
+        initializer_range: float = 0.02,
+        num_labels: int | None = None,
+    ):
         super().__init__(weight=weight)
         self.num_labels = int(num_labels or self.num_labels)
         self.pooler = Pooler(hidden_size, initializer_range=initializer_range)

@@ -28,7 +28,8 @@ class SentenceDistance(PooledClassifier):
         share = OmegaConf.select(cfg, "data.reorder_share")
         if share is not None and share >= 1:
             raise config_error(
-                "data.reorder_share", share,
+                "data.reorder_share",
+                share,
                 f"every structure row is a reordered paragraph, so objective.{name} gets no pair",
                 "set data.reorder_share below 1 (0.5: half pairs, half paragraphs)",
-            )  # fmt: skip
+            )

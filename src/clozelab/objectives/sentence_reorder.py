@@ -30,13 +30,20 @@ class SentenceReordering(PooledClassifier):
     instance_kinds = ("structure",)
     label_key = "permutation_label"
 
-    def __init__(self, hidden_size: int, max_segments: int = 3, weight: float = 1.0,
-                 initializer_range: float = 0.02):  # fmt: skip
+    def __init__(
+        self,
+        hidden_size: int,
+        max_segments: int = 3,
+        weight: float = 1.0,
+        initializer_range: float = 0.02,
+    ):
         if isinstance(max_segments, bool) or not 1 <= max_segments <= MAX_SEGMENTS:
             raise config_error(
-                f"objective.{self.name}.max_segments", max_segments,
-                f"must be an integer in [1, {MAX_SEGMENTS}]", "use 3 or 4 (the paper's m)",
-            )  # fmt: skip
+                f"objective.{self.name}.max_segments",
+                max_segments,
+                f"must be an integer in [1, {MAX_SEGMENTS}]",
+                "use 3 or 4 (the paper's m)",
+            )
         super().__init__(hidden_size, weight, initializer_range, permutation_classes(max_segments))
         self.max_segments = max_segments
 
@@ -45,16 +52,18 @@ class SentenceReordering(PooledClassifier):
         share = OmegaConf.select(cfg, "data.reorder_share")
         if share is not None and share <= 0:
             raise config_error(
-                "data.reorder_share", share,
+                "data.reorder_share",
+                share,
                 f"no structure row is a reordered paragraph, so objective.{name} gets none",
                 "set data.reorder_share above 0 (0.5: half pairs, half paragraphs)",
-            )  # fmt: skip
+            )
         mine = OmegaConf.select(cfg, f"objective.{name}.max_segments")
         data = OmegaConf.select(cfg, "data.reorder_segments")
         if mine != data:
             raise config_error(
-                f"objective.{name}.max_segments", mine,
+                f"objective.{name}.max_segments",
+                mine,
                 f"the head has one class per order of up to that many segments, but the data "
                 f"cuts paragraphs into up to data.reorder_segments={data}",
                 f"set objective.{name}.max_segments=${{data.reorder_segments}}",
-            )  # fmt: skip
+            )

@@ -46,6 +46,9 @@ class SOP(Objective):
         self.classifier = nn.Linear(hidden_size, 2)
         init_bert_weights(self.classifier, std=initializer_range)
 
+    def summary_pooler(self) -> nn.Module:
+        return self.pooler
+
     def logits(self, hidden: Tensor) -> Tensor:
         """SOP logits [B, 2] from the last hidden state [B, T, H]."""
         return self.classifier(self.dropout(self.pooler(hidden)))

@@ -33,8 +33,13 @@ class TokenClassifier(Objective):
     label_key: ClassVar[str] = ""
     num_labels: ClassVar[int] = 2
 
-    def __init__(self, hidden_size: int, weight: float = 1.0, dropout: float = 0.1,
-                 initializer_range: float = 0.02):  # fmt: skip
+    def __init__(
+        self,
+        hidden_size: int,
+        weight: float = 1.0,
+        dropout: float = 0.1,
+        initializer_range: float = 0.02,
+    ):
         super().__init__(weight=weight)
         self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, self.num_labels)

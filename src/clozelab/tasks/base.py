@@ -113,17 +113,20 @@ def task_for(cfg: DictConfig) -> Task:
     """The task a config node names: an instance of its ``_target_`` class (a ``Task``)."""
     if not cfg.get("_target_"):
         raise config_error(
-            "task._target_", None, f"task {cfg.get('name')!r} names no task class",
+            "task._target_",
+            None,
+            f"task {cfg.get('name')!r} names no task class",
             "set task._target_ to a Task subclass, e.g. "
             "clozelab.tasks.classification.ClassificationTask (see conf/task/*.yaml)",
-        )  # fmt: skip
+        )
     cls = component_class(cfg, "task", Task)
     kind = cfg.get("kind")
     if kind is not None and kind != cls.kind:
         raise config_error(
-            "task.kind", kind,
+            "task.kind",
+            kind,
             f"a task's kind is its class: task._target_={cfg._target_} is kind {cls.kind!r}",
             "drop task.kind and name the class of the kind you want in task._target_ (e.g. "
             "clozelab.tasks.classification.RegressionTask)",
-        )  # fmt: skip
+        )
     return cls(cfg)

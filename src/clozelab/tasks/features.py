@@ -58,18 +58,22 @@ def _label(label, index: dict | None, labels) -> int | float:
     if index is not None:
         if str(label) not in index:
             raise config_error(
-                "task.label", str(label), f"not one of the task's classes {list(labels)}",
+                "task.label",
+                str(label),
+                f"not one of the task's classes {list(labels)}",
                 "list every class in task.labels, or fix the label in the task file",
-            )  # fmt: skip
+            )
         return index[str(label)]
     try:
         return float(label)
     except (TypeError, ValueError):
         raise config_error(
-            "task.label", str(label), "not a number, but the task is a regression",
+            "task.label",
+            str(label),
+            "not a number, but the task is a regression",
             "use a classification task (task._target_=clozelab.tasks.classification."
             "ClassificationTask), or fix the label in the task file",
-        ) from None  # fmt: skip
+        ) from None
 
 
 def _word_tokens(tokenizer: Tokenizer, sentences: Sequence[list[str]], max_len: int):

@@ -139,15 +139,18 @@ class TokenModel(TaskModel):
             )
         if subword_decoding not in SUBWORD_DECODING:
             raise config_error(
-                "task.subword_decoding", subword_decoding, "unknown",
+                "task.subword_decoding",
+                subword_decoding,
+                "unknown",
                 f"use one of {SUBWORD_DECODING}",
-            )  # fmt: skip
+            )
         if decoder == "crf" and subword_labels == "all":
             raise config_error(
-                "task.subword_labels", subword_labels,
+                "task.subword_labels",
+                subword_labels,
                 "a CRF scores word sequences, so only the first subword can carry the label",
                 "set task.subword_labels=first, or task.decoder=softmax",
-            )  # fmt: skip
+            )
         super().__init__(backbone, **body)
         self.subword_labels, self.subword_decoding = subword_labels, subword_decoding
         self.decoder = decoder
@@ -218,11 +221,13 @@ class TokenTask(Task):
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
         task = self.cfg
         return TokenModel(
-            backbone, data.num_labels, decoder=task.get("decoder", "softmax"),
+            backbone,
+            data.num_labels,
+            decoder=task.get("decoder", "softmax"),
             subword_labels=task.get("subword_labels", "first"),
             subword_decoding=task.get("subword_decoding", "first"),
             **self.body(mode, mix_layers, layer_mix),
-        )  # fmt: skip
+        )
 
     def score(self, model, data, outputs, names) -> dict:
         pred_tags: list[list[str]] = [[] for _ in data.validation]
@@ -237,6 +242,8 @@ class TokenTask(Task):
 
     def protocol(self, mode: str) -> dict:
         task = self.cfg
-        return {"decoder": task.get("decoder"),
-                "subword_labels": task.get("subword_labels", "first"),
-                "subword_decoding": task.get("subword_decoding", "first")}  # fmt: skip
+        return {
+            "decoder": task.get("decoder"),
+            "subword_labels": task.get("subword_labels", "first"),
+            "subword_decoding": task.get("subword_decoding", "first"),
+        }

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from clozelab.core.config import conf_dir
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import write_json
-from clozelab.tasks.backbone import NONE, Backbone, load_backbone
+from clozelab.tasks.backbone import NONE, Backbone
 from clozelab.tasks.base import task_for
 from clozelab.training.finetuning import run_seed
+from clozelab.training.loading import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +101,29 @@ def run_task(
         splits = kind.read(data_dir)
         prepared = kind.encode(splits, backbone)
         for seed in seeds:
-            log.info("task %s seed %d: %d train / %d validation features",
-                     name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
+            log.info(
+                "task %s seed %d: %d train / %d validation features",
+                name,
+                seed,
+                len(prepared.train),
+                len(prepared.validation),
+            )
             facts = run_seed(make, prepared, kind, seed, mode, mix_layers, layer_mix)
             runs.append({"seed": seed, **facts})
         protocol = task_protocol(task, kind, splits, mode, mix_layers, layer_mix)
-    return write_task_result(task, kind, runs, seeds, protocol, checkpoint, eval_dir, loggers,
-                             start)  # fmt: skip
+    return write_task_result(
+        task, kind, runs, seeds, protocol, checkpoint, eval_dir, loggers, start
+    )
 
 
-def task_protocol(task: DictConfig, kind, splits: dict, mode: str, mix_layers: int,
-                  layer_mix: str) -> dict:  # fmt: skip
+def task_protocol(
+    task: DictConfig, kind, splits: dict, mode: str, mix_layers: int, layer_mix: str
+) -> dict:
     """How a fine-tuned task was trained and scored (the ``protocol`` of its result)."""
     return {
-        "split": "validation (dev)" if not task.get("holdout") else
-                 f"held-out {1 - float(task.holdout):.0%} of the validation file",
+        "split": "validation (dev)"
+        if not task.get("holdout")
+        else f"held-out {1 - float(task.holdout):.0%} of the validation file",
         "train_examples": len(splits["train"]),
         "eval_examples": len(splits["validation"]),
         "epochs": task.get("epochs", 3),
@@ -128,11 +137,20 @@ def task_protocol(task: DictConfig, kind, splits: dict, mode: str, mix_layers: i
         "mix_layers": mix_layers if mode == "features" else None,
         "layer_mix": layer_mix if mode == "features" else None,
         **kind.protocol(mode),
-    }  # fmt: skip
+    }
 
 
-def write_task_result(task: DictConfig, kind, runs: list[dict], seeds: list[int], protocol: dict,
-                      checkpoint, eval_dir: Path, loggers, start: float) -> dict:  # fmt: skip
+def write_task_result(
+    task: DictConfig,
+    kind,
+    runs: list[dict],
+    seeds: list[int],
+    protocol: dict,
+    checkpoint,
+    eval_dir: Path,
+    loggers,
+    start: float,
+) -> dict:
     """Summarise a task's per-seed ``runs`` (mean/std of every metric), write
     ``<eval_dir>/<task>.json`` and log it; returns the result."""
     name = task.get("name")
@@ -160,8 +178,15 @@ def write_task_result(task: DictConfig, kind, runs: list[dict], seeds: list[int]
     for logger in loggers:
         logger.log_metrics({f"eval/{name}/{k}": v["mean"] for k, v in summary.items()})
         logger.save()
-    log.info("%s: %s = %.4f ± %.4f (%d seeds) -> %s", name, metric, result["value"],
-             result["std"], len(seeds), eval_dir / f"{name}.json")  # fmt: skip
+    log.info(
+        "%s: %s = %.4f ± %.4f (%d seeds) -> %s",
+        name,
+        metric,
+        result["value"],
+        result["std"],
+        len(seeds),
+        eval_dir / f"{name}.json",
+    )
     return result
 
 
@@ -225,8 +250,7 @@ def evaluate_run(
     source = run_dir
     if module is not None:
         source = _module_backbone(module, run_dir)
-    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task,
-                             loggers=loggers)  # fmt: skip
+    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task, loggers=loggers)
     return {f"eval/{name}/{r['metric']}": r["value"] for name, r in results.items()}
 
 
@@ -234,12 +258,9 @@ def _module_backbone(module, run_dir: Path) -> Backbone:
     """A Backbone sharing nothing with the trained PretrainModule (a CPU copy, eval mode)."""
     from clozelab.data.tokenizer import load_tokenizer
 
-    objectives = getattr(module, "objectives", {}) or {}
-    pooler = None
-    for name in ("nsp", "sop"):
-        if name in objectives and hasattr(objectives[name], "pooler"):
-            pooler = copy.deepcopy(objectives[name].pooler).cpu().float()
-            break
+    objectives = module.objectives.values()
+    pooler = next((p for o in objectives if (p := o.summary_pooler()) is not None), None)
+    pooler = copy.deepcopy(pooler).cpu().float() if pooler is not None else None
     embedding = copy.deepcopy(module.embedding).cpu().float()
     encoder = copy.deepcopy(module.encoder).cpu().float()
     backbone = Backbone(embedding, encoder, load_tokenizer(run_dir), pooler, str(run_dir))

@@ -89,8 +89,13 @@ def _write_tokenizer(out: Path, tokenizer_dir: str | Path | None) -> None:
         )
 
 
-def write_seq2seq_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,
-                         decoder: nn.Module, tokenizer_dir: str | Path) -> Path:  # fmt: skip
+def write_seq2seq_hf_dir(
+    out_dir: str | Path,
+    embedding: nn.Module,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    tokenizer_dir: str | Path,
+) -> Path:
     """An HF T5ForConditionalGeneration / BartForConditionalGeneration directory of these
     modules (``clozelab.model.hf_seq2seq``): pad = [PAD], eos = [SEP] of the run's tokenizer.
     The T5 sentinels are ids past the tokenizer's vocabulary (config vocab_size counts them)."""
@@ -102,11 +107,53 @@ def write_seq2seq_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.
     out = Path(out_dir)
     _write_weights(out, to_hf_state_dict(embedding, encoder, decoder, include_tied=False), config)
     _write_tokenizer(out, tokenizer_dir)
+    _add_sentinels(out, tok.vocab_size, int(config["vocab_size"]) - tok.vocab_size)
     return out
 
 
-def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,
-                       plm: nn.Module | None, tokenizer_dir: str | Path) -> Path:  # fmt: skip
+def sentinel_names(n: int) -> list[str]:
+    """T5's sentinel tokens in id order: ids V .. V + n - 1 are ``<extra_id_{n-1}>`` ..
+    ``<extra_id_0>`` (``corruption.seq2seq.SentinelIds``: ``<extra_id_0>`` is the highest id)."""
+    return [f"<extra_id_{i}>" for i in reversed(range(n))]
+
+
+def _add_sentinels(out: Path, vocab_size: int, n: int) -> None:
+    """Give the exported tokenizer the ``n`` sentinel ids past its vocabulary (T5 layouts) as
+    special tokens, so HF tokenizers encode ``<extra_id_i>`` and decode our targets: added
+    tokens of ``tokenizer.json``, lines of ``vocab.txt`` (the slow tokenizer's ids) and
+    ``additional_special_tokens`` of ``special_tokens_map.json`` / ``tokenizer_config.json``."""
+    if n <= 0 or not (out / "tokenizer.json").is_file():
+        return
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    names = sentinel_names(n)
+    fast = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    fast.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in names])
+    if fast.token_to_id(names[0]) != vocab_size or fast.get_vocab_size() != vocab_size + n:
+        raise ClozelabError(
+            f"export: the tokenizer in {out} did not take the {n} T5 sentinels at ids "
+            f"{vocab_size}..{vocab_size + n - 1} (it has {fast.get_vocab_size()} ids). Fix: "
+            "export from the run's own tokenizer directory."
+        )
+    fast.save(str(out / "tokenizer.json"))
+    if (out / "vocab.txt").is_file():
+        with (out / "vocab.txt").open("a", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in names))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+        data["additional_special_tokens"] = list(reversed(names))  # <extra_id_0> first, as T5
+        path.write_text(json.dumps(data, indent=2), "utf-8")
+
+
+def write_xlnet_hf_dir(
+    out_dir: str | Path,
+    embedding: nn.Module,
+    encoder: nn.Module,
+    plm: nn.Module | None,
+    tokenizer_dir: str | Path,
+) -> Path:
     """An HF ``XLNetLMHeadModel`` directory of these modules (``clozelab.model.hf_xlnet``;
     ``lm_loss.bias`` is the PLM objective's, ``lm_loss.weight`` is tied to the word table, as
     HF saves it), or an ``XLNetModel`` one without ``plm``; pad / bos / eos are the run's
@@ -116,9 +163,15 @@ def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Mo
 
     tok = load_tokenizer(tokenizer_dir)
     bias = None if plm is None else plm.bias
-    config = xlnet_config_dict(embedding, encoder, with_lm_head=plm is not None,
-                               pad_token_id=tok.pad_id, bos_token_id=tok.cls_id,
-                               eos_token_id=tok.sep_id, torch_dtype="float32")  # fmt: skip
+    config = xlnet_config_dict(
+        embedding,
+        encoder,
+        with_lm_head=plm is not None,
+        pad_token_id=tok.pad_id,
+        bos_token_id=tok.cls_id,
+        eos_token_id=tok.sep_id,
+        torch_dtype="float32",
+    )
     state = to_hf_xlnet_state_dict(embedding, encoder, bias, include_tied=False)
     if plm is None:  # XLNetModel layout: no prefix
         state = {k.removeprefix("transformer."): v for k, v in state.items()}
@@ -156,8 +209,13 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     """
     run_dir = Path(run_dir)
     try:
-        out = write_run_hf_dir(run_dir / "hf", module.embedding, module.encoder,
-                               dict(module.objectives), run_dir / "tokenizer")  # fmt: skip
+        out = write_run_hf_dir(
+            run_dir / "hf",
+            module.embedding,
+            module.encoder,
+            dict(module.objectives),
+            run_dir / "tokenizer",
+        )
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)
         return None

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from clozelab.core.batch import Batch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
 from clozelab.training.optim import build_scheduler, parameter_groups
@@ -69,15 +70,16 @@ class PretrainModule(pl.LightningModule):
         self.tokens_at_train_start = 0
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, torch.Tensor], active: tuple[str, ...] | None = None):
+    def forward(self, batch: Batch | JointBatch, active: tuple[str, ...] | None = None):
         """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
-        ``{"text": batch, "dialogue": batch}``: the two streams' totals are summed. ``active``:
-        the objectives to run (None: all)."""
+        a ``JointBatch`` ``{"text": batch, "dialogue": batch}``: the two streams' totals are
+        summed. ``active``: the objectives to run (None: all)."""
         self._objective_losses, self._loss_terms = {}, {}
-        if "input_ids" in batch:
-            return self._forward_stream(batch, active)
+        parts = batch.streams()
+        if len(parts) == 1:
+            return self._forward_stream(parts[0], active)
         total, logs, counts = 0.0, {}, {}
-        for part in batch.values():
+        for part in parts:
             part_total, part_logs, part_counts = self._forward_stream(part, active)
             total = total + part_total
             logs.update(part_logs)
@@ -85,19 +87,24 @@ class PretrainModule(pl.LightningModule):
         logs["loss"] = total
         return total, logs, counts
 
-    def _encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Embedding then encoder: the (B, T, H) states every objective reads."""
+    def _encode(self, batch: dict[str, torch.Tensor], objectives=None) -> torch.Tensor:
+        """Embedding then encoder: the (B, T, H) states every objective reads (``objectives``:
+        the step's, which say whether they read ``last_hidden_state``; None: all of them)."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
         roles.update({k: batch[k] for k in self.embedding.batch_inputs if k in batch})  # hook
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         extra = {k: batch[k] for k in self.encoder.batch_inputs if k in batch}  # Encoder hook
+        if self.encoder.skips_unread_output:  # Encoder / Objective hooks
+            readers = self.objectives.values() if objectives is None else objectives.values()
+            extra["content_output"] = any(o.reads_encoder_output for o in readers)
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
-    def _forward_stream(self, batch: dict[str, torch.Tensor], active=None):
-        """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
-        objectives whose ``streams`` include "dialogue" run; those that train on text too log as
-        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
-        stream = "dialogue" if "dialogue_label" in batch else "text"
+    def _forward_stream(self, batch: Batch, active=None):
+        """One stream's batch. On a ``DialogueBatch`` (ERNIE DLM) only the objectives whose
+        ``streams`` include "dialogue" run; those that train on text too log as
+        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``.
+        ``active``: the objectives to run (None: all)."""
+        stream = batch.stream
         objectives = {
             name: objective
             for name, objective in self.objectives.items()
@@ -106,7 +113,7 @@ class PretrainModule(pl.LightningModule):
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
                 batch = objective.prepare_inputs(batch, self.embedding)
-        encoded = self._encode(batch)
+        encoded = self._encode(batch, objectives)
         total, logs, counts = None, {}, {}
         for name, objective in objectives.items():
             out = objective(encoded, batch, self.embedding)
@@ -135,12 +142,13 @@ class PretrainModule(pl.LightningModule):
         self._train_start = time.perf_counter()
         self.tokens_at_train_start = self.tokens_seen
 
-    def _with_task(self, batch, name: str):
-        """``batch`` with ``task_ids`` [B]: objective ``name``'s task id (``embedding=task``)."""
-        if "input_ids" not in batch:  # a joint dialogue step: each stream
-            return {key: self._with_task(part, name) for key, part in batch.items()}
-        task = torch.full_like(batch["input_ids"][:, 0], self.schedule.task_id(name))
-        return {**batch, "task_ids": task}
+    def _with_task(self, batch: Batch | JointBatch, name: str) -> Batch | JointBatch:
+        """``batch`` (each stream of it) given ``task_ids`` [B]: objective ``name``'s task id
+        (read by ``embedding=task``); the batch is the loader's own, so it is set in place."""
+        task = self.schedule.task_id(name)
+        for part in batch.streams():
+            part["task_ids"] = torch.full_like(part["input_ids"][:, 0], task)
+        return batch
 
     def training_step(self, batch, batch_idx):
         world = self.trainer.world_size
@@ -155,8 +163,7 @@ class PretrainModule(pl.LightningModule):
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
         logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
-        parts = [batch] if "input_ids" in batch else list(batch.values())  # joint dialogue step
-        tokens = sum(part["attention_mask"].sum() for part in parts)
+        tokens = sum(part["attention_mask"].sum() for part in batch.streams())
         if world > 1:
             logs, tokens = self._mean_across_ranks(logs, tokens)
         self.tokens_seen += int(tokens)
@@ -190,8 +197,11 @@ class PretrainModule(pl.LightningModule):
         }
         which = ", ".join(f"objective.{k} loss={v}" for k, v in bad.items()) or "the weighted sum"
         indices = batch.get("index")
-        sample = f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})" if (
-            indices is not None) else ""  # fmt: skip
+        sample = (
+            f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})"
+            if (indices is not None)
+            else ""
+        )
         raise NonFiniteLossError(
             f"train/loss={float(loss)} at training step {self.global_step + 1}: non-finite loss "
             f"from {which}{sample}. The run is stopped and marked failed; the last good "
@@ -202,8 +212,7 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        streams = getattr(self.trainer.datamodule, "val_streams", None) if self._trainer else None
-        if streams and streams[dataloader_idx] == "reference":
+        if batch.stream == "reference":
             logs, counts = self._reference_mlm(batch)
         elif self.schedule is not None and self.schedule.mix == "round_robin":
             logs, counts = {}, {}  # each objective on the input of its own task id
@@ -245,8 +254,9 @@ class PretrainModule(pl.LightningModule):
             [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
         )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        means = {key: total / weight for key, (total, weight) in zip(keys, sums.tolist())
-                 if weight > 0}  # fmt: skip
+        means = {
+            key: total / weight for key, (total, weight) in zip(keys, sums.tolist()) if weight > 0
+        }
         means.update(exact_losses(means, self._val_losses))
         for key, value in means.items():
             self.log(f"val/{key}", value, prog_bar=key == "mlm_loss")

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 SAMPLINGS = ("proportional", "temperature")
 
 
-def sampling_shares(sizes: dict[str, int], batch_size: int, sampling: str,
-                    temperature: float = 1.0) -> dict[str, float]:  # fmt: skip
+def sampling_shares(
+    sizes: dict[str, int], batch_size: int, sampling: str, temperature: float = 1.0
+) -> dict[str, float]:
     """The expected share of steps of each task: its share of the batches (``proportional``) or
     ``n^(1/T)`` normalised (``temperature``)."""
     if sampling == "proportional":
@@ -60,8 +61,14 @@ def sampling_shares(sizes: dict[str, int], batch_size: int, sampling: str,
     return {name: w / total for name, w in weights.items()}
 
 
-def task_order(sizes: dict[str, int], batch_size: int, steps: int, sampling: str,
-               temperature: float, generator: torch.Generator) -> list[str]:  # fmt: skip
+def task_order(
+    sizes: dict[str, int],
+    batch_size: int,
+    steps: int,
+    sampling: str,
+    temperature: float,
+    generator: torch.Generator,
+) -> list[str]:
     """The task of each of ``steps`` steps (see the module docstring), every draw from
     ``generator``."""
     names = list(sizes)
@@ -90,52 +97,82 @@ def check_config(node: DictConfig) -> None:
     """The ``multitask`` knobs: sampling, temperature, batch size, epochs."""
     sampling = node.get("sampling", "proportional")
     if sampling not in SAMPLINGS:
-        raise config_error("multitask.sampling", sampling, f"must be one of {list(SAMPLINGS)}",
-                           "set multitask.sampling=proportional (MT-DNN)")  # fmt: skip
+        raise config_error(
+            "multitask.sampling",
+            sampling,
+            f"must be one of {list(SAMPLINGS)}",
+            "set multitask.sampling=proportional (MT-DNN)",
+        )
     temperature = node.get("temperature", 1.0)
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, (int, float))
         or not (temperature > 0)
     ):
-        raise config_error("multitask.temperature", temperature, "must be a number > 0",
-                           "e.g. multitask.temperature=2")  # fmt: skip
+        raise config_error(
+            "multitask.temperature",
+            temperature,
+            "must be a number > 0",
+            "e.g. multitask.temperature=2",
+        )
     for key in ("batch_size", "epochs"):
         value = node.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             example = 32 if key == "batch_size" else 3
-            raise config_error(f"multitask.{key}", value, "must be a number > 0",
-                               f"e.g. multitask.{key}={example}")  # fmt: skip
+            raise config_error(
+                f"multitask.{key}", value, "must be a number > 0", f"e.g. multitask.{key}={example}"
+            )
     tasks = list(node.get("tasks") or [])
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise config_error(
-            "multitask.tasks", tasks, "needs two or more distinct task names",
+            "multitask.tasks",
+            tasks,
+            "needs two or more distinct task names",
             "e.g. multitask.tasks=[rte,mrpc,stsb], or task=NAME for one task",
-        )  # fmt: skip
+        )
 
 
-def train_multitask(models: dict[str, nn.Module], datas: dict[str, TaskData], node: DictConfig,
-                    seed: int, pad_id: int) -> dict:  # fmt: skip
+def train_multitask(
+    models: dict[str, nn.Module],
+    datas: dict[str, TaskData],
+    node: DictConfig,
+    seed: int,
+    pad_id: int,
+) -> dict:
     """Train the task models (one shared backbone) together; returns steps, time, losses and the
     steps each task got."""
     batch_size = int(node.get("batch_size", 32))
     sizes = {name: len(data.train) for name, data in datas.items()}
     empty = [name for name, n in sizes.items() if n == 0]
     if empty:
-        raise config_error("multitask.tasks", empty[0], "the task has no training examples",
-                           f"give task {empty[0]} a train split or drop it")  # fmt: skip
+        raise config_error(
+            "multitask.tasks",
+            empty[0],
+            "the task has no training examples",
+            f"give task {empty[0]} a train split or drop it",
+        )
     per_epoch = sum(math.ceil(n / batch_size) for n in sizes.values())
     total = max(1, math.ceil(per_epoch * float(node.get("epochs", 3))))
     if node.get("max_steps"):
         total = min(total, int(node.max_steps))
     generator = torch.Generator().manual_seed(seed)
-    order = task_order(sizes, batch_size, total, node.get("sampling", "proportional"),
-                       float(node.get("temperature", 1.0)), generator)  # fmt: skip
-    streams = {name: _stream(data.train, batch_size, random.Random(f"{seed}/{name}"))
-               for name, data in datas.items()}  # fmt: skip
+    order = task_order(
+        sizes,
+        batch_size,
+        total,
+        node.get("sampling", "proportional"),
+        float(node.get("temperature", 1.0)),
+        generator,
+    )
+    streams = {
+        name: _stream(data.train, batch_size, random.Random(f"{seed}/{name}"))
+        for name, data in datas.items()
+    }
     container = nn.ModuleDict(models)  # the shared backbone's parameters appear once
-    opt = torch.optim.AdamW(parameter_groups(container, float(node.get("weight_decay", 0.01))),
-                            lr=float(node.get("lr", 5e-5)))  # fmt: skip
+    opt = torch.optim.AdamW(
+        parameter_groups(container, float(node.get("weight_decay", 0.01))),
+        lr=float(node.get("lr", 5e-5)),
+    )
     warmup = int(total * float(node.get("warmup", 0.1)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay_lambda(warmup, total, "linear"))
     torch.manual_seed(seed)
@@ -172,13 +209,19 @@ def _joint_seed(make, kinds, datas, node, seed: int, save_dir: Path | None) -> d
     runs = {}
     for name, model in models.items():
         metrics = score(model, datas[name], kinds[name], pad_id)
-        runs[name] = {"seed": seed, "metrics": metrics, "multitask_metrics": metrics,
-                      "multitask": facts}  # fmt: skip
+        runs[name] = {
+            "seed": seed,
+            "metrics": metrics,
+            "multitask_metrics": metrics,
+            "multitask": facts,
+        }
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
         path = save_dir / f"seed-{seed}.pt"
-        torch.save({"tasks": list(models), "seed": seed,
-                    "state_dict": nn.ModuleDict(models).state_dict()}, path)  # fmt: skip
+        torch.save(
+            {"tasks": list(models), "seed": seed, "state_dict": nn.ModuleDict(models).state_dict()},
+            path,
+        )
         log.info("multi-task checkpoint (shared body + %d heads) -> %s", len(models), path)
     if node.get("refine"):
         for name, model in models.items():  # MT-DNN's per-task fine-tuning from the joint model
@@ -189,9 +232,18 @@ def _joint_seed(make, kinds, datas, node, seed: int, save_dir: Path | None) -> d
     return runs
 
 
-def run_multitask(tasks: list[DictConfig], checkpoint, *, node: DictConfig, seeds: list[int],
-                  eval_dir: Path, data_dir=None, arch=None, random_init=None,
-                  loggers=()) -> dict:  # fmt: skip
+def run_multitask(
+    tasks: list[DictConfig],
+    checkpoint,
+    *,
+    node: DictConfig,
+    seeds: list[int],
+    eval_dir: Path,
+    data_dir=None,
+    arch=None,
+    random_init=None,
+    loggers=(),
+) -> dict:
     """Every task of ``tasks`` fine-tuned together (``node.joint``, MT-DNN) or alone (the
     baseline) on each seed; writes ``<eval_dir>/<task>.json`` per task as ``run_task`` does and
     returns ``{task: result}``."""
@@ -203,8 +255,12 @@ def run_multitask(tasks: list[DictConfig], checkpoint, *, node: DictConfig, seed
     kinds = {str(t.name): task_for(t) for t in tasks}
     zero_shot = [name for name, kind in kinds.items() if kind.zero_shot]
     if zero_shot:
-        raise config_error("multitask.tasks", zero_shot[0], "a zero-shot task has no head to "
-                           "train", "list fine-tuned tasks only")  # fmt: skip
+        raise config_error(
+            "multitask.tasks",
+            zero_shot[0],
+            "a zero-shot task has no head to train",
+            "list fine-tuned tasks only",
+        )
     splits = {name: kind.read(data_dir) for name, kind in kinds.items()}
     first = make()
     datas = {name: kind.encode(splits[name], first) for name, kind in kinds.items()}
@@ -221,17 +277,24 @@ def run_multitask(tasks: list[DictConfig], checkpoint, *, node: DictConfig, seed
                 runs[name].append({"seed": seed, **run_seed(make, datas[name], kind, seed)})
     sizes = {name: len(data.train) for name, data in datas.items()}
     batch = int(node.get("batch_size", 32))
-    shares = sampling_shares(sizes, batch, node.get("sampling", "proportional"),
-                             float(node.get("temperature", 1.0)))  # fmt: skip
+    shares = sampling_shares(
+        sizes, batch, node.get("sampling", "proportional"), float(node.get("temperature", 1.0))
+    )
     results = {}
     for name, kind in kinds.items():
         protocol = task_protocol(kind.cfg, kind, splits[name], "finetune", 4, "average")
         protocol["multitask"] = {
-            "joint": joint, "tasks": list(kinds), "sampling": node.get("sampling"),
-            "temperature": node.get("temperature"), "share_of_steps": round(shares[name], 4),
-            "epochs": node.get("epochs"), "lr": node.get("lr"), "batch_size": batch,
+            "joint": joint,
+            "tasks": list(kinds),
+            "sampling": node.get("sampling"),
+            "temperature": node.get("temperature"),
+            "share_of_steps": round(shares[name], 4),
+            "epochs": node.get("epochs"),
+            "lr": node.get("lr"),
+            "batch_size": batch,
             "refine": bool(node.get("refine")) if joint else None,
-        }  # fmt: skip
-        results[name] = write_task_result(kind.cfg, kind, runs[name], seeds, protocol, checkpoint,
-                                          eval_dir, loggers, start)  # fmt: skip
+        }
+        results[name] = write_task_result(
+            kind.cfg, kind, runs[name], seeds, protocol, checkpoint, eval_dir, loggers, start
+        )
     return results

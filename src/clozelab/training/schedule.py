@@ -49,38 +49,50 @@ class Schedule:
             return None
         mix = node.get("mix", "round_robin")
         if mix not in MIXES:
-            raise config_error("schedule.mix", mix, f"must be one of {list(MIXES)}",
-                               "set schedule.mix=round_robin (ERNIE 2.0)")  # fmt: skip
+            raise config_error(
+                "schedule.mix",
+                mix,
+                f"must be one of {list(MIXES)}",
+                "set schedule.mix=round_robin (ERNIE 2.0)",
+            )
         stages = list(node.get("stages") or [])
         if not stages:
-            raise config_error("schedule.stages", stages, "no stage given",
-                               "list stages, e.g. [{until_steps: 100, objectives: [mlm]}, "
-                               "{objectives: [sop]}]")  # fmt: skip
+            raise config_error(
+                "schedule.stages",
+                stages,
+                "no stage given",
+                "list stages, e.g. [{until_steps: 100, objectives: [mlm]}, {objectives: [sop]}]",
+            )
         names, bounds, units, seen = [], [], set(), {}
         for i, stage in enumerate(stages):
             names.append(_introduced(i, stage, objectives, seen))
             unit, bound = _bound(i, stage, last=i == len(stages) - 1)
             if bound is not None and bounds and bound <= bounds[-1]:
                 raise config_error(
-                    f"schedule.stages[{i}].{unit}", bound,
+                    f"schedule.stages[{i}].{unit}",
+                    bound,
                     f"stages out of order: it ends before the stage before it ({bounds[-1]})",
                     "give each stage a larger bound than the one before",
-                )  # fmt: skip
+                )
             if bound is not None:
                 units.add(unit)
             bounds.append(bound)
         if len(units) > 1:
-            raise config_error("schedule.stages", sorted(units), "mixes steps and tokens",
-                               "bound every stage with until_steps, or every one with "
-                               "until_tokens")  # fmt: skip
+            raise config_error(
+                "schedule.stages",
+                sorted(units),
+                "mixes steps and tokens",
+                "bound every stage with until_steps, or every one with until_tokens",
+            )
         never = [name for name in objectives if name not in seen]
         if never:
             raise config_error(
-                "schedule.stages", never[0],
+                "schedule.stages",
+                never[0],
                 f"objective {never[0]!r} is selected but no stage introduces it, so it never "
                 "trains",
                 f"add {never[0]} to a stage's objectives, or drop it from objective=[...]",
-            )  # fmt: skip
+            )
         unit = "tokens" if units == {"until_tokens"} else "steps"
         return cls(tuple(names), tuple(bounds), unit, mix)
 
@@ -123,11 +135,12 @@ class Schedule:
             if bound >= budget:
                 key = "trainer.max_tokens" if self.unit == "tokens" else "trainer.max_steps"
                 raise config_error(
-                    key, budget,
+                    key,
+                    budget,
                     f"schedule.stages[{i + 1}] starts at {self.unit} {bound}, after the run ends: "
                     f"{list(self.stages[i + 1])} would never train",
                     f"raise {key} above {bound} or lower schedule.stages[{i}]'s bound",
-                )  # fmt: skip
+                )
 
 
 def _introduced(i: int, stage, objectives, seen: dict[str, int]) -> tuple[str, ...]:
@@ -136,25 +149,36 @@ def _introduced(i: int, stage, objectives, seen: dict[str, int]) -> tuple[str, .
     key = f"schedule.stages[{i}]"
     extra = sorted(set(stage) - {"objectives", *UNITS})
     if extra:
-        raise config_error(f"{key}.{extra[0]}", stage[extra[0]], "unknown stage key",
-                           f"a stage has objectives and one of {list(UNITS)}")  # fmt: skip
+        raise config_error(
+            f"{key}.{extra[0]}",
+            stage[extra[0]],
+            "unknown stage key",
+            f"a stage has objectives and one of {list(UNITS)}",
+        )
     introduced = list(stage.get("objectives") or [])
     if not introduced:
-        raise config_error(f"{key}.objectives", introduced, "the stage introduces no objective",
-                           "name at least one objective of objective=[...]")  # fmt: skip
+        raise config_error(
+            f"{key}.objectives",
+            introduced,
+            "the stage introduces no objective",
+            "name at least one objective of objective=[...]",
+        )
     for name in introduced:
         if name not in objectives:
             raise config_error(
-                f"{key}.objectives", name,
+                f"{key}.objectives",
+                name,
                 f"not an objective of this run (objective={list(objectives)})",
                 f"add it: objective=[{','.join([*objectives, str(name)])}], or fix the name",
-            )  # fmt: skip
+            )
         if name in seen:
             raise config_error(
-                f"{key}.objectives", name,
+                f"{key}.objectives",
+                name,
                 f"already introduced by schedule.stages[{seen[name]}]; a stage keeps every "
-                "earlier objective", "list each objective in one stage only",
-            )  # fmt: skip
+                "earlier objective",
+                "list each objective in one stage only",
+            )
         seen[name] = i
     return tuple(introduced)
 
@@ -167,9 +191,12 @@ def _bound(i: int, stage, last: bool) -> tuple[str, int | None]:
         raise config_error(key, dict(stage), "gives both until_steps and until_tokens", "keep one")
     if not given:
         if not last:
-            raise config_error(f"{key}.until_steps", None,
-                               "only the last stage may run to the end of the run",
-                               f"give {key} an until_steps (or until_tokens) bound")  # fmt: skip
+            raise config_error(
+                f"{key}.until_steps",
+                None,
+                "only the last stage may run to the end of the run",
+                f"give {key} an until_steps (or until_tokens) bound",
+            )
         return UNITS[0], None
     bound = stage.get(given[0])
     if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
