@@ -145,3 +145,27 @@ def test_fine_tuning_links_conll_mentions_and_runs_with_or_without_them(wiki_run
                      eval_dir=tmp_path / "without")  # fmt: skip
     for result in (fused, plain):
         assert result["metric"] == "entity_f1" and 0.0 <= result["value"] <= 1.0
+
+
+@pytest.mark.slow  # two CPU ranks through Lightning's launcher (~1 min)
+def test_recipe_runs_under_ddp_on_two_cpu_processes(tmp_path, cache_dir):
+    """Every parameter gets a gradient on every rank (the last aggregator has no entity output;
+    a rank without alignments keeps the dEA head in the graph), so DDP runs the recipe."""
+    import os
+    import subprocess
+    import sys
+
+    from test_recipes import ERNIE_THU
+
+    run = tmp_path / "run"
+    command = [str(Path(sys.executable).with_name("clozelab")), "pretrain", *TINY, *ERNIE_THU,
+               "experiment=ernie_thu", "trainer.max_steps=3", "initial_validation=false",
+               "eval.suite=null", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run}",
+               "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert metrics["val/dea_loss"] > 0

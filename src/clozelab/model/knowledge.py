@@ -9,9 +9,11 @@ the K-Encoder: ``knowledge_layers`` aggregators (``Aggregator``), each running
 2. the information fusion layer, with σ = the activation (GELU):
    token j aligned to entity k: h_j = σ(W̃_t w̃_j + W̃_e ẽ_k + b̃); token without entity:
    h_j = σ(W̃_t w̃_j + b̃);
-3. separate outputs for tokens and entities. ``fusion_output="residual"`` (default) is the
-   released code's (thunlp/ERNIE ``BertOutput``/``BertOutput_ent``): w_j = LN(w̃_j + Drop(W_t h_j
-   + b_t)), e_k = LN(ẽ_k + Drop(W_e h_j + b_e)); ``"activation"`` is the paper's equation (6):
+3. separate outputs for tokens and entities (the last aggregator has no entity output, as in the
+   released code: nothing reads it, and under DDP an unused parameter is an error).
+   ``fusion_output="residual"`` (default) is the released code's (thunlp/ERNIE
+   ``BertOutput``/``BertOutput_ent``): w_j = LN(w̃_j + Drop(W_t h_j + b_t)),
+   e_k = LN(ẽ_k + Drop(W_e h_j + b_e)); ``"activation"`` is the paper's equation (6):
    w_j = σ(W_t h_j + b_t), e_k = σ(W_e h_j + b_e).
 
 The entity inputs are rows of ``entity_embeddings``: TransE vectors of the corpus's link graph
@@ -48,8 +50,9 @@ FUSION_OUTPUTS = ("residual", "activation")
 @dataclass
 class KnowledgeOutput(EncoderOutput):
     """``EncoderOutput`` plus the entity table the inputs were read from (``[N, E]``: the dEA
-    objective scores its candidates against it) and the last aggregator's entity states
-    (``[B, T, E]``, zero where no entity; None without entity inputs)."""
+    objective scores its candidates against it) and the last aggregator's entity states ẽ
+    (after its entity attention; ``[B, T, E]``, zero where no entity; None without entity
+    inputs)."""
 
     entity_table: Tensor | None = None
     entity_hidden_state: Tensor | None = None
@@ -60,7 +63,8 @@ class Aggregator(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, entity_dim: int,
                  entity_heads: int, dropout: float, attention_dropout: float, activation: str,
-                 layer_norm_eps: float, fusion_output: str, attention_backend: str):  # fmt: skip
+                 layer_norm_eps: float, fusion_output: str, attention_backend: str,
+                 entity_output: bool = True):  # fmt: skip
         super().__init__()
         self.attention = SelfAttention(hidden_size, num_heads, attention_dropout, attention_backend)
         self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -70,9 +74,11 @@ class Aggregator(nn.Module):
         self.token_in = nn.Linear(hidden_size, intermediate_size)  # W̃_t, b̃
         self.entity_in = nn.Linear(entity_dim, intermediate_size, bias=False)  # W̃_e
         self.token_out = nn.Linear(intermediate_size, hidden_size)  # W_t, b_t
-        self.entity_out = nn.Linear(intermediate_size, entity_dim)  # W_e, b_e
         self.token_out_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.entity_out_norm = nn.LayerNorm(entity_dim, eps=layer_norm_eps)
+        self.entity_output = entity_output  # the last aggregator's would feed nothing
+        if entity_output:
+            self.entity_out = nn.Linear(intermediate_size, entity_dim)  # W_e, b_e
+            self.entity_out_norm = nn.LayerNorm(entity_dim, eps=layer_norm_eps)
         self.act = get_activation(activation)
         self.dropout = Dropout(dropout)
         self.residual = fusion_output == "residual"
@@ -95,6 +101,8 @@ class Aggregator(nn.Module):
             w_out = self.act(self.token_out(h))
         if e is None:
             return w_out, None
+        if not self.entity_output:  # the last aggregator: its entity states ẽ
+            return w_out, e * has
         if self.residual:
             e_out = self.entity_out_norm(e + self.dropout(self.entity_out(h)))
         else:
@@ -174,8 +182,8 @@ class KnowledgeEncoder(Encoder):
         self.aggregators = nn.ModuleList(
             Aggregator(hidden_size, num_heads, intermediate_size, entity_dim, entity_heads,
                        dropout, attention_dropout, activation, layer_norm_eps, fusion_output,
-                       self.attention_backend)
-            for _ in range(m)
+                       self.attention_backend, entity_output=i < m - 1)
+            for i in range(m)
         )  # fmt: skip
         self.entity_embeddings = nn.Embedding(max(int(num_entities), 1), entity_dim)
         init_bert_weights(self, std=initializer_range)

@@ -77,8 +77,8 @@ class DenoisingEntityAutoencoder(Objective):
         rows, cols = aligned.nonzero(as_tuple=True)
         targets = labels[rows, cols]  # (n,)
         n = targets.numel()
-        if n == 0:
-            zero = encoder_output.last_hidden_state.sum() * 0.0
+        if n == 0:  # every parameter stays in the graph (DDP: a rank may hold no alignment)
+            zero = self.transform(encoder_output.last_hidden_state[:, 0]).sum() * 0.0
             return ObjectiveOutput(zero, 0, {"dea_loss": zero.detach(), "dea_acc": zero.detach()})
         inputs = batch.get("entity_links")
         seen = targets if inputs is None else torch.cat([targets, inputs[inputs >= 0]])
