@@ -18,6 +18,9 @@ Sections (``bench.sections``):
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 - ``seq2seq``: our T5 encoder-decoder step beside HF ``T5ForConditionalGeneration`` (same weights,
   span-corrupted batches, AdamW): ``clozelab.bench.seq2seq``.
+- ``knowledge``: ERNIE-THU's fusion overhead per step beside the plain encoder at the
+  ``bench.pretrain`` sizes, and the entity pipeline's MB/s beside plain preprocessing
+  (``clozelab.bench.knowledge``).
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
 synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
@@ -60,7 +63,7 @@ from clozelab.training.timing import (
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("pretrain", "unpad", "plm", "corruption", "seq2seq")
+SECTIONS = ("pretrain", "unpad", "plm", "corruption", "seq2seq", "knowledge")
 DEVICES = ("cpu", "cuda")
 
 
@@ -382,6 +385,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         from clozelab.bench.seq2seq import bench_seq2seq
 
         results.update(bench_seq2seq(b.seq2seq, device))
+    if "knowledge" in sections:
+        from clozelab.bench.knowledge import bench_knowledge
+
+        results.update(bench_knowledge(p, b.knowledge, device))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")

@@ -88,11 +88,11 @@ class TransE(nn.Module):
         bound = 6.0 / math.sqrt(settings.dim)
         entities = torch.rand(num_entities, settings.dim, generator=generator) * 2 - 1
         relations = torch.rand(num_relations, settings.dim, generator=generator) * 2 - 1
-        self.entities = nn.Embedding(num_entities, settings.dim, sparse=True)
-        self.relations = nn.Embedding(num_relations, settings.dim, sparse=True)
-        with torch.no_grad():
-            self.entities.weight.copy_(entities * bound)
-            self.relations.weight.copy_(nn.functional.normalize(relations * bound, dim=-1))
+        # from_pretrained: no draw from the global RNG (a run's dropout must not depend on
+        # whether the vectors were cached)
+        self.entities = nn.Embedding.from_pretrained(entities * bound, freeze=False, sparse=True)
+        relations = nn.functional.normalize(relations * bound, dim=-1)
+        self.relations = nn.Embedding.from_pretrained(relations, freeze=False, sparse=True)
 
     def distance(self, triples: Tensor) -> Tensor:
         """``[n]`` distances d(h + r, t) of ``triples`` ``[n, 3]`` (head, relation, tail)."""

@@ -243,9 +243,20 @@ class Encoder(nn.Module):
     skips_unread_output: ClassVar[bool] = False
 
     @classmethod
-    def check_pretraining(cls, node) -> None:
+    def check_pretraining(cls, node, cfg) -> None:
         """Refuse, with a ClozelabError naming the key, a setting of the encoder configured by
-        ``node`` that pre-training cannot honour (compose time; nothing by default)."""
+        ``node`` that pre-training cannot honour, alone or with the rest of the composed config
+        ``cfg`` (XLNet's memory; ERNIE-THU without entity links). Compose time; nothing by
+        default."""
+
+    def bind_corpus(self, corpus) -> dict:
+        """Take what this encoder needs from the training corpus's statistics (``corpus``: a
+        ``clozelab.data.corpus_stats.CorpusStats``; ERNIE-THU: the TransE entity table). Called
+        once by ``build_components`` when the run has prepared shards, before the optimizer
+        exists. Returns the keys of this encoder's config node it fixed (``num_entities``), which
+        the run's config.yaml records so a rebuild without the corpus has the same shapes. The
+        default takes nothing."""
+        return {}
 
     @classmethod
     def context_for(cls, node) -> str:

@@ -308,7 +308,7 @@ class XLNetEncoder(Encoder):
         nn.init.normal_(self.mask_emb, std=initializer_range)
 
     @classmethod
-    def check_pretraining(cls, node) -> None:
+    def check_pretraining(cls, node, cfg) -> None:
         """Transformer-XL memory needs each batch row to continue the previous batch's row; the
         pre-training loader feeds independent, shuffled sequences, so ``mem_len > 0`` is refused
         there (it works when encoding: ``forward(..., mems=...)``, HF ``use_mems`` parity)."""

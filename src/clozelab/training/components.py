@@ -29,6 +29,11 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     embedding = build(cfg.embedding, "embedding")
     embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
     encoder = build(cfg.encoder, "encoder")
+    if prepared is not None:  # e.g. ERNIE-THU's entity table from the corpus's link graph
+        fixed = encoder.bind_corpus(prepared.corpus_stats)  # Encoder hook
+        if fixed:
+            with open_dict(cfg):  # recorded in config.yaml: a rebuild gets the same shapes
+                cfg.encoder.update(fixed)
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
     return embedding, encoder, objectives, corruption
 

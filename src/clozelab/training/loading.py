@@ -34,6 +34,7 @@ from clozelab.core.rundir import (
     read_hf_weights,
     run_checkpoint,
 )
+from clozelab.data.knowledge import ENTITIES_FILE, EntityLinker
 from clozelab.data.tokenizer import load_tokenizer
 from clozelab.model.layers import Pooler
 from clozelab.tasks.backbone import NONE, Backbone
@@ -364,17 +365,23 @@ def _random_backbone(like, arch: DictConfig | None, tokenizer_path: str | None) 
     ``tokenizer_path``."""
     if like:
         kind, resolved = locate(like, "random_init.like")
+        decoder = None
         if kind == "run":
             key = "random_init.like"
             root = resolved if resolved.is_dir() else run_checkpoint(resolved, key)[0]
             cfg = OmegaConf.load(root / "config.yaml")
-            embedding, encoder = build(cfg.embedding, "embedding"), build(cfg.encoder, "encoder")
+            if cfg.get("decoder") is not None:  # encoder-decoder: a random decoder (and sentinels)
+                _, embedding, encoder, objectives = build_run_components(root)
+                decoder = run_decoder(objectives)
+            else:
+                embedding = build(cfg.embedding, "embedding")
+                encoder = build(cfg.encoder, "encoder")
         else:
             root = resolved
             embedding, encoder, _ = _build_hf(resolved, {}, heads=False)
         tokenizer = load_tokenizer(root)
         embedding.bind_tokenizer(tokenizer)
-        return Backbone(embedding, encoder, tokenizer, None, "none")
+        return Backbone(embedding, encoder, tokenizer, None, "none", decoder)
     if arch is None or tokenizer_path is None:
         raise config_error(
             "checkpoint",
@@ -415,5 +422,10 @@ def load_backbone(
         str(loaded.root),
         loaded.decoder,
     )
+    entities = Path(loaded.root) / ENTITIES_FILE
+    if "entity_links" in loaded.encoder.batch_inputs and entities.is_file():  # ERNIE-THU
+        backbone.linker = EntityLinker.from_file(entities)
+        log.info("Entity inputs: task text linked to the %d entities of %s",
+                 len(backbone.linker.ids), entities)  # fmt: skip
     log.info("Loaded %s backbone from %s", loaded.kind, loaded.root)
     return backbone
