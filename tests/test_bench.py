@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clozelab.bench.pretrain import bench, step_flops
+from clozelab.bench import bench
+from clozelab.bench.pretrain import step_flops
 from clozelab.core.errors import ClozelabError
 
 pytest.importorskip("transformers")
