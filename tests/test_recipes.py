@@ -29,6 +29,17 @@ RECIPES = {
     "gpt_baseline": ((), ("lm",)),
     "elmo_baseline": ((), ("lm",)),
     "ernie": ((), ("mlm", "nsp", "dlm")),
+    # two steps: two stages (the recipe's three need a longer run), then every objective
+    "ernie2": (
+        (
+            "schedule.mix=joint",
+            "embedding=bert",
+            "schedule.stages=[{until_steps: 1, "
+            "objectives: [mlm, capitalization, token_document]}, {objectives: "
+            "[sentence_distance, sentence_reorder]}]",
+        ),
+        ("mlm", "capitalization", "token_document", "sentence_distance", "sentence_reorder"),
+    ),
     # the real Wikipedia sample: its link anchors are the entity mentions
     "ernie_thu": (ERNIE_THU, ("mlm", "nsp", "dea")),
     "xlnet": ((), ("plm",)),

@@ -9,8 +9,10 @@ from clozelab.core.batch import Batch
 
 PAD_VALUES = {"input_ids": None, "token_type_ids": 0, "special_tokens_mask": 1,
               "word_ids": -1, "entity_ids": -1, "sentence_ids": -1, "role_ids": 0,
-              "phrase_ids": -1, "entity_links": -1}  # fmt: skip
-LABEL_KEYS = ("next_sentence_label", "sentence_order_label", "dialogue_label")  # one per sequence
+              "phrase_ids": -1, "entity_links": -1, "case_labels": -100,
+              "token_document_labels": -100}  # fmt: skip
+LABEL_KEYS = ("next_sentence_label", "sentence_order_label", "dialogue_label",
+              "sentence_distance_label", "permutation_label")  # one per sequence  # fmt: skip
 
 
 def batch_seed(seed: int, epoch: int, indices) -> int:

@@ -19,6 +19,7 @@ from clozelab.data.dataset import InstanceDataset
 from clozelab.data.preprocess import Prepared
 from clozelab.data.sampler import EpochSampler
 from clozelab.data.shards import open_split
+from clozelab.data.structure import STRUCTURE_KINDS, structure_rows
 
 VALIDATION_EPOCH = 1 << 20  # a fixed "epoch" for validation instances and masks
 
@@ -89,7 +90,7 @@ def instance_length(corruption, kind: str, max_seq_length: int) -> int:
     ones). Without a corruption it is ``max_seq_length``."""
     if corruption is None:
         return max_seq_length
-    n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
+    n_special = 3 if kind in instances.TWO_SEGMENT_KINDS else 2  # [CLS] A [SEP] (B [SEP])
     return int(corruption.instance_length(max_seq_length, n_special))
 
 
@@ -109,11 +110,17 @@ class PretrainDataModule(pl.LightningDataModule):
         dialogue=None,
         reference_corruption=None,
         pad_to_multiple_of: int = 8,
+        features: tuple[str, ...] = (),
+        reorder_share: float = 0.5,
+        reorder_segments: int = 3,
     ):
         """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
         ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
         fixed-rate yardstick, ``validation_reference``). ``pad_to_multiple_of``: each batch's width
-        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape)."""
+        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape).
+        ``features``: per-token labels of ``token_features`` the objectives read.
+        ``reorder_share`` / ``reorder_segments``: the share of reordered paragraphs and the most
+        segments of one (``data.instances=structure``, ERNIE 2.0)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
         self.prepared, self.corruption = prepared, corruption
@@ -123,6 +130,8 @@ class PretrainDataModule(pl.LightningDataModule):
             short_seq_prob,
         )
         self.sop_single_sentence = sop_single_sentence
+        self.features = tuple(features)
+        self.reorder_share, self.reorder_segments = reorder_share, reorder_segments
         self._epoch0: np.ndarray | None = None  # epoch 0's training table, for summaries
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -135,15 +144,25 @@ class PretrainDataModule(pl.LightningDataModule):
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
-        table = instances.build(
-            self.kind,
-            shards,
-            self.instance_length,
-            self.short_seq_prob,
-            rng,
-            self.sop_single_sentence,
-        )
-        return InstanceDataset(shards, table, self.kind, self._cls, self._sep)
+        if self.kind == "structure":
+            table = structure_rows(
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.reorder_share,
+                self.reorder_segments,
+            )
+        else:
+            table = instances.build(
+                self.kind,
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.sop_single_sentence,
+            )
+        return InstanceDataset(shards, table, self.kind, self._cls, self._sep, self.features)
 
     def _first_train_table(self) -> np.ndarray:
         """Epoch 0's training instances, built once for the summaries below."""
@@ -154,6 +173,8 @@ class PretrainDataModule(pl.LightningDataModule):
     def pair_kinds(self) -> dict[str, float] | None:
         """Share of each pair kind among epoch 0's training pairs (None for packed instances):
         how many negatives are swaps and how many random-document pairs (``preview``, run log)."""
+        if self.kind == "structure":
+            return instances.pair_kind_shares(self._first_train_table(), STRUCTURE_KINDS)
         if self.kind not in instances.PAIR_LABEL_KEYS:
             return None
         return instances.pair_kind_shares(self._first_train_table())

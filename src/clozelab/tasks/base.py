@@ -78,6 +78,12 @@ class Task:
         """``task.max_seq_length`` (default 128), capped at the backbone's positions."""
         return min(int(self.cfg.get("max_seq_length", 128)), backbone.max_positions)
 
+    def entity_linker(self, backbone: Backbone):
+        """What finds the backbone's entities in this task's words (ERNIE-THU: the pre-training
+        run's entity vocabulary), or None: the backbone takes no entity inputs, or
+        ``task.entity_inputs=false`` (the same fine-tuning without them)."""
+        return backbone.linker if self.cfg.get("entity_inputs", True) else None
+
     def body(self, mode: str, mix_layers: int, layer_mix: str) -> dict[str, Any]:
         """The keyword arguments of ``TaskModel`` (the body under the head) for this task."""
         dropout = float(self.cfg.get("dropout", 0.1))

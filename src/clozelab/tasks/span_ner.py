@@ -71,10 +71,10 @@ class SpanNERTask(Task):
         index = {t: i for i, t in enumerate(labels)}
         k = int(self.cfg.get("max_span_length", 8))
         length = self.max_length(backbone)
-        tok = backbone.tokenizer
+        tok, linker = backbone.tokenizer, self.entity_linker(backbone)
         return TaskData(
-            encode_spans(tok, train, length, index, k),
-            encode_spans(tok, validation, length, index, k),
+            encode_spans(tok, train, length, index, k, linker),
+            encode_spans(tok, validation, length, index, k, linker),
             len(labels),
             labels,
             validation,

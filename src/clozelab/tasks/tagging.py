@@ -214,8 +214,9 @@ class TokenTask(Task):
         labels = ["O", *[t for t in labels if t != "O"]]
         index = {t: i for i, t in enumerate(labels)}
         length = self.max_length(backbone)
-        train = encode_tokens(backbone.tokenizer, splits["train"], length, index)
-        validation = encode_tokens(backbone.tokenizer, splits["validation"], length, index)
+        linker = self.entity_linker(backbone)  # ERNIE-THU: entity inputs where text has mentions
+        train = encode_tokens(backbone.tokenizer, splits["train"], length, index, linker)
+        validation = encode_tokens(backbone.tokenizer, splits["validation"], length, index, linker)
         return TaskData(train, validation, len(labels), labels, splits["validation"])
 
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:

@@ -34,6 +34,7 @@ from clozelab.core.rundir import (
     read_hf_weights,
     run_checkpoint,
 )
+from clozelab.data.knowledge import ENTITIES_FILE, EntityLinker
 from clozelab.data.tokenizer import load_tokenizer
 from clozelab.model.layers import Pooler
 from clozelab.tasks.backbone import NONE, Backbone
@@ -421,5 +422,10 @@ def load_backbone(
         str(loaded.root),
         loaded.decoder,
     )
+    entities = Path(loaded.root) / ENTITIES_FILE
+    if "entity_links" in loaded.encoder.batch_inputs and entities.is_file():  # ERNIE-THU
+        backbone.linker = EntityLinker.from_file(entities)
+        log.info("Entity inputs: task text linked to the %d entities of %s",
+                 len(backbone.linker.ids), entities)  # fmt: skip
     log.info("Loaded %s backbone from %s", loaded.kind, loaded.root)
     return backbone

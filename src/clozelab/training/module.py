@@ -39,7 +39,9 @@ class PretrainModule(pl.LightningModule):
     """Receives built components (Hydra ``_target_``); composes them and logs.
 
     Logged: ``train/<objective>_loss`` (and the objectives' other logs), ``train/loss``,
-    ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means).
+    ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means), and with
+    a ``schedule`` (continual multi-task pre-training, ``training/schedule.py``) ``train/stage``:
+    each training step runs the objectives the schedule gives it; validation runs all of them.
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class PretrainModule(pl.LightningModule):
         scheduler_cfg: dict | None = None,
         total_steps: int | None = None,
         weight_decay: float = 0.01,
+        schedule=None,
     ):
         super().__init__()
+        self.schedule = schedule  # a training.schedule.Schedule, or None: every objective
         self.embedding, self.encoder = embedding, encoder
         self.objectives = nn.ModuleDict(objectives)
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler_cfg or {}
@@ -66,17 +70,17 @@ class PretrainModule(pl.LightningModule):
         self.tokens_at_train_start = 0
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: Batch | JointBatch):
+    def forward(self, batch: Batch | JointBatch, active: tuple[str, ...] | None = None):
         """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
         a ``JointBatch`` ``{"text": batch, "dialogue": batch}``: the two streams' totals are
-        summed."""
+        summed. ``active``: the objectives to run (None: all)."""
         self._objective_losses, self._loss_terms = {}, {}
         parts = batch.streams()
         if len(parts) == 1:
-            return self._forward_stream(parts[0])
+            return self._forward_stream(parts[0], active)
         total, logs, counts = 0.0, {}, {}
         for part in parts:
-            part_total, part_logs, part_counts = self._forward_stream(part)
+            part_total, part_logs, part_counts = self._forward_stream(part, active)
             total = total + part_total
             logs.update(part_logs)
             counts.update(part_counts)
@@ -87,6 +91,7 @@ class PretrainModule(pl.LightningModule):
         """Embedding then encoder: the (B, T, H) states every objective reads (``objectives``:
         the step's, which say whether they read ``last_hidden_state``; None: all of them)."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
+        roles.update({k: batch[k] for k in self.embedding.batch_inputs if k in batch})  # hook
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         extra = {k: batch[k] for k in self.encoder.batch_inputs if k in batch}  # Encoder hook
         if self.encoder.skips_unread_output:  # Encoder / Objective hooks
@@ -94,15 +99,16 @@ class PretrainModule(pl.LightningModule):
             extra["content_output"] = any(o.reads_encoder_output for o in readers)
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
-    def _forward_stream(self, batch: Batch):
+    def _forward_stream(self, batch: Batch, active=None):
         """One stream's batch. On a ``DialogueBatch`` (ERNIE DLM) only the objectives whose
         ``streams`` include "dialogue" run; those that train on text too log as
-        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
+        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``.
+        ``active``: the objectives to run (None: all)."""
         stream = batch.stream
         objectives = {
             name: objective
             for name, objective in self.objectives.items()
-            if stream in objective.streams
+            if stream in objective.streams and (active is None or name in active)
         }
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
@@ -136,10 +142,24 @@ class PretrainModule(pl.LightningModule):
         self._train_start = time.perf_counter()
         self.tokens_at_train_start = self.tokens_seen
 
+    def _with_task(self, batch: Batch | JointBatch, name: str) -> Batch | JointBatch:
+        """``batch`` (each stream of it) given ``task_ids`` [B]: objective ``name``'s task id
+        (read by ``embedding=task``); the batch is the loader's own, so it is set in place."""
+        task = self.schedule.task_id(name)
+        for part in batch.streams():
+            part["task_ids"] = torch.full_like(part["input_ids"][:, 0], task)
+        return batch
+
     def training_step(self, batch, batch_idx):
         world = self.trainer.world_size
+        active = None
+        if self.schedule is not None:  # continual multi-task: this step's objectives
+            stage, active = self.schedule.step(self.global_step, self.tokens_seen)
+            if len(active) == 1:
+                batch = self._with_task(batch, active[0])
+            self.log("train/stage", float(stage))
         with data_parallel(world, self._sum_across_ranks):  # losses: global-batch means
-            loss, logs, _ = self(batch)
+            loss, logs, _ = self(batch, active)
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
         logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
@@ -194,6 +214,15 @@ class PretrainModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if batch.stream == "reference":
             logs, counts = self._reference_mlm(batch)
+        elif self.schedule is not None and self.schedule.mix == "round_robin":
+            logs, counts = {}, {}  # each objective on the input of its own task id
+            for name in self.schedule.order:
+                _, one_logs, one_counts = self(self._with_task(batch, name), (name,))
+                for key in ("loss", "dialogue_loss"):
+                    one_logs.pop(key, None)
+                logs.update(one_logs)
+                counts.update(one_counts)
+                self._val_losses.update(self._loss_terms)
         else:
             _, logs, counts = self(batch)
             logs.pop("loss")  # the weighted sums are rebuilt from exact means at the end
