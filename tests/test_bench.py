@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clozelab.bench.pretrain import bench, step_flops
+from clozelab.bench import bench
+from clozelab.bench.pretrain import step_flops
 from clozelab.core.errors import ClozelabError
 
 pytest.importorskip("transformers")
@@ -118,3 +119,19 @@ def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
     assert results["seq2seq.loss_abs_diff"] <= 1e-4
     assert results["seq2seq.source_tokens_per_batch"] == 4 * 32  # the source fills seq_len
     assert "V300+10" in results["seq2seq.config"]
+
+
+def test_knowledge_section_times_fusion_and_the_entity_pipeline(tmp_path):
+    knowledge = ("bench.sections=[knowledge]", "bench.pretrain.num_layers=2",
+                 "bench.knowledge.knowledge_layers=1", "bench.knowledge.entity_dim=8",
+                 "bench.knowledge.num_entities=50", "bench.knowledge.mention_every=4",
+                 "bench.knowledge.max_documents=4", "bench.knowledge.vocab_size=400",
+                 "bench.knowledge.preprocessing_workers=0",
+                 "bench.knowledge.transe_epochs=1")  # fmt: skip
+    results = bench(_compose(tmp_path, *knowledge))
+    for key in ("knowledge.plain_tokens_per_s", "knowledge.fusion_tokens_per_s",
+                "knowledge.fusion_dea_tokens_per_s", "knowledge.fusion_step_ratio",
+                "knowledge.prepare_mb_per_s", "knowledge.prepare_links_mb_per_s",
+                "knowledge.transe_s_per_epoch"):  # fmt: skip
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert results["knowledge.entities"] > 0 and results["knowledge.triples"] > 0

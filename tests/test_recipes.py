@@ -17,6 +17,8 @@ from clozelab.training.validate import validate_pretrain
 SMOKE = ("trainer.max_steps=2", "trainer.val_check_interval=2", "initial_validation=false",
          "eval.suite=null")  # fmt: skip
 
+ERNIE_THU = ("data.corpus=bundled:wikipedia", "data.max_documents=12", "encoder.transe.epochs=2",
+             "encoder.entity_dim=16", "encoder.entity_heads=2")  # fmt: skip
 # Per recipe: overrides that fit the tiny model (H=32), and the objectives whose losses it logs.
 RECIPES = {
     "bert": ((), ("mlm", "nsp")),
@@ -27,6 +29,19 @@ RECIPES = {
     "gpt_baseline": ((), ("lm",)),
     "elmo_baseline": ((), ("lm",)),
     "ernie": ((), ("mlm", "nsp", "dlm")),
+    # two steps: two stages (the recipe's three need a longer run), then every objective
+    "ernie2": (
+        (
+            "schedule.mix=joint",
+            "embedding=bert",
+            "schedule.stages=[{until_steps: 1, "
+            "objectives: [mlm, capitalization, token_document]}, {objectives: "
+            "[sentence_distance, sentence_reorder]}]",
+        ),
+        ("mlm", "capitalization", "token_document", "sentence_distance", "sentence_reorder"),
+    ),
+    # the real Wikipedia sample: its link anchors are the entity mentions
+    "ernie_thu": (ERNIE_THU, ("mlm", "nsp", "dea")),
     "xlnet": ((), ("plm",)),
     "t5": ((), ("seq2seq",)),
     "bart": ((), ("seq2seq",)),

@@ -109,6 +109,12 @@ def _finetune_both_ways(run: Path, tmp_path: Path) -> None:
         result = run_task(task, str(run), seeds=[1], eval_dir=tmp_path / "eval")
         assert 0.0 <= result["value"] <= 1.0 and result["metric"] == metric
         assert (tmp_path / "eval" / f"{name}.json").is_file()
+    # the "why pre-train" baseline of a text-to-text task: a random model like the run (decoder
+    # and sentinel rows included)
+    task = OmegaConf.merge(load_task("polarity_generate"), small)
+    result = run_task(task, "none", seeds=[1], eval_dir=tmp_path / "random",
+                      random_init=OmegaConf.create({"like": str(run)}))  # fmt: skip
+    assert 0.0 <= result["value"] <= 1.0
 
 
 def test_seq2seq_objective_without_a_decoder_is_refused(compose_pretrain):

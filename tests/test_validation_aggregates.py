@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from clozelab.core.batch import Batch
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.objectives.mlm import MLM
@@ -34,10 +35,10 @@ def _batches(sizes=(2, 7, 3), rates=(0.6, 0.1, 0.3)) -> list[dict]:
         mask = (torch.arange(T) < torch.randint(6, T + 1, (b, 1), generator=g)).long()
         pick = (torch.rand(ids.shape, generator=g) < rate) & mask.bool()
         pick[:, 1] = True  # every row has a target
-        out.append({"input_ids": ids * mask, "attention_mask": mask,
-                    "token_type_ids": torch.zeros_like(ids),
-                    "mlm_labels": torch.where(pick, ids, -100),
-                    "next_sentence_label": torch.randint(0, 2, (b,), generator=g)})  # fmt: skip
+        out.append(Batch(input_ids=ids * mask, attention_mask=mask,
+                         token_type_ids=torch.zeros_like(ids),
+                         mlm_labels=torch.where(pick, ids, -100),
+                         next_sentence_label=torch.randint(0, 2, (b,), generator=g)))  # fmt: skip
     return out
 
 
@@ -55,7 +56,7 @@ def test_val_values_equal_one_pass_over_the_whole_set(names):
     module = _module({name: heads[name]() for name in names})
     batches = _batches()
     val = _validate(module, batches)
-    whole = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    whole = Batch({k: torch.cat([b[k] for b in batches]) for k in batches[0]})
     with torch.no_grad():
         total, logs, _ = module(whole)
     for key, value in logs.items():

@@ -47,9 +47,18 @@ class ClozelabModel(nn.Module):
     """
 
     def __init__(
-        self, embedding, encoder, mlm=None, nsp=None, source: str = "", report=None, tokenizer=None,
-        decoder=None, plm=None, objectives: dict | None = None,
-    ):  # fmt: skip
+        self,
+        embedding,
+        encoder,
+        mlm=None,
+        nsp=None,
+        source: str = "",
+        report=None,
+        tokenizer=None,
+        decoder=None,
+        plm=None,
+        objectives: dict | None = None,
+    ):
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
         self.plm = plm
@@ -131,9 +140,12 @@ class ClozelabModel(nn.Module):
             )
         input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
         out = self.encoder(
-            self.embedding(input_ids), _as_batch(attention_mask), token_type_ids=token_type_ids,
-            perm_mask=_as_batch(perm_mask), target_mapping=_as_batch(target_mapping),
-        )  # fmt: skip
+            self.embedding(input_ids),
+            _as_batch(attention_mask),
+            token_type_ids=token_type_ids,
+            perm_mask=_as_batch(perm_mask),
+            target_mapping=_as_batch(target_mapping),
+        )
         return self.plm.logits(out.query_hidden_state, self.embedding)
 
     def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
@@ -163,9 +175,14 @@ class ClozelabModel(nn.Module):
             return self.encode(input_ids, attention_mask, token_type_ids).hidden_states
 
         return embed_texts(
-            encode, self.tokenizer, texts, layers=layers, pool=pool, max_length=limit,
+            encode,
+            self.tokenizer,
+            texts,
+            layers=layers,
+            pool=pool,
+            max_length=limit,
             batch_size=batch_size,
-        )  # fmt: skip
+        )
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         return self.encode(input_ids, attention_mask, token_type_ids)
@@ -193,13 +210,30 @@ def load(path: str | Path) -> ClozelabModel:
     if loaded.kind == "hf":
         log_load_report(str(loaded.root), report)
         mlm, nsp = pretraining_heads(objectives)
-        return ClozelabModel(loaded.embedding, loaded.encoder, mlm, nsp, str(loaded.root), report,
-                             loaded.root, plm=plm_objective(objectives)).eval()  # fmt: skip
+        return ClozelabModel(
+            loaded.embedding,
+            loaded.encoder,
+            mlm,
+            nsp,
+            str(loaded.root),
+            report,
+            loaded.root,
+            plm=plm_objective(objectives),
+        ).eval()
     loaded.check_complete()
     mlm, nsp = pretraining_heads(objectives)
-    return ClozelabModel(loaded.embedding, loaded.encoder, mlm, nsp, str(loaded.weights), report,
-                         loaded.tokenizer_dir, loaded.decoder, plm_objective(objectives),
-                         objectives).eval()  # fmt: skip
+    return ClozelabModel(
+        loaded.embedding,
+        loaded.encoder,
+        mlm,
+        nsp,
+        str(loaded.weights),
+        report,
+        loaded.tokenizer_dir,
+        loaded.decoder,
+        plm_objective(objectives),
+        objectives,
+    ).eval()
 
 
 def load_tokenizer(path: str | Path, **kwargs: Any):

@@ -26,17 +26,21 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
     """OUT_DIR must be a directory that is new, empty, or (``force``) may be overwritten."""
     if out_dir.exists() and not out_dir.is_dir():
         raise config_error(
-            "OUT_DIR", str(out_dir), "exists and is not a directory",
+            "OUT_DIR",
+            str(out_dir),
+            "exists and is not a directory",
             "give a new directory path (the export writes config.json, model.safetensors and the "
             "tokenizer files into it)",
-        )  # fmt: skip
+        )
     present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if present and not force:
         raise config_error(
-            "OUT_DIR", str(out_dir), f"is not empty (it holds {present[:6]}"
+            "OUT_DIR",
+            str(out_dir),
+            f"is not empty (it holds {present[:6]}"
             f"{' ...' if len(present) > 6 else ''}); the export would overwrite files there",
             "give a new or empty directory, or add --force to overwrite",
-        )  # fmt: skip
+        )
 
 
 def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
@@ -47,12 +51,15 @@ def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Pat
     loaded = load_checkpoint(run_dir)
     if loaded.kind != "run":
         raise config_error(
-            "RUN_DIR", str(run_dir), "an HF directory already, not a clozelab run",
+            "RUN_DIR",
+            str(run_dir),
+            "an HF directory already, not a clozelab run",
             "give a clozelab run directory (or a checkpoint inside one)",
-        )  # fmt: skip
+        )
     loaded.check_complete()
-    out = write_run_hf_dir(out_dir, loaded.embedding, loaded.encoder, loaded.objectives,
-                           loaded.tokenizer_dir)  # fmt: skip
+    out = write_run_hf_dir(
+        out_dir, loaded.embedding, loaded.encoder, loaded.objectives, loaded.tokenizer_dir
+    )
     log.info("Exported %s to %s", loaded.weights, out)
     return out
 
@@ -66,8 +73,9 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("run_dir", help="a clozelab run directory or its checkpoints/*.ckpt")
     parser.add_argument("out_dir", help="the directory to write (created if missing)")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty OUT_DIR, overwriting its files")  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true", help="write into a non-empty OUT_DIR, overwriting its files"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.core.errors import config_error
-from clozelab.core.rundir import run_dir_of
-from clozelab.training.evaluation import evaluate_suite, run_task
+from clozelab.core.rundir import run_dir_of, write_json
+from clozelab.training.evaluation import evaluate_suite, load_task, run_task
+from clozelab.training.multitask import check_config, run_multitask
 
 
 def _eval_dir(cfg: DictConfig) -> Path:
@@ -46,8 +47,12 @@ def _loggers(cfg: DictConfig, directory: Path, job: str):
 
 
 def finetune(cfg: DictConfig) -> dict:
-    """Fine-tune ``cfg.task`` from ``cfg.checkpoint`` on ``cfg.seeds``; the task's result."""
+    """Fine-tune ``cfg.task`` from ``cfg.checkpoint`` on ``cfg.seeds``; the task's result (with
+    ``multitask.tasks``: several tasks together, MT-DNN, ``{task: result}``)."""
     checkpoint = _checkpoint(cfg)
+    node = cfg.get("multitask")
+    if node is not None and node.get("tasks"):
+        return _multitask(cfg, checkpoint, node)
     if cfg.get("task") is None:
         raise config_error("task", None, "no task given", "task=sst2 (see conf/task)")
     eval_dir = _eval_dir(cfg)
@@ -64,6 +69,50 @@ def finetune(cfg: DictConfig) -> dict:
         random_init=cfg.get("random_init"),
         loggers=_loggers(cfg, Path(cfg.paths.output_dir), f"finetune-{cfg.task.name}"),
     )
+
+
+def _multitask(cfg: DictConfig, checkpoint, node: DictConfig) -> dict:
+    """``multitask.tasks`` fine-tuned together (or alone: ``multitask.joint=false``); also writes
+    ``metrics.json`` (``eval/<task>/<metric>`` means) and ``config.yaml`` in the output directory,
+    the job layout ``clozelab report`` reads."""
+    check_config(node)
+    overrides = node.get("overrides") or {}
+    unknown = sorted(set(overrides) - set(node.tasks))
+    if unknown:
+        raise config_error(
+            "multitask.overrides",
+            unknown[0],
+            "not one of multitask.tasks",
+            f"name one of {list(node.tasks)}",
+        )
+    tasks = [
+        OmegaConf.merge(load_task(str(name)), node.get("common") or {}, overrides.get(name) or {})
+        for name in node.tasks
+    ]
+    out = Path(cfg.paths.output_dir)
+    results = run_multitask(
+        tasks,
+        checkpoint,
+        node=node,
+        seeds=list(cfg.seeds),
+        eval_dir=_eval_dir(cfg),
+        data_dir=cfg.get("data_dir"),
+        arch=cfg,
+        random_init=cfg.get("random_init"),
+        loggers=_loggers(cfg, out, "finetune-multitask"),
+    )
+    metrics = {
+        "status": "completed",
+        "tasks": list(node.tasks),
+        "joint": bool(node.joint),
+        "wall_time_s": max(r["wall_time_s"] for r in results.values()),
+    }
+    for name, result in results.items():
+        metrics.update({f"eval/{name}/{k}": v["mean"] for k, v in result["metrics"].items()})
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    write_json(out / "metrics.json", metrics)
+    return results
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -25,7 +25,9 @@ from clozelab.core.rundir import write_json
 from clozelab.data.corpus import resolve_corpus
 from clozelab.data.datamodule import PretrainDataModule
 from clozelab.data.dialogue_stream import DialogueStream
+from clozelab.data.knowledge import save_entity_names
 from clozelab.data.preprocess import prepare
+from clozelab.data.token_features import TOKEN_FEATURES
 from clozelab.model.compile import apply_model_compile
 from clozelab.training.callbacks import (
     CheckpointOnSignal,
@@ -47,6 +49,7 @@ from clozelab.training.module import PretrainModule
 from clozelab.training.progress_bar import BudgetBar
 from clozelab.training.protocol import protocol
 from clozelab.training.scale import trainer_kwargs, world_size
+from clozelab.training.schedule import Schedule
 from clozelab.training.tracking import finish_run, make_loggers, mark_run
 from clozelab.training.validate import validate_pretrain
 
@@ -257,6 +260,11 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
         pad_to_multiple_of=cfg.data.pad_to_multiple_of,
+        features=tuple(
+            f for f in TOKEN_FEATURES if any(f in o.requires for o in objectives.values())
+        ),
+        reorder_share=cfg.data.get("reorder_share", 0.5),
+        reorder_segments=cfg.data.get("reorder_segments", 3),
     )
     pair_kinds = datamodule.pair_kinds()
     if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs
@@ -269,11 +277,14 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
         scheduler_cfg=OmegaConf.to_container(cfg.scheduler, resolve=True),
         total_steps=_total_steps(cfg, datamodule),
         weight_decay=cfg.optim.get("weight_decay", 0.01),
+        schedule=Schedule.from_config(cfg.get("schedule"), objective_names),
     )
     # before anything is overwritten
     resume, checkpoint = _resume_point(run_dir, module, prepared.tokenizer)
     if rank_zero_only.rank == 0:  # one writer of the run directory (every rank runs this)
         prepared.tokenizer.save(run_dir / "tokenizer")
+        if "entity_links" in encoder.batch_inputs:  # Encoder hook: fine-tuning links to these
+            save_entity_names(prepared, run_dir)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     run_name = cfg.get("run_name") or run_dir.name
     loggers = make_loggers(cfg.logger, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True))

@@ -231,3 +231,10 @@ def test_shards_without_links_refuse_knowledge(tmp_path, text_corpus):
 
     with pytest.raises(ClozelabError, match="data.entity_links=true"):
         prepared.corpus_stats.knowledge()
+
+
+def test_transe_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    train_transe(np.array([[0, 0, 1], [1, 0, 2]]), 3, 1, TransESettings(dim=4, epochs=2))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clozelab.core.batch import Batch
 from clozelab.model.embeddings import BertEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.objectives.mlm import MLM, tied_decoder_cross_entropy
@@ -25,15 +26,20 @@ def make_module(**encoder_kw) -> PretrainModule:
     return PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
 
 
-def make_batch() -> dict[str, torch.Tensor]:
+def make_batch() -> Batch:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, V, (6, 20), generator=g)
     mask = torch.ones_like(ids)
     mask[1, 12:], mask[2, 5:], mask[4, 9:] = 0, 0, 0
     labels = torch.where((torch.rand(ids.shape, generator=g) < 0.3) & mask.bool(), ids, -100)
     nsp = torch.tensor([0, 1, 0, 1, 1, 0])
-    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": ids * 0,
-            "mlm_labels": labels, "next_sentence_label": nsp}  # fmt: skip
+    return Batch(
+        input_ids=ids * mask,
+        attention_mask=mask,
+        token_type_ids=ids * 0,
+        mlm_labels=labels,
+        next_sentence_label=nsp,
+    )
 
 
 def loss_and_grads(module: PretrainModule, bf16: bool):

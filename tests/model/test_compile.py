@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import clozelab.pretrain as pretrain_module
+from clozelab.core.batch import Batch
 from clozelab.core.errors import ClozelabError
 from clozelab.model.compile import apply_model_compile, compile_components, is_compiled
 from clozelab.model.embeddings import BertEmbeddings
@@ -38,7 +39,7 @@ def make_module(**encoder_kw) -> PretrainModule:
     return PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
 
 
-def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, V, (4, 16), generator=g)
     mask = torch.ones_like(ids)
@@ -47,8 +48,13 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     labels[:, 2] = ids[:, 2]
     labels[0, 7] = ids[0, 7]
     nsp = torch.tensor([0, 1, 0, 1])
-    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": ids * 0,
-            "mlm_labels": labels, "next_sentence_label": nsp}  # fmt: skip
+    return Batch(
+        input_ids=ids * mask,
+        attention_mask=mask,
+        token_type_ids=ids * 0,
+        mlm_labels=labels,
+        next_sentence_label=nsp,
+    )
 
 
 def compiled_matches_eager(backend: str, unpad: bool) -> None:

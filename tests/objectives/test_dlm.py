@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clozelab.core.batch import Batch, DialogueBatch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data.dialogue_instances import FAKE, REAL
 from clozelab.model.encoder import EncoderOutput
@@ -91,9 +92,9 @@ def _batch(dialogue: bool, vocab: int, b=3, t=8):
     if dialogue:
         batch["role_ids"] = torch.randint(0, 2, (b, t))
         batch["dialogue_label"] = torch.tensor([1, 0, 1])
-    else:
-        batch["next_sentence_label"] = torch.tensor([0, 1, 0])
-    return batch
+        return DialogueBatch(batch)
+    batch["next_sentence_label"] = torch.tensor([0, 1, 0])
+    return Batch(batch)
 
 
 def test_module_runs_dlm_on_dialogue_batches_only_and_sums_joint_steps(compose_pretrain):
@@ -103,7 +104,7 @@ def test_module_runs_dlm_on_dialogue_batches_only_and_sums_joint_steps(compose_p
     with torch.no_grad():
         t_total, t_logs, _ = module(text)
         d_total, d_logs, d_counts = module(dialogue)
-        j_total, j_logs, _ = module({"text": text, "dialogue": dialogue})
+        j_total, j_logs, _ = module(JointBatch({"text": text, "dialogue": dialogue}))
     assert {"mlm_loss", "nsp_loss", "loss"} <= set(t_logs) and "dlm_loss" not in t_logs
     assert {"dialogue_mlm_loss", "dlm_loss", "dlm_acc", "dialogue_loss"} <= set(d_logs)
     assert "nsp_loss" not in d_logs and "mlm_loss" not in d_logs
@@ -120,7 +121,7 @@ def test_role_ids_reach_the_embedding(compose_pretrain):
     batch = _batch(True, module.embedding.vocab_size)
     with torch.no_grad():
         first = module(batch)[0]
-        flipped = module({**batch, "role_ids": 1 - batch["role_ids"]})[0]
+        flipped = module(DialogueBatch({**batch, "role_ids": 1 - batch["role_ids"]}))[0]
     assert not torch.allclose(first, flipped)
 
 

@@ -13,6 +13,7 @@ import torch
 from helpers import TINY, write_text_corpus
 
 from clozelab.cli import main
+from clozelab.core.batch import Batch
 from clozelab.core.errors import ClozelabError
 from clozelab.pretrain import pretrain
 from clozelab.training.checkpoint import (
@@ -98,12 +99,12 @@ def test_batch_without_predicted_positions_gives_zero_loss(compose_pretrain, cac
     embedding, encoder, objectives, _ = build_components(cfg, prepared.tokenizer)
     module = PretrainModule(embedding, encoder, objectives, optimizer=build(cfg.optim, "optim"))
     ids = torch.randint(5, prepared.tokenizer.vocab_size, (2, 16))
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-        "mlm_labels": torch.full_like(ids, -100),
-    }
+    batch = Batch(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        token_type_ids=torch.zeros_like(ids),
+        mlm_labels=torch.full_like(ids, -100),
+    )
     loss, _, _ = module(batch)
     assert torch.isfinite(loss) and float(loss) == 0.0
     loss.backward()

@@ -38,8 +38,10 @@ def make_plm_batches(p: DictConfig, k: int, n: int, seed: int):
 
     rng = np.random.default_rng(seed)
     collate = Collator(pad_id=0, corruption=PermutationTargets(k=k), seed=seed)
-    groups = [synthetic_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
-              for _ in range(n)]  # fmt: skip
+    groups = [
+        synthetic_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng)
+        for _ in range(n)
+    ]
     collate(groups[0])  # warm-up
     start = time.perf_counter()
     batches = [collate(g) for g in groups]

@@ -1,6 +1,5 @@
-"""``clozelab bench``: our pre-training step side by side with HF transformers (DESIGN §7).
-
-Sections (``bench.sections``):
+"""``clozelab bench`` sections (``bench.sections``; the command is ``command.py``): our
+pre-training step side by side with HF transformers (DESIGN §7), and where the other sections live.
 
 - ``pretrain``: one process, same threads, same weights, same batches (real ``Collator`` +
   ``TokenMasking``), same AdamW with gradient clipping. Times our step (``PretrainModule``:
@@ -18,22 +17,20 @@ Sections (``bench.sections``):
 - ``corruption``: ``clozelab.corruption.bench.bench_corruptions`` when that module exists.
 - ``seq2seq``: our T5 encoder-decoder step beside HF ``T5ForConditionalGeneration`` (same weights,
   span-corrupted batches, AdamW): ``clozelab.bench.seq2seq``.
+- ``knowledge``: ERNIE-THU's fusion overhead per step beside the plain encoder at the
+  ``bench.pretrain`` sizes, and the entity pipeline's MB/s beside plain preprocessing
+  (``clozelab.bench.knowledge``).
 
 ``bench.device`` (cpu | cuda) runs the model sections on that device (autocast there, timings
-synchronised). Writes ``bench.json`` (flat keys, e.g. ``pretrain.ratio``) in the run directory and
-prints a table.
+synchronised).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
-import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,9 +56,6 @@ from clozelab.training.timing import (
 )
 
 log = logging.getLogger(__name__)
-
-SECTIONS = ("pretrain", "unpad", "plm", "corruption", "seq2seq")
-DEVICES = ("cpu", "cuda")
 
 
 def matmul_peak_gflops(
@@ -99,11 +93,14 @@ def make_batches(p: DictConfig, n: int, seed: int, min_length: int | None = None
     from clozelab.data.collate import Collator
 
     rng = np.random.default_rng(seed)
-    corruption = TokenMasking(p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4,
-                              special_token_ids=[0, 1, 2, 3, 4])  # fmt: skip
+    corruption = TokenMasking(
+        p.mask_rate, vocab_size=p.vocab_size, mask_token_id=4, special_token_ids=[0, 1, 2, 3, 4]
+    )
     collate = Collator(pad_id=0, corruption=corruption, seed=seed)
-    groups = [_instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng, min_length)
-              for _ in range(n)]  # fmt: skip
+    groups = [
+        _instances(p.batch_size, p.seq_len, p.vocab_size, p.short_fraction, rng, min_length)
+        for _ in range(n)
+    ]
     collate(groups[0])  # warm-up
     start = time.perf_counter()
     batches = [collate(g) for g in groups]
@@ -135,13 +132,18 @@ def build_ours(p: DictConfig, **encoder_kw):
     torch.manual_seed(0)
     H, V = p.hidden_size, p.vocab_size
     embedding = BertEmbeddings(V, H, max_position_embeddings=max(512, p.seq_len))
-    encoder = TransformerEncoder(H, p.num_layers, p.num_heads, p.intermediate_size,
-                                 **encoder_options(p, **encoder_kw))  # fmt: skip
+    encoder = TransformerEncoder(
+        H, p.num_layers, p.num_heads, p.intermediate_size, **encoder_options(p, **encoder_kw)
+    )
     ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
     if p.get("compile", False):
-        compile_components(embedding, encoder, mode=p.get("compile_mode", "default"),
-                           dynamic=p.get("compile_dynamic"),
-                           backend=p.get("compile_backend", "inductor"))  # fmt: skip
+        compile_components(
+            embedding,
+            encoder,
+            mode=p.get("compile_mode", "default"),
+            dynamic=p.get("compile_dynamic"),
+            backend=p.get("compile_backend", "inductor"),
+        )
     return ours
 
 
@@ -153,14 +155,19 @@ def build_hf(p: DictConfig, ours):
 
     H, V = p.hidden_size, p.vocab_size
     config = transformers.BertConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=p.num_layers,
-        num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size,
-        max_position_embeddings=max(512, p.seq_len), hidden_act="gelu",
-    )  # fmt: skip
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        max_position_embeddings=max(512, p.seq_len),
+        hidden_act="gelu",
+    )
     config._attn_implementation = p.hf_attention
     hf = transformers.BertForPreTraining(config)
-    state = to_hf_state_dict(ours.embedding, ours.encoder, ours.objectives["mlm"],
-                             ours.objectives["nsp"])  # fmt: skip
+    state = to_hf_state_dict(
+        ours.embedding, ours.encoder, ours.objectives["mlm"], ours.objectives["nsp"]
+    )
     hf.load_state_dict(state, strict=True)
     return hf
 
@@ -196,11 +203,19 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
     out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
 
     a, b = eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
-    out.update({"pretrain.clozelab_loss": a, "pretrain.hf_loss": b,
-                "pretrain.loss_abs_diff": abs(a - b)})  # fmt: skip
+    out.update(
+        {"pretrain.clozelab_loss": a, "pretrain.hf_loss": b, "pretrain.loss_abs_diff": abs(a - b)}
+    )
 
-    flops = step_flops(p.num_layers, p.hidden_size, p.intermediate_size, p.vocab_size,
-                       p.batch_size, int(batches[0]["input_ids"].shape[1]), predicted)  # fmt: skip
+    flops = step_flops(
+        p.num_layers,
+        p.hidden_size,
+        p.intermediate_size,
+        p.vocab_size,
+        p.batch_size,
+        int(batches[0]["input_ids"].shape[1]),
+        predicted,
+    )
     models = {"clozelab": (ours, _ours_loss)}
     if p.hf:
         models["hf"] = (hf, _hf_loss)
@@ -244,8 +259,12 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
     _check_precisions("bench.unpad.precisions", u.precisions)
     for layout in u.layouts:
         if layout not in ("padded", "nested"):
-            raise config_error("bench.unpad.layouts", layout, "unknown attention layout",
-                               "use a list of [padded, nested]")  # fmt: skip
+            raise config_error(
+                "bench.unpad.layouts",
+                layout,
+                "unknown attention layout",
+                "use a list of [padded, nested]",
+            )
     device = torch.device(device)
     models = {"padded": (build_ours(p, unpad=False).to(device), _ours_loss)}
     for layout in u.layouts:
@@ -259,8 +278,9 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
     batches = _to_device(batches, device)
     out: dict[str, Any] = {"unpad.min_length": int(u.min_length), "unpad.real_token_fraction": real}
     losses = eval_losses(models, batches[0])
-    out["unpad.loss_abs_diff"] = max(abs(v - losses["padded"]) for k, v in losses.items()
-                                     if k.startswith("unpad"))  # fmt: skip
+    out["unpad.loss_abs_diff"] = max(
+        abs(v - losses["padded"]) for k, v in losses.items() if k.startswith("unpad")
+    )
     for precision in u.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
         for name, step_s in time_models(models, batches, p, precision).items():
@@ -291,68 +311,3 @@ def bench_corruption(c: DictConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- command
-def _table(results: dict[str, Any]) -> str:
-    width = max(len(k) for k in results)
-    lines = []
-    for key, value in results.items():
-        shown = f"{value:,.4g}" if isinstance(value, float) else str(value)
-        lines.append(f"{key:<{width}}  {shown}")
-    return "\n".join(lines)
-
-
-def bench(cfg: DictConfig) -> dict[str, Any]:
-    """Run the selected sections; write ``bench.json`` in ``paths.output_dir``; return it."""
-    b = cfg.bench
-    sections = list(b.sections)
-    for section in sections:
-        if section not in SECTIONS:
-            raise config_error("bench.sections", section, "unknown section",
-                               f"choose from {list(SECTIONS)}")  # fmt: skip
-    device = b.get("device", "cpu")
-    if device not in DEVICES:
-        raise config_error("bench.device", device, "unknown device", f"use one of {list(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise config_error("bench.device", device, "PyTorch sees no CUDA device",
-                           "run on a GPU with CUDA torch, or use bench.device=cpu")  # fmt: skip
-    if b.threads:
-        torch.set_num_threads(int(b.threads))
-    results: dict[str, Any] = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-    }
-    p = b.pretrain
-    if "pretrain" in sections or "unpad" in sections:
-        results["pretrain.config"] = (
-            f"L{p.num_layers}/H{p.hidden_size}/A{p.num_heads}/I{p.intermediate_size} "
-            f"V{p.vocab_size} seq{p.seq_len} batch{p.batch_size} mask{p.mask_rate}"
-        )
-        options = {**encoder_options(p), "compile": p.get("compile", False)}
-        results["pretrain.encoder"] = ", ".join(f"{k}={v}" for k, v in options.items())
-    if "pretrain" in sections:
-        peaks = {"fp32": matmul_peak_gflops(b.matmul.size, b.matmul.repeats, device=device)}
-        if "bf16" in p.precisions:
-            peaks["bf16"] = matmul_peak_gflops(b.matmul.size, b.matmul.repeats, torch.bfloat16,
-                                               device)  # fmt: skip
-        results.update({f"matmul.{k}_gflops": v for k, v in peaks.items()})
-        results.update(bench_pretrain(p, peaks, device))
-    if "unpad" in sections:
-        results.update(bench_unpad(p, b.unpad, device))
-    if "plm" in sections:
-        from clozelab.bench.plm import bench_plm
-
-        results.update(bench_plm(p, b.plm, device))
-    if "corruption" in sections:
-        results.update(bench_corruption(b.corruption))
-    if "seq2seq" in sections:
-        from clozelab.bench.seq2seq import bench_seq2seq
-
-        results.update(bench_seq2seq(b.seq2seq, device))
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")
-    print(_table(results))
-    log.info("bench.json: %s", run_dir / "bench.json")
-    return results

@@ -117,8 +117,14 @@ def _generate_rates(ours, hf, batch, length: int, repeats: int) -> dict[str, flo
         return greedy_decode(*args, max_length=length, use_cache=cache)
 
     def hf_run():
-        return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=length,
-                           min_new_tokens=length, do_sample=False, num_beams=1)  # fmt: skip
+        return hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=length,
+            min_new_tokens=length,
+            do_sample=False,
+            num_beams=1,
+        )
 
     calls = {"cached": lambda: ours_run(True), "uncached": lambda: ours_run(False)}
     if hf is not None:
@@ -175,8 +181,11 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     length = int(s.get("generate_length", 0))
     if length > 0:
         out["seq2seq.generate_config"] = f"greedy, batch {s.batch_size}, {length} tokens a row"
-        out.update(_generate_rates(ours, hf if s.hf else None, batches[0], length,
-                                   int(s.get("generate_repeats", 2))))  # fmt: skip
+        out.update(
+            _generate_rates(
+                ours, hf if s.hf else None, batches[0], length, int(s.get("generate_repeats", 2))
+            )
+        )
     if s.hf:
         for precision in s.precisions:
             suffix = "" if precision == "fp32" else f"_{precision}"

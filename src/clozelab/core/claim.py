@@ -178,9 +178,14 @@ def claim(run_dir: Path, digest: str, overrides: list[str], choices: dict | None
     launches = int(record.get("launches", 0)) + 1 if record.get("config_hash") == digest else 1
     write_json(
         run_dir / RECORD_FILE,
-        {"config_hash": digest, "overrides": list(overrides), "choices": dict(choices or {}),
-         "launches": launches, "finished": False},
-    )  # fmt: skip
+        {
+            "config_hash": digest,
+            "overrides": list(overrides),
+            "choices": dict(choices or {}),
+            "launches": launches,
+            "finished": False,
+        },
+    )
 
 
 def mark_finished(run_dir: Path, metrics: dict) -> None:
@@ -213,8 +218,11 @@ def launch_identity() -> tuple[list[str], dict[str, str], bool]:
     if not HydraConfig.initialized():
         return [], {}, False
     hydra = HydraConfig.get()
-    choices = {str(k): str(v) for k, v in hydra.runtime.choices.items()
-               if v is not None and not str(k).startswith("hydra")}  # fmt: skip
+    choices = {
+        str(k): str(v)
+        for k, v in hydra.runtime.choices.items()
+        if v is not None and not str(k).startswith("hydra")
+    }
     return list(hydra.overrides.task), choices, hydra.mode == RunMode.MULTIRUN
 
 

@@ -72,8 +72,11 @@ def flat_keys(node, prefix: str = "") -> list[str]:
 def _parameters(target) -> tuple[set[str], bool]:
     """A callable's keyword names and whether it takes ``**kwargs``."""
     signature = inspect.signature(target)
-    names = {p.name for p in signature.parameters.values()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}  # fmt: skip
+    names = {
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     return names, open_ended
 
@@ -81,8 +84,7 @@ def _parameters(target) -> tuple[set[str], bool]:
 def _refuse(group: str, unknown: list[str], accepted: Iterable[str], what: str) -> None:
     accepted = sorted(set(accepted))
     full = [f"{group}.{name}" for name in accepted]
-    lines = [f"{group}.{key}: not {what}.{did_you_mean(f'{group}.{key}', full)}"
-             for key in unknown]  # fmt: skip
+    lines = [f"{group}.{key}: not {what}.{did_you_mean(f'{group}.{key}', full)}" for key in unknown]
     takes = ", ".join(accepted) if len(accepted) <= 12 else f"{what.removeprefix('an ')}s only"
     raise ClozelabError(" ".join(lines) + f" Fix: remove or correct it ({group} takes {takes}).")
 
@@ -101,8 +103,9 @@ def check_trainer(node) -> None:
 
     names, _ = _parameters(pl.Trainer.__init__)
     names.discard("self")
-    _check_keys(node, "trainer", names | set(TRAINER_EXTRA),
-                "an argument of pytorch_lightning.Trainer")  # fmt: skip
+    _check_keys(
+        node, "trainer", names | set(TRAINER_EXTRA), "an argument of pytorch_lightning.Trainer"
+    )
 
 
 def check_optimizer(node) -> None:
@@ -127,9 +130,14 @@ def check_logger(node) -> None:
 
 def check_arguments(cfg: DictConfig) -> None:
     """The trainer, optim, scheduler and logger nodes that ``cfg`` has, against what reads them."""
-    checks = {"trainer": check_trainer, "optim": check_optimizer, "logger": check_logger,
-              "scheduler": lambda node: _check_keys(node, "scheduler", SCHEDULER_KEYS,
-                                                    "a scheduler setting")}  # fmt: skip
+    checks = {
+        "trainer": check_trainer,
+        "optim": check_optimizer,
+        "logger": check_logger,
+        "scheduler": lambda node: _check_keys(
+            node, "scheduler", SCHEDULER_KEYS, "a scheduler setting"
+        ),
+    }
     for group, check in checks.items():
         node = cfg.get(group) if isinstance(cfg, DictConfig) else None
         if node is not None:

@@ -78,9 +78,11 @@ class Budget:
         return cls(steps, tokens, _seconds(max_time))
 
     def fraction(self, step: int, tokens: int, elapsed: float) -> float | None:
-        parts = [step / self.max_steps if self.max_steps else None,
-                 tokens / self.max_tokens if self.max_tokens else None,
-                 elapsed / self.max_time_s if self.max_time_s else None]  # fmt: skip
+        parts = [
+            step / self.max_steps if self.max_steps else None,
+            tokens / self.max_tokens if self.max_tokens else None,
+            elapsed / self.max_time_s if self.max_time_s else None,
+        ]
         known = [p for p in parts if p is not None]
         return min(1.0, max(known)) if known else None
 
@@ -112,8 +114,10 @@ class Budget:
         """``step 120/500 · 0.49M tokens (24%) · elapsed 1:40 · ETA 5:12``."""
         done = self.fraction(step, tokens, self.elapsed())
         percent = f" ({done:.0%})" if done is not None else ""
-        return (f"{self.where(step, tokens)}{percent} · elapsed {clock(self.elapsed())} · "
-                f"ETA {self.eta(step, tokens)}")  # fmt: skip
+        return (
+            f"{self.where(step, tokens)}{percent} · elapsed {clock(self.elapsed())} · "
+            f"ETA {self.eta(step, tokens)}"
+        )
 
 
 def shown_metrics(metrics: Mapping) -> str:

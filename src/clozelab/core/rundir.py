@@ -257,19 +257,23 @@ def read_hf_config(directory: Path) -> dict:
         config = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise config_error(
-            "checkpoint", str(path), f"not a readable JSON file ({first_line(exc)})",
+            "checkpoint",
+            str(path),
+            f"not a readable JSON file ({first_line(exc)})",
             "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
-        ) from None  # fmt: skip
+        ) from None
     family = config.get("model_type") if isinstance(config, dict) else None
     family = family if family in HF_CONFIG_KEYS else "bert"
     needed = HF_CONFIG_KEYS[family]
     missing = [k for k in needed if not isinstance(config, dict) or k not in config]
     if missing:
         raise config_error(
-            "checkpoint", str(path), f"not a {family.upper()} config.json (no {missing})",
+            "checkpoint",
+            str(path),
+            f"not a {family.upper()} config.json (no {missing})",
             "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
             "an HF XLNet directory (XLNetModel / XLNetLMHeadModel)",
-        )  # fmt: skip
+        )
     return config
 
 
@@ -279,13 +283,18 @@ def read_checkpoint_state(checkpoint: Path, key: str = "checkpoint") -> dict[str
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torn, truncated, random bytes, not a checkpoint at all
         raise config_error(
-            key, str(checkpoint), f"unreadable, damaged or not a PyTorch checkpoint "
-            f"({first_line(exc)})",
+            key,
+            str(checkpoint),
+            f"unreadable, damaged or not a PyTorch checkpoint ({first_line(exc)})",
             "pass a whole checkpoint written by clozelab pretrain (checkpoints/last.ckpt, or an "
             "earlier checkpoints/step-N.ckpt of the run)",
-        ) from None  # fmt: skip
+        ) from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise config_error(key, str(checkpoint), "holds no state_dict",
-                           "pass a checkpoint written by clozelab pretrain")  # fmt: skip
+        raise config_error(
+            key,
+            str(checkpoint),
+            "holds no state_dict",
+            "pass a checkpoint written by clozelab pretrain",
+        )
     return state

@@ -150,15 +150,19 @@ class BartNoising(Seq2SeqCorruption):
         self.mask_length = check_choice(mask_length, "corruption.mask_length", MASK_LENGTHS)
         if replace_length not in REPLACE_LENGTHS or isinstance(replace_length, bool):
             raise config_error(
-                "corruption.replace_length", replace_length, "must be -1, 0 or 1",
+                "corruption.replace_length",
+                replace_length,
+                "must be -1, 0 or 1",
                 "1: text infilling (one [MASK] per span), 0: token deletion, -1: [MASK] per token",
-            )  # fmt: skip
+            )
         self.replace_length = int(replace_length)
         if not (isinstance(poisson_lambda, (int, float)) and 0 < poisson_lambda < 64):
             raise config_error(
-                "corruption.poisson_lambda", poisson_lambda, "must be a number in (0, 64)",
+                "corruption.poisson_lambda",
+                poisson_lambda,
+                "must be a number in (0, 64)",
                 "set corruption.poisson_lambda=3 (BART)",
-            )  # fmt: skip
+            )
         self.poisson_lambda = float(poisson_lambda)
         self.pmf = poisson_pmf(self.poisson_lambda)
         self.cdf = as_numpy(length_cdf(self.pmf))
@@ -168,9 +172,14 @@ class BartNoising(Seq2SeqCorruption):
         self.rotate = check_probability(rotate, "corruption.rotate")
         self.insert = check_probability(insert, "corruption.insert")
         self.sampler = replacement_sampler(
-            self.vocab_size, self.special_token_ids, "nonspecial", replace_distribution,
-            corpus, replacement_probs, needed=self.mask_random > 0 or self.insert > 0,
-        )  # fmt: skip
+            self.vocab_size,
+            self.special_token_ids,
+            "nonspecial",
+            replace_distribution,
+            corpus,
+            replacement_probs,
+            needed=self.mask_random > 0 or self.insert > 0,
+        )
         self.replace_distribution = replace_distribution
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
@@ -240,14 +249,21 @@ class BartNoising(Seq2SeqCorruption):
         noisy[random] = as_numpy(self.sampler.sample(int(random.sum()), generator))
         compactor = Compactor(arrays["attention_mask"].astype(bool) & ~deleted)
         fills = {"input_ids": self.pad_token_id, "special_tokens_mask": 1}
-        out = {k: compactor(noisy if k == "input_ids" else v, fills.get(k, 0))
-               for k, v in arrays.items()}  # fmt: skip
+        out = {
+            k: compactor(noisy if k == "input_ids" else v, fills.get(k, 0))
+            for k, v in arrays.items()
+        }
         inserts = np.minimum(n_inserts, deleted.sum(-1))
         if bool((inserts > 0).any()):
             out = insert_tokens(
-                out, inserts, self.mask_random, self.mask_token_id, self.sampler,
-                self.pad_token_id, generator,
-            )[0]  # fmt: skip
+                out,
+                inserts,
+                self.mask_random,
+                self.mask_token_id,
+                self.sampler,
+                self.pad_token_id,
+                generator,
+            )[0]
         return out
 
     # -- 4. rotation -------------------------------------------------------------------------------
@@ -278,9 +294,11 @@ class BartNoising(Seq2SeqCorruption):
                     "Fix: pre-train from prepared shards, or set corruption.permute_sentences=0."
                 )
             order = permutation_order(
-                as_numpy(batch["sentence_ids"]), eligible(batch, self.special_token_ids),
-                self.permute_sentences, generator,
-            )  # fmt: skip
+                as_numpy(batch["sentence_ids"]),
+                eligible(batch, self.special_token_ids),
+                self.permute_sentences,
+                generator,
+            )
             for key in ("input_ids", "word_ids"):  # specials, padding and segments stay put
                 if key in arrays:
                     arrays[key] = take(arrays[key], order)
@@ -291,9 +309,14 @@ class BartNoising(Seq2SeqCorruption):
             candidates = eligible(arrays, self.special_token_ids)
             num = np.ceil(candidates.sum(-1) * self.insert).astype(np.int64)
             arrays = insert_tokens(
-                arrays, num, self.mask_random, self.mask_token_id, self.sampler,
-                self.pad_token_id, generator,
-            )[0]  # fmt: skip
+                arrays,
+                num,
+                self.mask_random,
+                self.mask_token_id,
+                self.sampler,
+                self.pad_token_id,
+                generator,
+            )[0]
         if self.rotate > 0:
             arrays = self.rotation(arrays, generator)
         torch_arrays = {k: as_torch(v) for k, v in arrays.items()}

@@ -93,8 +93,10 @@ def _texts(n: int) -> list[str]:
         "national",
     ]
     g = torch.Generator().manual_seed(0)
-    return [" ".join(words[i] for i in torch.randint(len(words), (200,), generator=g).tolist())
-            for _ in range(n)]  # fmt: skip
+    return [
+        " ".join(words[i] for i in torch.randint(len(words), (200,), generator=g).tolist())
+        for _ in range(n)
+    ]
 
 
 def bench_batch(seq_len: int = 128, batch: int = 32):
@@ -233,8 +235,13 @@ def bench_corruptions(
             )
             text_features.append(dict(enc))
         whole = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, whole_word_mask=True)
-        _rates(results, "hf_whole_word", lambda i: whole([dict(f) for f in text_features]),
-               batch, seconds)  # fmt: skip
+        _rates(
+            results,
+            "hf_whole_word",
+            lambda i: whole([dict(f) for f in text_features]),
+            batch,
+            seconds,
+        )
         return results
     finally:
         torch.set_num_threads(previous)

@@ -106,8 +106,17 @@ def _poisson_distribution(lam: float) -> torch.distributions.Categorical:
 class FairseqDenoising:
     """fairseq ``DenoisingDataset`` noising, one item (``[CLS] ... [SEP]`` tokens) at a time."""
 
-    def __init__(self, vocab_size, mask_id, eos_id, mask=0.3, random_ratio=0.1, lam=3.0,
-                 permute_sentences=1.0, insert=0.0):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size,
+        mask_id,
+        eos_id,
+        mask=0.3,
+        random_ratio=0.1,
+        lam=3.0,
+        permute_sentences=1.0,
+        insert=0.0,
+    ):
         self.vocab_size, self.mask_idx, self.eos = vocab_size, mask_id, eos_id
         self.mask_ratio, self.random_ratio, self.insert_ratio = mask, random_ratio, insert
         self.permute_sentence_ratio = permute_sentences
@@ -228,8 +237,14 @@ def references(clean: dict, tokenizer) -> dict:
     t5 = HFT5SpanCollator(tokenizer.vocab_size, tokenizer.sep_id, tokenizer.pad_id)
     items = fairseq_items(clean)
     bart = FairseqDenoising(tokenizer.vocab_size, tokenizer.mask_id, tokenizer.sep_id)
-    insert = FairseqDenoising(tokenizer.vocab_size, tokenizer.mask_id, tokenizer.sep_id, mask=0.0,
-                              permute_sentences=0.0, insert=0.15)  # fmt: skip
+    insert = FairseqDenoising(
+        tokenizer.vocab_size,
+        tokenizer.mask_id,
+        tokenizer.sep_id,
+        mask=0.0,
+        permute_sentences=0.0,
+        insert=0.15,
+    )
     return {
         "hf_t5_span": lambda: t5(rows),
         "fairseq_bart": lambda: [bart(item) for item in items],

@@ -136,9 +136,14 @@ class Insertion(Corruption):
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
         self.sampler = replacement_sampler(
-            vocab_size, self.special_token_ids, "nonspecial", replace_distribution, corpus,
-            replacement_probs, needed=self.random_ratio > 0,
-        )  # fmt: skip
+            vocab_size,
+            self.special_token_ids,
+            "nonspecial",
+            replace_distribution,
+            corpus,
+            replacement_probs,
+            needed=self.random_ratio > 0,
+        )
         self.replace_distribution = replace_distribution
 
     def count(self, n_candidates: np.ndarray) -> np.ndarray:
@@ -158,9 +163,14 @@ class Insertion(Corruption):
         if "insertion_labels" not in per_token:  # 0 on original candidates, -100 elsewhere
             per_token["insertion_labels"] = np.where(candidates, 0, IGNORE_INDEX)
         moved, inserted = insert_tokens(
-            per_token, num, self.random_ratio, self.mask_token_id, self.sampler,
-            self.pad_token_id, generator,
-        )  # fmt: skip
+            per_token,
+            num,
+            self.random_ratio,
+            self.mask_token_id,
+            self.sampler,
+            self.pad_token_id,
+            generator,
+        )
         moved["insertion_labels"][inserted] = 1
         out = dict(batch)
         out.update({k: as_torch(v) for k, v in moved.items()})

@@ -1,8 +1,10 @@
 """BERT token masking: choose single tokens, then [MASK] / random / keep them (SPECS §1, §3, §4).
 
 ``TokenMasking`` is the token-level fast path (``corruption=mask``); the unit-level schemes (whole
-word, entity, phrase) and their shared base ``MaskingCorruption`` live in ``masking.py``. Both
-module paths are ``_target_`` names in saved run configs, so they keep their names.
+word, entity, phrase) and their shared base ``MaskingCorruption`` live in ``masking.py``, which also
+owns what both do to a chosen token (``MaskedReplacement``: the 80/10/10 mixture, the [MASK] id and
+the sampler of random tokens). Both module paths are ``_target_`` names in saved run configs, so
+they keep their names.
 
 Three budgets:
 
@@ -29,25 +31,21 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from clozelab.core.errors import config_error
 from clozelab.corruption.base import (
-    Corruption,
-    OperationMix,
     apply_operations,
     candidates,
     check_choice,
     check_positive_int,
-    check_rate,
     choose_k,
     mlm_targets,
     prediction_budget,
-    replacement_sampler,
 )
+from clozelab.corruption.masking import MaskedReplacement
 
 BUDGETS = ("bernoulli", "exact", "fairseq")
 
 
-class TokenMasking(Corruption):
+class TokenMasking(MaskedReplacement):
     """Token-level masked-LM corruption.
 
     Args:
@@ -68,7 +66,6 @@ class TokenMasking(Corruption):
     """
 
     produces = ("input_ids", "mlm_labels", "replaced_mask")
-    runtime_inputs = frozenset({"corpus"})  # unigram counts / phrase table of the corpus
 
     def __init__(
         self,
@@ -87,43 +84,23 @@ class TokenMasking(Corruption):
         corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
-        self.rate = check_rate(rate)
-        self.mix = OperationMix(mask_prob, random_prob, keep_prob)
+        super().__init__(
+            rate,
+            mask_prob,
+            random_prob,
+            keep_prob,
+            replace_from,
+            replace_distribution,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+            special_token_ids=special_token_ids,
+            corpus=corpus,
+            replacement_probs=replacement_probs,
+        )
         self.budget = check_choice(budget, "corruption.budget", BUDGETS)
         self.max_predictions = check_positive_int(
             max_predictions, "corruption.max_predictions", allow_none=True
         )
-        vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
-        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
-            raise config_error(
-                "corruption.mask_token_id",
-                mask_token_id,
-                "must be an integer token id",
-                "use a tokenizer that defines a [MASK] token",
-            )
-        if not 0 <= mask_token_id < vocab_size:
-            raise config_error(
-                "corruption.mask_token_id",
-                mask_token_id,
-                f"must lie in [0, vocab_size={vocab_size})",
-                "build the corruption from the same tokenizer as the data",
-            )
-        self.mask_token_id = mask_token_id
-        # [MASK] never comes out of a "nonspecial" random draw, even if the tokenizer forgot it.
-        specials = [*_as_ints(special_token_ids), mask_token_id]
-        self.sampler = replacement_sampler(
-            vocab_size,
-            specials,
-            replace_from,
-            replace_distribution,
-            corpus,
-            replacement_probs,
-            needed=self.mix.random > 0,
-        )
-        self.replace_distribution = replace_distribution
-        self.vocab_size = vocab_size
-        self.replace_from = self.sampler.replace_from
-        self.special_token_ids = self.sampler.special_token_ids
 
     def rate_of_remaining(self) -> bool:
         """Bernoulli draws take the rate of the candidates left; exact budgets count the row."""
@@ -188,15 +165,3 @@ def fairseq_budget(
     if max_predictions is not None:
         k = k.clamp_max(max_predictions)
     return k
-
-
-def _as_ints(ids: Iterable[int]) -> list[int]:
-    try:
-        return [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
-    except (TypeError, ValueError):
-        raise config_error(
-            "corruption.special_token_ids",
-            ids,
-            "must be a list of token ids",
-            "pass the tokenizer's all_special_ids",
-        ) from None

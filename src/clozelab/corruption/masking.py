@@ -58,18 +58,17 @@ OPERATIONS_PER = ("token", "unit")
 FILLS = ("word", "token", "none")
 
 
-class MaskingCorruption(Corruption):
-    """Base of the masked-LM schemes: operations, replacement distribution, prediction rate.
+class MaskedReplacement(Corruption):
+    """What happens to the tokens a masked-LM scheme chooses, set up once for every such scheme
+    (``mask.TokenMasking``, ``MaskingCorruption``): the corruption rate, the [MASK] / random /
+    keep mixture (``OperationMix``), the [MASK] id and the sampler of random tokens (uniform or
+    unigram, over the vocabulary or the non-special ids; ``base.replacement_sampler``).
+    A subclass passes these arguments to ``super().__init__`` and then sets up how it chooses
+    positions.
 
     Args:
         rate: corruption rate, the fraction of candidate tokens chosen (``corruption.rate``).
         mask_prob, random_prob, keep_prob: what happens to the chosen tokens (BERT's 80/10/10).
-        operations_per: ``"token"`` (one draw per token: BERT, ALBERT, ERNIE) or ``"unit"`` (one
-            draw per unit / merged span: SpanBERT's ``replacement_method=span``).
-        prediction_rate: fraction of candidate tokens that carry an MLM loss; ``None`` = every
-            chosen token (all references). Below ``rate`` a uniform subset of the chosen tokens is
-            predicted; above it, unchosen tokens are added with probability
-            ``(prediction_rate - rate) / (1 - rate)`` and predict themselves (Wettig et al.).
         replace_from: ``"nonspecial"`` (RoBERTa) or ``"vocab"`` (BERT/HF, specials included).
         replace_distribution: ``"uniform"`` or ``"unigram"`` (corpus frequencies, SpanBERT /
             fairseq ``freq_weighted_replacement``; the table is counted once from the shards).
@@ -78,8 +77,84 @@ class MaskingCorruption(Corruption):
         replacement_probs: explicit ``[vocab_size]`` weights (tests, custom tables).
     """
 
-    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask")
     runtime_inputs = frozenset({"corpus"})  # unigram counts / phrase table of the corpus
+
+    def __init__(
+        self,
+        rate: float,
+        mask_prob: float,
+        random_prob: float,
+        keep_prob: float,
+        replace_from: str,
+        replace_distribution: str,
+        *,
+        vocab_size: int,
+        mask_token_id: int,
+        special_token_ids: Iterable[int],
+        corpus=None,
+        replacement_probs: Tensor | None = None,
+    ) -> None:
+        self.rate = check_rate(rate)
+        self.mix = OperationMix(mask_prob, random_prob, keep_prob)
+        self.vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+            raise config_error(
+                "corruption.mask_token_id",
+                mask_token_id,
+                "must be an integer token id",
+                "use a tokenizer that defines a [MASK] token",
+            )
+        if not 0 <= mask_token_id < self.vocab_size:
+            raise config_error(
+                "corruption.mask_token_id",
+                mask_token_id,
+                f"must lie in [0, vocab_size={self.vocab_size})",
+                "build the corruption from the same tokenizer as the data",
+            )
+        self.mask_token_id = mask_token_id
+        # [MASK] never comes out of a "nonspecial" random draw, even if the tokenizer forgot it.
+        specials = [*_as_ints(special_token_ids), mask_token_id]
+        self.corpus = corpus
+        self.sampler = replacement_sampler(
+            self.vocab_size,
+            specials,
+            replace_from,
+            replace_distribution,
+            corpus,
+            replacement_probs,
+            needed=self.mix.random > 0,
+        )
+        self.replace_distribution = replace_distribution
+        self.replace_from = self.sampler.replace_from
+        self.special_token_ids = self.sampler.special_token_ids
+
+
+def _as_ints(ids: Iterable[int]) -> list[int]:
+    try:
+        return [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    except (TypeError, ValueError):
+        raise config_error(
+            "corruption.special_token_ids",
+            ids,
+            "must be a list of token ids",
+            "pass the tokenizer's all_special_ids",
+        ) from None
+
+
+class MaskingCorruption(MaskedReplacement):
+    """Base of the unit masking schemes: ``MaskedReplacement`` plus operations per token or
+    unit and a prediction rate.
+
+    Args (besides ``MaskedReplacement``'s):
+        operations_per: ``"token"`` (one draw per token: BERT, ALBERT, ERNIE) or ``"unit"`` (one
+            draw per unit / merged span: SpanBERT's ``replacement_method=span``).
+        prediction_rate: fraction of candidate tokens that carry an MLM loss; ``None`` = every
+            chosen token (all references). Below ``rate`` a uniform subset of the chosen tokens is
+            predicted; above it, unchosen tokens are added with probability
+            ``(prediction_rate - rate) / (1 - rate)`` and predict themselves (Wettig et al.).
+    """
+
+    produces = ("input_ids", "mlm_labels", "replaced_mask", "corrupted_mask")
     #: whether it chooses multi-token spans and writes their ``span_bounds`` (what SBO reads):
     #: SpanBERT spans, n-grams, entities, phrases, ERNIE's mix; not single tokens or words
     spans: ClassVar[bool] = False
@@ -110,8 +185,19 @@ class MaskingCorruption(Corruption):
         corpus=None,
         replacement_probs: Tensor | None = None,
     ) -> None:
-        self.rate = check_rate(rate)
-        self.mix = OperationMix(mask_prob, random_prob, keep_prob)
+        super().__init__(
+            rate,
+            mask_prob,
+            random_prob,
+            keep_prob,
+            replace_from,
+            replace_distribution,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+            special_token_ids=special_token_ids,
+            corpus=corpus,
+            replacement_probs=replacement_probs,
+        )
         self.operations_per = check_choice(
             operations_per, "corruption.operations_per", OPERATIONS_PER
         )
@@ -120,28 +206,6 @@ class MaskingCorruption(Corruption):
             if prediction_rate is None
             else check_probability(prediction_rate, "corruption.prediction_rate")
         )
-        self.vocab_size = check_positive_int(vocab_size, "corruption.vocab_size")
-        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
-            raise config_error(
-                "corruption.mask_token_id",
-                mask_token_id,
-                "must be an integer token id",
-                "use a tokenizer that defines a [MASK] token",
-            )
-        self.mask_token_id = mask_token_id
-        specials = [*(int(i) for i in special_token_ids), mask_token_id]
-        self.corpus = corpus
-        self.sampler = replacement_sampler(
-            self.vocab_size,
-            specials,
-            replace_from,
-            replace_distribution,
-            corpus,
-            replacement_probs,
-            needed=self.mix.random > 0,
-        )
-        self.replace_distribution = replace_distribution
-        self.special_token_ids = self.sampler.special_token_ids
 
     # -- the part subclasses implement ------------------------------------------------------------
 
@@ -182,8 +246,11 @@ class MaskingCorruption(Corruption):
         previous = batch.get("corrupted_mask")
         out["corrupted_mask"] = selected if previous is None else selected | previous.bool()
         if self.spans:
-            out["span_bounds"] = (span_bounds(selected, merged) if previous is None
-                                  else span_bounds(out["corrupted_mask"]))  # fmt: skip
+            out["span_bounds"] = (
+                span_bounds(selected, merged)
+                if previous is None
+                else span_bounds(out["corrupted_mask"])
+            )
         return out
 
     def predicted(self, selected: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:

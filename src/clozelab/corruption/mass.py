@@ -60,9 +60,14 @@ class MassMasking(Seq2SeqCorruption):
         self.fragment = check_rate(fragment, "corruption.fragment") if fragment != 1 else 1.0
         self.mix = OperationMix(mask_prob, random_prob, keep_prob)
         self.sampler = replacement_sampler(
-            self.vocab_size, [*self.special_token_ids, self.mask_token_id], replace_from,
-            replace_distribution, corpus, replacement_probs, needed=self.mix.random > 0,
-        )  # fmt: skip
+            self.vocab_size,
+            [*self.special_token_ids, self.mask_token_id],
+            replace_from,
+            replace_distribution,
+            corpus,
+            replacement_probs,
+            needed=self.mix.random > 0,
+        )
 
     def fragment_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> np.ndarray:
         candidates = eligible(batch, self.special_token_ids)

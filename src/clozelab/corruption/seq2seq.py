@@ -31,8 +31,12 @@ from clozelab.core.errors import ClozelabError
 from clozelab.corruption.base import Corruption, check_choice, check_positive_int
 
 SEQ2SEQ_KEYS = (
-    "input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask",
-)  # fmt: skip
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+)
 DECODER_STARTS = ("pad", "eos", "mask")
 #: per-token keys that travel with the source (others are dropped: their positions changed)
 SOURCE_KEYS = {"token_type_ids": 0, "special_tokens_mask": 1}

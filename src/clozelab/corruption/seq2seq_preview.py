@@ -10,8 +10,20 @@ from clozelab.core.batch import IGNORE_INDEX
 
 def seq2seq_stats(pairs: list[tuple[dict, dict]], tokenizer, n_sentinels: int, bos: bool) -> dict:
     vocab = tokenizer.vocab_size
-    totals = dict.fromkeys(("sequences", "input", "candidates", "source", "target", "sentinels",
-                            "target_sentinels", "masks", "touched"), 0)  # fmt: skip
+    totals = dict.fromkeys(
+        (
+            "sequences",
+            "input",
+            "candidates",
+            "source",
+            "target",
+            "sentinels",
+            "target_sentinels",
+            "masks",
+            "touched",
+        ),
+        0,
+    )
     for clean, out in pairs:
         real = clean["attention_mask"].bool()
         special = clean["special_tokens_mask"].bool() & real

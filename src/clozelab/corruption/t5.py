@@ -82,9 +82,12 @@ def random_segmentation(num_items: np.ndarray, num_segments: np.ndarray, keys: n
 
 
 def random_spans_noise_mask(
-    lengths: np.ndarray, width: int, keys: np.ndarray, density: float = 0.15,
+    lengths: np.ndarray,
+    width: int,
+    keys: np.ndarray,
+    density: float = 0.15,
     mean_span: float = 3.0,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """T5's ``random_spans_noise_mask`` for every row at once: ``bool [B, width]``, True on the
     noise items of each row's first ``lengths[b]`` items (see the module docstring). ``keys``:
     i.i.d. uniforms ``[2, B, >= max(width, 2)]`` (from the corruption's generator)."""
@@ -169,15 +172,19 @@ class T5Noise(Seq2SeqCorruption):
         self.density = check_rate(density, "corruption.density")
         if self.noise == "prefix" and self.density > 0.5:
             raise config_error(
-                "corruption.density", density, "the prefix LM's density must be <= 0.5 (T5)",
+                "corruption.density",
+                density,
+                "the prefix LM's density must be <= 0.5 (T5)",
                 "set corruption.density=0.5 (any split point)",
-            )  # fmt: skip
+            )
         finite = isinstance(mean_span, (int, float)) and math.isfinite(mean_span)
         if not (finite and mean_span >= 1):
             raise config_error(
-                "corruption.mean_span", mean_span, "must be a number >= 1",
+                "corruption.mean_span",
+                mean_span,
+                "must be a number >= 1",
                 "set corruption.mean_span=3 (T5)",
-            )  # fmt: skip
+            )
         self.mean_span = float(mean_span)
         self.sentinels = SentinelIds(self.vocab_size, n_sentinels)
         self.extra_vocab = self.sentinels.n if self.mode == "sentinel" else 0
@@ -187,8 +194,9 @@ class T5Noise(Seq2SeqCorruption):
         base = n_tokens - self.dropped_bos()
         if self.noise != "spans":
             return base
-        num_noise, num_spans = span_counts(np.array([n_tokens - n_special]), self.density,
-                                           self.mean_span)  # fmt: skip
+        num_noise, num_spans = span_counts(
+            np.array([n_tokens - n_special]), self.density, self.mean_span
+        )
         kept_spans = int(num_spans[0]) if self.mode == "sentinel" else 0
         return base - int(num_noise[0]) + kept_spans
 

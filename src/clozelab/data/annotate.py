@@ -74,9 +74,14 @@ class AnnotationSettings:
                 "data.entity_links", links, "must be true or false", "set data.entity_links=true"
             )
         return cls(
-            entities, gazetteer and str(gazetteer), types, get("spacy_model"), batch, phrases,
+            entities,
+            gazetteer and str(gazetteer),
+            types,
+            get("spacy_model"),
+            batch,
+            phrases,
             links,
-        )  # fmt: skip
+        )
 
     @property
     def uses_spacy(self) -> bool:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clozelab.core.batch import Batch
+
 PAD_VALUES = {"input_ids": None, "token_type_ids": 0, "special_tokens_mask": 1,
               "word_ids": -1, "entity_ids": -1, "sentence_ids": -1, "role_ids": 0,
-              "phrase_ids": -1, "entity_links": -1}  # fmt: skip
-LABEL_KEYS = ("next_sentence_label", "sentence_order_label", "dialogue_label")  # one per sequence
+              "phrase_ids": -1, "entity_links": -1, "case_labels": -100,
+              "token_document_labels": -100}  # fmt: skip
+LABEL_KEYS = ("next_sentence_label", "sentence_order_label", "dialogue_label",
+              "sentence_distance_label", "permutation_label")  # one per sequence  # fmt: skip
 
 
 def batch_seed(seed: int, epoch: int, indices) -> int:
@@ -20,14 +24,23 @@ def batch_seed(seed: int, epoch: int, indices) -> int:
 
 class Collator:
     """Pads a list of instances to the longest (rounded up to ``pad_to_multiple_of``), builds the
-    attention mask, and applies the corruption with a generator seeded by ``batch_seed``."""
+    attention mask, and applies the corruption with a generator seeded by ``batch_seed``; the
+    result is a ``batch_type`` (``clozelab.core.batch``: the stream the batch declares)."""
 
-    def __init__(self, pad_id: int, corruption=None, seed: int = 0, pad_to_multiple_of: int = 8):
+    def __init__(
+        self,
+        pad_id: int,
+        corruption=None,
+        seed: int = 0,
+        pad_to_multiple_of: int = 8,
+        batch_type: type[Batch] = Batch,
+    ):
         self.pad_id, self.corruption, self.seed = pad_id, corruption, seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.batch_type = batch_type
         self.epoch = 0
 
-    def __call__(self, items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, np.ndarray]]) -> Batch:
         lengths = [len(item["input_ids"]) for item in items]
         width = max(lengths)
         if self.pad_to_multiple_of > 1:
@@ -53,4 +66,4 @@ class Collator:
         if self.corruption is not None:
             generator = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, indices))
             batch = self.corruption(batch, generator)
-        return batch
+        return self.batch_type(batch)

@@ -181,9 +181,11 @@ def _resolve_one(spec: str | PathLike[str], key: str) -> CorpusSpec:
         exists = path.exists()
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
         raise config_error(
-            key, raw, f"cannot be resolved ({exc})",
+            key,
+            raw,
+            f"cannot be resolved ({exc})",
             "point it at the real file or directory (check the symbolic links on the way)",
-        ) from None  # fmt: skip
+        ) from None
     if not exists:
         raise config_error(
             key,

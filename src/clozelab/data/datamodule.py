@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clozelab.core.batch import Batch, ReferenceBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data import instances
 from clozelab.data.collate import Collator
@@ -18,6 +19,7 @@ from clozelab.data.dataset import InstanceDataset
 from clozelab.data.preprocess import Prepared
 from clozelab.data.sampler import EpochSampler
 from clozelab.data.shards import open_split
+from clozelab.data.structure import STRUCTURE_KINDS, structure_rows
 
 VALIDATION_EPOCH = 1 << 20  # a fixed "epoch" for validation instances and masks
 
@@ -50,8 +52,12 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         batches = int(self.position()) if self.position is not None else 0
-        return {"epoch": self.epoch, "batches": batches, "batch_size": self.batch_size,
-                "world_size": getattr(self.sampler, "world_size", 1)}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "batches": batches,
+            "batch_size": self.batch_size,
+            "world_size": getattr(self.sampler, "world_size", 1),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Skip the batches already trained on. The ranks' step-k batches together are items
@@ -84,7 +90,7 @@ def instance_length(corruption, kind: str, max_seq_length: int) -> int:
     ones). Without a corruption it is ``max_seq_length``."""
     if corruption is None:
         return max_seq_length
-    n_special = 3 if kind in instances.PAIR_LABEL_KEYS else 2  # [CLS] A [SEP] (B [SEP])
+    n_special = 3 if kind in instances.TWO_SEGMENT_KINDS else 2  # [CLS] A [SEP] (B [SEP])
     return int(corruption.instance_length(max_seq_length, n_special))
 
 
@@ -104,14 +110,19 @@ class PretrainDataModule(pl.LightningDataModule):
         dialogue=None,
         reference_corruption=None,
         pad_to_multiple_of: int = 8,
+        features: tuple[str, ...] = (),
+        reorder_share: float = 0.5,
+        reorder_segments: int = 3,
     ):
         """``dialogue``: a ``DialogueStream`` (ERNIE DLM) whose batches join the text batches.
         ``reference_corruption``: validation also runs on the same sequences corrupted by it (a
         fixed-rate yardstick, ``validation_reference``). ``pad_to_multiple_of``: each batch's width
-        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape)."""
+        is rounded up to it (``data.pad_to_multiple_of``; ``max_seq_length``: one shape).
+        ``features``: per-token labels of ``token_features`` the objectives read.
+        ``reorder_share`` / ``reorder_segments``: the share of reordered paragraphs and the most
+        segments of one (``data.instances=structure``, ERNIE 2.0)."""
         super().__init__()
         self.dialogue, self.reference_corruption = dialogue, reference_corruption
-        self.val_streams = ["text"]  # set by val_dataloader: what each validation loader holds
         self.prepared, self.corruption = prepared, corruption
         self.kind, self.max_seq_length, self.short_seq_prob = (
             instances,
@@ -119,6 +130,8 @@ class PretrainDataModule(pl.LightningDataModule):
             short_seq_prob,
         )
         self.sop_single_sentence = sop_single_sentence
+        self.features = tuple(features)
+        self.reorder_share, self.reorder_segments = reorder_share, reorder_segments
         self._epoch0: np.ndarray | None = None  # epoch 0's training table, for summaries
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -131,15 +144,25 @@ class PretrainDataModule(pl.LightningDataModule):
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
-        table = instances.build(
-            self.kind,
-            shards,
-            self.instance_length,
-            self.short_seq_prob,
-            rng,
-            self.sop_single_sentence,
-        )
-        return InstanceDataset(shards, table, self.kind, self._cls, self._sep)
+        if self.kind == "structure":
+            table = structure_rows(
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.reorder_share,
+                self.reorder_segments,
+            )
+        else:
+            table = instances.build(
+                self.kind,
+                shards,
+                self.instance_length,
+                self.short_seq_prob,
+                rng,
+                self.sop_single_sentence,
+            )
+        return InstanceDataset(shards, table, self.kind, self._cls, self._sep, self.features)
 
     def _first_train_table(self) -> np.ndarray:
         """Epoch 0's training instances, built once for the summaries below."""
@@ -150,6 +173,8 @@ class PretrainDataModule(pl.LightningDataModule):
     def pair_kinds(self) -> dict[str, float] | None:
         """Share of each pair kind among epoch 0's training pairs (None for packed instances):
         how many negatives are swaps and how many random-document pairs (``preview``, run log)."""
+        if self.kind == "structure":
+            return instances.pair_kind_shares(self._first_train_table(), STRUCTURE_KINDS)
         if self.kind not in instances.PAIR_LABEL_KEYS:
             return None
         return instances.pair_kind_shares(self._first_train_table())
@@ -160,7 +185,13 @@ class PretrainDataModule(pl.LightningDataModule):
         return float(instances.lengths(self.kind, table).mean()) if len(table) else 0.0
 
     def _loader(
-        self, split: str, epoch: int, shuffle: bool, start: int = 0, corruption=None
+        self,
+        split: str,
+        epoch: int,
+        shuffle: bool,
+        start: int = 0,
+        corruption=None,
+        batch_type: type[Batch] = Batch,
     ) -> DataLoader:
         dataset = self.dataset(split, epoch)
         rank, world = (
@@ -168,7 +199,7 @@ class PretrainDataModule(pl.LightningDataModule):
         )
         sampler = EpochSampler(len(dataset), self.seed, epoch, shuffle, rank, world, start)
         collator = Collator(
-            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of
+            self._pad, corruption or self.corruption, self.seed, self.pad_to_multiple_of, batch_type
         )
         collator.epoch = epoch
         generator = torch.Generator().manual_seed(
@@ -203,15 +234,18 @@ class PretrainDataModule(pl.LightningDataModule):
         return loader
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The text loader, then the dialogue and reference ones when configured; ``val_streams``
-        names each, in order."""
+        """The text loader, then the dialogue and reference ones when configured (each collates
+        the ``Batch`` class of its stream)."""
         text = self._loader("validation", VALIDATION_EPOCH, shuffle=False)
         loaders = {"text": text}
         if self.dialogue is not None:
             loaders["dialogue"] = self.dialogue.val_loader(text)
         if self.reference_corruption is not None:
             loaders["reference"] = self._loader(
-                "validation", VALIDATION_EPOCH, False, corruption=self.reference_corruption
+                "validation",
+                VALIDATION_EPOCH,
+                False,
+                corruption=self.reference_corruption,
+                batch_type=ReferenceBatch,
             )
-        self.val_streams = list(loaders)
         return text if len(loaders) == 1 else list(loaders.values())

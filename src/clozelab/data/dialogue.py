@@ -57,9 +57,11 @@ def read_chatterbot(source: str | Path) -> list[list[str]]:
     paths = sorted(source.glob("*.yml")) if source.is_dir() else [source]
     if not paths:
         raise config_error(
-            KEY, str(source), "the directory holds no *.yml conversation file",
+            KEY,
+            str(source),
+            "the directory holds no *.yml conversation file",
             "point it to chatterbot-format .yml files or a .jsonl of turns",
-        )  # fmt: skip
+        )
     conversations = []
     for path in paths:
         try:
@@ -161,14 +163,18 @@ def read_dialogues(spec: str) -> list[Dialogue]:
             return read_dialogue_jsonl(path)
         if not path.exists():
             raise config_error(
-                KEY, spec, "no such file or directory",
+                KEY,
+                spec,
+                "no such file or directory",
                 f"use {BUNDLED}, a .jsonl of turns or a directory of chatterbot .yml files",
-            )  # fmt: skip
+            )
         if path.is_file() and path.suffix not in (".yml", ".yaml"):
             raise config_error(
-                KEY, spec, f"unknown dialogue format {path.suffix!r}",
+                KEY,
+                spec,
+                f"unknown dialogue format {path.suffix!r}",
                 "give a .jsonl of turns or chatterbot-format .yml files",
-            )  # fmt: skip
+            )
         conversations = read_chatterbot(path)
     if not conversations:
         raise config_error(KEY, spec, "no conversation with a non-empty turn", "fix the files")

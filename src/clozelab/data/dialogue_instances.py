@@ -207,9 +207,17 @@ class DialogueDataset(Dataset):
     """
 
     def __init__(
-        self, corpus: DialogueCorpus, cls_id: int, sep_id: int, max_seq_length: int,
-        fake_rate: float, seed: int, split: int, shuffle: bool, epoch: int = 0,
-    ):  # fmt: skip
+        self,
+        corpus: DialogueCorpus,
+        cls_id: int,
+        sep_id: int,
+        max_seq_length: int,
+        fake_rate: float,
+        seed: int,
+        split: int,
+        shuffle: bool,
+        epoch: int = 0,
+    ):
         if len(corpus) == 0:
             raise ClozelabError(
                 "data.dialogue.corpus: no dialogue triple (QRQ/QRR/QQR) in this split. Fix: use "

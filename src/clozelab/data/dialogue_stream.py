@@ -21,6 +21,7 @@ import logging
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clozelab.core.batch import DialogueBatch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.data.collate import Collator
 from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader, worker_context
@@ -34,11 +35,6 @@ SCHEDULES = ("alternate", "joint")
 TEXT, DIALOGUE = "text", "dialogue"
 
 
-def is_dialogue(batch) -> bool:
-    """Whether a collated batch (or item) is a dialogue one."""
-    return "dialogue_label" in batch
-
-
 class StreamBatches(Sampler[list]):
     """One epoch's steps as lists of ``(stream, key)``: text keys are instance indices (this rank's
     ``text_order``), dialogue keys are positions in the epoch's dialogue stream.
@@ -46,8 +42,17 @@ class StreamBatches(Sampler[list]):
     ``start`` skips the first ``start`` steps (resume); ``len()`` stays the whole epoch.
     """
 
-    def __init__(self, text_order, text_batch: int, dialogue_batch: int, schedule: str,
-                 every: int, rank: int = 0, world_size: int = 1, start: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        text_order,
+        text_batch: int,
+        dialogue_batch: int,
+        schedule: str,
+        every: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ):
         self.text_order = np.asarray(text_order, dtype=np.int64)
         self.text_batch, self.dialogue_batch = text_batch, dialogue_batch
         self.schedule, self.every = schedule, every
@@ -82,7 +87,8 @@ class StreamBatches(Sampler[list]):
 
 
 class MixedDataset(Dataset):
-    """``dataset[(stream, key)]``: a text instance or a dialogue stream item."""
+    """``dataset[(stream, key)]``: ``(stream, item)``, a text instance or a dialogue stream
+    item."""
 
     def __init__(self, text: Dataset, dialogue: DialogueDataset):
         self.text, self.dialogue = text, dialogue
@@ -92,20 +98,21 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, key):
         stream, i = key
-        return self.dialogue[i] if stream == DIALOGUE else self.text[i]
+        return stream, self.dialogue[i] if stream == DIALOGUE else self.text[i]
 
 
 class MixedCollator:
-    """Collates a step's items per stream: one batch, or ``{"text": ..., "dialogue": ...}``."""
+    """Collates a step's ``(stream, item)`` pairs per stream: one batch, or a ``JointBatch``
+    ``{"text": ..., "dialogue": ...}``."""
 
     def __init__(self, text: Collator, dialogue: Collator):
         self.text, self.dialogue = text, dialogue
 
     def __call__(self, items):
-        dialogue = [item for item in items if is_dialogue(item)]
-        text = [item for item in items if not is_dialogue(item)]
+        dialogue = [item for stream, item in items if stream == DIALOGUE]
+        text = [item for stream, item in items if stream != DIALOGUE]
         if text and dialogue:
-            return {TEXT: self.text(text), DIALOGUE: self.dialogue(dialogue)}
+            return JointBatch({TEXT: self.text(text), DIALOGUE: self.dialogue(dialogue)})
         return self.dialogue(dialogue) if dialogue else self.text(text)
 
 
@@ -162,9 +169,20 @@ class DialogueStream:
         cls_id, sep_id: the tokenizer's [CLS]/[SEP] ids.
     """
 
-    def __init__(self, train: DialogueCorpus, validation: DialogueCorpus, *, schedule: str,
-                 every: int, batch_size: int, fake_rate: float, max_seq_length: int, seed: int,
-                 cls_id: int, sep_id: int):  # fmt: skip
+    def __init__(
+        self,
+        train: DialogueCorpus,
+        validation: DialogueCorpus,
+        *,
+        schedule: str,
+        every: int,
+        batch_size: int,
+        fake_rate: float,
+        max_seq_length: int,
+        seed: int,
+        cls_id: int,
+        sep_id: int,
+    ):
         self.train, self.validation = train, validation
         self.schedule, self.every, self.batch_size = schedule, every, batch_size
         self.fake_rate, self.max_seq_length, self.seed = fake_rate, max_seq_length, seed
@@ -180,30 +198,49 @@ class DialogueStream:
         fraction = cfg.get("validation_fraction", data_cfg.get("validation_fraction", 0.05))
         train, validation = split_dialogues(dialogues, float(fraction))
         patterns, threads = list(cfg.get("patterns")), bool(cfg.get("threads"))
-        splits = [DialogueCorpus.build(part, tokenizer, patterns, threads)
-                  for part in (train, validation)]  # fmt: skip
+        splits = [
+            DialogueCorpus.build(part, tokenizer, patterns, threads) for part in (train, validation)
+        ]
         log.info(
             "Dialogue corpus %s: %d dialogues, %d train triples %s, %d validation triples",
-            cfg.corpus, len(dialogues), len(splits[0]), splits[0].pattern_counts(), len(splits[1]),
-        )  # fmt: skip
+            cfg.corpus,
+            len(dialogues),
+            len(splits[0]),
+            splits[0].pattern_counts(),
+            len(splits[1]),
+        )
         return cls(
-            *splits, schedule=str(cfg.schedule), every=int(cfg.every),
-            batch_size=int(cfg.batch_size), fake_rate=float(cfg.fake_rate),
-            max_seq_length=int(data_cfg.max_seq_length), seed=int(seed),
-            cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-        )  # fmt: skip
+            *splits,
+            schedule=str(cfg.schedule),
+            every=int(cfg.every),
+            batch_size=int(cfg.batch_size),
+            fake_rate=float(cfg.fake_rate),
+            max_seq_length=int(data_cfg.max_seq_length),
+            seed=int(seed),
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+        )
 
     def dataset(self, split: str, epoch: int) -> DialogueDataset:
         corpus = self.train if split == "train" else self.validation
         return DialogueDataset(
-            corpus, self.cls_id, self.sep_id, self.max_seq_length, self.fake_rate, self.seed,
-            split=0 if split == "train" else 1, shuffle=split == "train", epoch=epoch,
-        )  # fmt: skip
+            corpus,
+            self.cls_id,
+            self.sep_id,
+            self.max_seq_length,
+            self.fake_rate,
+            self.seed,
+            split=0 if split == "train" else 1,
+            shuffle=split == "train",
+            epoch=epoch,
+        )
 
     def collator(self, text: Collator, epoch: int) -> Collator:
         """A dialogue collator beside the text one: same corruption, its own seed stream."""
         salted = int(np.random.SeedSequence([self.seed, 0xD1A]).generate_state(1)[0])
-        collator = Collator(text.pad_id, text.corruption, salted, text.pad_to_multiple_of)
+        collator = Collator(
+            text.pad_id, text.corruption, salted, text.pad_to_multiple_of, DialogueBatch
+        )
         collator.epoch = epoch
         return collator
 
@@ -211,9 +248,14 @@ class DialogueStream:
         """The mixed train loader of the epoch ``text`` (the plain text train loader) is for."""
         sampler = text.sampler
         steps = StreamBatches(
-            list(sampler), text.batch_size, self.batch_size, self.schedule, self.every,
-            sampler.rank, sampler.world_size,
-        )  # fmt: skip
+            list(sampler),
+            text.batch_size,
+            self.batch_size,
+            self.schedule,
+            self.every,
+            sampler.rank,
+            sampler.world_size,
+        )
         loader = MixedDataLoader(
             MixedDataset(text.dataset, self.dataset("train", text.epoch)),
             batch_sampler=steps,
@@ -232,8 +274,14 @@ class DialogueStream:
             log.warning("No dialogue triple in the validation split: no val/dlm_* metrics")
             return None
         dataset = self.dataset("validation", VALIDATION_EPOCH)
-        sampler = EpochSampler(len(dataset), self.seed, VALIDATION_EPOCH, False,
-                               text.sampler.rank, text.sampler.world_size)  # fmt: skip
+        sampler = EpochSampler(
+            len(dataset),
+            self.seed,
+            VALIDATION_EPOCH,
+            False,
+            text.sampler.rank,
+            text.sampler.world_size,
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -46,10 +46,15 @@ INSTANCE_KEYS = {
     "full_sentences": (),
     "doc_sentences": (),
     "sentence_order": ("sentence_order_label",),
+    "structure": ("sentence_distance_label", "permutation_label"),  # ERNIE 2.0 (structure.py)
 }
 KINDS = tuple(INSTANCE_KEYS)
 #: Kinds built as [CLS] A [SEP] B [SEP] pairs, and the batch key their label goes to.
-PAIR_LABEL_KEYS = {kind: keys[0] for kind, keys in INSTANCE_KEYS.items() if keys}
+PAIR_LABEL_KEYS = {
+    kind: INSTANCE_KEYS[kind][0] for kind in ("segment_pair", "sentence_pair", "sentence_order")
+}
+#: Kinds whose rows may hold two segments (three special tokens).
+TWO_SEGMENT_KINDS = (*PAIR_LABEL_KEYS, "structure")
 
 
 def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -68,13 +73,21 @@ def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int
     return remove_a + rest // 2, remove_b + rest - rest // 2
 
 
-def _document_table(shards: list[Shard]) -> np.ndarray:
+def document_table(shards: list[Shard]) -> np.ndarray:
     """[n_documents, 2] (shard index, document index within the shard)."""
     parts = [
         np.stack([np.full(s.n_documents, i), np.arange(s.n_documents)], axis=1)
         for i, s in enumerate(shards)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+def target_length(max_num_tokens: int, short_seq_prob: float, rng: np.random.Generator) -> int:
+    """A document's chunk length: ``max_num_tokens``, or with probability ``short_seq_prob`` a
+    uniform shorter one in [2, max_num_tokens] (BERT's short_seq_prob)."""
+    if rng.random() < short_seq_prob:
+        return int(rng.integers(2, max_num_tokens + 1))
+    return max_num_tokens
 
 
 def segment_pairs(
@@ -92,16 +105,14 @@ def segment_pairs(
         raise ValueError(f"single_sentence must be one of {SINGLE_SENTENCE}: {single_sentence!r}")
     paper_sop = sentence_order and single_sentence != "random_document"
     max_num_tokens = max_seq_length - 3
-    documents = _document_table(shards)
+    documents = document_table(shards)
     offsets = [np.asarray(s.sentences) for s in shards]
     bounds = [np.asarray(s.documents) for s in shards]
     rows: list[tuple[int, ...]] = []
     for doc_index, (shard_i, doc_i) in enumerate(documents):
         starts = offsets[shard_i]
         lo, hi = int(bounds[shard_i][doc_i]), int(bounds[shard_i][doc_i + 1])
-        target = max_num_tokens
-        if rng.random() < short_seq_prob:
-            target = int(rng.integers(2, max_num_tokens + 1))
+        target = target_length(max_num_tokens, short_seq_prob, rng)
         chunk_start, length, i = lo, 0, lo
         while i < hi:
             length += int(starts[i + 1] - starts[i])
@@ -119,7 +130,7 @@ def segment_pairs(
                     split = SPLIT_IN_ORDER
                 if (n == 1 and not split) or (not sentence_order and rng.random() < 0.5):
                     label, kind = 1, RANDOM_DOCUMENT
-                    b_shard, b = _random_segment(
+                    b_shard, b = random_segment(
                         shards, documents, doc_index, target - (a[1] - a[0]), rng
                     )
                     i -= n - a_sentences  # the unused sentences start the next chunk
@@ -130,7 +141,7 @@ def segment_pairs(
                     label, kind, b_shard, b = 0, IN_ORDER, shard_i, (a[1], end)
                 if split:
                     kind = SPLIT_SWAPPED if label else SPLIT_IN_ORDER
-                row = _truncate(shard_i, a, b_shard, b, label, max_num_tokens, rng)
+                row = truncate_pair(shard_i, a, b_shard, b, label, max_num_tokens, rng)
                 rows.append((*row, kind))
                 chunk_start, length = i + 1, 0
             i += 1
@@ -142,7 +153,7 @@ def sentence_pairs(
 ) -> np.ndarray:
     """RoBERTa's SENTENCE-PAIR instances: one sentence A and one sentence B (next or random)."""
     max_num_tokens = max_seq_length - 3
-    documents = _document_table(shards)
+    documents = document_table(shards)
     rows: list[tuple[int, ...]] = []
     for doc_index, (shard_i, doc_i) in enumerate(documents):
         starts = np.asarray(shards[shard_i].sentences)
@@ -158,12 +169,12 @@ def sentence_pairs(
                 b_shard, b = _random_sentence(shards, documents, doc_index, rng)
                 i += 1
             kind = IN_ORDER if label == 0 else RANDOM_DOCUMENT
-            row = _truncate(int(shard_i), a, b_shard, b, label, max_num_tokens, rng)
+            row = truncate_pair(int(shard_i), a, b_shard, b, label, max_num_tokens, rng)
             rows.append((*row, kind))
     return np.asarray(rows, dtype=np.int64).reshape(-1, 8)
 
 
-def _other_document(documents, doc_index, rng) -> tuple[int, int]:
+def other_document(documents, doc_index, rng) -> tuple[int, int]:
     """(shard, document) of a random document other than ``doc_index`` (10 tries, as BERT)."""
     other = doc_index
     for _ in range(10):
@@ -175,15 +186,15 @@ def _other_document(documents, doc_index, rng) -> tuple[int, int]:
 
 
 def _random_sentence(shards, documents, doc_index, rng):
-    shard_i, doc_i = _other_document(documents, doc_index, rng)
+    shard_i, doc_i = other_document(documents, doc_index, rng)
     shard = shards[shard_i]
     sentence = int(rng.integers(int(shard.documents[doc_i]), int(shard.documents[doc_i + 1])))
     return shard_i, (int(shard.sentences[sentence]), int(shard.sentences[sentence + 1]))
 
 
-def _random_segment(shards, documents, doc_index, target_b, rng):
+def random_segment(shards, documents, doc_index, target_b, rng):
     """B from a random other document (10 tries), from a random sentence until >= target_b."""
-    shard_i, doc_i = _other_document(documents, doc_index, rng)
+    shard_i, doc_i = other_document(documents, doc_index, rng)
     shard = shards[shard_i]
     lo, hi = int(shard.documents[doc_i]), int(shard.documents[doc_i + 1])
     start_sentence = int(rng.integers(lo, hi))
@@ -196,15 +207,19 @@ def _random_segment(shards, documents, doc_index, target_b, rng):
     return int(shard_i), (begin, end)
 
 
-def _truncate(a_shard, a, b_shard, b, label, max_num_tokens, rng):
+def truncate_pair(a_shard, a, b_shard, b, label, max_num_tokens, rng):
     remove_a, remove_b = truncation_counts(a[1] - a[0], b[1] - b[0], max_num_tokens)
     front_a = int(rng.binomial(remove_a, 0.5)) if remove_a else 0
     front_b = int(rng.binomial(remove_b, 0.5)) if remove_b else 0
     return (
-        a_shard, a[0] + front_a, a[1] - (remove_a - front_a),
-        b_shard, b[0] + front_b, b[1] - (remove_b - front_b),
+        a_shard,
+        a[0] + front_a,
+        a[1] - (remove_a - front_a),
+        b_shard,
+        b[0] + front_b,
+        b[1] - (remove_b - front_b),
         label,
-    )  # fmt: skip
+    )
 
 
 def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> np.ndarray:
@@ -245,19 +260,20 @@ def packed(shards: list[Shard], max_seq_length: int, cross_documents: bool) -> n
 def lengths(kind: str, table: np.ndarray) -> np.ndarray:
     """Tokens of each instance with its [CLS]/[SEP]s (the [SEP]s FULL-SENTENCES inserts at
     document boundaries not counted): what it adds to a token budget."""
-    if kind in PAIR_LABEL_KEYS:
+    if kind in TWO_SEGMENT_KINDS:
         return table[:, A_END] - table[:, A_START] + table[:, B_END] - table[:, B_START] + 3
     return table[:, P_END] - table[:, P_START] + 2
 
 
-def pair_kind_shares(table: np.ndarray) -> dict[str, float]:
-    """Share of each way a pair was made (``PAIR_KINDS``), over the pairs of ``table``; the
-    negatives (label 1) are ``random_document``, ``swapped`` and ``split_swapped``."""
-    counts = np.bincount(table[:, KIND], minlength=len(PAIR_KINDS)) if len(table) else None
+def pair_kind_shares(table: np.ndarray, names: tuple[str, ...] = PAIR_KINDS) -> dict[str, float]:
+    """Share of each way a pair was made (``names``: ``PAIR_KINDS``, or the structure rows'
+    kinds), over the rows of ``table``; the pairs' negatives (label 1) are ``random_document``,
+    ``swapped`` and ``split_swapped``."""
+    counts = np.bincount(table[:, KIND], minlength=len(names)) if len(table) else None
     total = max(len(table), 1)
     return {
         name: (round(float(counts[k]) / total, 4) if counts is not None else 0.0)
-        for k, name in enumerate(PAIR_KINDS)
+        for k, name in enumerate(names)
     }
 
 

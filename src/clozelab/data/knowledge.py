@@ -67,8 +67,9 @@ class EntityIndex:
         per_token[inside] = ids[entity_ids[inside]]
         if title is not None:
             head = self.entity(title)
-            self.triples.update((head, LINKS_TO, int(t)) for t in set(ids[ids >= 0].tolist())
-                                if t != head)  # fmt: skip
+            self.triples.update(
+                (head, LINKS_TO, int(t)) for t in set(ids[ids >= 0].tolist()) if t != head
+            )
         self._co_occurrences(per_token, entity_ids, sentences)
         return per_token.astype(np.int32)
 
@@ -96,8 +97,12 @@ class EntityIndex:
 
         atomic_write(out / "triples.npy", save)
         counts = np.bincount(triples[:, 1], minlength=len(RELATIONS)) if len(triples) else [0, 0]
-        return {"entities": len(names), "mentions": self.mentions, "triples": len(triples),
-                **{r: int(c) for r, c in zip(RELATIONS, counts)}}  # fmt: skip
+        return {
+            "entities": len(names),
+            "mentions": self.mentions,
+            "triples": len(triples),
+            **{r: int(c) for r, c in zip(RELATIONS, counts)},
+        }
 
 
 def _one_line(name: str) -> str:
@@ -131,3 +136,46 @@ class KnowledgeGraph:
         """How many triples each entity takes part in."""
         ends = np.concatenate([self.triples[:, 0], self.triples[:, 2]])
         return np.bincount(ends, minlength=self.num_entities)
+
+
+ENTITIES_FILE = "entities.txt"  # a pre-training run's entity vocabulary (beside its tokenizer)
+
+
+def save_entity_names(prepared, run_dir: Path) -> Path:
+    """Copy the entity vocabulary of ``prepared`` (a ``Prepared``) into ``run_dir``
+    (``ENTITIES_FILE``), so fine-tuning links task text to the entities the run embedded."""
+    text = (Path(prepared.directory) / DIRECTORY / "entities.txt").read_text("utf-8")
+    return atomic_write(Path(run_dir) / ENTITIES_FILE, lambda tmp: tmp.write_text(text, "utf-8"))
+
+
+class EntityLinker:
+    """Finds the entities of a vocabulary in downstream text: a gazetteer of the entity names
+    (``clozelab.data.gazetteer``: case-insensitive, whole words, leftmost-longest), each name
+    mapped to its id. ERNIE-THU fine-tuning aligns them like pre-training: an entity on the first
+    token of its mention. Like a named-entity linker, it keeps only mentions that start with a
+    capital letter or a digit and are longer than one character: Wikipedia titles such as "A",
+    "Take" or "Season" are also common words, which running text writes in lower case."""
+
+    def __init__(self, names: list[str]):
+        from clozelab.data.gazetteer import Gazetteer
+
+        self.ids: dict[str, int] = {}
+        for i, name in enumerate(names):
+            self.ids.setdefault(name, i)
+        self.gazetteer = Gazetteer((name, None) for name in self.ids)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EntityLinker:
+        return cls(Path(path).read_text("utf-8").split("\n")[:-1])
+
+    def link_words(self, words: list[str]) -> list[tuple[int, int]]:
+        """``(first word, entity id)`` of each mention in a pre-tokenized sentence."""
+        starts, at = [], 0
+        for word in words:
+            starts.append(at)
+            at += len(word) + 1
+        text = " ".join(words)
+        spans, names = self.gazetteer.find_names(text)
+        first_word = {start: w for w, start in enumerate(starts)}
+        return [(first_word[s], self.ids[n]) for (s, e), n in zip(spans, names)
+                if s in first_word and e - s > 1 and not text[s].islower()]  # fmt: skip

@@ -144,14 +144,18 @@ def _publish(tmp: Path, target: Path) -> None:
 
 _WORKER_TOKENIZER: Tokenizer | None = None
 _WORKER_ANNOTATOR: Annotator | None = None
+_WORKER_CASE = False
 
 
-def _init_worker(tokenizer_json: str, lowercase: bool, settings: AnnotationSettings) -> None:
-    global _WORKER_TOKENIZER, _WORKER_ANNOTATOR
+def _init_worker(
+    tokenizer_json: str, lowercase: bool, settings: AnnotationSettings, case: bool = False
+) -> None:
+    global _WORKER_TOKENIZER, _WORKER_ANNOTATOR, _WORKER_CASE
     die_with_parent()  # a killed prepare leaves no orphan workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, lowercase)
     _WORKER_ANNOTATOR = settings.build()
+    _WORKER_CASE = case
 
 
 def _span_ids(offsets: np.ndarray, spans, out: np.ndarray, first: int, kept=None) -> int:
@@ -168,6 +172,16 @@ def _span_ids(offsets: np.ndarray, spans, out: np.ndarray, first: int, kept=None
     return first
 
 
+def case_flags(text: str, offsets: np.ndarray) -> np.ndarray:
+    """uint8 per token: 1 where the token's first character in ``text`` (the original, cased
+    sentence; ``offsets`` are the tokenizer's character offsets into it) is an upper-case letter.
+    Lowercasing tokenizers lose this; ERNIE 2.0's capitalisation prediction learns it back."""
+    flags = np.zeros(len(offsets), dtype=np.uint8)
+    for i, (start, end) in enumerate(offsets.tolist()):
+        flags[i] = end > start and text[start].isupper()
+    return flags
+
+
 @dataclass
 class EncodedDocument:
     """One encoded document: per sentence (token ids, word index in the sentence, entity index in
@@ -179,16 +193,17 @@ class EncodedDocument:
     title: str | None = None
 
 
-def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None):
+def encode_documents(docs: list[Document], tokenizer: Tokenizer, annotator=None, case=False):
     """Documents -> per document, per sentence: (token ids, word index in the sentence, entity
     index in the document or -1), plus the phrase index in the document or -1 when the annotator
     finds phrases. The annotator (``annotate.Annotator``) sees the sentences of all ``docs`` at
     once (spaCy batches them) and replaces the documents' own entity spans when it finds
-    entities."""
-    return [encoded.sentences for encoded in encode_linked(docs, tokenizer, annotator)]
+    entities. ``case`` adds a fifth element, the ``case_flags`` of the tokens (the fourth is then
+    None when there are no phrases)."""
+    return [encoded.sentences for encoded in encode_linked(docs, tokenizer, annotator, case)]
 
 
-def encode_linked(docs: list[Document], tokenizer: Tokenizer, annotator=None):
+def encode_linked(docs: list[Document], tokenizer: Tokenizer, annotator=None, case=False):
     """``encode_documents`` as ``EncodedDocument``s: with the entity each entity index
     mentions."""
     split = [sentence_units(doc) for doc in docs]
@@ -217,25 +232,31 @@ def encode_linked(docs: list[Document], tokenizer: Tokenizer, annotator=None):
             kept: list[int] = []
             n_entities = _span_ids(offsets, spans, entity_ids, n_entities, kept)
             links += [mentions[j] for j in kept]
-            if phrases is None:
+            phrase_ids = None
+            if phrases is not None:
+                phrase_ids = np.full(len(ids), -1, dtype=np.int32)
+                n_phrases = _span_ids(offsets, phrases[at - 1], phrase_ids, n_phrases)
+            if case:
+                flags = case_flags(flat[at - 1], offsets)
+                encoded.append((ids, words, entity_ids, phrase_ids, flags))
+            elif phrase_ids is None:
                 encoded.append((ids, words, entity_ids))
-                continue
-            phrase_ids = np.full(len(ids), -1, dtype=np.int32)
-            n_phrases = _span_ids(offsets, phrases[at - 1], phrase_ids, n_phrases)
-            encoded.append((ids, words, entity_ids, phrase_ids))
+            else:
+                encoded.append((ids, words, entity_ids, phrase_ids))
         out.append(EncodedDocument(encoded, links, doc.title))
     return out
 
 
-def encode_document(doc: Document, tokenizer: Tokenizer, annotator=None):
+def encode_document(doc: Document, tokenizer: Tokenizer, annotator=None, case: bool = False):
     """One document -> per sentence: (token ids, word index in the sentence, entity index in the
-    document or -1[, phrase index in the document or -1]); see ``encode_documents``."""
-    return encode_documents([doc], tokenizer, annotator)[0]
+    document or -1[, phrase index in the document or -1][, case flags]); see
+    ``encode_documents``."""
+    return encode_documents([doc], tokenizer, annotator, case)[0]
 
 
 def _encode_chunk(docs: list[Document]):
     before = _annotation_counts(_WORKER_ANNOTATOR)
-    encoded = encode_linked(docs, _WORKER_TOKENIZER, _WORKER_ANNOTATOR)
+    encoded = encode_linked(docs, _WORKER_TOKENIZER, _WORKER_ANNOTATOR, _WORKER_CASE)
     after = _annotation_counts(_WORKER_ANNOTATOR)
     return encoded, (after[0] - before[0], after[1] - before[1])
 
@@ -261,9 +282,11 @@ def _encoded_documents(
     workers: int,
     settings: AnnotationSettings,
     counts: list,
+    case: bool = False,
 ):
     """Encoded documents in corpus order; at most 2 x workers chunks in flight. ``counts``
-    accumulates the annotator's (sentences, seconds) over every process."""
+    accumulates the annotator's (sentences, seconds) over every process; ``case`` adds the
+    tokens' case flags."""
 
     def unpack(result):
         encoded, (sentences, seconds) = result
@@ -275,12 +298,12 @@ def _encoded_documents(
         annotator = settings.build()
         for chunk in _chunks(docs, CHUNK_DOCUMENTS):
             before = _annotation_counts(annotator)
-            encoded = encode_linked(chunk, tokenizer, annotator)
+            encoded = encode_linked(chunk, tokenizer, annotator, case)
             after = _annotation_counts(annotator)
             yield from unpack((encoded, (after[0] - before[0], after[1] - before[1])))
         return
     ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    init = (tokenizer.to_str(), tokenizer.lowercase, settings)
+    init = (tokenizer.to_str(), tokenizer.lowercase, settings, case)
     with ctx.Pool(workers, _init_worker, init) as pool:
         pending: deque = deque()
         for chunk in _chunks(docs, CHUNK_DOCUMENTS):
@@ -315,12 +338,15 @@ def build_shards(
     shard_tokens: int = 50_000_000,
     settings: AnnotationSettings | None = None,
     options: dict | None = None,
+    case: bool = False,
 ) -> dict:
     settings = settings or AnnotationSettings()
     phrases = settings.phrases != "none"
     index = EntityIndex() if settings.entity_links else None
     writers = {
-        name: ShardWriter(directory / name, tokenizer.vocab_size, shard_tokens, phrases, index)
+        name: ShardWriter(
+            directory / name, tokenizer.vocab_size, shard_tokens, phrases, index, case_flags=case
+        )
         for name in ("train", "validation")
     }
     text_bytes = [0]
@@ -329,7 +355,7 @@ def build_shards(
     counts = [0, 0.0]
     start = time.perf_counter()
     with progress(label) as advance:
-        encoded = _encoded_documents(docs, tokenizer, workers, settings, counts)
+        encoded = _encoded_documents(docs, tokenizer, workers, settings, counts, case)
         for i, doc in enumerate(encoded):
             held_out = validation_every > 0 and i % validation_every == validation_every - 1
             writers["validation" if held_out else "train"].add_document(
@@ -358,9 +384,12 @@ def _knowledge_stats(index: EntityIndex, directory: Path, wall: float) -> dict:
     stats = index.write(directory)
     log.info(
         "Entity links: %d mentions of %d entities, %d triples (%d links_to, %d co_occurs)",
-        stats["mentions"], stats["entities"], stats["triples"], stats["links_to"],
+        stats["mentions"],
+        stats["entities"],
+        stats["triples"],
+        stats["links_to"],
         stats["co_occurs"],
-    )  # fmt: skip
+    )
     return stats
 
 
@@ -371,10 +400,18 @@ def _annotation_stats(settings: AnnotationSettings, counts, wall: float) -> dict
     log.info(
         "Annotated %d sentences (%s) in %.1f s of worker time (%.0f sentences/s per process; "
         "%.1f s wall for the whole preprocessing)",
-        sentences, source, seconds, rate, wall,
-    )  # fmt: skip
-    return {"source": source, "sentences": sentences, "seconds": round(seconds, 3),
-            "sentences_per_s_per_process": round(rate, 1)}  # fmt: skip
+        sentences,
+        source,
+        seconds,
+        rate,
+        wall,
+    )
+    return {
+        "source": source,
+        "sentences": sentences,
+        "seconds": round(seconds, 3),
+        "sentences_per_s_per_process": round(rate, 1),
+    }
 
 
 def _documents(n: int) -> str:
@@ -419,6 +456,9 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
     annotation_key = annotation.cache_key()
     if annotation_key is not None:  # the default (anchors, no phrases) keeps the old keys
         settings["annotation"] = annotation_key
+    case = bool(data_cfg.get("case_flags", False))
+    if case:  # ERNIE 2.0 capitalisation labels; off by default, keeping the old keys
+        settings["case_flags"] = True
     settings = _keyed(settings, options)
     key = _digest(settings)
     directory = cache_dir / "shards" / key
@@ -447,6 +487,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
             max_documents=max_documents,
             settings=annotation,
             options=options,
+            case=case,
         )
         stats["settings"] = settings
         CorpusStats(tmp / "train").unigram_counts(tokenizer.vocab_size)  # cached with the shards
@@ -469,7 +510,9 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         stats["train"]["documents"] + stats["validation"]["documents"],
         stats["train"]["sentences"] + stats["validation"]["sentences"],
         stats["train"]["tokens"] + stats["validation"]["tokens"],
-        stats["seconds"], stats["text_mb"], stats["mb_per_s"],
+        stats["seconds"],
+        stats["text_mb"],
+        stats["mb_per_s"],
         ", with entity links" if annotation.entity_links else "",
-    )  # fmt: skip
+    )
     return Prepared(tokenizer, directory, False, stats)

@@ -18,8 +18,16 @@ class EpochSampler(Sampler[int]):
     the run to end the epoch (and validate, and schedule) exactly where an uninterrupted run does.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, start: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle

@@ -10,6 +10,9 @@ A split directory holds ``shard-00000/``, ``shard-00001/`` ... Each shard stores
 - ``documents.bin``   int64, sentence index where each document starts, plus a final end index
 - ``phrase_ids.bin``  int32, shard-global phrase index of each token, -1 outside phrases (only
   when preprocessing finds phrases: ``data.phrases=spacy_chunks``)
+- ``case_flags.bin``  uint8, 1 where the token's text starts with an upper-case letter in the
+  original (cased) text, whatever the tokenizer's lowercasing (only with ``data.case_flags=true``:
+  ERNIE 2.0's capitalisation prediction)
 - ``entity_links.bin`` int32, id of the entity each token's mention names (the entity vocabulary
   of ``clozelab.data.knowledge``), -1 elsewhere (only with ``data.entity_links``)
 - ``meta.json``       dtypes, lengths and a CRC32 per file (a torn or corrupt shard is detected)
@@ -31,7 +34,7 @@ ARRAYS = {
     "sentences": np.int64,
     "documents": np.int64,
 }
-OPTIONAL = {"phrase_ids": np.int32, "entity_links": np.int32}  # when the writer is asked for them
+OPTIONAL = {"phrase_ids": np.int32, "entity_links": np.int32, "case_flags": np.uint8}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -68,11 +71,14 @@ class ShardWriter:
         shard_tokens: int = 50_000_000,
         phrases: bool = False,
         links=None,
+        case_flags: bool = False,
     ):
         """``links``: a ``clozelab.data.knowledge.EntityIndex`` (shared by the splits) to number
-        the entities mentions name (``entity_links.bin``); None: none stored."""
+        the entities mentions name (``entity_links.bin``); None: none stored. ``case_flags``:
+        store each token's original capitalisation (``case_flags.bin``)."""
         self.phrases = phrases
         self.links = links
+        self.case_flags = case_flags
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tokens_dtype = token_dtype(vocab_size)
@@ -87,6 +93,8 @@ class ShardWriter:
         dtypes = dict(ARRAYS, tokens=self.tokens_dtype)
         if self.phrases:
             dtypes["phrase_ids"] = OPTIONAL["phrase_ids"]
+        if self.case_flags:
+            dtypes["case_flags"] = OPTIONAL["case_flags"]
         if self.links is not None:
             dtypes["entity_links"] = OPTIONAL["entity_links"]
         self._open = {
@@ -106,8 +114,9 @@ class ShardWriter:
     ) -> None:
         """Add one document: per sentence (token ids, word index within the sentence, entity index
         within the document or -1[, phrase index within the document or -1: with
-        ``phrases=True``]); with an entity index, ``links`` names the entity of each entity
-        index and ``title`` the document (``EncodedDocument``)."""
+        ``phrases=True`` (None otherwise)[, case flags: with ``case_flags=True``]]); with an
+        entity index, ``links`` names the entity of each entity index and ``title`` the document
+        (``EncodedDocument``)."""
         if not sentences:
             return
         if self._open is None or self._open["tokens"] >= self.shard_tokens:
@@ -133,6 +142,8 @@ class ShardWriter:
             phrases = np.concatenate([s[3] for s in sentences])
             files["phrase_ids"].append(np.where(phrases >= 0, phrases + shard["phrases"], -1))
             shard["phrases"] += int(phrases.max()) + 1 if len(phrases) and phrases.max() >= 0 else 0
+        if self.case_flags:
+            files["case_flags"].append(np.concatenate([s[4] for s in sentences]))
         shard["words"] += int(words.max()) + 1 if len(words) else 0
         shard["entities"] += max(n_entities, 0)
         shard["tokens"] += len(tokens)
@@ -180,6 +191,7 @@ class Shard:
     sentences: np.ndarray  # [n_sentences + 1] token offsets
     documents: np.ndarray  # [n_documents + 1] sentence offsets
     phrase_ids: np.ndarray | None = None  # only in shards written with phrases
+    case_flags: np.ndarray | None = None  # only in shards written with data.case_flags
     entity_links: np.ndarray | None = None  # only in shards written with entity links
 
     @property

@@ -68,32 +68,39 @@ class TransESettings:
 
     def key(self) -> str:
         """A file-name fragment naming these settings (the cache key of the vectors)."""
-        return "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
-                        for k, v in asdict(self).items())  # fmt: skip
+        return "-".join(
+            f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in asdict(self).items()
+        )
 
 
 class TransE(nn.Module):
     """Entity and relation tables and the distance ``d(h + r, t)`` of triples."""
 
-    def __init__(self, num_entities: int, num_relations: int, settings: TransESettings,
-                 generator: torch.Generator):  # fmt: skip
+    def __init__(
+        self,
+        num_entities: int,
+        num_relations: int,
+        settings: TransESettings,
+        generator: torch.Generator,
+    ):
         super().__init__()
         self.norm = settings.norm
         bound = 6.0 / math.sqrt(settings.dim)
         entities = torch.rand(num_entities, settings.dim, generator=generator) * 2 - 1
         relations = torch.rand(num_relations, settings.dim, generator=generator) * 2 - 1
-        self.entities = nn.Embedding(num_entities, settings.dim, sparse=True)
-        self.relations = nn.Embedding(num_relations, settings.dim, sparse=True)
-        with torch.no_grad():
-            self.entities.weight.copy_(entities * bound)
-            self.relations.weight.copy_(nn.functional.normalize(relations * bound, dim=-1))
+        # from_pretrained: no draw from the global RNG (a run's dropout must not depend on
+        # whether the vectors were cached)
+        self.entities = nn.Embedding.from_pretrained(entities * bound, freeze=False, sparse=True)
+        relations = nn.functional.normalize(relations * bound, dim=-1)
+        self.relations = nn.Embedding.from_pretrained(relations, freeze=False, sparse=True)
 
     def distance(self, triples: Tensor) -> Tensor:
         """``[n]`` distances d(h + r, t) of ``triples`` ``[n, 3]`` (head, relation, tail)."""
         gap = (
-            self.entities(triples[:, 0]) + self.relations(triples[:, 1])
+            self.entities(triples[:, 0])
+            + self.relations(triples[:, 1])
             - self.entities(triples[:, 2])
-        )  # fmt: skip
+        )
         return gap.abs().sum(-1) if self.norm == 1 else gap.square().sum(-1).sqrt()
 
     @torch.no_grad()
@@ -155,8 +162,13 @@ def _train(triples, num_entities: int, num_relations: int, settings: TransESetti
                     total += float(loss.detach())
                     advance(1)
                 losses.append(total / len(data))
-        log.info("TransE: %d triples, %d epochs, mean loss %.4f -> %.4f", len(data),
-                 settings.epochs, losses[0], losses[-1])  # fmt: skip
+        log.info(
+            "TransE: %d triples, %d epochs, mean loss %.4f -> %.4f",
+            len(data),
+            settings.epochs,
+            losses[0],
+            losses[-1],
+        )
     model.normalise_entities()
     return model.entities.weight.detach().clone(), model.relations.weight.detach().clone(), losses
 

@@ -92,8 +92,11 @@ def learn_vocabulary(
         if count < min_frequency:
             break
         a, b = pair
-        merged = intern(vocab[a] + vocab[b][len(PREFIX) :] if vocab[b].startswith(PREFIX)
-                        else vocab[a] + vocab[b])  # fmt: skip
+        merged = intern(
+            vocab[a] + vocab[b][len(PREFIX) :]
+            if vocab[b].startswith(PREFIX)
+            else vocab[a] + vocab[b]
+        )
         touched: set[tuple[int, int]] = set()
         for w in sorted(where.pop(pair, ())):
             symbols, n = words_ids[w], freqs[w]

@@ -63,8 +63,15 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _probe(backend: SDPBackend, device: torch.device, dtype, head_size: int, masked: bool,
-           dropout: float, nested: bool) -> bool:  # fmt: skip
+def _probe(
+    backend: SDPBackend,
+    device: torch.device,
+    dtype,
+    head_size: int,
+    masked: bool,
+    dropout: float,
+    nested: bool,
+) -> bool:
     """Does ``backend`` run an SDPA call of this kind? One call on a [1 or 2, 1, 8, hs] input."""
     shape = (2, 1, 8, head_size)
     q = torch.zeros(shape, dtype=dtype, device=device)
@@ -105,16 +112,27 @@ def attention_context(
     if key not in _AVAILABLE:
         _AVAILABLE[key] = _probe(backend, like.device, dtype, head_size, masked, dropout, nested)
         if not _AVAILABLE[key]:
-            what = "nested (unpadded) inputs" if nested else (
-                "a padding mask" if masked else "no mask")  # fmt: skip
+            what = (
+                "nested (unpadded) inputs"
+                if nested
+                else ("a padding mask" if masked else "no mask")
+            )
             log.warning(
                 "encoder.attention_backend=%s: PyTorch's %s kernel cannot run attention on %s "
                 "(%s, head size %d, %s, dropout %s); falling back to attention_backend=auto "
                 "(PyTorch's own choice) for these calls.%s",
-                name, name, like.device.type, str(dtype).replace("torch.", ""), head_size, what,
-                dropout, " With padded batches flash needs encoder.unpad=true "
-                "encoder.unpad_attention=nested." if name == "flash" and masked else "",
-            )  # fmt: skip
+                name,
+                name,
+                like.device.type,
+                str(dtype).replace("torch.", ""),
+                head_size,
+                what,
+                dropout,
+                " With padded batches flash needs encoder.unpad=true "
+                "encoder.unpad_attention=nested."
+                if name == "flash" and masked
+                else "",
+            )
     return sdpa_kernel([backend]) if _AVAILABLE[key] else contextlib.nullcontext()
 
 

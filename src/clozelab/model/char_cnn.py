@@ -93,16 +93,19 @@ class CharCNNEmbeddings(Embedding):
         filters = [(int(w), int(c)) for w, c in filters]
         if not filters or any(w < 1 or c < 1 for w, c in filters):
             raise config_error(
-                "embedding.filters", filters, "needs [width, channels] pairs, each >= 1",
+                "embedding.filters",
+                filters,
+                "needs [width, channels] pairs, each >= 1",
                 "e.g. [[1, 32], [2, 32], [3, 64]]",
-            )  # fmt: skip
+            )
         widest = max(w for w, _ in filters)
         if max_characters < max(widest, 3):
             raise config_error(
-                "embedding.max_characters", max_characters,
+                "embedding.max_characters",
+                max_characters,
                 f"must hold the widest filter ({widest}) and the two word marks",
                 f"set it to at least {max(widest, 3)} (ELMo: 50)",
-            )  # fmt: skip
+            )
         if activation not in ACTIVATIONS:
             raise config_error(
                 "embedding.activation", activation, "unknown", f"use one of {list(ACTIVATIONS)}"

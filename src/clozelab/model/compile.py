@@ -52,23 +52,36 @@ def compile_components(
 
     Compilation itself happens lazily, at the first forward call."""
     if mode not in COMPILE_MODES:
-        raise config_error("model.compile_mode", mode, "unknown torch.compile mode",
-                           f"use one of {list(COMPILE_MODES)}")  # fmt: skip
+        raise config_error(
+            "model.compile_mode",
+            mode,
+            "unknown torch.compile mode",
+            f"use one of {list(COMPILE_MODES)}",
+        )
     if dynamic not in (None, True, False):
-        raise config_error("model.compile_dynamic", dynamic, "must be null, true or false",
-                           "use null (PyTorch decides)")  # fmt: skip
+        raise config_error(
+            "model.compile_dynamic",
+            dynamic,
+            "must be null, true or false",
+            "use null (PyTorch decides)",
+        )
     backends = torch._dynamo.list_backends(exclude_tags=())
     if backend not in backends:
-        raise config_error("model.compile_backend", backend, "unknown torch.compile backend",
-                           f"use inductor (or one of {sorted(backends)})")  # fmt: skip
+        raise config_error(
+            "model.compile_backend",
+            backend,
+            "unknown torch.compile backend",
+            f"use inductor (or one of {sorted(backends)})",
+        )
     options = {"backend": backend, "dynamic": dynamic}
     if backend == "inductor":
         options["mode"] = mode
     targets = compile_targets(embedding, encoder)
     for module in targets.values():
         module.compile(**options)
-    log.info("model.compile: %s (%s, mode=%s, dynamic=%s)", ", ".join(targets), backend, mode,
-             dynamic)  # fmt: skip
+    log.info(
+        "model.compile: %s (%s, mode=%s, dynamic=%s)", ", ".join(targets), backend, mode, dynamic
+    )
     return list(targets)
 
 
@@ -90,5 +103,10 @@ def is_compiled(module: nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-__all__ = ["COMPILE_MODES", "apply_model_compile", "compile_components", "compile_targets",
-           "is_compiled"]  # fmt: skip
+__all__ = [
+    "COMPILE_MODES",
+    "apply_model_compile",
+    "compile_components",
+    "compile_targets",
+    "is_compiled",
+]

@@ -6,6 +6,8 @@ HF ``BertEmbeddings`` compatible (``clozelab.model.hf`` maps the weights).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -22,8 +24,11 @@ class Embedding(nn.Module):
     Extension point: ``bind_tokenizer(tokenizer)`` is called once with the run's tokenizer after
     the embedding is built (``build_components``, a randomly initialised fine-tuning body). The
     default does nothing; an embedding that reads the token strings (the character CNN) fills
-    its tables there.
+    its tables there. ``batch_inputs``: the further batch keys ``forward`` takes as keyword
+    arguments when a batch has them (``task_ids`` for ERNIE 2.0's task embeddings).
     """
+
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Read what the embedding needs from ``tokenizer`` (a clozelab ``Tokenizer``)."""

@@ -1,6 +1,7 @@
 """Embedding variants the seed systems change (DESIGN §3): sinusoidal positions (Vaswani et al.
-2017), ALBERT's factorized embeddings (Lan et al. 2020: E < H, then a projection to H) and role
-(dialogue) embeddings for ERNIE's dialogue LM (Sun et al. 2019, SPECS §11).
+2017), ALBERT's factorized embeddings (Lan et al. 2020: E < H, then a projection to H), role
+(dialogue) embeddings for ERNIE's dialogue LM (Sun et al. 2019, SPECS §11) and task embeddings
+for ERNIE 2.0's continual multi-task pre-training (Sun et al. 2020, SPECS §20).
 
 All take ``(input_ids, token_type_ids, position_ids, role_ids)`` and return [B, T, H], and expose
 ``word_embeddings`` (the table a decoder ties to; E wide for the factorized one).
@@ -49,9 +50,11 @@ class _TableEmbeddings(Embedding):
         super().__init__()
         if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
             raise config_error(
-                "model.pad_token_id", pad_token_id, f"outside the vocabulary of {vocab_size}",
+                "model.pad_token_id",
+                pad_token_id,
+                f"outside the vocabulary of {vocab_size}",
                 "use the tokenizer's pad_token_id",
-            )  # fmt: skip
+            )
         self.vocab_size, self.max_position_embeddings = vocab_size, max_position_embeddings
         self.pad_token_id = pad_token_id
         self.word_embeddings = nn.Embedding(vocab_size, size, padding_idx=pad_token_id)
@@ -74,22 +77,27 @@ class _TableEmbeddings(Embedding):
     def _positions(self, seq_len: int, position_ids: Tensor | None) -> Tensor:
         if seq_len > self.max_position_embeddings:
             raise config_error(
-                "data.max_seq_length", seq_len,
+                "data.max_seq_length",
+                seq_len,
                 f"longer than model.max_position_embeddings={self.max_position_embeddings}",
                 "lower data.max_seq_length or raise model.max_position_embeddings",
-            )  # fmt: skip
+            )
         if hasattr(self, "position_embeddings"):
             table = self.position_embeddings.weight
         else:
             table = self.position_table
         return table[:seq_len] if position_ids is None else table[position_ids]
 
-    def _embed(self, input_ids, token_type_ids, position_ids, role_ids) -> Tensor:
+    def _embed(self, input_ids, token_type_ids, position_ids, role_ids, extra=None) -> Tensor:
+        """word + position + segment (or role) + ``extra`` (broadcast to [B, T, E]), then
+        LayerNorm and dropout."""
         if role_ids is not None and self.role_embeddings is None:
             raise config_error(
-                "embedding", type(self).__name__, "the batch has role_ids but no role table",
+                "embedding",
+                type(self).__name__,
+                "the batch has role_ids but no role table",
                 "use embedding=role (ERNIE DLM) or drop role_ids from the batch",
-            )  # fmt: skip
+            )
         x = self.word_embeddings(input_ids)  # (B, T, E)
         x = x + self._positions(input_ids.shape[-1], position_ids)
         if role_ids is not None:  # the dialogue role replaces the segment (SPECS §11)
@@ -98,6 +106,8 @@ class _TableEmbeddings(Embedding):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
+        if extra is not None:
+            x = x + extra
         return self.dropout(self.norm(x))
 
 
@@ -120,9 +130,15 @@ class SinusoidalEmbeddings(_TableEmbeddings):
         initializer_range: float = 0.02,
     ):
         super().__init__(
-            vocab_size, hidden_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
-            dropout, pad_token_id, learned_positions=False,
-        )  # fmt: skip
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=False,
+        )
         self.hidden_size = hidden_size
         init_bert_weights(self, std=initializer_range)
         self._zero_pad()
@@ -158,11 +174,21 @@ class FactorizedEmbeddings(_TableEmbeddings):
     ):
         if embedding_size < 1:
             raise config_error(
-                "embedding.embedding_size", embedding_size, "must be >= 1",
+                "embedding.embedding_size",
+                embedding_size,
+                "must be >= 1",
                 "use e.g. embedding.embedding_size=128 (ALBERT)",
-            )  # fmt: skip
-        super().__init__(vocab_size, embedding_size, max_position_embeddings, type_vocab_size,
-                         layer_norm_eps, dropout, pad_token_id, learned_positions=True)  # fmt: skip
+            )
+        super().__init__(
+            vocab_size,
+            embedding_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+        )
         self.hidden_size, self.embedding_size = hidden_size, embedding_size
         self.projection = nn.Linear(embedding_size, hidden_size)
         init_bert_weights(self, std=initializer_range)
@@ -199,12 +225,87 @@ class RoleEmbeddings(_TableEmbeddings):
     ):
         if num_roles < 1:
             raise config_error("embedding.num_roles", num_roles, "must be >= 1", "use 2 (Q, R)")
-        super().__init__(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
-                         layer_norm_eps, dropout, pad_token_id, learned_positions=True,
-                         num_roles=num_roles)  # fmt: skip
+        super().__init__(
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+            num_roles=num_roles,
+        )
         self.hidden_size = hidden_size
         init_bert_weights(self, std=initializer_range)
         self._zero_pad()
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
         return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
+
+
+class TaskEmbeddings(_TableEmbeddings):
+    """BERT embeddings plus a learned task table (ERNIE 2.0, Sun et al. 2020; SPECS §20).
+
+    ``task_ids`` ([B], one task per sequence, or [B, T]) select a row added to every token's
+    word + position + segment sum before the LayerNorm. Without them (validation of a joint step,
+    fine-tuning, ``clozelab.load``) every sequence gets task 0, so a fine-tuned model sees a
+    constant vector, as ERNIE 2.0's fine-tuning does. The continual schedule gives each objective
+    its order of introduction as task id (``training/schedule.py``).
+
+    Args:
+        num_tasks: rows of the task table: at least the number of scheduled objectives.
+        (others as ``BertEmbeddings``)
+    """
+
+    batch_inputs = ("task_ids",)
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_tasks: int,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+        initializer_range: float = 0.02,
+    ):
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise config_error(
+                "embedding.num_tasks",
+                num_tasks,
+                "must be an integer >= 1",
+                "one row per scheduled objective, e.g. 5",
+            )
+        super().__init__(
+            vocab_size,
+            hidden_size,
+            max_position_embeddings,
+            type_vocab_size,
+            layer_norm_eps,
+            dropout,
+            pad_token_id,
+            learned_positions=True,
+        )
+        self.hidden_size, self.num_tasks = hidden_size, num_tasks
+        self.task_embeddings = nn.Embedding(num_tasks, hidden_size)
+        init_bert_weights(self, std=initializer_range)
+        self._zero_pad()
+
+    def forward(
+        self,
+        input_ids,
+        token_type_ids=None,
+        position_ids=None,
+        role_ids=None,
+        task_ids: Tensor | None = None,
+    ) -> Tensor:
+        if task_ids is None:
+            task = self.task_embeddings.weight[0]  # (H,) broadcast
+        elif task_ids.dim() == 1:
+            task = self.task_embeddings(task_ids)[:, None, :]  # (B, 1, H)
+        else:
+            task = self.task_embeddings(task_ids)  # (B, T, H)
+        return self._embed(input_ids, token_type_ids, position_ids, role_ids, task)  # (B, T, H)

@@ -139,8 +139,12 @@ class SelfAttention(nn.Module):
         B, T = qkv.shape[:2]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs), views
         p = self.attention_dropout if self.training else 0.0
-        if (p > 0.0 and qkv.device.type == "cpu" and self.attention_backend == "auto"
-                and not torch.compiler.is_compiling()):  # fmt: skip
+        if (
+            p > 0.0
+            and qkv.device.type == "cpu"
+            and self.attention_backend == "auto"
+            and not torch.compiler.is_compiling()
+        ):
             y = attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
         else:  # SDPA scales by 1/sqrt(hs), like BERT
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -149,8 +153,9 @@ class SelfAttention(nn.Module):
     def _attend_packed(self, qkv: Tensor, mask: Tensor | None, packing: Packing) -> Tensor:
         """(N, 3H) -> (N, H), on the padded layout or on nested (jagged) tensors."""
         if packing.offsets is None:  # scatter into the padded layout, gather the real rows back
-            full = packing.unpack(qkv).view(packing.batch, packing.length, 3, self.num_heads,
-                                            self.head_size)  # fmt: skip
+            full = packing.unpack(qkv).view(
+                packing.batch, packing.length, 3, self.num_heads, self.head_size
+            )
             return packing.pack(self._attend(full, mask))  # (N, H)
         q, k, v = qkv.view(-1, 3, self.num_heads, self.head_size).unbind(1)  # 3 x (N, nh, hs)
         p = self.attention_dropout if self.training else 0.0
@@ -238,9 +243,20 @@ class Encoder(nn.Module):
     skips_unread_output: ClassVar[bool] = False
 
     @classmethod
-    def check_pretraining(cls, node) -> None:
+    def check_pretraining(cls, node, cfg) -> None:
         """Refuse, with a ClozelabError naming the key, a setting of the encoder configured by
-        ``node`` that pre-training cannot honour (compose time; nothing by default)."""
+        ``node`` that pre-training cannot honour, alone or with the rest of the composed config
+        ``cfg`` (XLNet's memory; ERNIE-THU without entity links). Compose time; nothing by
+        default."""
+
+    def bind_corpus(self, corpus) -> dict:
+        """Take what this encoder needs from the training corpus's statistics (``corpus``: a
+        ``clozelab.data.corpus_stats.CorpusStats``; ERNIE-THU: the TransE entity table). Called
+        once by ``build_components`` when the run has prepared shards, before the optimizer
+        exists. Returns the keys of this encoder's config node it fixed (``num_entities``), which
+        the run's config.yaml records so a rebuild without the corpus has the same shapes. The
+        default takes nothing."""
+        return {}
 
     @classmethod
     def context_for(cls, node) -> str:
@@ -354,8 +370,12 @@ def run_layers(
     scattered back to [B, T, H] (zeros at padding); a 4-D mask is used as it is, padded.
     """
     packing = None
-    if encoder.unpad and mask is not None and attention_mask is not None and (
-            attention_mask.dim() == 2):  # fmt: skip
+    if (
+        encoder.unpad
+        and mask is not None
+        and attention_mask is not None
+        and (attention_mask.dim() == 2)
+    ):
         keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
         if not bool(keep.all()):  # the causal mask is never None: check the padding itself
             packing = Packing.from_mask(keep, nested=encoder.unpad_attention == "nested")

@@ -94,10 +94,11 @@ class TransformerStack(Encoder):
             raise config_error("encoder.norm", norm, "unknown LayerNorm placement", f"use {NORMS}")
         if num_heads < 1 or hidden_size % num_heads:
             raise config_error(
-                "model.hidden_size / model.num_heads", f"{hidden_size} / {num_heads}",
+                "model.hidden_size / model.num_heads",
+                f"{hidden_size} / {num_heads}",
                 "the hidden size must be a multiple of the number of heads",
                 "choose model.num_heads dividing model.hidden_size",
-            )  # fmt: skip
+            )
         if num_layers < 1:
             raise config_error("model.num_layers", num_layers, "must be at least 1", "set >= 1")
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
@@ -138,8 +139,9 @@ class TransformerStack(Encoder):
         else:
             mask = key_padding_mask(attention_mask)
         layers = [self.layers[0 if self.share_layers else i] for i in range(self.num_layers)]
-        return run_layers(self, layers, hidden, attention_mask, mask, output_hidden_states,
-                          self.final_norm)  # fmt: skip
+        return run_layers(
+            self, layers, hidden, attention_mask, mask, output_hidden_states, self.final_norm
+        )
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
@@ -177,9 +179,11 @@ class BiLSTMEncoder(Encoder):
         super().__init__()
         if hidden_size % 2 or hidden_size < 2:
             raise config_error(
-                "model.hidden_size", hidden_size, "the BiLSTM splits H into two directions",
+                "model.hidden_size",
+                hidden_size,
+                "the BiLSTM splits H into two directions",
                 "use an even model.hidden_size",
-            )  # fmt: skip
+            )
         if num_layers < 1:
             raise config_error("model.num_layers", num_layers, "must be at least 1", "set >= 1")
         self.hidden_size, self.num_layers = hidden_size, num_layers
@@ -217,7 +221,8 @@ class BiLSTMEncoder(Encoder):
             lengths = attention_mask.long().sum(-1)  # right padding: real tokens come first
         forward = self._direction(self.forward_layers, hidden)
         backward = self._direction(self.backward_layers, reverse_padded(hidden, lengths))
-        layers = [torch.cat([f, reverse_padded(b, lengths)], dim=-1)
-                  for f, b in zip(forward, backward)]  # fmt: skip
+        layers = [
+            torch.cat([f, reverse_padded(b, lengths)], dim=-1) for f, b in zip(forward, backward)
+        ]
         states = tuple([hidden, *layers]) if output_hidden_states else ()
         return EncoderOutput(last_hidden_state=layers[-1], hidden_states=states)

@@ -313,8 +313,9 @@ class Block(nn.Module):
         x = self._residual(x, self.attention_norm, self.attention, mask, causal=causal, cache=own)
         if self.cross_attention is not None:
             cross = cache["cross"] if cache is not None else None
-            x = self._residual(x, self.cross_norm, self.cross_attention, memory_mask, memory,
-                               cache=cross)  # fmt: skip
+            x = self._residual(
+                x, self.cross_norm, self.cross_attention, memory_mask, memory, cache=cross
+            )
         return self._residual(x, self.output_norm, self._feed_forward)
 
 

@@ -31,12 +31,19 @@ UNPAD_ATTENTION = ("padded", "nested")
 
 def check_unpad_attention(name: str, causal: bool = False) -> str:
     if name not in UNPAD_ATTENTION:
-        raise config_error("encoder.unpad_attention", name, "unknown attention layout",
-                           f"use one of {list(UNPAD_ATTENTION)}")  # fmt: skip
+        raise config_error(
+            "encoder.unpad_attention",
+            name,
+            "unknown attention layout",
+            f"use one of {list(UNPAD_ATTENTION)}",
+        )
     if causal and name == "nested":
-        raise config_error("encoder.unpad_attention", name,
-                           "the causal encoder needs its [T, T] mask; nested inputs take none",
-                           "use encoder.unpad_attention=padded")  # fmt: skip
+        raise config_error(
+            "encoder.unpad_attention",
+            name,
+            "the causal encoder needs its [T, T] mask; nested inputs take none",
+            "use encoder.unpad_attention=padded",
+        )
     return name
 
 

@@ -185,9 +185,10 @@ class RelativeAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
             scores = torch.baddbmm(
-                bias.flatten(0, 1), (q * self.head_size**-0.5).flatten(0, 1),
+                bias.flatten(0, 1),
+                (q * self.head_size**-0.5).flatten(0, 1),
                 k.flatten(0, 1).transpose(1, 2),
-            ).view_as(bias)  # fmt: skip
+            ).view_as(bias)
             return dropout(scores.softmax(dim=-1), p) @ v
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
 
@@ -307,19 +308,20 @@ class XLNetEncoder(Encoder):
         nn.init.normal_(self.mask_emb, std=initializer_range)
 
     @classmethod
-    def check_pretraining(cls, node) -> None:
+    def check_pretraining(cls, node, cfg) -> None:
         """Transformer-XL memory needs each batch row to continue the previous batch's row; the
         pre-training loader feeds independent, shuffled sequences, so ``mem_len > 0`` is refused
         there (it works when encoding: ``forward(..., mems=...)``, HF ``use_mems`` parity)."""
         mem_len = node.get("mem_len") or 0
         if mem_len > 0:
             raise config_error(
-                "encoder.mem_len", mem_len,
+                "encoder.mem_len",
+                mem_len,
                 "segment recurrence needs each batch row to continue the previous batch's row, "
                 "and the pre-training loader feeds independent, shuffled sequences; memory is "
                 "supported when encoding (XLNetEncoder(..., mems=...), HF use_mems parity)",
                 "pre-train with encoder.mem_len=0",
-            )  # fmt: skip
+            )
 
     def _context(self, hidden, attention_mask, token_type_ids, perm_mask, target_mapping, mlen):
         B, T, _ = hidden.shape

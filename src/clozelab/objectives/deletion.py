@@ -43,8 +43,9 @@ def binary_token_loss(logits: Tensor, labels: Tensor, keep: Tensor, name: str) -
     )
     with torch.no_grad():
         acc = ((logits > 0).float() == targets).float().sum() / max(n, 1)
-    return ObjectiveOutput(loss=loss, n_targets=n, logs={f"{name}_loss": loss.detach(),
-                                                          f"{name}_acc": acc})  # fmt: skip
+    return ObjectiveOutput(
+        loss=loss, n_targets=n, logs={f"{name}_loss": loss.detach(), f"{name}_acc": acc}
+    )
 
 
 class TokenDetection(Objective):

@@ -69,14 +69,17 @@ class LanguageModel(Objective):
             raise config_error("objective.lm.direction", direction, "unknown", f"use {DIRECTIONS}")
         if direction == "both" and hidden_size % 2:
             raise config_error(
-                "model.hidden_size", hidden_size, "a biLM splits H into two directions",
+                "model.hidden_size",
+                hidden_size,
+                "a biLM splits H into two directions",
                 "use an even hidden size",
-            )  # fmt: skip
+            )
         self.direction, self.hidden_size = direction, hidden_size
         width = hidden_size if direction == "forward" else hidden_size // 2
         out = embedding_size or hidden_size
-        self.transform = LMTransform(width, activation, layer_norm_eps, out_size=out,
-                                     initializer_range=initializer_range)  # fmt: skip
+        self.transform = LMTransform(
+            width, activation, layer_norm_eps, out_size=out, initializer_range=initializer_range
+        )
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def prepare_inputs(self, batch: Mapping[str, Tensor], embedding: nn.Module) -> dict:
@@ -114,8 +117,11 @@ class LanguageModel(Objective):
             self.transform(states), embedding.word_embeddings.weight, self.bias, targets
         )
         loss = global_mean(loss_sum / max(n, 1), n)
-        return ObjectiveOutput(loss=loss, n_targets=n, logs={
-            "lm_loss": loss.detach(), "lm_acc": correct.float() / max(n, 1)})  # fmt: skip
+        return ObjectiveOutput(
+            loss=loss,
+            n_targets=n,
+            logs={"lm_loss": loss.detach(), "lm_acc": correct.float() / max(n, 1)},
+        )
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
@@ -129,30 +135,34 @@ class LanguageModel(Objective):
         context = component_class(cfg.encoder, "encoder", Encoder).context_for(cfg.encoder)
         if direction == "forward" and context != "causal":
             raise config_error(
-                "encoder", cfg.encoder.get("_target_"),
+                "encoder",
+                cfg.encoder.get("_target_"),
                 f"objective.{name} (next-token LM) with a bidirectional encoder lets every "
                 "position see the token it predicts",
                 "use encoder=causal (experiment=gpt_baseline)",
-            )  # fmt: skip
+            )
         if direction == "both" and context != "split_directions":
             raise config_error(
-                "encoder", cfg.encoder.get("_target_"),
+                "encoder",
+                cfg.encoder.get("_target_"),
                 f"objective.{name} with direction=both needs separate forward/backward states",
                 "use encoder=bilstm (experiment=elmo_baseline)",
-            )  # fmt: skip
+            )
         others = [o for o in (cfg.get("objective") or {}) if o != name]
         if others:
             raise config_error(
-                "objective", f"[{name}, {', '.join(others)}]",
+                "objective",
+                f"[{name}, {', '.join(others)}]",
                 f"objective.{name} trains on the uncorrupted text, which the other objectives "
                 "would read too",
                 f"use objective=[{name}] alone",
-            )  # fmt: skip
+            )
         produces = corruption_keys(cfg.corruption)
         if produces & {"deletion_labels", "order_labels"} or "mlm_labels" not in produces:
             raise config_error(
-                "corruption", cfg.corruption.get("_target_"),
+                "corruption",
+                cfg.corruption.get("_target_"),
                 f"objective.{name} restores the original text from a masking corruption's "
                 "mlm_labels; this corruption deletes or reorders tokens or keeps no originals",
                 "use corruption=mask",
-            )  # fmt: skip
+            )

@@ -76,5 +76,6 @@ class OrderPrediction(Objective):
                 "order_acc": hit.float().sum() / max(n, 1),
                 "order_moved_acc": (hit & moved).float().sum() / moved.sum().clamp_min(1),
             }
-        return ObjectiveOutput(loss=loss, n_targets=n, logs=logs,
-                               weights={"order_moved_acc": moved.sum()})  # fmt: skip
+        return ObjectiveOutput(
+            loss=loss, n_targets=n, logs=logs, weights={"order_moved_acc": moved.sum()}
+        )

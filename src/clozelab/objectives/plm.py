@@ -45,8 +45,11 @@ class PermutationLM(Objective):
     def forward(
         self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module
     ) -> ObjectiveOutput:
-        query = encoder_output.query_hidden_state if isinstance(
-            encoder_output, TwoStreamOutput) else None  # fmt: skip
+        query = (
+            encoder_output.query_hidden_state
+            if isinstance(encoder_output, TwoStreamOutput)
+            else None
+        )
         if query is None:
             raise config_error(
                 "encoder",
@@ -78,8 +81,9 @@ class PermutationLM(Objective):
         encoder = target_class(cfg.encoder, "encoder")
         if not {"perm_mask", "target_mapping"} <= set(encoder.batch_inputs):  # Encoder hook
             raise config_error(
-                "encoder", cfg.encoder.get("_target_"),
+                "encoder",
+                cfg.encoder.get("_target_"),
                 f"objective.{name} (permutation LM) reads the query stream of a two-stream "
                 "encoder, which this encoder does not have",
                 "use encoder=xlnet embedding=word (experiment=xlnet)",
-            )  # fmt: skip
+            )

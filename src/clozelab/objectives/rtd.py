@@ -110,9 +110,11 @@ class RTD(Objective):
         super().__init__(weight=weight)
         if not 0.0 < generator_fraction <= 1.0:
             raise config_error(
-                "objective.rtd.generator_fraction", generator_fraction, "must lie in (0, 1]",
+                "objective.rtd.generator_fraction",
+                generator_fraction,
+                "must lie in (0, 1]",
                 "use 0.25 (ELECTRA Small/Large) or 1/3 (Base)",
-            )  # fmt: skip
+            )
         if not temperature > 0:
             raise config_error("objective.rtd.temperature", temperature, "must be > 0", "use 1.0")
         self.vocab_size = vocab_size
@@ -122,13 +124,23 @@ class RTD(Objective):
         self.temperature = temperature
         self.generator_in = nn.Linear(hidden_size, g)  # the shared embedding's output -> h_g
         self.generator = TransformerEncoder(
-            g, num_layers, generator_heads(g), 4 * g, dropout, attention_dropout, activation,
-            layer_norm_eps, initializer_range,
-        )  # fmt: skip
+            g,
+            num_layers,
+            generator_heads(g),
+            4 * g,
+            dropout,
+            attention_dropout,
+            activation,
+            layer_norm_eps,
+            initializer_range,
+        )
         self.generator_head = LMTransform(
-            g, activation, layer_norm_eps, out_size=embedding_size or hidden_size,
+            g,
+            activation,
+            layer_norm_eps,
+            out_size=embedding_size or hidden_size,
             initializer_range=initializer_range,
-        )  # fmt: skip
+        )
         self.generator_bias = nn.Parameter(torch.zeros(vocab_size))
         self.discriminator_head = BinaryTokenHead(hidden_size, activation, initializer_range)
         nn.init.normal_(self.generator_in.weight, std=initializer_range)
@@ -176,8 +188,11 @@ class RTD(Objective):
         self._generator_out = None
         labels = batch["rtd_labels"]  # (B, T)
         logits = self.discriminator_head(encoder_output.last_hidden_state).float()  # (B, T)
-        keep = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(
-            labels, dtype=torch.bool)  # fmt: skip
+        keep = (
+            batch["attention_mask"].bool()
+            if "attention_mask" in batch
+            else torch.ones_like(labels, dtype=torch.bool)
+        )
         z, y = logits[keep], labels[keep].float()
         n = y.numel()
         disc = global_mean(F.binary_cross_entropy_with_logits(z, y, reduction="sum") / max(n, 1), n)
@@ -192,11 +207,15 @@ class RTD(Objective):
                 "rtd_replaced_fraction": y.sum() / max(n, 1),
             }
         return ObjectiveOutput(
-            loss=loss, n_targets=n, logs=logs,
+            loss=loss,
+            n_targets=n,
+            logs=logs,
             weights={"rtd_generator_loss": n_gen, "rtd_generator_acc": n_gen},
-            loss_terms={"rtd_generator_loss": self.generator_weight,
-                        "rtd_discriminator_loss": self.discriminator_weight},
-        )  # fmt: skip
+            loss_terms={
+                "rtd_generator_loss": self.generator_weight,
+                "rtd_discriminator_loss": self.discriminator_weight,
+            },
+        )
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
@@ -205,31 +224,36 @@ class RTD(Objective):
         steps = [("corruption", corruption)] + [
             (f"corruption.steps[{i}]", step) for i, step in enumerate(corruption.get("steps") or [])
         ]  # a composition's steps too
-        probs = [(key, node.get("random_prob", _default(node, "random_prob")) or 0.0)
-                 for key, node in steps]  # fmt: skip
+        probs = [
+            (key, node.get("random_prob", _default(node, "random_prob")) or 0.0)
+            for key, node in steps
+        ]
         key, random_prob = max(probs, key=lambda kv: kv[1])
         if random_prob > 0:
             raise config_error(
-                f"{key}.random_prob", random_prob,
+                f"{key}.random_prob",
+                random_prob,
                 f"objective.{name} (RTD) replaces the masked tokens with the generator's samples; "
                 "a corruption that also writes random tokens makes the originals ambiguous",
                 "set corruption.random_prob=0 with corruption.mask_prob=0.85 "
                 "corruption.keep_prob=0.15 (ELECTRA), or use experiment=electra",
-            )  # fmt: skip
+            )
         from clozelab.core.config import target_class
 
         moved = corruption_keys(corruption) & {"deletion_labels", "order_labels"}
         if moved:
             raise config_error(
-                "corruption", corruption.get("_target_"),
+                "corruption",
+                corruption.get("_target_"),
                 f"objective.{name} (RTD) needs the inputs unchanged except for masking; this "
                 f"corruption also deletes or reorders tokens ({sorted(moved)})",
                 "use corruption=mask (random_prob=0) with RTD",
-            )  # fmt: skip
+            )
         for other, node in (cfg.get("objective") or {}).items():
             if other != name and target_class(node, f"objective.{other}").rewrites_inputs:
                 raise config_error(
-                    "objective", f"[{name}, {other}]",
+                    "objective",
+                    f"[{name}, {other}]",
                     "both objectives rewrite the inputs before the encoder",
                     f"keep one of {name}, {other}",
-                )  # fmt: skip
+                )

@@ -177,15 +177,20 @@ def resolve_baseline(given: list[str] | None, jobs, axes, settings) -> Baseline 
         return Baseline(spec, "--baseline")
     meta = _sweep_meta_baseline(jobs)
     if meta is None:
-        first.note = ("no baseline given (--baseline or sweep_meta.baseline): the first setting "
-                      "in grid order is the baseline")  # fmt: skip
+        first.note = (
+            "no baseline given (--baseline or sweep_meta.baseline): the first setting "
+            "in grid order is the baseline"
+        )
         return first
     spec = {k: v for k, v in meta.items() if k in axes}
-    off = {k: v for k, v in meta.items()
-           if k not in axes and not same_value(jobs[0].axis_value(k), v)}  # fmt: skip
+    off = {
+        k: v for k, v in meta.items() if k not in axes and not same_value(jobs[0].axis_value(k), v)
+    }
     if off or not spec or not any(_matches(s, axes, spec) for s in settings):
-        first.note = (f"sweep_meta.baseline {meta} is not among the settings of these jobs: the "
-                      "first setting in grid order is the baseline")  # fmt: skip
+        first.note = (
+            f"sweep_meta.baseline {meta} is not among the settings of these jobs: the "
+            "first setting in grid order is the baseline"
+        )
         return first
     return Baseline({k: str(v) for k, v in spec.items()}, "sweep_meta.baseline")
 
@@ -213,10 +218,14 @@ def metric_names(jobs: list[Job], extra: list[str]) -> list[tuple[str, str | Non
     the ``--metric`` names (``NAME:min`` / ``NAME:max`` to give the direction)."""
     done = [job for job in jobs if job.completed]
     names = sorted(
-        {k for job in done for k, v in job.metrics.items()
-         if k.startswith(DEFAULT_PREFIXES) and isinstance(v, (int, float))},
+        {
+            k
+            for job in done
+            for k, v in job.metrics.items()
+            if k.startswith(DEFAULT_PREFIXES) and isinstance(v, (int, float))
+        },
         key=lambda k: (not k.startswith("val/"), k),
-    )  # fmt: skip
+    )
     out = [(name, direction(name)) for name in names]
     for item in extra:
         name, way = _metric_spec(item)
@@ -227,8 +236,9 @@ def metric_names(jobs: list[Job], extra: list[str]) -> list[tuple[str, str | Non
                 f"--metric {name}:min or --metric {name}:max"
             )
         if done and not any(job.value(name) is not None for job in done):
-            known = sorted({k for job in done for k, v in job.metrics.items()
-                            if isinstance(v, (int, float))})  # fmt: skip
+            known = sorted(
+                {k for job in done for k, v in job.metrics.items() if isinstance(v, (int, float))}
+            )
             raise ClozelabError(
                 f"--metric {name}: no completed job has it (in metrics.json, eval/<task>.json or "
                 f"csv/metrics.csv). Fix: name one of {known}"
@@ -244,11 +254,13 @@ def not_comparable_note(name: str, settings: list[Setting]) -> str | None:
     if not is_summed(name) or len(sets) < 2:
         return None
     listed = "; ".join(f"{objectives}: {', '.join(labels)}" for objectives, labels in sets.items())
-    return (f"not comparable across these settings: {name} adds up the losses of each "
-            f"setting's objectives, and the objectives differ ({listed}). A setting with more "
-            "objectives has a larger sum, not a worse model. No best setting is named and paired "
-            "tests are kept only between settings with the same objectives; compare the "
-            "per-objective losses (e.g. val/mlm_loss) instead.")  # fmt: skip
+    return (
+        f"not comparable across these settings: {name} adds up the losses of each "
+        f"setting's objectives, and the objectives differ ({listed}). A setting with more "
+        "objectives has a larger sum, not a worse model. No best setting is named and paired "
+        "tests are kept only between settings with the same objectives; compare the "
+        "per-objective losses (e.g. val/mlm_loss) instead."
+    )
 
 
 def metric_report(name, way, settings, axes, baseline, seed) -> MetricReport:
@@ -290,12 +302,25 @@ def build_report(
     settings = group_settings(jobs, axes)
     mark_duplicates(settings, seed)
     base = resolve_baseline(baseline, jobs, axes, settings)
-    reports = [metric_report(n, w, settings, axes, base, seed)
-               for n, w in metric_names(jobs, list(metrics or []))]  # fmt: skip
+    reports = [
+        metric_report(n, w, settings, axes, base, seed)
+        for n, w in metric_names(jobs, list(metrics or []))
+    ]
     budget = {s.label: {m: summarize(s.values(m, seed)) for m in BUDGET_METRICS} for s in settings}
     seeds = sort_values({job_seed(job, seed) for job in jobs} - {ABSENT})
-    return Report([Path(d) for d in sweep_dirs], jobs, seed, axes, fixed, settings, base, reports,
-                  budget, seeds, command)  # fmt: skip
+    return Report(
+        [Path(d) for d in sweep_dirs],
+        jobs,
+        seed,
+        axes,
+        fixed,
+        settings,
+        base,
+        reports,
+        budget,
+        seeds,
+        command,
+    )
 
 
 def report(
@@ -336,16 +361,27 @@ def main(argv: list[str]) -> None:
         "over seeds, 95% t confidence intervals, paired tests against the baseline setting, "
         "the best setting per metric; report.md, report.csv, report.json and PNG plots.",
     )
-    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
-                        help="a sweep's hydra.sweep.dir (multirun/DATE/TIME)")  # fmt: skip
+    parser.add_argument(
+        "sweep_dirs",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="a sweep's hydra.sweep.dir (multirun/DATE/TIME)",
+    )
     parser.add_argument("--out", help="where to write (default: SWEEP_DIR/report)")
-    parser.add_argument("--baseline", nargs="+", metavar="KEY=VALUE",
-                        help="the baseline setting (default: sweep_meta.baseline, else the first "
-                        "setting)")  # fmt: skip
-    parser.add_argument("--metric", nargs="+", action="extend", default=[],
-                        metavar="NAME[:min|:max]",
-                        help="more metrics: a metrics.json key, eval/TASK/METRIC, "
-                        "a csv column")  # fmt: skip
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="the baseline setting (default: sweep_meta.baseline, else the first setting)",
+    )
+    parser.add_argument(
+        "--metric",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME[:min|:max]",
+        help="more metrics: a metrics.json key, eval/TASK/METRIC, a csv column",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     command = shlex.join(["clozelab", "report", *argv])
@@ -356,5 +392,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2) from None
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "report"
     done = sum(job.completed for job in result.jobs)
-    print(f"report of {len(result.jobs)} jobs ({done} completed, {len(result.settings)} settings) "
-          f"-> {out / 'report.md'}")  # fmt: skip
+    print(
+        f"report of {len(result.jobs)} jobs ({done} completed, {len(result.settings)} settings) "
+        f"-> {out / 'report.md'}"
+    )

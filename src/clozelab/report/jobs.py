@@ -283,9 +283,15 @@ def _missing_jobs(sweep_dir: Path, index: int, jobs: list[Job]) -> list[Job]:
         if overrides in have or path in damaged:
             continue
         missing.append(
-            Job(path=path, sweep_dir=sweep_dir, order=(index, 0, num, ""), overrides=overrides,
-                status="missing", error="in the grid of multirun.yaml, but no job directory")
-        )  # fmt: skip
+            Job(
+                path=path,
+                sweep_dir=sweep_dir,
+                order=(index, 0, num, ""),
+                overrides=overrides,
+                status="missing",
+                error="in the grid of multirun.yaml, but no job directory",
+            )
+        )
     return missing
 
 

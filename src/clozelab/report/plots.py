@@ -71,9 +71,16 @@ def _finish(fig, ax, metric, way, path: Path, legend: bool, caption: str = CAPTI
     ax.set_title(f"{metric} ({better_text(way)})")
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
-    ax.annotate(caption, (0, 0), xytext=(0, -34),
-                xycoords="axes fraction", textcoords="offset points", fontsize=7, va="top",
-                color="0.35")  # fmt: skip
+    ax.annotate(
+        caption,
+        (0, 0),
+        xytext=(0, -34),
+        xycoords="axes fraction",
+        textcoords="offset points",
+        fontsize=7,
+        va="top",
+        color="0.35",
+    )
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -92,20 +99,36 @@ def _lines(metric, report, x_axis: int, path: Path) -> Path:
     for index, (color, (label, rows)) in enumerate(
         zip(_colors(len(groups)), groups.items(), strict=True)
     ):
-        rows = sorted((r for r in rows if r.summary.mean is not None),
-                      key=lambda r: float(r.setting.key[x_axis]))  # fmt: skip
+        rows = sorted(
+            (r for r in rows if r.summary.mean is not None),
+            key=lambda r: float(r.setting.key[x_axis]),
+        )
         if not rows:
             continue
         shift = (index - (len(groups) - 1) / 2) * dodge
         xs = [float(r.setting.key[x_axis]) + shift for r in rows]
-        ax.errorbar(xs, [r.summary.mean for r in rows], yerr=[_err(r.summary) for r in rows],
-                    marker="o", capsize=3, color=color, label=label)  # fmt: skip
+        ax.errorbar(
+            xs,
+            [r.summary.mean for r in rows],
+            yerr=[_err(r.summary) for r in rows],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=label,
+        )
         for x, row in zip(xs, rows, strict=True):
             seeds = list(row.summary.values.values())
             ax.scatter([x] * len(seeds), seeds, s=10, color=color, alpha=0.45, zorder=3)
             if row.is_best:
-                ax.scatter([x], [row.summary.mean], marker="*", s=180, color=color,
-                           edgecolors="black", zorder=4)  # fmt: skip
+                ax.scatter(
+                    [x],
+                    [row.summary.mean],
+                    marker="*",
+                    s=180,
+                    color=color,
+                    edgecolors="black",
+                    zorder=4,
+                )
     ax.set_xlabel(report.axes[x_axis])
     legend = 1 < len(groups) <= MAX_LEGEND  # e.g. Optuna trials: one point each, no legend
     return _finish(fig, ax, metric.name, metric.direction, path, legend=legend)
@@ -128,18 +151,37 @@ def _bars(metric, report, path: Path) -> Path:
             continue
         hue = _hue(row.setting, keep, axes)
         x = groups.index(group_of(row.setting)) + (hues.index(hue) - (len(hues) - 1) / 2) * width
-        ax.bar(x, summary.mean, width * 0.9, yerr=_err(summary), capsize=3, color=colors[hue],
-               label=hue if hue not in drawn else None, alpha=0.85)  # fmt: skip
+        ax.bar(
+            x,
+            summary.mean,
+            width * 0.9,
+            yerr=_err(summary),
+            capsize=3,
+            color=colors[hue],
+            label=hue if hue not in drawn else None,
+            alpha=0.85,
+        )
         drawn.add(hue)
         seeds = list(summary.values.values())
         ax.scatter([x] * len(seeds), seeds, s=10, color="black", alpha=0.6, zorder=3)
         if row.is_best:
-            ax.scatter([x], [summary.mean + _err(summary)], marker="*", s=180, color="gold",
-                       edgecolors="black", zorder=4)  # fmt: skip
+            ax.scatter(
+                [x],
+                [summary.mean + _err(summary)],
+                marker="*",
+                s=180,
+                color="gold",
+                edgecolors="black",
+                zorder=4,
+            )
     ax.axhline(0.0, color="0.3", lw=0.8)  # bars start at 0: their lengths compare honestly
     crowded = len(groups) > 4 or sum(len(str(g)) for g in groups) > 48
-    ax.set_xticks(range(len(groups)), groups, rotation=20 if crowded else 0,
-                  ha="right" if crowded else "center")  # fmt: skip
+    ax.set_xticks(
+        range(len(groups)),
+        groups,
+        rotation=20 if crowded else 0,
+        ha="right" if crowded else "center",
+    )
     ax.set_xlabel(axes[0] if axes else "")
     return _finish(
         fig,
@@ -171,8 +213,9 @@ def _curve(job, column: str, use_tokens: bool) -> list[tuple[int, float, float]]
 
 
 def _has_tokens(jobs) -> bool:
-    return all(any(r.get(TOKENS) for r in read_csv_rows(j.path / "csv" / "metrics.csv"))
-               for j in jobs)  # fmt: skip
+    return all(
+        any(r.get(TOKENS) for r in read_csv_rows(j.path / "csv" / "metrics.csv")) for j in jobs
+    )
 
 
 def curve_columns(report) -> tuple[str, str]:
@@ -211,8 +254,13 @@ def loss_curves(report, path: Path) -> Path | None:
         ax.set_xlabel("tokens seen" if use_tokens else "step")
         ax.set_ylabel(column)
         ax.grid(True, alpha=0.3)
-    panels[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
-                      frameon=False, title="mean ± std over seeds")  # fmt: skip
+    panels[-1].legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+        frameon=False,
+        title="mean ± std over seeds",
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 

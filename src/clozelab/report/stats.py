@@ -115,8 +115,9 @@ def paired_test(values: dict[str, float], baseline: dict[str, float]) -> Paired:
         note = "the differences are all equal (no variance): no t-test"
         return Paired(seeds, float(diffs.mean()), None, None, p_exact, exact, note)
     result = stats.ttest_rel(x, y)
-    return Paired(seeds, float(diffs.mean()), float(result.statistic), float(result.pvalue),
-                  p_exact, exact)  # fmt: skip
+    return Paired(
+        seeds, float(diffs.mean()), float(result.statistic), float(result.pvalue), p_exact, exact
+    )
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:

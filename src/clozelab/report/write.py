@@ -80,8 +80,11 @@ def _is_baseline(row) -> bool:
 
 
 def _marks(row, short) -> str:
-    return ("★" if row.is_best else "") + ("◆" if _is_baseline(row) else "") + (
-        "†" if row.setting.label in short else "")  # fmt: skip
+    return (
+        ("★" if row.is_best else "")
+        + ("◆" if _is_baseline(row) else "")
+        + ("†" if row.setting.label in short else "")
+    )
 
 
 def _partial_baseline(report) -> bool:
@@ -90,16 +93,33 @@ def _partial_baseline(report) -> bool:
 
 def _metric_section(report, metric, short, plots_rel) -> list[str]:
     lines = [f"### {metric.name} ({better_text(metric.direction)})", ""]
-    header = [*report.axes, "", "n", "mean ± std", f"{CONFIDENCE:.0%} CI", "Δ vs baseline",
-              "p (t)", "p (Holm)", "p (exact)"]  # fmt: skip
+    header = [
+        *report.axes,
+        "",
+        "n",
+        "mean ± std",
+        f"{CONFIDENCE:.0%} CI",
+        "Δ vs baseline",
+        "p (t)",
+        "p (Holm)",
+        "p (exact)",
+    ]
     if _partial_baseline(report):
         header.append("baseline")
     rows = []
     for row in metric.rows:
         p = row.paired
-        cells = [*row.setting.key, _marks(row, short), row.summary.n, _mean_std(row.summary),
-                 _ci(row.summary), fmt(p.mean_diff) if p else "—", fmt_p(p.p_t if p else None),
-                 fmt_p(row.p_holm), fmt_p(p.p_exact if p else None)]  # fmt: skip
+        cells = [
+            *row.setting.key,
+            _marks(row, short),
+            row.summary.n,
+            _mean_std(row.summary),
+            _ci(row.summary),
+            fmt(p.mean_diff) if p else "—",
+            fmt_p(p.p_t if p else None),
+            fmt_p(row.p_holm),
+            fmt_p(p.p_exact if p else None),
+        ]
         if _partial_baseline(report):
             cells.append(row.baseline.label if row.baseline else "—")
         rows.append(cells)
@@ -121,9 +141,17 @@ def _summary_section(report) -> list[str]:
     for metric in report.metrics:
         row = next((r for r in metric.rows if r.is_best), None)
         if metric.not_comparable:
-            rows.append([metric.name, metric.direction or "?",
-                         "not comparable: the settings train different objectives (see below)",
-                         "—", "—", "—", "—"])  # fmt: skip
+            rows.append(
+                [
+                    metric.name,
+                    metric.direction or "?",
+                    "not comparable: the settings train different objectives (see below)",
+                    "—",
+                    "—",
+                    "—",
+                    "—",
+                ]
+            )
             continue
         if row is None:
             rows.append([metric.name, metric.direction or "?", "—", "—", "—", "—", "—"])
@@ -131,9 +159,17 @@ def _summary_section(report) -> list[str]:
         reference = row.baseline
         base_row = next((r for r in metric.rows if r.setting is reference), None)
         p = row.paired
-        rows.append([metric.name, metric.direction, row.setting.label, _mean_std(row.summary),
-                     f"{reference.label}: {_mean_std(base_row.summary)}" if base_row else "—",
-                     fmt_p(p.p_t if p else None), fmt_p(p.p_exact if p else None)])  # fmt: skip
+        rows.append(
+            [
+                metric.name,
+                metric.direction,
+                row.setting.label,
+                _mean_std(row.summary),
+                f"{reference.label}: {_mean_std(base_row.summary)}" if base_row else "—",
+                fmt_p(p.p_t if p else None),
+                fmt_p(p.p_exact if p else None),
+            ]
+        )
     header = ["metric", "better", "best setting", "mean ± std", "baseline", "p (t)", "p (exact)"]
     return ["## Best setting per metric", "", *_table(header, rows), ""]
 
@@ -141,13 +177,17 @@ def _summary_section(report) -> list[str]:
 def _protocol_section(report) -> list[str]:
     lines = ["## Protocol", ""]
     lines.append(f"- sweep dirs: {', '.join(f'`{d}`' for d in report.sweep_dirs)}")
-    lines.append(f"- axes: {', '.join(f'`{a}`' for a in report.axes) or 'none (one setting)'}; "
-                 f"seed axis `{report.seed}`, seeds {', '.join(report.seeds) or '—'}")  # fmt: skip
+    lines.append(
+        f"- axes: {', '.join(f'`{a}`' for a in report.axes) or 'none (one setting)'}; "
+        f"seed axis `{report.seed}`, seeds {', '.join(report.seeds) or '—'}"
+    )
     sets = objective_sets(report.settings)
     if len(sets) > 1:
         listed = "; ".join(f"{o}: {', '.join(labels)}" for o, labels in sets.items())
-        lines.append(f"- objectives differ between settings ({listed}): summed losses "
-                     f"({', '.join(f'val/{s}' for s in SUMMED)}) are not ranked")  # fmt: skip
+        lines.append(
+            f"- objectives differ between settings ({listed}): summed losses "
+            f"({', '.join(f'val/{s}' for s in SUMMED)}) are not ranked"
+        )
     if report.fixed:
         fixed = " ".join(f"{k}={v}" for k, v in report.fixed.items())
         lines.append(f"- fixed overrides: `{fixed}`")
@@ -171,8 +211,16 @@ def _protocol_section(report) -> list[str]:
 
 def _budget_section(report) -> list[str]:
     header = [*report.axes, "tokens seen", "steps", "wall time (s)"]
-    rows = [[*s.key, *(_mean_std(report.budget[s.label][m]) for m in
-             ("tokens_seen", "steps", "wall_time_s"))] for s in report.settings]  # fmt: skip
+    rows = [
+        [
+            *s.key,
+            *(
+                _mean_std(report.budget[s.label][m])
+                for m in ("tokens_seen", "steps", "wall_time_s")
+            ),
+        ]
+        for s in report.settings
+    ]
     return ["## Budget per setting (compute matching)", "", *_table(header, rows), ""]
 
 
@@ -180,14 +228,21 @@ def _jobs_section(report) -> list[str]:
     counts: dict[str, int] = {}
     for job in report.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    lines = ["## Jobs left out: failed, interrupted, missing, damaged, duplicate", "",
-             f"{len(report.jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) +
-             ". Only completed jobs enter the statistics.", ""]  # fmt: skip
+    lines = [
+        "## Jobs left out: failed, interrupted, missing, damaged, duplicate",
+        "",
+        f"{len(report.jobs)} jobs: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + ". Only completed jobs enter the statistics.",
+        "",
+    ]
     bad = [j for j in report.jobs if not j.completed]
     setting_of = {id(j): s.label for s in report.settings for j in s.jobs}
     if bad:
-        rows = [[f"`{j.path}`", setting_of[id(j)], job_seed(j, report.seed), j.status,
-                 j.error or ""] for j in bad]  # fmt: skip
+        rows = [
+            [f"`{j.path}`", setting_of[id(j)], job_seed(j, report.seed), j.status, j.error or ""]
+            for j in bad
+        ]
         lines += _table(["job", "setting", "seed", "status", "error"], rows)
     else:
         lines.append("None: every job completed.")
@@ -209,8 +264,12 @@ def write_markdown(report, path: Path, out_dir: Path) -> None:
     lines = [f"# Sweep report: {names}", "", f"Made by: `{report.command}`", ""]
     lines += _protocol_section(report)
     lines += _summary_section(report)
-    lines += ["## Per-setting results", "", METHODS.format(ci=CONFIDENCE, exact=EXACT_MAX_PAIRS),
-              ""]  # fmt: skip
+    lines += [
+        "## Per-setting results",
+        "",
+        METHODS.format(ci=CONFIDENCE, exact=EXACT_MAX_PAIRS),
+        "",
+    ]
     for metric in report.metrics:
         lines += _metric_section(report, metric, short, plots_rel)
     lines += _budget_section(report)
@@ -218,8 +277,11 @@ def write_markdown(report, path: Path, out_dir: Path) -> None:
     if curves:
         lines += ["## Pre-training loss curves", ""]
         if curve_columns(report) == SHARED_CURVES:
-            lines += ["The settings train different objectives, so their summed losses do not "
-                      "compare: the curves show the MLM loss.", ""]  # fmt: skip
+            lines += [
+                "The settings train different objectives, so their summed losses do not "
+                "compare: the curves show the MLM loss.",
+                "",
+            ]
         lines += [f"![loss curves]({os.path.relpath(curves[0], out_dir)})", ""]
     lines += _jobs_section(report)
     path.write_text("\n".join(lines), "utf-8")
@@ -232,16 +294,31 @@ CSV_FIELDS = ["metric", "direction", "label", "n", "seeds", "mean", "std", "sem"
 
 def _row_record(report, metric, row, short) -> dict:
     s, p = row.summary, row.paired
-    record = {"metric": metric.name, "direction": metric.direction, "label": row.setting.label,
-              "axes": dict(zip(report.axes, row.setting.key, strict=True)), "n": s.n,
-              "seeds": list(s.values), "mean": s.mean, "std": s.std, "sem": s.sem,
-              "ci95_low": s.ci_low, "ci95_high": s.ci_high, "best": row.is_best,
-              "baseline": row.baseline.label if row.baseline else None,
-              "is_baseline": _is_baseline(row), "fewer_seeds": row.setting.label in short,
-              "n_pairs": len(p.seeds) if p else None, "mean_diff": p.mean_diff if p else None,
-              "t": p.t if p else None, "p_t": p.p_t if p else None, "p_holm": row.p_holm,
-              "p_exact": p.p_exact if p else None, "exact": p.exact if p else None,
-              "values": s.values}  # fmt: skip
+    record = {
+        "metric": metric.name,
+        "direction": metric.direction,
+        "label": row.setting.label,
+        "axes": dict(zip(report.axes, row.setting.key, strict=True)),
+        "n": s.n,
+        "seeds": list(s.values),
+        "mean": s.mean,
+        "std": s.std,
+        "sem": s.sem,
+        "ci95_low": s.ci_low,
+        "ci95_high": s.ci_high,
+        "best": row.is_best,
+        "baseline": row.baseline.label if row.baseline else None,
+        "is_baseline": _is_baseline(row),
+        "fewer_seeds": row.setting.label in short,
+        "n_pairs": len(p.seeds) if p else None,
+        "mean_diff": p.mean_diff if p else None,
+        "t": p.t if p else None,
+        "p_t": p.p_t if p else None,
+        "p_holm": row.p_holm,
+        "p_exact": p.p_exact if p else None,
+        "exact": p.exact if p else None,
+        "values": s.values,
+    }
     return record
 
 
@@ -290,22 +367,42 @@ def write_json(report, path: Path) -> None:
         "seed_axis": report.seed,
         "seeds": report.seeds,
         "fixed_overrides": report.fixed,
-        "baseline": None if base is None else
-                    {"spec": base.spec, "source": base.source, "note": base.note},
+        "baseline": None
+        if base is None
+        else {"spec": base.spec, "source": base.source, "note": base.note},
         "protocol": protocol_summary([j for j in report.jobs if j.status != "missing"]),
-        "settings": [{"label": s.label, "axes": dict(zip(report.axes, s.key, strict=True)),
-                      "seeds": s.seeds(report.seed), "fewer_seeds": short.get(s.label),
-                      "jobs": [str(j.path) for j in s.jobs],
-                      "budget": {m: v.__dict__ for m, v in report.budget[s.label].items()}}
-                     for s in report.settings],
-        "metrics": {m.name: {"direction": m.direction, "best": m.best, "no_value": m.no_value,
-                             "comparable": m.not_comparable is None,
-                             "not_comparable": m.not_comparable,
-                             "rows": [_row_record(report, m, r, short) for r in m.rows]}
-                    for m in report.metrics},
-        "jobs": [{"path": j.path, "status": j.status, "error": j.error,
-                  "setting": setting_of[id(j)], "seed": None if job_seed(j, report.seed) == ABSENT
-                  else job_seed(j, report.seed)} for j in report.jobs],
+        "settings": [
+            {
+                "label": s.label,
+                "axes": dict(zip(report.axes, s.key, strict=True)),
+                "seeds": s.seeds(report.seed),
+                "fewer_seeds": short.get(s.label),
+                "jobs": [str(j.path) for j in s.jobs],
+                "budget": {m: v.__dict__ for m, v in report.budget[s.label].items()},
+            }
+            for s in report.settings
+        ],
+        "metrics": {
+            m.name: {
+                "direction": m.direction,
+                "best": m.best,
+                "no_value": m.no_value,
+                "comparable": m.not_comparable is None,
+                "not_comparable": m.not_comparable,
+                "rows": [_row_record(report, m, r, short) for r in m.rows],
+            }
+            for m in report.metrics
+        },
+        "jobs": [
+            {
+                "path": j.path,
+                "status": j.status,
+                "error": j.error,
+                "setting": setting_of[id(j)],
+                "seed": None if job_seed(j, report.seed) == ABSENT else job_seed(j, report.seed),
+            }
+            for j in report.jobs
+        ],
         "plots": report.plots,
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(_clean(payload), indent=2), "utf-8")

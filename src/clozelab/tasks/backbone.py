@@ -44,6 +44,9 @@ class Backbone(nn.Module):
         self.max_positions = int(getattr(embedding, "max_position_embeddings", 512))
         #: the token a sequence-level head reads by default (``cls``; XLNet: ``last``)
         self.summary_pooling = encoder.summary_pooling
+        #: finds the pre-training run's entities in task text, for an encoder that takes
+        #: ``entity_links`` (ERNIE-THU; ``clozelab.data.knowledge.EntityLinker``); else None
+        self.linker = None
 
     def forward(
         self,
@@ -51,11 +54,14 @@ class Backbone(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        entity_links: Tensor | None = None,
     ) -> EncoderOutput:
         hidden = self.embedding(input_ids, token_type_ids)  # (B, T, H)
         extra = {}
         if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
             extra["token_type_ids"] = token_type_ids  # relative segments (XLNet)
+        if entity_links is not None and "entity_links" in self.encoder.batch_inputs:
+            extra["entity_links"] = entity_links  # aligned entities (ERNIE-THU)
         return self.encoder(
             hidden, attention_mask, output_hidden_states=output_hidden_states, **extra
         )
@@ -70,6 +76,11 @@ class Backbone(nn.Module):
             return self(input_ids, attention_mask, token_type_ids, True).hidden_states
 
         return embed_texts(
-            encode, self.tokenizer, texts, layers=layers, pool=pool,
-            max_length=self.max_positions, batch_size=batch_size,
-        )  # fmt: skip
+            encode,
+            self.tokenizer,
+            texts,
+            layers=layers,
+            pool=pool,
+            max_length=self.max_positions,
+            batch_size=batch_size,
+        )

@@ -78,6 +78,12 @@ class Task:
         """``task.max_seq_length`` (default 128), capped at the backbone's positions."""
         return min(int(self.cfg.get("max_seq_length", 128)), backbone.max_positions)
 
+    def entity_linker(self, backbone: Backbone):
+        """What finds the backbone's entities in this task's words (ERNIE-THU: the pre-training
+        run's entity vocabulary), or None: the backbone takes no entity inputs, or
+        ``task.entity_inputs=false`` (the same fine-tuning without them)."""
+        return backbone.linker if self.cfg.get("entity_inputs", True) else None
+
     def body(self, mode: str, mix_layers: int, layer_mix: str) -> dict[str, Any]:
         """The keyword arguments of ``TaskModel`` (the body under the head) for this task."""
         dropout = float(self.cfg.get("dropout", 0.1))
@@ -113,17 +119,20 @@ def task_for(cfg: DictConfig) -> Task:
     """The task a config node names: an instance of its ``_target_`` class (a ``Task``)."""
     if not cfg.get("_target_"):
         raise config_error(
-            "task._target_", None, f"task {cfg.get('name')!r} names no task class",
+            "task._target_",
+            None,
+            f"task {cfg.get('name')!r} names no task class",
             "set task._target_ to a Task subclass, e.g. "
             "clozelab.tasks.classification.ClassificationTask (see conf/task/*.yaml)",
-        )  # fmt: skip
+        )
     cls = component_class(cfg, "task", Task)
     kind = cfg.get("kind")
     if kind is not None and kind != cls.kind:
         raise config_error(
-            "task.kind", kind,
+            "task.kind",
+            kind,
             f"a task's kind is its class: task._target_={cfg._target_} is kind {cls.kind!r}",
             "drop task.kind and name the class of the kind you want in task._target_ (e.g. "
             "clozelab.tasks.classification.RegressionTask)",
-        )  # fmt: skip
+        )
     return cls(cfg)

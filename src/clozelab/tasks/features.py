@@ -58,18 +58,22 @@ def _label(label, index: dict | None, labels) -> int | float:
     if index is not None:
         if str(label) not in index:
             raise config_error(
-                "task.label", str(label), f"not one of the task's classes {list(labels)}",
+                "task.label",
+                str(label),
+                f"not one of the task's classes {list(labels)}",
                 "list every class in task.labels, or fix the label in the task file",
-            )  # fmt: skip
+            )
         return index[str(label)]
     try:
         return float(label)
     except (TypeError, ValueError):
         raise config_error(
-            "task.label", str(label), "not a number, but the task is a regression",
+            "task.label",
+            str(label),
+            "not a number, but the task is a regression",
             "use a classification task (task._target_=clozelab.tasks.classification."
             "ClassificationTask), or fix the label in the task file",
-        ) from None  # fmt: skip
+        ) from None
 
 
 def _word_tokens(tokenizer: Tokenizer, sentences: Sequence[list[str]], max_len: int):
@@ -101,14 +105,29 @@ def _word_tokens(tokenizer: Tokenizer, sentences: Sequence[list[str]], max_len: 
         yield [tokenizer.cls_id, *kept, tokenizer.sep_id], starts, ends
 
 
+def _entity_links(linker, words: list[str], n_tokens: int, starts: list[int]) -> list[int]:
+    """The entity of each mention ``linker`` finds in ``words`` on the first token of its first
+    word (ERNIE-THU's alignment), -1 elsewhere; mentions of cut words are left out."""
+    links = [-1] * n_tokens
+    for word, entity in linker.link_words(words):
+        if word < len(starts):
+            links[starts[word]] = entity
+    return links
+
+
 def encode_tokens(
-    tokenizer: Tokenizer, examples: Sequence[TokenExample], max_len: int, tag_index: dict
+    tokenizer: Tokenizer,
+    examples: Sequence[TokenExample],
+    max_len: int,
+    tag_index: dict,
+    linker=None,
 ) -> list[dict]:
     """Word-level labels with the word boundaries (``word_starts`` / ``word_ends``: token
     positions of the first / last subword of the words that fit) and ``token_words`` (the word
     of each token, -1 on [CLS]/[SEP]), so the model can label the first subword or every subword
     and decode from the first subword or from all of them. Words past ``max_len`` are cut and
-    counted as predicted "O" at scoring time."""
+    counted as predicted "O" at scoring time. With a ``linker`` (``EntityLinker``), also
+    ``entity_links``: the entity of each mention on its first token, -1 elsewhere."""
     features = []
     aligned = _word_tokens(tokenizer, [e.words for e in examples], max_len)
     for example, (ids, starts, ends) in zip(examples, aligned, strict=True):
@@ -128,6 +147,8 @@ def encode_tokens(
                 "n_words": len(example.words),
             }
         )
+        if linker is not None:
+            features[-1]["entity_links"] = _entity_links(linker, example.words, len(ids), starts)
     return features
 
 
@@ -137,6 +158,7 @@ def encode_spans(
     max_len: int,
     type_index: dict,
     max_span_length: int,
+    linker=None,
 ) -> list[dict]:
     """Word boundaries for span classification: ``word_starts`` / ``word_ends`` (first / last
     subword of each word that fits) and ``span_gold`` rows ``(first word, last word, label)`` of
@@ -160,6 +182,8 @@ def encode_spans(
                 "n_words": len(example.words),
             }
         )
+        if linker is not None:
+            features[-1]["entity_links"] = _entity_links(linker, example.words, len(ids), starts)
     return features
 
 
@@ -278,6 +302,8 @@ def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
         batch["word_mask"] = torch.tensor(
             [[j < len(f["word_starts"]) for j in range(words)] for f in features]
         )
+    if "entity_links" in first:  # entities aligned to the tokens (ERNIE-THU)
+        batch["entity_links"] = _pad_rows([f["entity_links"] for f in features], -1)
     if "target_ids" in first:  # text-to-text (kind: generation): labels + decoder inputs
         batch.update(pad_targets(features, pad_id))
     if "span_gold" in first:

@@ -64,10 +64,11 @@ def text_pairs(task: DictConfig, examples: Sequence) -> list[TextPair]:
             pairs.append(TextPair(source, word, [word]))
         else:
             raise config_error(
-                "task._target_", "clozelab.tasks.generation.GenerationTask",
+                "task._target_",
+                "clozelab.tasks.generation.GenerationTask",
                 f"cannot turn a {type(example).__name__} into a (source, target) pair",
                 "use a SQuAD task (format: squad) or a labelled sentence(-pair) task",
-            )  # fmt: skip
+            )
     return pairs
 
 
@@ -76,8 +77,9 @@ def decoder_start_id(decoder: Decoder, tokenizer) -> int:
     return tokenizer.sep_id if decoder.start == "eos" else tokenizer.pad_id
 
 
-def encode_generation(tokenizer, pairs: Sequence[TextPair], max_len: int, max_target: int,
-                      start_id: int) -> list[dict]:  # fmt: skip
+def encode_generation(
+    tokenizer, pairs: Sequence[TextPair], max_len: int, max_target: int, start_id: int
+) -> list[dict]:
     """``input_ids``, ``token_type_ids``, ``target_ids``, ``decoder_input_ids`` per pair."""
     sources = tokenizer.encode_batch([p.source for p in pairs])
     targets = tokenizer.encode_batch([p.target for p in pairs])
@@ -85,10 +87,15 @@ def encode_generation(tokenizer, pairs: Sequence[TextPair], max_len: int, max_ta
     for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
         ids = [tokenizer.cls_id, *source.ids[: max_len - 2], tokenizer.sep_id]
         target_ids = [*target.ids[: max_target - 1], tokenizer.sep_id]
-        features.append({
-            "input_ids": ids, "token_type_ids": [0] * len(ids), "target_ids": target_ids,
-            "decoder_input_ids": [start_id, *target_ids[:-1]], "pair_index": i,
-        })  # fmt: skip
+        features.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": [0] * len(ids),
+                "target_ids": target_ids,
+                "decoder_input_ids": [start_id, *target_ids[:-1]],
+                "pair_index": i,
+            }
+        )
     return features
 
 
@@ -99,8 +106,14 @@ class GenerationModel(nn.Module):
 
     mode = "finetune"  # the whole model trains (no frozen-feature mode)
 
-    def __init__(self, embedding: nn.Module, encoder: nn.Module, decoder: Decoder, tokenizer,
-                 max_target_length: int = 32):  # fmt: skip
+    def __init__(
+        self,
+        embedding: nn.Module,
+        encoder: nn.Module,
+        decoder: Decoder,
+        tokenizer,
+        max_target_length: int = 32,
+    ):
         super().__init__()
         self.embedding, self.encoder, self.decoder = embedding, encoder, decoder
         self.tokenizer, self.max_target_length = tokenizer, int(max_target_length)
@@ -109,31 +122,47 @@ class GenerationModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"))
         memory = self.encoder(hidden, batch["attention_mask"]).last_hidden_state
-        states = self.decoder(batch["decoder_input_ids"], self.embedding, memory,
-                              batch["attention_mask"])  # fmt: skip
+        states = self.decoder(
+            batch["decoder_input_ids"], self.embedding, memory, batch["attention_mask"]
+        )
         keep = batch["labels"] != -100
         logits = self.decoder.logits(states[keep], self.embedding)  # (N, V)
         return {"loss": F.cross_entropy(logits, batch["labels"][keep])}
 
     def generate(self, batch: dict[str, Tensor]) -> list[list[int]]:
         tok = self.tokenizer
-        ids = greedy_decode(self.embedding, self.encoder, self.decoder, batch["input_ids"],
-                            batch["attention_mask"], self.start_id, tok.sep_id, tok.pad_id,
-                            self.max_target_length)  # fmt: skip
+        ids = greedy_decode(
+            self.embedding,
+            self.encoder,
+            self.decoder,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.start_id,
+            tok.sep_id,
+            tok.pad_id,
+            self.max_target_length,
+        )
         return [strip_after_eos(row, tok.sep_id) for row in ids.tolist()]
 
 
-def score_generation(predictions: Sequence[str], pairs: Sequence[TextPair],
-                     names: Sequence[str]) -> dict[str, float]:  # fmt: skip
+def score_generation(
+    predictions: Sequence[str], pairs: Sequence[TextPair], names: Sequence[str]
+) -> dict[str, float]:
     """``exact_match``/``f1`` (percent, best over the references) and ``accuracy`` (fraction
     of exact matches), those in ``names``."""
     unknown = [n for n in names if n not in GENERATION_METRICS]
     if unknown:
-        raise config_error("task.metrics", list(names), f"{unknown} are not generation metrics",
-                           f"use some of {list(GENERATION_METRICS)}")  # fmt: skip
+        raise config_error(
+            "task.metrics",
+            list(names),
+            f"{unknown} are not generation metrics",
+            f"use some of {list(GENERATION_METRICS)}",
+        )
     scores = squad_scores(list(predictions), [p.references for p in pairs])
-    hits = [any(normalize_answer(p) == normalize_answer(r) for r in pair.references)
-            for p, pair in zip(predictions, pairs, strict=True)]  # fmt: skip
+    hits = [
+        any(normalize_answer(p) == normalize_answer(r) for r in pair.references)
+        for p, pair in zip(predictions, pairs, strict=True)
+    ]
     scores["accuracy"] = sum(hits) / max(len(hits), 1)
     return {k: v for k, v in scores.items() if k in names}
 
@@ -148,12 +177,13 @@ class GenerationTask(Task):
     def decoder(self, backbone: Backbone) -> Decoder:
         if backbone.decoder is None:
             raise config_error(
-                "task._target_", self.cfg.get("_target_"),
+                "task._target_",
+                self.cfg.get("_target_"),
                 f"task {self.cfg.get('name')!r} generates text, but the checkpoint "
                 f"{backbone.source} has no decoder (an encoder-only model)",
                 "fine-tune a seq2seq run (experiment=t5|bart|mass), or use the classification "
                 "variant of the task on this encoder",
-            )  # fmt: skip
+            )
         return backbone.decoder
 
     def encode(self, splits, backbone) -> TaskData:
@@ -161,18 +191,22 @@ class GenerationTask(Task):
         start = decoder_start_id(self.decoder(backbone), tok)
         length = self.max_length(backbone)
         target = int(self.cfg.get("max_target_length", 32))
-        train = encode_generation(tok, text_pairs(self.cfg, splits["train"]), length, target,
-                                  start)  # fmt: skip
+        train = encode_generation(tok, text_pairs(self.cfg, splits["train"]), length, target, start)
         pairs = text_pairs(self.cfg, splits["validation"])
         return TaskData(train, encode_generation(tok, pairs, length, target, start), 0, [], pairs)
 
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
         if mode != "finetune":
-            raise config_error("mode", mode, "text-to-text tasks fine-tune the whole model",
-                               "use mode=finetune for a generation task")  # fmt: skip
+            raise config_error(
+                "mode",
+                mode,
+                "text-to-text tasks fine-tune the whole model",
+                "use mode=finetune for a generation task",
+            )
         target = int(self.cfg.get("max_target_length", 32))
-        return GenerationModel(backbone.embedding, backbone.encoder, self.decoder(backbone),
-                               backbone.tokenizer, target)  # fmt: skip
+        return GenerationModel(
+            backbone.embedding, backbone.encoder, self.decoder(backbone), backbone.tokenizer, target
+        )
 
     def score(self, model, data, outputs, names) -> dict:
         """Greedy outputs of every validation batch, scored against the references."""

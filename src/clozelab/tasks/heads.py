@@ -85,10 +85,11 @@ class TaskModel(nn.Module):
     def hidden(self, batch: dict[str, Tensor]) -> Tensor:
         """The token vectors the head reads: the last layer, or the mix of the frozen layers."""
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        entities = {"entity_links": batch["entity_links"]} if "entity_links" in batch else {}
         if self.mix is None:
-            return self.backbone(*args).last_hidden_state  # (B, T, H)
+            return self.backbone(*args, **entities).last_hidden_state  # (B, T, H)
         with torch.no_grad():
-            states = self.backbone(*args, output_hidden_states=True).hidden_states
+            states = self.backbone(*args, output_hidden_states=True, **entities).hidden_states
         return self.mix(states)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -65,8 +65,15 @@ def _file_errors(reader):
             return reader(path, *args, **kwargs)
         except ClozelabError:
             raise
-        except (UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError, IndexError,
-                AttributeError) as exc:  # fmt: skip
+        except (
+            UnicodeDecodeError,
+            csv.Error,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+        ) as exc:
             raise ClozelabError(
                 f"task file {path}: not readable as {reader.__name__.removeprefix('read_')} "
                 f"({type(exc).__name__}: {exc}). Fix: check the file's format and encoding "
@@ -82,11 +89,12 @@ def _check_delimiter(first: list[str] | None, delimiter: str, path: Path) -> Non
     other, fmt, right = ("\t", "csv", "tsv") if delimiter == "," else (",", "tsv", "csv")
     if first and len(first) == 1 and other in first[0]:
         raise config_error(
-            "task.format", fmt,
+            "task.format",
+            fmt,
             f"{path} reads as one column per line ({first[0][:60]!r}); it looks "
             f"{'tab' if right == 'tsv' else 'comma'}-separated",
             f"set task.format={right}",
-        )  # fmt: skip
+        )
 
 
 @_file_errors
@@ -159,10 +167,11 @@ def read_entities_jsonl(path: Path, tokens="tokens", entities="entities") -> lis
             start, end, kind = int(entity["start"]), int(entity["end"]), str(entity["type"])
             if not 0 <= start < end <= len(words):
                 raise config_error(
-                    "task.entities", entities,
+                    "task.entities",
+                    entities,
                     f"{path}:{lineno}: entity {entity} is not a span of the {len(words)} tokens",
                     "give word offsets with 0 <= start < end <= len(tokens), end exclusive",
-                )  # fmt: skip
+                )
             spans.append((start, end, kind))
         examples.append(SpanExample(words, sorted(set(spans))))
     return examples

@@ -40,9 +40,14 @@ class SpanNERModel(TaskModel):
     ):
         super().__init__(backbone, **body)
         self.output = SpanHead(
-            backbone.hidden_size, num_labels, max_span_length, self.dropout.p, decoding,
-            endpoints, pooling,
-        )  # fmt: skip
+            backbone.hidden_size,
+            num_labels,
+            max_span_length,
+            self.dropout.p,
+            decoding,
+            endpoints,
+            pooling,
+        )
         init_bert_weights(self.output)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -66,10 +71,14 @@ class SpanNERTask(Task):
         index = {t: i for i, t in enumerate(labels)}
         k = int(self.cfg.get("max_span_length", 8))
         length = self.max_length(backbone)
-        tok = backbone.tokenizer
-        return TaskData(encode_spans(tok, train, length, index, k),
-                        encode_spans(tok, validation, length, index, k),
-                        len(labels), labels, validation)  # fmt: skip
+        tok, linker = backbone.tokenizer, self.entity_linker(backbone)
+        return TaskData(
+            encode_spans(tok, train, length, index, k, linker),
+            encode_spans(tok, validation, length, index, k, linker),
+            len(labels),
+            labels,
+            validation,
+        )
 
     def read(self, data_dir) -> dict[str, list]:
         """The configured readers; ``jsonl`` files hold tokens and entity spans."""
@@ -78,12 +87,14 @@ class SpanNERTask(Task):
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
         task = self.cfg
         return SpanNERModel(
-            backbone, data.num_labels, max_span_length=int(task.get("max_span_length", 8)),
+            backbone,
+            data.num_labels,
+            max_span_length=int(task.get("max_span_length", 8)),
             decoding=task.get("decoding", "nested"),
             endpoints=task.get("span_endpoints", "ffn"),
             pooling=task.get("span_pooling", "attention"),
             **self.body(mode, mix_layers, layer_mix),
-        )  # fmt: skip
+        )
 
     def span_types(self, examples: list) -> list[str]:
         """Entity types: ``task.labels`` when given (each gold type must be among them), else
@@ -94,11 +105,13 @@ class SpanNERTask(Task):
         unknown = sorted(set(found) - set(types))
         if unknown or NONE_LABEL in types:
             raise config_error(
-                "task.labels", types,
-                f"entity types {unknown} are not listed" if unknown else
-                f"{NONE_LABEL!r} is the label of non-entities, not a type",
+                "task.labels",
+                types,
+                f"entity types {unknown} are not listed"
+                if unknown
+                else f"{NONE_LABEL!r} is the label of non-entities, not a type",
                 "list every entity type of the data in task.labels (or leave it null)",
-            )  # fmt: skip
+            )
         return types
 
     def score(self, model, data, outputs, names) -> dict:
@@ -111,7 +124,10 @@ class SpanNERTask(Task):
 
     def protocol(self, mode: str) -> dict:
         task = self.cfg
-        return {"decoder": None, "max_span_length": task.get("max_span_length", 8),
-                "span_endpoints": task.get("span_endpoints", "ffn"),
-                "span_pooling": task.get("span_pooling", "attention"),
-                "decoding": task.get("decoding", "nested")}  # fmt: skip
+        return {
+            "decoder": None,
+            "max_span_length": task.get("max_span_length", 8),
+            "span_endpoints": task.get("span_endpoints", "ffn"),
+            "span_pooling": task.get("span_pooling", "attention"),
+            "decoding": task.get("decoding", "nested"),
+        }

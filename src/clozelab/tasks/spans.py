@@ -148,9 +148,11 @@ class SpanHead(nn.Module):
         self.pool = POOLINGS[pooling](hidden)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Sequential(
-            nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(3 * hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, num_labels),
-        )  # fmt: skip
+        )
 
     def represent(
         self,
@@ -179,9 +181,12 @@ class SpanHead(nn.Module):
 
     def forward(self, h: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         rep, starts, ends, valid = self.represent(
-            h, batch["word_starts"], batch["word_ends"], batch["word_mask"],
+            h,
+            batch["word_starts"],
+            batch["word_ends"],
+            batch["word_mask"],
             batch.get("attention_mask"),
-        )  # fmt: skip
+        )
         logits = self.classifier(self.dropout(rep))  # (B, N, L)
         out = {"span_logits": logits, "span_mask": valid, "span_starts": starts, "span_ends": ends}
         if "span_gold" in batch:

@@ -139,15 +139,18 @@ class TokenModel(TaskModel):
             )
         if subword_decoding not in SUBWORD_DECODING:
             raise config_error(
-                "task.subword_decoding", subword_decoding, "unknown",
+                "task.subword_decoding",
+                subword_decoding,
+                "unknown",
                 f"use one of {SUBWORD_DECODING}",
-            )  # fmt: skip
+            )
         if decoder == "crf" and subword_labels == "all":
             raise config_error(
-                "task.subword_labels", subword_labels,
+                "task.subword_labels",
+                subword_labels,
                 "a CRF scores word sequences, so only the first subword can carry the label",
                 "set task.subword_labels=first, or task.decoder=softmax",
-            )  # fmt: skip
+            )
         super().__init__(backbone, **body)
         self.subword_labels, self.subword_decoding = subword_labels, subword_decoding
         self.decoder = decoder
@@ -211,18 +214,21 @@ class TokenTask(Task):
         labels = ["O", *[t for t in labels if t != "O"]]
         index = {t: i for i, t in enumerate(labels)}
         length = self.max_length(backbone)
-        train = encode_tokens(backbone.tokenizer, splits["train"], length, index)
-        validation = encode_tokens(backbone.tokenizer, splits["validation"], length, index)
+        linker = self.entity_linker(backbone)  # ERNIE-THU: entity inputs where text has mentions
+        train = encode_tokens(backbone.tokenizer, splits["train"], length, index, linker)
+        validation = encode_tokens(backbone.tokenizer, splits["validation"], length, index, linker)
         return TaskData(train, validation, len(labels), labels, splits["validation"])
 
     def build_model(self, backbone, data, *, mode, mix_layers, layer_mix) -> nn.Module:
         task = self.cfg
         return TokenModel(
-            backbone, data.num_labels, decoder=task.get("decoder", "softmax"),
+            backbone,
+            data.num_labels,
+            decoder=task.get("decoder", "softmax"),
             subword_labels=task.get("subword_labels", "first"),
             subword_decoding=task.get("subword_decoding", "first"),
             **self.body(mode, mix_layers, layer_mix),
-        )  # fmt: skip
+        )
 
     def score(self, model, data, outputs, names) -> dict:
         pred_tags: list[list[str]] = [[] for _ in data.validation]
@@ -237,6 +243,8 @@ class TokenTask(Task):
 
     def protocol(self, mode: str) -> dict:
         task = self.cfg
-        return {"decoder": task.get("decoder"),
-                "subword_labels": task.get("subword_labels", "first"),
-                "subword_decoding": task.get("subword_decoding", "first")}  # fmt: skip
+        return {
+            "decoder": task.get("decoder"),
+            "subword_labels": task.get("subword_labels", "first"),
+            "subword_decoding": task.get("subword_decoding", "first"),
+        }

@@ -55,12 +55,17 @@ class LogProgress(pl.Callback):
         step = trainer.global_step
         if not trainer.is_global_zero:  # one line per step, not one per rank
             return
-        due = (step == self._first + 1 or step % self.every == 0 or step == trainer.max_steps
-               or time.perf_counter() - self._last >= self.seconds)  # fmt: skip
+        due = (
+            step == self._first + 1
+            or step % self.every == 0
+            or step == trainer.max_steps
+            or time.perf_counter() - self._last >= self.seconds
+        )
         if due:
             self._last = time.perf_counter()
-            shown = shown_metrics({k: v for k, v in trainer.progress_bar_metrics.items()
-                                   if k.startswith("train/")})  # fmt: skip
+            shown = shown_metrics(
+                {k: v for k, v in trainer.progress_bar_metrics.items() if k.startswith("train/")}
+            )
             log.info("%s · %s", self.budget.line(step, pl_module.tokens_seen), shown)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -68,8 +73,11 @@ class LogProgress(pl.Callback):
             return
         vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if vals:
-            log.info("validation at step %d: %s", trainer.global_step,
-                     " · ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))  # fmt: skip
+            log.info(
+                "validation at step %d: %s",
+                trainer.global_step,
+                " · ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())),
+            )
 
 
 class InitialMetrics(pl.Callback):

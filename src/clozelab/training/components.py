@@ -29,6 +29,11 @@ def build_components(cfg: DictConfig, tokenizer, prepared=None):
     embedding = build(cfg.embedding, "embedding")
     embedding.bind_tokenizer(tokenizer)  # e.g. the character CNN spells the vocabulary
     encoder = build(cfg.encoder, "encoder")
+    if prepared is not None:  # e.g. ERNIE-THU's entity table from the corpus's link graph
+        fixed = encoder.bind_corpus(prepared.corpus_stats)  # Encoder hook
+        if fixed:
+            with open_dict(cfg):  # recorded in config.yaml: a rebuild gets the same shapes
+                cfg.encoder.update(fixed)
     objectives = {name: build(node, f"objective.{name}") for name, node in cfg.objective.items()}
     return embedding, encoder, objectives, corruption
 
@@ -67,10 +72,15 @@ def run_decoder(objectives: dict[str, nn.Module]) -> nn.Module | None:
 
 def log_load_report(source: str, report: dict[str, list[str]]) -> None:
     if report["missing"]:
-        log.warning("%s: %d weights missing, left as initialised: %s", source,
-                    len(report["missing"]), report["missing"])  # fmt: skip
+        log.warning(
+            "%s: %d weights missing, left as initialised: %s",
+            source,
+            len(report["missing"]),
+            report["missing"],
+        )
     if report["unexpected"]:
-        log.warning("%s: %d weights unused: %s", source, len(report["unexpected"]),
-                    report["unexpected"])  # fmt: skip
+        log.warning(
+            "%s: %d weights unused: %s", source, len(report["unexpected"]), report["unexpected"]
+        )
     if not report["missing"] and not report["unexpected"]:
         log.info("%s: every weight loaded", source)

@@ -54,7 +54,8 @@ def _summary(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "values": values}
 
 
-def _backbone_factory(checkpoint, arch: DictConfig | None, random_init: DictConfig | None):
+def backbone_factory(checkpoint, arch: DictConfig | None, random_init: DictConfig | None):
+    """A function returning a fresh backbone of ``checkpoint`` (a copy per call)."""
     if isinstance(checkpoint, Backbone):  # in memory (the end of a pretrain run): a copy a seed
         return lambda: copy.deepcopy(checkpoint)
     random_init = random_init or {}
@@ -87,7 +88,7 @@ def run_task(
     name = task.get("name")
     if not name:
         raise config_error("task.name", name, "a task needs a name", "set task.name")
-    make = _backbone_factory(checkpoint, arch, random_init)
+    make = backbone_factory(checkpoint, arch, random_init)
     start = time.perf_counter()
     backbone = make()
     runs = []
@@ -100,27 +101,59 @@ def run_task(
         splits = kind.read(data_dir)
         prepared = kind.encode(splits, backbone)
         for seed in seeds:
-            log.info("task %s seed %d: %d train / %d validation features",
-                     name, seed, len(prepared.train), len(prepared.validation))  # fmt: skip
+            log.info(
+                "task %s seed %d: %d train / %d validation features",
+                name,
+                seed,
+                len(prepared.train),
+                len(prepared.validation),
+            )
             facts = run_seed(make, prepared, kind, seed, mode, mix_layers, layer_mix)
             runs.append({"seed": seed, **facts})
-        protocol = {
-            "split": "validation (dev)" if not task.get("holdout") else
-                     f"held-out {1 - float(task.holdout):.0%} of the validation file",
-            "train_examples": len(splits["train"]),
-            "eval_examples": len(splits["validation"]),
-            "epochs": task.get("epochs", 3),
-            "max_steps": task.get("max_steps"),
-            "lr": task.get("lr", 5e-5),
-            "batch_size": task.get("batch_size", 32),
-            "max_seq_length": task.get("max_seq_length", 128),
-            "warmup": task.get("warmup", 0.1),
-            "weight_decay": task.get("weight_decay", 0.01),
-            "mode": mode,
-            "mix_layers": mix_layers if mode == "features" else None,
-            "layer_mix": layer_mix if mode == "features" else None,
-            **kind.protocol(mode),
-        }  # fmt: skip
+        protocol = task_protocol(task, kind, splits, mode, mix_layers, layer_mix)
+    return write_task_result(
+        task, kind, runs, seeds, protocol, checkpoint, eval_dir, loggers, start
+    )
+
+
+def task_protocol(
+    task: DictConfig, kind, splits: dict, mode: str, mix_layers: int, layer_mix: str
+) -> dict:
+    """How a fine-tuned task was trained and scored (the ``protocol`` of its result)."""
+    return {
+        "split": "validation (dev)"
+        if not task.get("holdout")
+        else f"held-out {1 - float(task.holdout):.0%} of the validation file",
+        "train_examples": len(splits["train"]),
+        "eval_examples": len(splits["validation"]),
+        "epochs": task.get("epochs", 3),
+        "max_steps": task.get("max_steps"),
+        "lr": task.get("lr", 5e-5),
+        "batch_size": task.get("batch_size", 32),
+        "max_seq_length": task.get("max_seq_length", 128),
+        "warmup": task.get("warmup", 0.1),
+        "weight_decay": task.get("weight_decay", 0.01),
+        "mode": mode,
+        "mix_layers": mix_layers if mode == "features" else None,
+        "layer_mix": layer_mix if mode == "features" else None,
+        **kind.protocol(mode),
+    }
+
+
+def write_task_result(
+    task: DictConfig,
+    kind,
+    runs: list[dict],
+    seeds: list[int],
+    protocol: dict,
+    checkpoint,
+    eval_dir: Path,
+    loggers,
+    start: float,
+) -> dict:
+    """Summarise a task's per-seed ``runs`` (mean/std of every metric), write
+    ``<eval_dir>/<task>.json`` and log it; returns the result."""
+    name = task.get("name")
     metric = task.get("metric") or kind.default_metrics[0]
     names = sorted({k for r in runs for k in r["metrics"]})
     summary = {k: _summary([float(r["metrics"][k]) for r in runs]) for k in names}
@@ -145,8 +178,15 @@ def run_task(
     for logger in loggers:
         logger.log_metrics({f"eval/{name}/{k}": v["mean"] for k, v in summary.items()})
         logger.save()
-    log.info("%s: %s = %.4f ± %.4f (%d seeds) -> %s", name, metric, result["value"],
-             result["std"], len(seeds), eval_dir / f"{name}.json")  # fmt: skip
+    log.info(
+        "%s: %s = %.4f ± %.4f (%d seeds) -> %s",
+        name,
+        metric,
+        result["value"],
+        result["std"],
+        len(seeds),
+        eval_dir / f"{name}.json",
+    )
     return result
 
 
@@ -210,8 +250,7 @@ def evaluate_run(
     source = run_dir
     if module is not None:
         source = _module_backbone(module, run_dir)
-    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task,
-                             loggers=loggers)  # fmt: skip
+    results = evaluate_suite(eval_cfg, source, run_dir / "eval", extra_task=task, loggers=loggers)
     return {f"eval/{name}/{r['metric']}": r["value"] for name, r in results.items()}
 
 

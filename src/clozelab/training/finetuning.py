@@ -45,10 +45,15 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr: float 
     if not head_lr:
         groups = parameter_groups(model, weight_decay)
     else:
-        head = [p for name, p in model.named_parameters()
-                if p.requires_grad and not name.startswith("backbone.")]  # fmt: skip
-        groups = [*parameter_groups(model.backbone, weight_decay),
-                  {"params": head, "weight_decay": 0.0, "lr": head_lr}]  # fmt: skip
+        head = [
+            p
+            for name, p in model.named_parameters()
+            if p.requires_grad and not name.startswith("backbone.")
+        ]
+        groups = [
+            *parameter_groups(model.backbone, weight_decay),
+            {"params": head, "weight_decay": 0.0, "lr": head_lr},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -73,8 +78,12 @@ def train(
         total = min(total, int(task.max_steps))
     warmup = int(total * float(task.get("warmup", 0.1)))
     head_lr = task.get("head_lr") if mode == "features" else None
-    opt = _optimizer(model, float(task.get("lr", 5e-5)), float(task.get("weight_decay", 0.01)),
-                     float(head_lr) if head_lr else None)  # fmt: skip
+    opt = _optimizer(
+        model,
+        float(task.get("lr", 5e-5)),
+        float(task.get("weight_decay", 0.01)),
+        float(head_lr) if head_lr else None,
+    )
 
     # linear warm-up, then linear decay to 0 at the last step (pre-training's schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay_lambda(warmup, total, "linear"))

@@ -89,8 +89,13 @@ def _write_tokenizer(out: Path, tokenizer_dir: str | Path | None) -> None:
         )
 
 
-def write_seq2seq_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,
-                         decoder: nn.Module, tokenizer_dir: str | Path) -> Path:  # fmt: skip
+def write_seq2seq_hf_dir(
+    out_dir: str | Path,
+    embedding: nn.Module,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    tokenizer_dir: str | Path,
+) -> Path:
     """An HF T5ForConditionalGeneration / BartForConditionalGeneration directory of these
     modules (``clozelab.model.hf_seq2seq``): pad = [PAD], eos = [SEP] of the run's tokenizer.
     The T5 sentinels are ids past the tokenizer's vocabulary (config vocab_size counts them)."""
@@ -142,8 +147,13 @@ def _add_sentinels(out: Path, vocab_size: int, n: int) -> None:
         path.write_text(json.dumps(data, indent=2), "utf-8")
 
 
-def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Module,
-                       plm: nn.Module | None, tokenizer_dir: str | Path) -> Path:  # fmt: skip
+def write_xlnet_hf_dir(
+    out_dir: str | Path,
+    embedding: nn.Module,
+    encoder: nn.Module,
+    plm: nn.Module | None,
+    tokenizer_dir: str | Path,
+) -> Path:
     """An HF ``XLNetLMHeadModel`` directory of these modules (``clozelab.model.hf_xlnet``;
     ``lm_loss.bias`` is the PLM objective's, ``lm_loss.weight`` is tied to the word table, as
     HF saves it), or an ``XLNetModel`` one without ``plm``; pad / bos / eos are the run's
@@ -153,9 +163,15 @@ def write_xlnet_hf_dir(out_dir: str | Path, embedding: nn.Module, encoder: nn.Mo
 
     tok = load_tokenizer(tokenizer_dir)
     bias = None if plm is None else plm.bias
-    config = xlnet_config_dict(embedding, encoder, with_lm_head=plm is not None,
-                               pad_token_id=tok.pad_id, bos_token_id=tok.cls_id,
-                               eos_token_id=tok.sep_id, torch_dtype="float32")  # fmt: skip
+    config = xlnet_config_dict(
+        embedding,
+        encoder,
+        with_lm_head=plm is not None,
+        pad_token_id=tok.pad_id,
+        bos_token_id=tok.cls_id,
+        eos_token_id=tok.sep_id,
+        torch_dtype="float32",
+    )
     state = to_hf_xlnet_state_dict(embedding, encoder, bias, include_tied=False)
     if plm is None:  # XLNetModel layout: no prefix
         state = {k.removeprefix("transformer."): v for k, v in state.items()}
@@ -193,8 +209,13 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     """
     run_dir = Path(run_dir)
     try:
-        out = write_run_hf_dir(run_dir / "hf", module.embedding, module.encoder,
-                               dict(module.objectives), run_dir / "tokenizer")  # fmt: skip
+        out = write_run_hf_dir(
+            run_dir / "hf",
+            module.embedding,
+            module.encoder,
+            dict(module.objectives),
+            run_dir / "tokenizer",
+        )
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)
         return None

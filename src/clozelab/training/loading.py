@@ -34,6 +34,7 @@ from clozelab.core.rundir import (
     read_hf_weights,
     run_checkpoint,
 )
+from clozelab.data.knowledge import ENTITIES_FILE, EntityLinker
 from clozelab.data.tokenizer import load_tokenizer
 from clozelab.model.layers import Pooler
 from clozelab.tasks.backbone import NONE, Backbone
@@ -131,8 +132,10 @@ def _run_weights(path: Path, parts, key: str, tokenizer) -> tuple[dict, dict, Pa
         fix = f"build the same sizes as the run it comes from (see {run_dir}/config.yaml)"
     load_state_checked(container, state, str(checkpoint), key=key, fix=fix)
     expected = container.state_dict()
-    report = {"missing": sorted(set(expected) - set(state)),
-              "unexpected": sorted(set(state) - set(expected))}  # fmt: skip
+    report = {
+        "missing": sorted(set(expected) - set(state)),
+        "unexpected": sorted(set(state) - set(expected)),
+    }
     return report, state, checkpoint
 
 
@@ -146,9 +149,11 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
         decoder = run_decoder(objectives)
         if decoder is None:
             raise config_error(
-                key, shown, f"an HF {family} encoder-decoder, but this run has no decoder",
+                key,
+                shown,
+                f"an HF {family} encoder-decoder, but this run has no decoder",
                 f"add objective=[seq2seq] decoder={family} (experiment={family})",
-            )  # fmt: skip
+            )
         if tokenizer is not None:
             rows = state[SHARED[family]].shape[0] - _extra_rows(embedding, tokenizer)
             _check_vocab(rows, tokenizer, shown)
@@ -159,8 +164,9 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
         if tokenizer is not None:
             word = state.get(WORD_KEY, state.get(WORD_KEY.removeprefix("transformer.")))
             if word is None:
-                raise config_error(key, shown, "has no word embeddings",
-                                   "point to an HF XLNet checkpoint")  # fmt: skip
+                raise config_error(
+                    key, shown, "has no word embeddings", "point to an HF XLNet checkpoint"
+                )
             _check_vocab(word.shape[0], tokenizer, shown)
         plm = plm_objective(objectives)
         return from_hf_xlnet_state_dict(
@@ -171,8 +177,9 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
     if tokenizer is not None:
         word = next((state[k] for k in WORD_KEYS if k in state), None)
         if word is None:
-            raise config_error(key, shown, "has no word embeddings",
-                               "point to an HF BERT checkpoint")  # fmt: skip
+            raise config_error(
+                key, shown, "has no word embeddings", "point to an HF BERT checkpoint"
+            )
         _check_vocab(word.shape[0], tokenizer, shown)
     mlm, nsp = pretraining_heads(objectives)
     return from_hf_state_dict(state, embedding, encoder, mlm, nsp)
@@ -217,8 +224,9 @@ def init_components(
     if init_from in (None, ""):
         return None
     source = str(init_from)
-    report = load_weights(init_from, embedding, encoder, objectives, key="model.init_from",
-                          tokenizer=tokenizer)  # fmt: skip
+    report = load_weights(
+        init_from, embedding, encoder, objectives, key="model.init_from", tokenizer=tokenizer
+    )
     log.info("model.init_from=%s", source)
     log_load_report(f"model.init_from={source}", report)
     return report
@@ -250,8 +258,9 @@ def _build_hf(directory: Path, state: dict, heads: bool):
     if heads and any(k.startswith("cls.seq_relationship.") for k in state):
         objectives["nsp"] = NSP(**kw["nsp"])
         if not any("pooler." in k for k in state):
-            log.warning("%s has an NSP classifier but no pooler; the pooler is left random",
-                        directory)  # fmt: skip
+            log.warning(
+                "%s has an NSP classifier but no pooler; the pooler is left random", directory
+            )
     return embedding, encoder, objectives
 
 
@@ -289,18 +298,34 @@ def load_checkpoint(path: str | Path, *, key: str = "checkpoint", heads: bool = 
             embedding, encoder, objectives = _build_hf(resolved, state, heads)
             parts = (embedding, encoder, objectives)
             report = _hf_weights(resolved, state, parts, key, str(path), None)
-            pooler = objectives["nsp"].pooler if "nsp" in objectives else \
-                _hf_pooler(state, encoder.hidden_size)  # fmt: skip
-            weights = next(p for p in (resolved / "model.safetensors",
-                                       resolved / "pytorch_model.bin") if p.is_file())  # fmt: skip
-            return Loaded("hf", resolved, weights, embedding, encoder, objectives, report,
-                          pooler, state)  # fmt: skip
+            pooler = (
+                objectives["nsp"].pooler
+                if "nsp" in objectives
+                else _hf_pooler(state, encoder.hidden_size)
+            )
+            weights = next(
+                p
+                for p in (resolved / "model.safetensors", resolved / "pytorch_model.bin")
+                if p.is_file()
+            )
+            return Loaded(
+                "hf", resolved, weights, embedding, encoder, objectives, report, pooler, state
+            )
         run_dir, _ = run_checkpoint(resolved, key)
         _, embedding, encoder, objectives = build_run_components(run_dir)
         parts = (embedding, encoder, objectives)
         report, state, checkpoint = _run_weights(resolved, parts, key, None)
-    return Loaded("run", run_dir, checkpoint, embedding, encoder, objectives, report,
-                  _summary_pooler(objectives), state)  # fmt: skip
+    return Loaded(
+        "run",
+        run_dir,
+        checkpoint,
+        embedding,
+        encoder,
+        objectives,
+        report,
+        _summary_pooler(objectives),
+        state,
+    )
 
 
 # ---------------------------------------------------------------------------- the fine-tuning body
@@ -310,23 +335,28 @@ def _body_missing(loaded: Loaded) -> None:
         if loaded.report["missing"]:
             family = loaded.encoder.hf_model_type.upper()
             raise config_error(
-                "checkpoint", str(loaded.weights),
+                "checkpoint",
+                str(loaded.weights),
                 f"missing {family} weights {loaded.report['missing'][:3]}",
                 f"give a complete HF {family} checkpoint",
-            )  # fmt: skip
+            )
         return
     prefixes = ["embedding.", "encoder."]
-    prefixes += [f"objectives.{name}.decoder." for name, o in loaded.objectives.items()
-                 if o.seq2seq_decoder() is not None]  # fmt: skip
+    prefixes += [
+        f"objectives.{name}.decoder."
+        for name, o in loaded.objectives.items()
+        if o.seq2seq_decoder() is not None
+    ]
     for prefix in prefixes:
         missing = [k[len(prefix) :] for k in loaded.report["missing"] if k.startswith(prefix)]
         if missing:
             raise config_error(
-                "checkpoint", str(loaded.weights),
+                "checkpoint",
+                str(loaded.weights),
                 f"the checkpoint lacks {len(missing)} weights of {prefix.rstrip('.')} "
                 f"({missing[:3]})",
                 "point to a checkpoint written by clozelab pretrain with the same components",
-            )  # fmt: skip
+            )
 
 
 def _random_backbone(like, arch: DictConfig | None, tokenizer_path: str | None) -> Backbone:
@@ -335,17 +365,23 @@ def _random_backbone(like, arch: DictConfig | None, tokenizer_path: str | None) 
     ``tokenizer_path``."""
     if like:
         kind, resolved = locate(like, "random_init.like")
+        decoder = None
         if kind == "run":
             key = "random_init.like"
             root = resolved if resolved.is_dir() else run_checkpoint(resolved, key)[0]
             cfg = OmegaConf.load(root / "config.yaml")
-            embedding, encoder = build(cfg.embedding, "embedding"), build(cfg.encoder, "encoder")
+            if cfg.get("decoder") is not None:  # encoder-decoder: a random decoder (and sentinels)
+                _, embedding, encoder, objectives = build_run_components(root)
+                decoder = run_decoder(objectives)
+            else:
+                embedding = build(cfg.embedding, "embedding")
+                encoder = build(cfg.encoder, "encoder")
         else:
             root = resolved
             embedding, encoder, _ = _build_hf(resolved, {}, heads=False)
         tokenizer = load_tokenizer(root)
         embedding.bind_tokenizer(tokenizer)
-        return Backbone(embedding, encoder, tokenizer, None, "none")
+        return Backbone(embedding, encoder, tokenizer, None, "none", decoder)
     if arch is None or tokenizer_path is None:
         raise config_error(
             "checkpoint",
@@ -378,7 +414,18 @@ def load_backbone(
         return _random_backbone(like, arch, tokenizer)
     loaded = load_checkpoint(str(checkpoint), heads=False)
     _body_missing(loaded)
-    backbone = Backbone(loaded.embedding, loaded.encoder, load_tokenizer(loaded.root),
-                        loaded.pooler, str(loaded.root), loaded.decoder)  # fmt: skip
+    backbone = Backbone(
+        loaded.embedding,
+        loaded.encoder,
+        load_tokenizer(loaded.root),
+        loaded.pooler,
+        str(loaded.root),
+        loaded.decoder,
+    )
+    entities = Path(loaded.root) / ENTITIES_FILE
+    if "entity_links" in loaded.encoder.batch_inputs and entities.is_file():  # ERNIE-THU
+        backbone.linker = EntityLinker.from_file(entities)
+        log.info("Entity inputs: task text linked to the %d entities of %s",
+                 len(backbone.linker.ids), entities)  # fmt: skip
     log.info("Loaded %s backbone from %s", loaded.kind, loaded.root)
     return backbone

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from clozelab.core.batch import Batch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
 from clozelab.training.optim import build_scheduler, parameter_groups
@@ -38,7 +39,9 @@ class PretrainModule(pl.LightningModule):
     """Receives built components (Hydra ``_target_``); composes them and logs.
 
     Logged: ``train/<objective>_loss`` (and the objectives' other logs), ``train/loss``,
-    ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means).
+    ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means), and with
+    a ``schedule`` (continual multi-task pre-training, ``training/schedule.py``) ``train/stage``:
+    each training step runs the objectives the schedule gives it; validation runs all of them.
     """
 
     def __init__(
@@ -50,8 +53,10 @@ class PretrainModule(pl.LightningModule):
         scheduler_cfg: dict | None = None,
         total_steps: int | None = None,
         weight_decay: float = 0.01,
+        schedule=None,
     ):
         super().__init__()
+        self.schedule = schedule  # a training.schedule.Schedule, or None: every objective
         self.embedding, self.encoder = embedding, encoder
         self.objectives = nn.ModuleDict(objectives)
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler_cfg or {}
@@ -65,15 +70,17 @@ class PretrainModule(pl.LightningModule):
         self.tokens_at_train_start = 0
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, batch: Batch | JointBatch, active: tuple[str, ...] | None = None):
         """``(total, logs, counts)`` of one step. A joint dialogue step (``data.dialogue``) gets
-        ``{"text": batch, "dialogue": batch}``: the two streams' totals are summed."""
+        a ``JointBatch`` ``{"text": batch, "dialogue": batch}``: the two streams' totals are
+        summed. ``active``: the objectives to run (None: all)."""
         self._objective_losses, self._loss_terms = {}, {}
-        if "input_ids" in batch:
-            return self._forward_stream(batch)
+        parts = batch.streams()
+        if len(parts) == 1:
+            return self._forward_stream(parts[0], active)
         total, logs, counts = 0.0, {}, {}
-        for part in batch.values():
-            part_total, part_logs, part_counts = self._forward_stream(part)
+        for part in parts:
+            part_total, part_logs, part_counts = self._forward_stream(part, active)
             total = total + part_total
             logs.update(part_logs)
             counts.update(part_counts)
@@ -84,6 +91,7 @@ class PretrainModule(pl.LightningModule):
         """Embedding then encoder: the (B, T, H) states every objective reads (``objectives``:
         the step's, which say whether they read ``last_hidden_state``; None: all of them)."""
         roles = {"role_ids": batch["role_ids"]} if "role_ids" in batch else {}  # dialogue (DLM)
+        roles.update({k: batch[k] for k in self.embedding.batch_inputs if k in batch})  # hook
         hidden = self.embedding(batch["input_ids"], batch.get("token_type_ids"), **roles)
         extra = {k: batch[k] for k in self.encoder.batch_inputs if k in batch}  # Encoder hook
         if self.encoder.skips_unread_output:  # Encoder / Objective hooks
@@ -91,13 +99,17 @@ class PretrainModule(pl.LightningModule):
             extra["content_output"] = any(o.reads_encoder_output for o in readers)
         return self.encoder(hidden, batch.get("attention_mask"), **extra)
 
-    def _forward_stream(self, batch: dict[str, torch.Tensor]):
-        """One stream's batch. On a dialogue batch (ERNIE DLM: it has ``dialogue_label``) only the
-        objectives whose ``streams`` include "dialogue" run; those that train on text too log as
-        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``."""
-        stream = "dialogue" if "dialogue_label" in batch else "text"
-        objectives = {name: objective for name, objective in self.objectives.items()
-                      if stream in objective.streams}  # fmt: skip
+    def _forward_stream(self, batch: Batch, active=None):
+        """One stream's batch. On a ``DialogueBatch`` (ERNIE DLM) only the objectives whose
+        ``streams`` include "dialogue" run; those that train on text too log as
+        ``dialogue_<key>`` (e.g. ``dialogue_mlm_loss``), and its total also as ``dialogue_loss``.
+        ``active``: the objectives to run (None: all)."""
+        stream = batch.stream
+        objectives = {
+            name: objective
+            for name, objective in self.objectives.items()
+            if stream in objective.streams and (active is None or name in active)
+        }
         for objective in objectives.values():  # e.g. RTD: the generator rewrites input_ids
             if objective.rewrites_inputs:
                 batch = objective.prepare_inputs(batch, self.embedding)
@@ -130,15 +142,28 @@ class PretrainModule(pl.LightningModule):
         self._train_start = time.perf_counter()
         self.tokens_at_train_start = self.tokens_seen
 
+    def _with_task(self, batch: Batch | JointBatch, name: str) -> Batch | JointBatch:
+        """``batch`` (each stream of it) given ``task_ids`` [B]: objective ``name``'s task id
+        (read by ``embedding=task``); the batch is the loader's own, so it is set in place."""
+        task = self.schedule.task_id(name)
+        for part in batch.streams():
+            part["task_ids"] = torch.full_like(part["input_ids"][:, 0], task)
+        return batch
+
     def training_step(self, batch, batch_idx):
         world = self.trainer.world_size
+        active = None
+        if self.schedule is not None:  # continual multi-task: this step's objectives
+            stage, active = self.schedule.step(self.global_step, self.tokens_seen)
+            if len(active) == 1:
+                batch = self._with_task(batch, active[0])
+            self.log("train/stage", float(stage))
         with data_parallel(world, self._sum_across_ranks):  # losses: global-batch means
-            loss, logs, _ = self(batch)
+            loss, logs, _ = self(batch, active)
         if not torch.isfinite(loss):
             self._raise_non_finite(loss, batch)
         logs = {k: torch.as_tensor(v).detach() for k, v in logs.items()}
-        parts = [batch] if "input_ids" in batch else list(batch.values())  # joint dialogue step
-        tokens = sum(part["attention_mask"].sum() for part in parts)
+        tokens = sum(part["attention_mask"].sum() for part in batch.streams())
         if world > 1:
             logs, tokens = self._mean_across_ranks(logs, tokens)
         self.tokens_seen += int(tokens)
@@ -172,8 +197,11 @@ class PretrainModule(pl.LightningModule):
         }
         which = ", ".join(f"objective.{k} loss={v}" for k, v in bad.items()) or "the weighted sum"
         indices = batch.get("index")
-        sample = f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})" if (
-            indices is not None) else ""  # fmt: skip
+        sample = (
+            f" (samples {indices[:8].tolist()} of epoch {self.current_epoch})"
+            if (indices is not None)
+            else ""
+        )
         raise NonFiniteLossError(
             f"train/loss={float(loss)} at training step {self.global_step + 1}: non-finite loss "
             f"from {which}{sample}. The run is stopped and marked failed; the last good "
@@ -184,9 +212,17 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        streams = getattr(self.trainer.datamodule, "val_streams", None) if self._trainer else None
-        if streams and streams[dataloader_idx] == "reference":
+        if batch.stream == "reference":
             logs, counts = self._reference_mlm(batch)
+        elif self.schedule is not None and self.schedule.mix == "round_robin":
+            logs, counts = {}, {}  # each objective on the input of its own task id
+            for name in self.schedule.order:
+                _, one_logs, one_counts = self(self._with_task(batch, name), (name,))
+                for key in ("loss", "dialogue_loss"):
+                    one_logs.pop(key, None)
+                logs.update(one_logs)
+                counts.update(one_counts)
+                self._val_losses.update(self._loss_terms)
         else:
             _, logs, counts = self(batch)
             logs.pop("loss")  # the weighted sums are rebuilt from exact means at the end
@@ -218,8 +254,9 @@ class PretrainModule(pl.LightningModule):
             [self._val_sums[k] for k in keys], dtype=torch.float64, device=self.device
         )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        means = {key: total / weight for key, (total, weight) in zip(keys, sums.tolist())
-                 if weight > 0}  # fmt: skip
+        means = {
+            key: total / weight for key, (total, weight) in zip(keys, sums.tolist()) if weight > 0
+        }
         means.update(exact_losses(means, self._val_losses))
         for key, value in means.items():
             self.log(f"val/{key}", value, prog_bar=key == "mlm_loss")

@@ -26,8 +26,9 @@ def parameter_groups(modules: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_decay_lambda(warmup_steps: int, total_steps: int | None, decay: str = "linear",
-                        min_ratio: float = 0.0):  # fmt: skip
+def warmup_decay_lambda(
+    warmup_steps: int, total_steps: int | None, decay: str = "linear", min_ratio: float = 0.0
+):
     """Multiplier of the peak learning rate at each step: linear warmup, then linear or cosine
     decay to ``min_ratio`` at ``total_steps`` (constant after warmup when the total is unknown)."""
     if decay not in ("linear", "cosine", "constant"):
@@ -57,6 +58,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int | No
         warmup_steps = round(warmup * total_steps)
     else:
         warmup_steps = int(warmup)
-    fn = warmup_decay_lambda(warmup_steps, total_steps, cfg.get("decay", "linear"),
-                             float(cfg.get("min_ratio", 0.0)))  # fmt: skip
+    fn = warmup_decay_lambda(
+        warmup_steps, total_steps, cfg.get("decay", "linear"), float(cfg.get("min_ratio", 0.0))
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -36,10 +36,12 @@ class BudgetBar(ProgressBar):
     def _display(self) -> Progress:
         if self._bar is None:
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(),
-                TextColumn("{task.fields[where]}"), TextColumn("{task.fields[metrics]}"),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[where]}"),
+                TextColumn("{task.fields[metrics]}"),
                 console=Console(stderr=True),
-            )  # fmt: skip
+            )
             self._bar.start()
         return self._bar
 
@@ -52,8 +54,11 @@ class BudgetBar(ProgressBar):
         step, tokens = trainer.global_step, int(getattr(pl_module, "tokens_seen", 0))
         done = self.budget.fraction(step, tokens, self.budget.elapsed())
         shown = shown_metrics(trainer.progress_bar_metrics)
-        return {"completed": done or 0.0, "where": self.budget.line(step, tokens),
-                "metrics": f"· {shown}" if shown else ""}  # fmt: skip
+        return {
+            "completed": done or 0.0,
+            "where": self.budget.line(step, tokens),
+            "metrics": f"· {shown}" if shown else "",
+        }
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.is_enabled:
@@ -74,8 +79,9 @@ class BudgetBar(ProgressBar):
         total = int(total) if total != float("inf") else None
         self._val = self._display().add_task("validate", total=total, where="", metrics="")
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
-                                dataloader_idx=0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if self._val is not None:
             done = self._bar.tasks[[t.id for t in self._bar.tasks].index(self._val)].completed
             self._bar.update(self._val, completed=done + 1, where=f"batch {int(done) + 1}")

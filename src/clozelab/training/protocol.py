@@ -23,9 +23,15 @@ def budget_kind(trainer: DictConfig) -> str:
     """The budgets that can end the run: "tokens" (compute-matched), "steps", "time", joined by
     "+" when several are set ("tokens+time"); "epochs" when none is."""
     steps = trainer.get("max_steps")
-    active = [name for name, on in (("tokens", trainer.get("max_tokens")),
-                                    ("steps", steps is not None and steps > 0),
-                                    ("time", trainer.get("max_time"))) if on]  # fmt: skip
+    active = [
+        name
+        for name, on in (
+            ("tokens", trainer.get("max_tokens")),
+            ("steps", steps is not None and steps > 0),
+            ("time", trainer.get("max_time")),
+        )
+        if on
+    ]
     return "+".join(active) or "epochs"
 
 

@@ -34,11 +34,16 @@ XLA_PRECISIONS = get_args(_XLA_PRECISION)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "tpu", "mps")
 #: strategy family -> (module it needs, the fix when it is missing)
 PACKAGES = {
-    "deepspeed": ("deepspeed", "pip install deepspeed (on a CUDA machine), or use trainer=ddp "
-                  "or trainer=fsdp"),
-    "xla": ("torch_xla", "pip install 'torch_xla[tpu]' on a TPU host (see the PyTorch/XLA "
-            "install guide), or use trainer=cpu, trainer=gpu or trainer=ddp"),
-}  # fmt: skip
+    "deepspeed": (
+        "deepspeed",
+        "pip install deepspeed (on a CUDA machine), or use trainer=ddp or trainer=fsdp",
+    ),
+    "xla": (
+        "torch_xla",
+        "pip install 'torch_xla[tpu]' on a TPU host (see the PyTorch/XLA "
+        "install guide), or use trainer=cpu, trainer=gpu or trainer=ddp",
+    ),
+}
 #: Environment variables that say an external launcher (SLURM, torchrun, LSF, or a Lightning
 #: command run by hand on every node) started this process as one rank of several.
 LAUNCHED_VARIABLES = ("SLURM_NTASKS", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
@@ -123,24 +128,40 @@ def check_trainer(trainer_cfg) -> None:
     trainer = _plain(trainer_cfg)
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator not in ACCELERATORS:
-        raise config_error("trainer.accelerator", accelerator, "unknown accelerator",
-                           f"use one of {list(ACCELERATORS)}")  # fmt: skip
+        raise config_error(
+            "trainer.accelerator",
+            accelerator,
+            "unknown accelerator",
+            f"use one of {list(ACCELERATORS)}",
+        )
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
-        raise config_error("trainer.precision", trainer.get("precision"), "unknown precision",
-                           f"use one of {list(PRECISIONS)}")  # fmt: skip
+        raise config_error(
+            "trainer.precision",
+            trainer.get("precision"),
+            "unknown precision",
+            f"use one of {list(PRECISIONS)}",
+        )
     devices = trainer.get("devices", "auto")
     try:
         count = _device_count(devices, 1)
     except (TypeError, ValueError):
         count = 0
     if count < 1:
-        raise config_error("trainer.devices", devices, "not a device count or list of ids",
-                           "use a positive integer, a list of device ids, -1 or auto")  # fmt: skip
+        raise config_error(
+            "trainer.devices",
+            devices,
+            "not a device count or list of ids",
+            "use a positive integer, a list of device ids, -1 or auto",
+        )
     nodes = trainer.get("num_nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise config_error("trainer.num_nodes", nodes, "must be an integer >= 1",
-                           "set trainer.num_nodes to the number of machines")  # fmt: skip
+        raise config_error(
+            "trainer.num_nodes",
+            nodes,
+            "must be an integer >= 1",
+            "set trainer.num_nodes to the number of machines",
+        )
     strategy = trainer.get("strategy", "auto")
     _check_strategy(strategy)
     for i, plugin in enumerate(trainer.get("plugins") or []):
@@ -154,8 +175,9 @@ def _import(node: dict, key: str) -> type:
     try:
         return get_class(str(target))
     except Exception as exc:  # hydra wraps import errors of every kind
-        raise config_error(f"{key}._target_", target, f"cannot be imported ({exc})",
-                           "name an importable class") from None  # fmt: skip
+        raise config_error(
+            f"{key}._target_", target, f"cannot be imported ({exc})", "name an importable class"
+        ) from None
 
 
 def _check_strategy(strategy) -> None:
@@ -166,33 +188,61 @@ def _check_strategy(strategy) -> None:
                 _import({"_target_": name}, f"trainer.strategy.{key}")
         stage = strategy.get("stage")
         if strategy_family(strategy) == "deepspeed" and stage not in (0, 1, 2, 3):
-            raise config_error("trainer.strategy.stage", stage, "DeepSpeed ZeRO has stages 0-3",
-                               "use trainer.strategy.stage=2 (optimizer states and gradients "
-                               "sharded) or 3 (parameters too)")  # fmt: skip
+            raise config_error(
+                "trainer.strategy.stage",
+                stage,
+                "DeepSpeed ZeRO has stages 0-3",
+                "use trainer.strategy.stage=2 (optimizer states and gradients "
+                "sharded) or 3 (parameters too)",
+            )
         return
     from pytorch_lightning.strategies import StrategyRegistry
 
     if strategy != "auto" and strategy not in StrategyRegistry:
-        raise config_error("trainer.strategy", strategy, "unknown strategy",
-                           f"use auto or one of {sorted(StrategyRegistry)}")  # fmt: skip
+        raise config_error(
+            "trainer.strategy",
+            strategy,
+            "unknown strategy",
+            f"use auto or one of {sorted(StrategyRegistry)}",
+        )
 
 
 def _check_combination(accelerator: str, family: str, precision: str) -> None:
     if accelerator == "tpu" and family not in ("xla", "auto"):
-        raise config_error("trainer.strategy", family, "TPUs train with the XLA strategy",
-                           "use trainer=tpu (strategy xla)")  # fmt: skip
+        raise config_error(
+            "trainer.strategy",
+            family,
+            "TPUs train with the XLA strategy",
+            "use trainer=tpu (strategy xla)",
+        )
     if family == "xla" and accelerator != "tpu":
-        raise config_error("trainer.accelerator", accelerator, "the XLA strategy runs on TPUs",
-                           "use trainer=tpu, or trainer=ddp off TPUs")  # fmt: skip
+        raise config_error(
+            "trainer.accelerator",
+            accelerator,
+            "the XLA strategy runs on TPUs",
+            "use trainer=tpu, or trainer=ddp off TPUs",
+        )
     if accelerator == "tpu" and precision not in (*XLA_PRECISIONS, "32"):
-        raise config_error("trainer.precision", precision, "XLA does not run this precision",
-                           f"use one of {list(XLA_PRECISIONS)}")  # fmt: skip
+        raise config_error(
+            "trainer.precision",
+            precision,
+            "XLA does not run this precision",
+            f"use one of {list(XLA_PRECISIONS)}",
+        )
     if family in ("fsdp", "deepspeed") and accelerator == "cpu":
-        raise config_error("trainer.accelerator", accelerator, f"{family} shards across GPUs",
-                           "use trainer=ddp trainer.devices=N for N CPU processes")  # fmt: skip
+        raise config_error(
+            "trainer.accelerator",
+            accelerator,
+            f"{family} shards across GPUs",
+            "use trainer=ddp trainer.devices=N for N CPU processes",
+        )
     if accelerator == "cpu" and precision in ("16", "16-mixed"):
-        raise config_error("trainer.precision", precision, "fp16 autocast does not run on CPU",
-                           "use bf16-mixed or 32-true on CPU")  # fmt: skip
+        raise config_error(
+            "trainer.precision",
+            precision,
+            "fp16 autocast does not run on CPU",
+            "use bf16-mixed or 32-true on CPU",
+        )
 
 
 def check_packages(trainer: dict) -> None:

@@ -22,8 +22,9 @@ def sync(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------- peak
-def synthetic_instances(n: int, seq_len: int, vocab: int, short_fraction: float, rng,
-               min_length: int | None = None) -> list[dict]:  # fmt: skip
+def synthetic_instances(
+    n: int, seq_len: int, vocab: int, short_fraction: float, rng, min_length: int | None = None
+) -> list[dict]:
     """Segment-pair-like instances: [CLS] A [SEP] B [SEP], most at full length; with
     ``min_length``, every length uniform in [min_length, seq_len]."""
     items = []
@@ -41,8 +42,15 @@ def synthetic_instances(n: int, seq_len: int, vocab: int, short_fraction: float,
         types[cut + 1 :] = 1
         special = np.zeros(length, dtype=np.int64)
         special[[0, cut, length - 1]] = 1
-        items.append({"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special,
-                      "index": i, "next_sentence_label": int(rng.integers(0, 2))})  # fmt: skip
+        items.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": types,
+                "special_tokens_mask": special,
+                "index": i,
+                "next_sentence_label": int(rng.integers(0, 2)),
+            }
+        )
     return items
 
 
@@ -105,8 +113,7 @@ def time_models(
     for _ in range(p.rounds):
         for name, (model, fn) in models.items():
             used = time.process_time()
-            seconds[name] += train_steps(model, fn, optimizers[name], batches, p.steps,
-                                          precision)  # fmt: skip
+            seconds[name] += train_steps(model, fn, optimizers[name], batches, p.steps, precision)
             cpu_seconds[name] += time.process_time() - used
     if graphs is not None:
         graphs.update(warmup=warm, timing=compiled_graphs() - warm)
@@ -118,12 +125,16 @@ def time_models(
 def check_precisions(key: str, precisions) -> None:
     for precision in precisions:
         if precision not in PRECISIONS:
-            raise config_error(key, precision, "unknown precision",
-                               f"use a list of {list(PRECISIONS)}")  # fmt: skip
+            raise config_error(
+                key, precision, "unknown precision", f"use a list of {list(PRECISIONS)}"
+            )
 
 
 def to_device(batches: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    return [
+        type(b)({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+        for b in batches
+    ]
 
 
 def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:

@@ -14,14 +14,23 @@ from clozelab.core.errors import ClozelabError, config_error
 from clozelab.core.keys import check_arguments
 from clozelab.corruption.base import Corruption
 from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
+from clozelab.data.structure import MAX_SEGMENTS
+from clozelab.data.token_features import TOKEN_FEATURES
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder
 from clozelab.objectives.base import Objective
 from clozelab.training.scale import validate_trainer
 from clozelab.training.validate_values import check_values
 
-BASE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids",
-             "entity_ids", "sentence_ids")  # fmt: skip
+BASE_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "special_tokens_mask",
+    "word_ids",
+    "entity_ids",
+    "sentence_ids",
+)
 DIALOGUE_KEYS = ("dialogue_label", "role_ids")  # dialogue batches (data.dialogue, ERNIE DLM)
 
 
@@ -68,7 +77,7 @@ def validate_body(cfg: DictConfig) -> None:
         if node is not None and node.get("_target_"):
             cls = component_class(node, key, base)
             if key == "encoder":
-                cls.check_pretraining(node)
+                cls.check_pretraining(node, cfg)  # Encoder hook
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -92,8 +101,10 @@ def validate_model(cfg: DictConfig) -> None:
 
 def validate_corruption(cfg: DictConfig) -> None:
     _probability(cfg, "corruption.rate", low_open=True, high_open=True)
-    probs = [_probability(cfg, f"corruption.{k}", False, False)
-             for k in ("mask_prob", "random_prob", "keep_prob")]  # fmt: skip
+    probs = [
+        _probability(cfg, f"corruption.{k}", False, False)
+        for k in ("mask_prob", "random_prob", "keep_prob")
+    ]
     if all(p is not None for p in probs) and abs(sum(probs) - 1.0) > 1e-6:
         raise ClozelabError(
             f"corruption.mask_prob={probs[0]}, corruption.random_prob={probs[1]}, "
@@ -116,6 +127,9 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
     _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
     provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
+    provided["text"] |= set(token_features(cfg))  # ERNIE 2.0's per-token labels
+    if cfg_select(cfg, "data.entity_links"):  # the entity each mention names (ERNIE-THU)
+        provided["text"].add("entity_links")
     if cfg_select(cfg, "data.dialogue.corpus"):
         provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
@@ -140,14 +154,68 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         tied = "embedding_size" in inspect.signature(cls).parameters  # a tied decoder
         if tied and node.get("embedding_size") != table:
             raise config_error(
-                f"objective.{name}.embedding_size", node.get("embedding_size"),
+                f"objective.{name}.embedding_size",
+                node.get("embedding_size"),
                 f"its decoder is tied to the embedding table of width {table} "
                 "(embedding.embedding_size; null: the hidden size)",
                 f"set objective.{name}.embedding_size=${{embedding.embedding_size}}",
-            )  # fmt: skip
+            )
         cls.check_config(cfg, name)  # combinations beyond batch keys
         names.append(name)
     return names
+
+
+def token_features(cfg: DictConfig) -> tuple[str, ...]:
+    """The per-token labels the text batches can carry (``data.token_features``): the
+    token-document relation always, case labels when the shards keep case flags."""
+    return tuple(
+        f for f in TOKEN_FEATURES if f != "case_labels" or cfg_select(cfg, "data.case_flags")
+    )
+
+
+def validate_schedule(cfg: DictConfig, names: list[str]) -> None:
+    """``schedule`` (continual multi-task pre-training): its stages against the objectives and
+    the budget, and a task table that fits it."""
+    from clozelab.training.schedule import Schedule
+
+    schedule = Schedule.from_config(cfg_select(cfg, "schedule"), names)
+    embedding = cfg_select(cfg, "embedding")
+    tasks = None
+    table = (
+        embedding is not None
+        and embedding.get("_target_")
+        and "num_tasks" in (inspect.signature(target_class(embedding, "embedding")).parameters)
+    )
+    if table:
+        tasks = embedding.get("num_tasks")
+    if schedule is None:
+        return
+    max_steps = cfg_select(cfg, "trainer.max_steps")
+    schedule.check_budget(max_steps, cfg_select(cfg, "trainer.max_tokens"))
+    if tasks is not None and schedule.mix == "joint":
+        raise config_error(
+            "schedule.mix",
+            "joint",
+            "a joint step trains several tasks on one input, so the task "
+            "embedding has no single task id to add",
+            "set schedule.mix=round_robin (ERNIE 2.0) or use embedding=bert",
+        )
+    if tasks is not None and isinstance(tasks, int) and tasks < len(schedule.order):
+        raise config_error(
+            "embedding.num_tasks",
+            tasks,
+            f"the schedule has {len(schedule.order)} objectives, one task id each",
+            f"set embedding.num_tasks={len(schedule.order)} or more",
+        )
+    strategy = cfg_select(cfg, "trainer.strategy")
+    if schedule.mix == "round_robin" and strategy == "ddp":
+        raise config_error(
+            "trainer.strategy",
+            strategy,
+            "a round-robin step leaves the other objectives' "
+            "heads without gradients, which DDP refuses",
+            "set trainer.strategy=ddp_find_unused_parameters_true",
+        )
 
 
 def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> None:
@@ -158,10 +226,11 @@ def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> 
     decoder = cfg_select(cfg, "decoder")
     if decoder is not None and not any(n.get("decoder") is not None for n in objectives.values()):
         raise config_error(
-            "decoder", decoder.get("_target_"),
+            "decoder",
+            decoder.get("_target_"),
             f"no objective of objective={list(objectives)} runs a decoder",
             "add objective=[seq2seq] (encoder-decoder pre-training) or drop decoder=",
-        )  # fmt: skip
+        )
     if not set(TARGET_KEYS) <= corrupted:
         return
     readers = [
@@ -190,9 +259,11 @@ def validate_dialogue(cfg: DictConfig) -> None:
     corpus = node.get("corpus")
     if node.get("schedule") not in SCHEDULES:
         raise config_error(
-            "data.dialogue.schedule", node.get("schedule"), "unknown schedule",
+            "data.dialogue.schedule",
+            node.get("schedule"),
+            "unknown schedule",
             f"use one of {list(SCHEDULES)}",
-        )  # fmt: skip
+        )
     if node.get("schedule") == "alternate":
         _int(cfg, "data.dialogue.every", 2)
     _int(cfg, "data.dialogue.batch_size", 1)
@@ -201,9 +272,11 @@ def validate_dialogue(cfg: DictConfig) -> None:
     patterns = list(node.get("patterns") or [])
     if not patterns or set(patterns) - set(PATTERNS):
         raise config_error(
-            "data.dialogue.patterns", patterns, f"must be a non-empty subset of {list(PATTERNS)}",
+            "data.dialogue.patterns",
+            patterns,
+            f"must be a non-empty subset of {list(PATTERNS)}",
             "e.g. data.dialogue.patterns=[QRQ,QRR,QQR]",
-        )  # fmt: skip
+        )
     embedding = cfg_select(cfg, "embedding")
     if embedding is not None and embedding.get("_target_"):
         cls = target_class(embedding, "embedding")
@@ -213,8 +286,9 @@ def validate_dialogue(cfg: DictConfig) -> None:
                 f"embedding ({embedding._target_}) has no role table. Fix: add embedding=role."
             )
     objectives = cfg_select(cfg, "objective") or {}
-    streams = [component_class(n, f"objective.{k}", Objective).streams
-               for k, n in objectives.items()]  # fmt: skip
+    streams = [
+        component_class(n, f"objective.{k}", Objective).streams for k, n in objectives.items()
+    ]
     if not any("dialogue" in s for s in streams):
         raise ClozelabError(
             f"data.dialogue.corpus={corpus!r}, but none of objective={list(objectives)} trains on "
@@ -241,6 +315,20 @@ def validate_data(cfg: DictConfig) -> None:
             f"must be one of {list(SINGLE_SENTENCE)}",
             "set data.sop_single_sentence=split (the paper's swap-only SOP)",
         )
+    if kind == "structure":  # ERNIE 2.0 structure rows
+        _probability(cfg, "data.reorder_share", False, False)
+        segments = cfg_select(cfg, "data.reorder_segments")
+        if (
+            isinstance(segments, bool)
+            or not isinstance(segments, int)
+            or not (1 <= segments <= MAX_SEGMENTS)
+        ):
+            raise config_error(
+                "data.reorder_segments",
+                segments,
+                f"must be an integer in [1, {MAX_SEGMENTS}]",
+                "set data.reorder_segments=3 (the paper uses 3 or 4)",
+            )
     if not cfg_select(cfg, "data.corpus"):
         raise config_error("data.corpus", None, "no corpus given", "set data.corpus=PATH")
 
@@ -273,6 +361,7 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_dialogue(cfg)
     validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
     names = validate_objectives(cfg)
+    validate_schedule(cfg, names)
     if cfg.get("validation_reference") is not None and "mlm" not in names:
         raise ClozelabError(
             f"validation_reference: scores MLM, but objective={names} has no mlm. Fix: add mlm "

@@ -45,8 +45,14 @@ def number(cfg, key: str, *, minimum=None, above=None, maximum=None, integer=Fal
 
 
 def check_seed(cfg: DictConfig) -> None:
-    number(cfg, "seed", minimum=0, maximum=SEED_MAX, integer=True,
-           fix=f"use a whole number from 0 to {SEED_MAX}, e.g. seed=1234")  # fmt: skip
+    number(
+        cfg,
+        "seed",
+        minimum=0,
+        maximum=SEED_MAX,
+        integer=True,
+        fix=f"use a whole number from 0 to {SEED_MAX}, e.g. seed=1234",
+    )
 
 
 def check_optim(cfg: DictConfig) -> None:
@@ -64,13 +70,18 @@ def check_optim(cfg: DictConfig) -> None:
         and len(betas) == 2
         and all(_is_number(b) and 0 <= b < 1 for b in betas)
     ):
-        raise config_error("optim.betas", betas, "must be two numbers in [0, 1)",
-                           "e.g. optim.betas=[0.9,0.999]")  # fmt: skip
+        raise config_error(
+            "optim.betas", betas, "must be two numbers in [0, 1)", "e.g. optim.betas=[0.9,0.999]"
+        )
 
 
 def check_scheduler(cfg: DictConfig) -> None:
-    number(cfg, "scheduler.warmup", minimum=0,
-           fix="a fraction of the run below 1 (e.g. 0.06) or a number of steps")  # fmt: skip
+    number(
+        cfg,
+        "scheduler.warmup",
+        minimum=0,
+        fix="a fraction of the run below 1 (e.g. 0.06) or a number of steps",
+    )
     number(cfg, "scheduler.min_ratio", minimum=0, maximum=1, fix="e.g. scheduler.min_ratio=0.0")
     decay = OmegaConf.select(cfg, "scheduler.decay", default=None)
     if decay is not None and decay not in DECAYS:
@@ -90,10 +101,12 @@ def check_max_time(cfg: DictConfig) -> None:
     ):
         return
     raise config_error(
-        "trainer.max_time", value, "not a duration",
+        "trainer.max_time",
+        value,
+        "not a duration",
         "write it as DD:HH:MM:SS, e.g. trainer.max_time=00:12:00:00 for 12 hours, or as "
         "trainer.max_time={hours:12}",
-    )  # fmt: skip
+    )
 
 
 def _fraction_or_count(cfg, key: str, example: str, zero_ok: bool) -> None:
@@ -106,29 +119,64 @@ def _fraction_or_count(cfg, key: str, example: str, zero_ok: bool) -> None:
     else:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
     if not ok:
-        raise config_error(key, value, "must be a fraction in (0, 1] or a whole count",
-                           f"e.g. {key}={example}")  # fmt: skip
+        raise config_error(
+            key, value, "must be a fraction in (0, 1] or a whole count", f"e.g. {key}={example}"
+        )
 
 
 def check_trainer_values(cfg: DictConfig) -> None:
-    number(cfg, "trainer.max_steps", minimum=-1, integer=True,
-           fix="a number of steps, e.g. trainer.max_steps=1000 (-1: no step limit)")  # fmt: skip
-    number(cfg, "trainer.max_epochs", minimum=-1, integer=True,
-           fix="e.g. trainer.max_epochs=3 (-1: no epoch limit)")  # fmt: skip
+    number(
+        cfg,
+        "trainer.max_steps",
+        minimum=-1,
+        integer=True,
+        fix="a number of steps, e.g. trainer.max_steps=1000 (-1: no step limit)",
+    )
+    number(
+        cfg,
+        "trainer.max_epochs",
+        minimum=-1,
+        integer=True,
+        fix="e.g. trainer.max_epochs=3 (-1: no epoch limit)",
+    )
     check_max_time(cfg)
     _fraction_or_count(cfg, "trainer.val_check_interval", "100", zero_ok=False)
     _fraction_or_count(cfg, "trainer.limit_val_batches", "20", zero_ok=True)
     _fraction_or_count(cfg, "trainer.limit_train_batches", "1.0", zero_ok=False)
-    number(cfg, "trainer.log_every_n_steps", minimum=1, integer=True,
-           fix="e.g. trainer.log_every_n_steps=10")  # fmt: skip
-    number(cfg, "trainer.accumulate_grad_batches", minimum=1, integer=True,
-           fix="e.g. trainer.accumulate_grad_batches=4")  # fmt: skip
-    number(cfg, "trainer.gradient_clip_val", minimum=0,
-           fix="e.g. trainer.gradient_clip_val=1.0 (null: no clipping)")  # fmt: skip
-    number(cfg, "callbacks.checkpoint_every_n_steps", minimum=1, integer=True,
-           fix="e.g. callbacks.checkpoint_every_n_steps=100")  # fmt: skip
-    number(cfg, "callbacks.log_every_n_steps", minimum=1, integer=True,
-           fix="e.g. callbacks.log_every_n_steps=50")  # fmt: skip
+    number(
+        cfg,
+        "trainer.log_every_n_steps",
+        minimum=1,
+        integer=True,
+        fix="e.g. trainer.log_every_n_steps=10",
+    )
+    number(
+        cfg,
+        "trainer.accumulate_grad_batches",
+        minimum=1,
+        integer=True,
+        fix="e.g. trainer.accumulate_grad_batches=4",
+    )
+    number(
+        cfg,
+        "trainer.gradient_clip_val",
+        minimum=0,
+        fix="e.g. trainer.gradient_clip_val=1.0 (null: no clipping)",
+    )
+    number(
+        cfg,
+        "callbacks.checkpoint_every_n_steps",
+        minimum=1,
+        integer=True,
+        fix="e.g. callbacks.checkpoint_every_n_steps=100",
+    )
+    number(
+        cfg,
+        "callbacks.log_every_n_steps",
+        minimum=1,
+        integer=True,
+        fix="e.g. callbacks.log_every_n_steps=50",
+    )
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -1,0 +1,165 @@
+"""MT-DNN multi-task fine-tuning (Liu et al. 2019, SPECS.md §20): task sampling, one shared body
+with a head per task, the finetune command end to end (joint, refined, single-task baseline)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).parent / "tasks"))
+from conftest import TINY_ARCH
+
+from clozelab.core.errors import ClozelabError
+from clozelab.finetune import finetune
+from clozelab.tasks.base import task_for
+from clozelab.training.evaluation import load_task
+from clozelab.training.loading import load_backbone
+from clozelab.training.multitask import sampling_shares, task_order, train_multitask
+
+SIZES = {"big": 800, "mid": 200, "small": 40}
+
+
+def test_proportional_sampling_runs_every_batch_once_per_epoch():
+    generator = torch.Generator().manual_seed(0)
+    order = task_order(SIZES, 32, 2 * 34, "proportional", 1.0, generator)
+    assert Counter(order) == {"big": 50, "mid": 14, "small": 4}  # ceil(n / 32) per epoch, x2
+    assert Counter(order[:34]) == {"big": 25, "mid": 7, "small": 2}  # the first epoch whole
+    again = task_order(SIZES, 32, 68, "proportional", 1.0, torch.Generator().manual_seed(0))
+    other = task_order(SIZES, 32, 68, "proportional", 1.0, torch.Generator().manual_seed(1))
+    assert again == order != other  # shuffled, from the generator only
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 100.0])
+def test_temperature_sampling_shares(temperature):
+    shares = sampling_shares(SIZES, 32, "temperature", temperature)
+    weights = {k: n ** (1 / temperature) for k, n in SIZES.items()}
+    assert shares == pytest.approx({k: w / sum(weights.values()) for k, w in weights.items()})
+    order = task_order(SIZES, 32, 20_000, "temperature", temperature,
+                       torch.Generator().manual_seed(3))  # fmt: skip
+    counts = Counter(order)
+    for name, share in shares.items():
+        assert abs(counts[name] / 20_000 - share) < 0.015, (name, counts)
+    if temperature == 100.0:  # large T: close to uniform
+        assert max(shares.values()) - min(shares.values()) < 0.03
+
+
+def _toy_files(tmp_path: Path) -> dict:
+    good = [f"good movie {i}" for i in range(12)]
+    bad = [f"bad river {i}" for i in range(12)]
+    sst = ["sentence\tlabel"] + [f"{t}\t1" for t in good] + [f"{t}\t0" for t in bad]
+    sts = ["sentence1\tsentence2\tscore"] + [f"{t}\t{t}\t5.0" for t in good]
+    sts += [f"{t}\tgood movie\t0.0" for t in bad]
+    for name, rows in (("sst2", sst), ("stsb", sts)):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "train.tsv").write_text("\n".join(rows) + "\n", "utf-8")
+        (tmp_path / name / "dev.tsv").write_text("\n".join(rows[:1] + rows[4:20]) + "\n", "utf-8")
+    return {"sst2": {"path": str(tmp_path / "sst2")}, "stsb": {"path": str(tmp_path / "stsb")}}
+
+
+@pytest.fixture
+def tiny_tok(tmp_path_factory):
+    from helpers import WORDS
+
+    from clozelab.data.tokenizer import train_wordpiece
+
+    text = [" ".join(WORDS)] * 3 + ["good bad movie river ."] * 3
+    return str(train_wordpiece(text, 200, min_frequency=1).save(tmp_path_factory.mktemp("t")))
+
+
+def test_one_shared_body_and_a_head_per_task(tmp_path, tiny_tok):
+    paths = _toy_files(tmp_path)
+    backbone = load_backbone("none", arch=OmegaConf.create(TINY_ARCH), tokenizer=tiny_tok)
+    kinds = {n: task_for(OmegaConf.merge(load_task(n), paths[n], {"max_seq_length": 16}))
+             for n in ("sst2", "stsb")}  # fmt: skip
+    datas = {n: k.encode(k.read(None), backbone) for n, k in kinds.items()}
+    models = {n: k.build_model(backbone, datas[n], mode="finetune", mix_layers=4,
+                               layer_mix="average") for n, k in kinds.items()}  # fmt: skip
+    assert models["sst2"].backbone is models["stsb"].backbone
+    assert models["sst2"].output.out_features == 2 and models["stsb"].output.out_features == 1
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in models.items()}
+    node = OmegaConf.create({"batch_size": 4, "epochs": 1, "lr": 1e-3, "sampling": "temperature",
+                             "temperature": 1.0, "max_steps": 1})  # fmt: skip
+    facts = train_multitask(models, datas, node, seed=0, pad_id=backbone.tokenizer.pad_id)
+    (trained,) = facts["steps_per_task"]  # one step: one task's batch, one task's loss
+    idle = next(n for n in models if n != trained)
+    changed = {n: {k for k, v in m.state_dict().items() if not torch.equal(v, before[n][k])}
+               for n, m in models.items()}  # fmt: skip
+    assert any(k.startswith("backbone.") for k in changed[idle])  # the shared body moved
+    assert any(k.startswith("output.") for k in changed[trained])
+    assert not any(k.startswith("output.") for k in changed[idle])  # its head did not
+
+
+def _compose(*overrides):
+    from helpers import compose_config
+
+    return compose_config(*overrides, name="finetune")
+
+
+def _command(tmp_path, tok, *extra):
+    paths = _toy_files(tmp_path)
+    overrides = json.dumps(paths).replace('"', "")
+    return _compose(
+        "checkpoint=none", f"random_init.tokenizer={tok}", "model.hidden_size=32",
+        "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+        "multitask.tasks=[sst2,stsb]", f"multitask.overrides={overrides}",
+        "multitask.common={max_seq_length: 16, batch_size: 4, epochs: 2, lr: 1e-3}",
+        "multitask.batch_size=4", "multitask.epochs=8", "multitask.lr=1e-3", "seeds=[1,2]",
+        f"paths.output_dir={tmp_path / 'out'}", *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # 2 seeds x 96 steps: ~3 min on the busy 2-core machine (seconds when idle)
+def test_the_finetune_command_trains_tasks_together(tmp_path, tiny_tok):
+    results = finetune(_command(tmp_path, tiny_tok))
+    out = tmp_path / "out"
+    saved = {n: json.loads((out / "eval" / f"{n}.json").read_text()) for n in ("sst2", "stsb")}
+    assert saved["sst2"]["seeds"] == [1, 2] and saved["stsb"]["metric"] == "pearson"
+    assert saved["sst2"]["protocol"]["multitask"]["tasks"] == ["sst2", "stsb"]
+    assert results["sst2"]["value"] > 0.8 and results["stsb"]["value"] > 0.5  # toys are learnt
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["eval/sst2/accuracy"] == results[
+        "sst2"]["value"]  # fmt: skip
+    assert (out / "config.yaml").is_file()
+    checkpoint = torch.load(out / "eval" / "multitask" / "seed-2.pt", map_location="cpu")
+    assert checkpoint["tasks"] == ["sst2", "stsb"]
+    state = checkpoint["state_dict"]
+    assert "sst2.output.weight" in state and "stsb.output.weight" in state
+    assert torch.equal(state["sst2.backbone.embedding.word_embeddings.weight"],
+                       state["stsb.backbone.embedding.word_embeddings.weight"])  # fmt: skip
+    steps = saved["sst2"]["runs"][0]["multitask"]["steps_per_task"]
+    assert steps == {"sst2": 48, "stsb": 48}  # 6 batches each, 8 epochs
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param(("multitask.refine=true",), marks=pytest.mark.slow), ("multitask.joint=false",)],
+)
+def test_refined_and_single_task_arms(tmp_path, tiny_tok, extra):
+    finetune(_command(tmp_path, tiny_tok, *extra, "seeds=[1]", "multitask.epochs=2"))
+    saved = json.loads((tmp_path / "out" / "eval" / "sst2.json").read_text())
+    run = saved["runs"][0]
+    if "multitask.refine=true" in extra:  # fine-tuned alone after the joint phase
+        assert run["refine"]["steps"] == 12 and "multitask_metrics" in run
+    else:  # the baseline never trains jointly and writes no multi-task checkpoint
+        assert "multitask" not in run and run["steps"] == 12
+        assert not (tmp_path / "out" / "eval" / "multitask").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (("multitask.tasks=[sst2]",), "two or more"),
+        (("multitask.sampling=sometimes",), "multitask.sampling"),
+        (("multitask.temperature=0",), "multitask.temperature"),
+        (("multitask.tasks=[sst2,mrpc]",), "multitask.overrides=.stsb.: not one of"),
+    ],
+)
+def test_bad_multitask_settings_are_refused(tmp_path, tiny_tok, extra, match):
+    with pytest.raises(ClozelabError, match=match):
+        finetune(_command(tmp_path, tiny_tok, *extra))
