@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clozelab.bench.pretrain import bench, step_flops
+from clozelab.bench import bench
+from clozelab.bench.pretrain import step_flops
 from clozelab.core.errors import ClozelabError
 
 pytest.importorskip("transformers")
@@ -40,8 +41,10 @@ def test_bench_smoke_writes_bench_json(tmp_path, capsys):
     assert written == results
     for key in ("pretrain.clozelab_tokens_per_s", "pretrain.hf_tokens_per_s", "pretrain.ratio",
                 "pretrain.ratio_bf16", "pretrain.clozelab_mfu", "pretrain.data_share",
-                "matmul.fp32_gflops", "matmul.bf16_gflops"):  # fmt: skip
+                "matmul.fp32_gflops", "matmul.bf16_gflops", "plm.ratio", "plm.ratio_cpu",
+                "plm.clozelab_tokens_per_cpu_s", "plm.hf_tokens_per_cpu_s"):  # fmt: skip
         assert math.isfinite(written[key]) and written[key] > 0, key
+    assert written["plm.loss_abs_diff"] <= 1e-4  # the XLNet PLM step against XLNetLMHeadModel
     assert 0 < written["pretrain.data_share"] < 1
     # Same weights, same batch, dropout off: the same pre-training loss as transformers.
     assert written["pretrain.loss_abs_diff"] <= 1e-4

@@ -17,6 +17,8 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
+from clozelab.core.batch import Batch
+
 STEPS = 3
 PAD = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mlm_labels": -100}
 
@@ -41,10 +43,10 @@ def _spawn(runs, deadline_s: float = 300.0) -> None:
             pytest.fail("the DDP ranks did not finish")
 
 
-def _side_by_side(a: dict, b: dict, pad_id: int) -> dict:
+def _side_by_side(a: dict, b: dict, pad_id: int) -> Batch:
     """One batch holding the rows of ``a`` then ``b`` (padded to the wider of the two)."""
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    out = {}
+    out = Batch()
     for key, fill in PAD.items():
         fill = pad_id if fill is None else fill
         rows = [torch.nn.functional.pad(x[key], (0, width - x[key].shape[1]), value=fill)

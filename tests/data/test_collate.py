@@ -51,3 +51,19 @@ def test_corruption_is_seeded_by_seed_epoch_and_indices():
     assert not torch.equal(first["input_ids"], collate(items)["input_ids"])
     assert batch_seed(7, 0, [0, 1]) != batch_seed(7, 0, [1, 0])
     assert batch_seed(7, 0, [0, 1]) != batch_seed(8, 0, [0, 1])
+
+
+def test_the_collated_batch_declares_its_stream_and_survives_a_weights_only_load(tmp_path):
+    from clozelab.core.batch import Batch, DialogueBatch, JointBatch
+
+    items = [_item(0, 5), _item(1, 7)]
+    text = Collator(pad_id=0, corruption=_masking())(items)
+    dialogue = Collator(pad_id=0, batch_type=DialogueBatch)(items)
+    assert type(text) is Batch and text.stream == "text" and text.streams() == [text]
+    assert dialogue.stream == "dialogue"
+    joint = JointBatch({"text": text, "dialogue": dialogue})
+    assert joint.streams() == [text, dialogue]
+    torch.save(joint, tmp_path / "batch.pt")
+    loaded = torch.load(tmp_path / "batch.pt", weights_only=True)
+    assert type(loaded) is JointBatch and type(loaded["dialogue"]) is DialogueBatch
+    assert all(torch.equal(loaded["text"][k], v) for k, v in text.items())

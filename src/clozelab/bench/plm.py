@@ -7,8 +7,9 @@ with gradient clipping, timed in alternating rounds. Also the loss of both at eq
 (dropout off) and the collate + permutation-target time per batch.
 
 Keys: ``plm.clozelab_tokens_per_s[_bf16]``, ``plm.hf_tokens_per_s[_bf16]``, ``plm.ratio[_bf16]``
-(ours / HF in the same precision), ``plm.clozelab_loss``, ``plm.hf_loss``, ``plm.loss_abs_diff``,
-``plm.predicted_per_batch``, ``plm.data_s_per_batch``.
+(ours / HF in the same precision; on the CPU also ``..._tokens_per_cpu_s`` and ``plm.ratio_cpu``,
+by this process's CPU time: the measure that holds on a loaded machine), ``plm.clozelab_loss``,
+``plm.hf_loss``, ``plm.loss_abs_diff``, ``plm.predicted_per_batch``, ``plm.data_s_per_batch``.
 """
 
 from __future__ import annotations
@@ -116,10 +117,15 @@ def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
         del models["hf"]
     for precision in c.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, step_s in time_models(models, batches, p, precision).items():
+        cpu: dict[str, float] = {}
+        for name, step_s in time_models(models, batches, p, precision, cpu=cpu).items():
             out[f"plm.{name}_tokens_per_s{suffix}"] = tokens / step_s
+            if device.type == "cpu":
+                out[f"plm.{name}_tokens_per_cpu_s{suffix}"] = tokens / cpu[name]
         if c.hf:
             out[f"plm.ratio{suffix}"] = (
                 out[f"plm.clozelab_tokens_per_s{suffix}"] / out[f"plm.hf_tokens_per_s{suffix}"]
             )
+            if device.type == "cpu":
+                out[f"plm.ratio_cpu{suffix}"] = cpu["hf"] / cpu["clozelab"]
     return out

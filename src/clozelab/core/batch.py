@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+
 IGNORE_INDEX = -100
 """Target value of positions that carry no loss (HF and PyTorch cross-entropy convention)."""
 
@@ -31,6 +33,9 @@ class Batch(dict):
     def streams(self) -> list[Batch]:
         """The one-stream batches of the step: this batch."""
         return [self]
+
+    def __reduce__(self):  # pickled as its class and a plain dict (weights_only loads it)
+        return type(self), (dict(self),)
 
 
 class DialogueBatch(Batch):
@@ -53,3 +58,11 @@ class JointBatch(dict):
 
     def streams(self) -> list[Batch]:
         return list(self.values())
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
+
+
+# A saved batch (``torch.save``) loads with ``torch.load(..., weights_only=True)``: each class is
+# rebuilt from a plain dict (``__reduce__``) and runs nothing else when unpickled.
+torch.serialization.add_safe_globals([Batch, DialogueBatch, ReferenceBatch, JointBatch])

@@ -82,18 +82,16 @@ def insert_tokens(
         put(value, order, row_values)
     source = np.clip(np.cumsum(~inserted, -1) - 1, 0, t - 1)  # original index of each slot
     beyond = positions >= new_len[:, None]
-    # every per-token array moves in one gather: stacked as int64 [K, B, T]
-    names = list(arrays)
-    stacked = np.stack([arrays[k].astype(np.int64, copy=False) for k in names])
-    moved = stacked[:, np.arange(b)[:, None], source]
-    fills = [pad_token_id if k == "input_ids" else PAD_VALUES.get(k, 0) for k in names]
-    moved = np.where(beyond, np.asarray(fills)[:, None, None], moved)
-    fixed = np.asarray([k in INSERTED_VALUES for k in names])
-    if fixed.any():  # inserted positions of keys with a fixed value (attention 1, no label, ...)
-        values = np.asarray([INSERTED_VALUES.get(k, 0) for k in names])[:, None, None]
-        moved = np.where(inserted & fixed[:, None, None], values, moved)
-    out = {k: moved[i].astype(arrays[k].dtype, copy=False) for i, k in enumerate(names)}
-    out["input_ids"] = np.where(inserted, value, out["input_ids"])
+    # every per-token array moves by one flat gather index (row offsets added once)
+    flat = (source + (np.arange(b) * t)[:, None]).reshape(-1)
+    out = {}
+    for k, v in arrays.items():
+        moved = np.ascontiguousarray(v).reshape(-1)[flat].reshape(b, width)
+        moved[beyond] = pad_token_id if k == "input_ids" else PAD_VALUES.get(k, 0)
+        if k in INSERTED_VALUES:  # inserted positions of keys with a fixed value (attention 1,
+            moved[inserted] = INSERTED_VALUES[k]  # no label, ...)
+        out[k] = moved
+    out["input_ids"][inserted] = value[inserted]
     return out, inserted
 
 

@@ -91,22 +91,34 @@ def compiled_graphs() -> int:
 
 
 def time_models(
-    models: dict[str, tuple], batches, p: DictConfig, precision: str, graphs: dict | None = None
+    models: dict[str, tuple],
+    batches,
+    p: DictConfig,
+    precision: str,
+    graphs: dict | None = None,
+    cpu: dict | None = None,
 ) -> dict:
     """Seconds per training step of each ``(model, loss_fn)``: warm-up, then ``p.rounds``
     rounds of ``p.steps`` steps, the models alternating so they see the same machine.
     ``graphs``, when given, receives the compiled graphs after the warm-up (``warmup``) and
-    those traced while timing (``timing``: recompiles; 0 when every batch has one shape)."""
+    those traced while timing (``timing``: recompiles; 0 when every batch has one shape);
+    ``cpu`` receives each model's CPU seconds (this process) per step: on a loaded machine the
+    work done, where wall time also counts the other processes' turns."""
     seconds = dict.fromkeys(models, 0.0)
+    cpu_seconds = dict.fromkeys(models, 0.0)
     optimizers = {name: adamw(m, p.lr) for name, (m, _) in models.items()}
     for name, (model, fn) in models.items():
         train_steps(model, fn, optimizers[name], batches, p.warmup_steps, precision)
     warm = compiled_graphs()
     for _ in range(p.rounds):
         for name, (model, fn) in models.items():
+            used = time.process_time()
             seconds[name] += train_steps(model, fn, optimizers[name], batches, p.steps, precision)
+            cpu_seconds[name] += time.process_time() - used
     if graphs is not None:
         graphs.update(warmup=warm, timing=compiled_graphs() - warm)
+    if cpu is not None:
+        cpu.update({name: total / (p.rounds * p.steps) for name, total in cpu_seconds.items()})
     return {name: total / (p.rounds * p.steps) for name, total in seconds.items()}
 
 
