@@ -175,9 +175,13 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     tokens = source + target
     for precision in s.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, step_s in time_models(models, batches, s, precision).items():
+        cpu: dict = {}
+        for name, step_s in time_models(models, batches, s, precision, cpu=cpu).items():
             out[f"seq2seq.{name}_step_s{suffix}"] = step_s
             out[f"seq2seq.{name}_tokens_per_s{suffix}"] = tokens / step_s
+            out[f"seq2seq.{name}_tokens_per_cpu_s{suffix}"] = tokens / max(cpu[name], 1e-9)
+        if "hf" in cpu:  # the work done per step, robust to other processes' load
+            out[f"seq2seq.ratio_cpu{suffix}"] = cpu["hf"] / max(cpu["clozelab"], 1e-9)
     length = int(s.get("generate_length", 0))
     if length > 0:
         out["seq2seq.generate_config"] = f"greedy, batch {s.batch_size}, {length} tokens a row"
