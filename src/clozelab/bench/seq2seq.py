@@ -8,7 +8,9 @@ the source fills ``seq_len``), same AdamW with gradient clipping, alternating ro
 the target tokens only through the chunked tied cross-entropy); HF computes the full [B, L, V]
 logits and its cross-entropy. Keys: ``seq2seq.clozelab_loss`` / ``seq2seq.hf_loss`` (equal
 weights, dropout off), ``seq2seq.<name>_tokens_per_s[_bf16]`` (source + target tokens per
-second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``.
+second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``;
+from the CPU seconds of this process per step, ``seq2seq.<name>_tokens_per_cpu_s[_bf16]`` and
+``seq2seq.ratio_cpu[_bf16]`` (HF CPU time / ours): the work ratio, robust to a loaded machine.
 
 Greedy generation (``generate_length`` > 0; eval mode, the same weights): tokens written per
 second by ``clozelab.model.generate.greedy_decode`` with its key/value cache
