@@ -113,7 +113,8 @@ def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
     for key in ("seq2seq.clozelab_tokens_per_s", "seq2seq.hf_tokens_per_s", "seq2seq.ratio",
                 "seq2seq.ratio_bf16", "seq2seq.ratio_bf16_vs_hf_bf16",
                 "seq2seq.generate_cached_tokens_per_s", "seq2seq.generate_uncached_tokens_per_s",
-                "seq2seq.generate_hf_tokens_per_s"):  # fmt: skip
+                "seq2seq.generate_hf_tokens_per_s", "seq2seq.ratio_cpu",
+                "seq2seq.clozelab_tokens_per_cpu_s"):  # fmt: skip
         assert math.isfinite(results[key]) and results[key] > 0, key
     # same weights, same span-corrupted batch, dropout off: the same loss as transformers
     assert results["seq2seq.loss_abs_diff"] <= 1e-4

@@ -8,7 +8,9 @@ the source fills ``seq_len``), same AdamW with gradient clipping, alternating ro
 the target tokens only through the chunked tied cross-entropy); HF computes the full [B, L, V]
 logits and its cross-entropy. Keys: ``seq2seq.clozelab_loss`` / ``seq2seq.hf_loss`` (equal
 weights, dropout off), ``seq2seq.<name>_tokens_per_s[_bf16]`` (source + target tokens per
-second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``.
+second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``;
+from the CPU seconds of this process per step, ``seq2seq.<name>_tokens_per_cpu_s[_bf16]`` and
+``seq2seq.ratio_cpu[_bf16]`` (HF CPU time / ours): the work ratio, robust to a loaded machine.
 
 Greedy generation (``generate_length`` > 0; eval mode, the same weights): tokens written per
 second by ``clozelab.model.generate.greedy_decode`` with its key/value cache
@@ -175,9 +177,13 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     tokens = source + target
     for precision in s.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
-        for name, step_s in time_models(models, batches, s, precision).items():
+        cpu: dict = {}
+        for name, step_s in time_models(models, batches, s, precision, cpu=cpu).items():
             out[f"seq2seq.{name}_step_s{suffix}"] = step_s
             out[f"seq2seq.{name}_tokens_per_s{suffix}"] = tokens / step_s
+            out[f"seq2seq.{name}_tokens_per_cpu_s{suffix}"] = tokens / max(cpu[name], 1e-9)
+        if "hf" in cpu:  # the work done per step, robust to other processes' load
+            out[f"seq2seq.ratio_cpu{suffix}"] = cpu["hf"] / max(cpu["clozelab"], 1e-9)
     length = int(s.get("generate_length", 0))
     if length > 0:
         out["seq2seq.generate_config"] = f"greedy, batch {s.batch_size}, {length} tokens a row"
