@@ -14,7 +14,7 @@ from report_helpers import curve_rows, write_job, write_multirun
 
 from clozelab.cli import main
 from clozelab.core.errors import ClozelabError
-from clozelab.report.aggregate import build_report, report
+from clozelab.report.aggregate import build_report, report, same_value
 from clozelab.report.stats import direction, holm, paired_test, sign_flip_p, summarize
 
 RATES, SETTINGS, SEEDS = ("0.15", "0.4"), ("a", "b"), ("1", "2", "3")
@@ -436,3 +436,20 @@ def test_summed_loss_of_one_objective_set_is_ranked(tmp_path):
                   objectives={"mlm": 1.0, "nsp": 1.0})  # fmt: skip
     loss = next(m for m in build_report([root]).metrics if m.name == "val/loss")
     assert loss.best == "setting=a" and loss.not_comparable is None
+
+
+@pytest.mark.parametrize(
+    ("written", "given", "same"),
+    [
+        ("False", "false", True),
+        ("True", "true", True),
+        ("False", "True", False),
+        ("false", "False", True),
+        ("0.15", "0.150", True),
+        ("0.15", "0.4", False),
+        ("mask", "false", False),
+    ],
+)
+def test_same_value_reads_booleans_in_either_spelling(written, given, same):
+    """Hydra writes a swept boolean as False; `--baseline multitask.joint=false` names it."""
+    assert same_value(written, given) is same

@@ -90,10 +90,17 @@ class Report:
     plots: list[Path] = field(default_factory=list)
 
 
+_BOOLEANS = {"true": True, "false": False}
+
+
 def same_value(text: str, other) -> bool:
-    """An axis value as written (``"0.15"``) against a baseline value (``0.15``, ``"0.150"``)."""
+    """An axis value as written (``"0.15"``, ``"False"``) against a baseline value (``0.15``,
+    ``"0.150"``, ``false``: Hydra writes booleans capitalised, YAML and the shell lower-case)."""
     if str(other) == text:
         return True
+    flags = (_BOOLEANS.get(str(text).lower()), _BOOLEANS.get(str(other).lower()))
+    if None not in flags:
+        return flags[0] == flags[1]
     try:
         return math.isclose(float(text), float(other), rel_tol=1e-9, abs_tol=0.0)
     except (TypeError, ValueError):
