@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from clozelab.training.timing import (
     check_precisions,
     eval_losses,
+    module_loss,
     synthetic_instances,
     time_models,
     to_device,
@@ -71,10 +72,6 @@ def build_plm_pair(p: DictConfig, dropout: float = 0.1):
     return ours, hf
 
 
-def _ours_loss(model, batch):
-    return model(batch)[0]
-
-
 def hf_plm_output(model, batch, **kwargs):
     """An HF ``XLNetLMHeadModel`` on one of our PLM batches (``kwargs``: e.g. ``labels``)."""
     return model(
@@ -101,7 +98,7 @@ def bench_plm(p: DictConfig, c: DictConfig, device="cpu") -> dict[str, Any]:
     tokens = float(np.mean([int(b["attention_mask"].sum()) for b in batches]))
     predicted = float(np.mean([int((b["plm_labels"] != -100).sum()) for b in batches]))
     batches = to_device(batches, device)
-    models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
+    models = {"clozelab": (ours, module_loss), "hf": (hf, _hf_loss)}
     losses = eval_losses(models, batches[0])
     out: dict[str, Any] = {
         "plm.config": f"L{p.num_layers}/H{p.hidden_size}/A{p.num_heads}/I{p.intermediate_size} "

@@ -38,22 +38,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clozelab.core.errors import config_error
-from clozelab.training.timing import (
-    check_precisions as _check_precisions,
-)
-from clozelab.training.timing import (
-    eval_losses,
-    time_models,
-)
-from clozelab.training.timing import (
-    sync as _sync,
-)
-from clozelab.training.timing import (
-    synthetic_instances as _instances,
-)
-from clozelab.training.timing import (
-    to_device as _to_device,
-)
+from clozelab.training.timing import check_precisions as _check_precisions
+from clozelab.training.timing import eval_losses, module_loss, time_models
+from clozelab.training.timing import sync as _sync
+from clozelab.training.timing import synthetic_instances as _instances
+from clozelab.training.timing import to_device as _to_device
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +167,6 @@ def build_pair(p: DictConfig):
     return ours, build_hf(p, ours)
 
 
-def _ours_loss(model, batch):
-    return model(batch)[0]
-
-
 def _hf_loss(model, batch):
     return model(
         input_ids=batch["input_ids"],
@@ -202,7 +187,7 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
     batches = _to_device(batches, device)
     out: dict[str, Any] = {"pretrain.tokens_per_batch": tokens}
 
-    a, b = eval_losses({"ours": (ours, _ours_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
+    a, b = eval_losses({"ours": (ours, module_loss), "hf": (hf, _hf_loss)}, batches[0]).values()
     out.update(
         {"pretrain.clozelab_loss": a, "pretrain.hf_loss": b, "pretrain.loss_abs_diff": abs(a - b)}
     )
@@ -216,7 +201,7 @@ def bench_pretrain(p: DictConfig, peaks: dict[str, float], device="cpu") -> dict
         int(batches[0]["input_ids"].shape[1]),
         predicted,
     )
-    models = {"clozelab": (ours, _ours_loss)}
+    models = {"clozelab": (ours, module_loss)}
     if p.hf:
         models["hf"] = (hf, _hf_loss)
     for precision in p.precisions:
@@ -266,10 +251,10 @@ def bench_unpad(p: DictConfig, u: DictConfig, device="cpu") -> dict[str, Any]:
                 "use a list of [padded, nested]",
             )
     device = torch.device(device)
-    models = {"padded": (build_ours(p, unpad=False).to(device), _ours_loss)}
+    models = {"padded": (build_ours(p, unpad=False).to(device), module_loss)}
     for layout in u.layouts:
         name = "unpad" if layout == "padded" else f"unpad_{layout}"
-        models[name] = (build_ours(p, unpad=True, unpad_attention=layout).to(device), _ours_loss)
+        models[name] = (build_ours(p, unpad=True, unpad_attention=layout).to(device), module_loss)
     if u.hf:
         models["hf"] = (build_hf(p, models["padded"][0]).to(device), _hf_loss)
     batches, _ = make_batches(p, p.batches, seed=1, min_length=u.min_length)

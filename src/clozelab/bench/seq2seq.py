@@ -27,7 +27,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from clozelab.training.timing import check_precisions, eval_losses, time_models, to_device
+from clozelab.training.timing import (
+    check_precisions,
+    eval_losses,
+    module_loss,
+    time_models,
+    to_device,
+)
 
 SPECIAL = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the synthetic vocabulary
 
@@ -89,10 +95,6 @@ def build_seq2seq_pair(s: DictConfig, vocab: int):
     hf = transformers.T5ForConditionalGeneration(config)
     hf.load_state_dict(to_hf_state_dict(embedding, encoder, decoder), strict=True)
     return ours, hf
-
-
-def _ours_loss(model, batch):
-    return model(batch)[0]
 
 
 def _hf_loss(model, batch):
@@ -167,7 +169,7 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
         "seq2seq.source_tokens_per_batch": source,
         "seq2seq.target_tokens_per_batch": target,
     }
-    models = {"clozelab": (ours, _ours_loss), "hf": (hf, _hf_loss)}
+    models = {"clozelab": (ours, module_loss), "hf": (hf, _hf_loss)}
     a, b = eval_losses(models, batches[0]).values()
     out.update(
         {"seq2seq.clozelab_loss": a, "seq2seq.hf_loss": b, "seq2seq.loss_abs_diff": abs(a - b)}

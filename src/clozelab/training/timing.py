@@ -137,6 +137,11 @@ def to_device(batches: list[dict], device: torch.device) -> list[dict]:
     ]
 
 
+def module_loss(model, batch) -> torch.Tensor:
+    """The total loss of a ``PretrainModule`` step (the loss function of our side in a bench)."""
+    return model(batch)[0]
+
+
 def eval_losses(models: dict[str, tuple], batch) -> dict[str, float]:
     """Each model's loss on ``batch`` in eval mode (dropout off); ``models``: name -> (model,
     loss_fn(model, batch))."""
