@@ -206,33 +206,23 @@ def load(path: str | Path) -> ClozelabModel:
     ``load_report`` telling what was missing or left over.
     """
     loaded = load_checkpoint(path)
-    objectives, report = loaded.objectives, loaded.report
-    if loaded.kind == "hf":
-        log_load_report(str(loaded.root), report)
-        mlm, nsp = pretraining_heads(objectives)
-        return ClozelabModel(
-            loaded.embedding,
-            loaded.encoder,
-            mlm,
-            nsp,
-            str(loaded.root),
-            report,
-            loaded.root,
-            plm=plm_objective(objectives),
-        ).eval()
-    loaded.check_complete()
-    mlm, nsp = pretraining_heads(objectives)
+    hf = loaded.kind == "hf"
+    if hf:
+        log_load_report(str(loaded.root), loaded.report)
+    else:
+        loaded.check_complete()
+    mlm, nsp = pretraining_heads(loaded.objectives)
     return ClozelabModel(
         loaded.embedding,
         loaded.encoder,
         mlm,
         nsp,
-        str(loaded.weights),
-        report,
-        loaded.tokenizer_dir,
-        loaded.decoder,
-        plm_objective(objectives),
-        objectives,
+        source=str(loaded.root if hf else loaded.weights),
+        report=loaded.report,
+        tokenizer=loaded.root if hf else loaded.tokenizer_dir,
+        decoder=None if hf else loaded.decoder,  # HF directories load the body and heads only
+        plm=plm_objective(loaded.objectives),
+        objectives=None if hf else loaded.objectives,  # HF: the heads above, by name
     ).eval()
 
 
