@@ -69,7 +69,9 @@ class _TableEmbeddings(Embedding):
         self.norm = nn.LayerNorm(size, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
 
-    def _zero_pad(self) -> None:
+    def _init_weights(self, std: float) -> None:
+        """BERT's initialisation (normal(0, std) weights, zero biases), then a zero [PAD] row."""
+        init_bert_weights(self, std=std)
         if self.pad_token_id is not None:
             with torch.no_grad():
                 self.word_embeddings.weight[self.pad_token_id].zero_()
@@ -140,8 +142,7 @@ class SinusoidalEmbeddings(_TableEmbeddings):
             learned_positions=False,
         )
         self.hidden_size = hidden_size
-        init_bert_weights(self, std=initializer_range)
-        self._zero_pad()
+        self._init_weights(initializer_range)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
         return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
@@ -191,8 +192,7 @@ class FactorizedEmbeddings(_TableEmbeddings):
         )
         self.hidden_size, self.embedding_size = hidden_size, embedding_size
         self.projection = nn.Linear(embedding_size, hidden_size)
-        init_bert_weights(self, std=initializer_range)
-        self._zero_pad()
+        self._init_weights(initializer_range)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
         x = self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, E)
@@ -237,8 +237,7 @@ class RoleEmbeddings(_TableEmbeddings):
             num_roles=num_roles,
         )
         self.hidden_size = hidden_size
-        init_bert_weights(self, std=initializer_range)
-        self._zero_pad()
+        self._init_weights(initializer_range)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, role_ids=None) -> Tensor:
         return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
@@ -291,8 +290,7 @@ class TaskEmbeddings(_TableEmbeddings):
         )
         self.hidden_size, self.num_tasks = hidden_size, num_tasks
         self.task_embeddings = nn.Embedding(num_tasks, hidden_size)
-        init_bert_weights(self, std=initializer_range)
-        self._zero_pad()
+        self._init_weights(initializer_range)
 
     def forward(
         self,
