@@ -6,7 +6,7 @@ its generator, so the pre-training module stays ``corrupt -> embed -> encode -> 
 
     decoder(input_ids [B, L], embedding, memory [B, S, H], memory_mask [B, S],
             position_ids [B, L] | None, cache: DecoderCache | None) -> [B, L, H]
-    decoder.output(hidden [N, H], embedding) -> (rows [N, H], table [V, H], bias [V])
+    decoder.output(hidden [N, H], embedding) -> (rows [N, H], table [V, H], bias [V] or None)
     decoder.logits(hidden [N, H], embedding) -> [N, V]   (rows @ table^T + bias)
 
 The decoder embeds its input with the encoder embedding's ``word_embeddings`` (one shared table)
@@ -68,9 +68,10 @@ class Decoder(nn.Module):
         """An empty key/value cache for incremental decoding with this decoder."""
         return DecoderCache(len(self.layers))
 
-    def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        """``(rows, table, bias)`` with logits = rows @ table^T + bias, for hidden [N, H]: the
-        pieces the chunked tied cross-entropy takes (``objectives.mlm``), never [N, V] at once."""
+    def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(rows, table, bias)`` with logits = rows @ table^T + bias (``bias`` None: none), for
+        hidden [N, H]: the pieces the chunked tied cross-entropy takes (``objectives.mlm``),
+        never [N, V] at once."""
         raise NotImplementedError(f"{type(self).__name__} must implement output")
 
     def logits(self, hidden: Tensor, embedding: nn.Module) -> Tensor:

@@ -34,6 +34,37 @@ from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
 from clozelab.model.layers import Dropout
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """fp32 RMSNorm with a hand-written backward, for CPU.
+
+    ``F.rms_norm`` has no fused CPU kernel: autograd differentiates its decomposition (pow, mean,
+    rsqrt and three products), about 2.5x the time of this function forward + backward at
+    [32, 128, 256]. Here forward keeps ``normed = x * rstd`` and backward is
+    ``grad_x = rstd * (g - normed * mean(g * normed))`` with ``g = grad * weight`` and
+    ``grad_weight = sum(grad * normed)`` over the rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        rstd = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_().unsqueeze(-1)
+        normed = x * rstd  # (..., H)
+        ctx.save_for_backward(normed, weight, rstd)
+        return normed * weight
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        normed, weight, rstd = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            g = grad * weight
+            dot = torch.linalg.vecdot(g, normed).div_(-normed.shape[-1]).unsqueeze(-1)
+            grad_x = torch.addcmul(g, normed, dot).mul_(rstd)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * normed).reshape(-1, normed.shape[-1]).sum(0)
+        return grad_x, grad_w, None
+
+
 class RMSNorm(nn.Module):
     """``weight * x / sqrt(mean(x^2) + eps)`` (HF ``T5LayerNorm``), statistics in float32."""
 
@@ -43,8 +74,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32:  # one fused kernel, same numbers
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        if x.dtype == torch.float32 == self.weight.dtype:
+            if x.device.type == "cpu" and not torch.compiler.is_compiling():
+                return _RMSNormFunction.apply(x, self.weight, self.eps)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # fused off CPU
         variance = x.float().pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(variance + self.eps)).to(x.dtype)
 

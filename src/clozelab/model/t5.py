@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
@@ -235,10 +234,8 @@ class T5Decoder(_T5Stack, Decoder):
             cache.length += L
         return self.dropout(self.final_norm(x))  # (B, L, H)
 
-    def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        table = self.word_table(embedding)
-        bias = torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)  # no bias
-        return hidden * self.hidden_size**-0.5, table, bias
+    def output(self, hidden: Tensor, embedding: nn.Module) -> tuple[Tensor, Tensor, None]:
+        return hidden * self.hidden_size**-0.5, self.word_table(embedding), None  # no bias
 
 
 __all__ = ["T5Decoder", "T5Embeddings", "T5Encoder", "init_t5_weights"]

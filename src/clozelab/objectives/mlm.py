@@ -117,31 +117,50 @@ CHUNK_ELEMENTS = 1 << 22
 VOCAB_BLOCK = 2048
 
 
-def _add_matmul(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """``out += a @ b`` in place, also when ``a``/``b`` are in a lower precision than ``out``."""
-    if a.dtype == out.dtype:
+def _matmul_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool) -> None:
+    """``out = a @ b`` (or ``out += a @ b``) in place, also when ``a``/``b`` are in a lower
+    precision than ``out``."""
+    if a.dtype != out.dtype:
+        out.add_(a @ b) if accumulate else out.copy_(a @ b)
+    elif accumulate:
         out.addmm_(a, b)
     else:
-        out += a @ b
+        torch.mm(a, b, out=out)
+
+
+def _logits_into(out: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> None:
+    """``out = h @ w.T + b`` (no bias when ``b`` is None) into the [c, k] block ``out``."""
+    if h.dtype != out.dtype:
+        out.copy_(F.linear(h, w, b))
+    elif b is None:
+        torch.mm(h, w.t(), out=out)
+    else:
+        torch.addmm(b, h, w.t(), out=out)
 
 
 def tied_decoder_cross_entropy(
-    hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``(sum_i CE(hidden_i @ weight.T + bias, targets_i), #argmax hits)`` without [N, V] tensors.
 
     Equal to ``F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")`` in
-    value and gradient. Rows are decoded in chunks (and, on CPU, vocabulary blocks); when a
-    gradient is needed, each chunk's gradient (softmax minus one-hot) is applied to the three
-    inputs at once, so no logits or probabilities outlive their chunk and backward only scales
-    the stored gradients.
+    value and gradient (``bias`` None: no bias, e.g. T5). Rows are decoded in chunks (and, on
+    CPU, vocabulary blocks); when a gradient is needed, each chunk's gradient (softmax minus
+    one-hot) is applied to the inputs at once, so no logits or probabilities outlive their chunk
+    and backward only scales the stored gradients. A row counts as a hit when its target's logit
+    is the row's maximum.
     """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, weight, bias))
+    inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, needs_grad)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Chunked linear + cross-entropy whose forward also computes the input gradients."""
+    """Chunked linear + cross-entropy whose forward also computes the input gradients.
+
+    A chunk's logits live in one flat buffer cut into contiguous [c, block] views (one per
+    vocabulary block), so each target's logit is read back from it with one gather: the loss's
+    target term and the hit count use the very numbers the softmax sums."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, needs_grad):
@@ -154,28 +173,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(dtype, torch.float32)  # softmax, sums and accumulators
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)  # (V, E)
-            b = bias.to(dtype)  # (V,)
+            b = bias.to(dtype) if bias is not None else None  # (V,)
             n, v = hidden.shape[0], w.shape[0]
             size = VOCAB_BLOCK if device == "cpu" else v
             spans = [(j, min(j + size, v)) for j in range(0, v, size)]
-            offsets = torch.tensor([j for j, _ in spans], device=hidden.device)
             loss = torch.zeros((), dtype=acc, device=hidden.device)
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+            grad_h = grad_w = grad_b = None
             if needs_grad:
-                grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device)  # (N, E)
-                grad_w = torch.zeros_like(weight, dtype=acc)  # (V, E)
-                grad_b = torch.zeros(v, dtype=acc, device=hidden.device)  # (V,)
+                grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)  # (N, E)
+                # (V, E): the first chunk writes it, the others add (zeros only if no chunk)
+                grad_w = (torch.empty_like if n else torch.zeros_like)(weight, dtype=acc)
+                if bias is not None:
+                    grad_b = torch.zeros(v, dtype=acc, device=hidden.device)  # (V,)
             rows = max(1, CHUNK_ELEMENTS // max(v, 1))
+            flat = torch.empty(min(rows, n) * v, dtype=acc, device=hidden.device)
             for start in range(0, n, rows):
                 h = hidden[start : start + rows].to(dtype)  # (c, E)
                 t = targets[start : start + rows]  # (c,)
-                blocks = [torch.addmm(b[j:k], h, w[j:k].t()).to(acc) for j, k in spans]
-                tops, where = zip(*(block.max(1) for block in blocks))
-                tops = torch.stack(tops)  # (blocks, c)
-                top, best = tops.max(0)  # (c,): row max and the block holding it
-                pred = torch.stack(where).gather(0, best[None])[0] + offsets[best]  # (c,)
-                correct += (pred == t).sum()
-                target_logit = (h.to(acc) * w[t].to(acc)).sum(1) + b[t].to(acc)  # (c,)
+                c = h.shape[0]
+                blocks = [flat[c * j : c * k].view(c, k - j) for j, k in spans]
+                for (j, k), block in zip(spans, blocks):
+                    _logits_into(block, h, w[j:k], None if b is None else b[j:k])
+                # the target logit of row r, in the block of columns j..k holding t[r]
+                first = torch.div(t, size, rounding_mode="floor") * size
+                width = (first + size).clamp_max(v) - first
+                where = c * first + torch.arange(c, device=t.device) * width + (t - first)
+                target_logit = flat[where]  # (c,)
+                top = torch.stack([block.amax(1) for block in blocks]).amax(0)  # (c,)
+                correct += (target_logit == top).sum()
                 total = torch.zeros_like(top)  # (c,): sum of exp(logit - top)
                 for block in blocks:
                     total += block.sub_(top[:, None]).exp_().sum(1)  # block becomes exp, in place
@@ -187,23 +213,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # -h and -1 scattered on the targets' rows.
                 inv = total.reciprocal()  # (c,)
                 scaled_h = (h.to(acc) * inv[:, None]).to(dtype)  # (c, E)
-                g_h = grad_h[start : start + rows]  # (c, E)
-                for (j, k), block in zip(spans, blocks):
+                g_h = grad_h[start : start + c]  # (c, E)
+                for i, ((j, k), block) in enumerate(zip(spans, blocks)):
                     e = block.to(dtype)  # (c, block)
-                    _add_matmul(g_h, e, w[j:k])
-                    _add_matmul(grad_w[j:k], e.t(), scaled_h)
-                    grad_b[j:k] += block.t() @ inv
+                    _matmul_into(g_h, e, w[j:k], accumulate=i > 0)
+                    _matmul_into(grad_w[j:k], e.t(), scaled_h, accumulate=start > 0)
+                    if grad_b is not None:
+                        grad_b[j:k] += block.t() @ inv
                 g_h.mul_(inv[:, None]).sub_(w[t].to(acc))
                 grad_w.index_add_(0, t, h.to(acc), alpha=-1.0)
-                grad_b.index_add_(0, t, torch.ones_like(inv), alpha=-1.0)
+                if grad_b is not None:
+                    grad_b.index_add_(0, t, torch.ones_like(inv), alpha=-1.0)
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w, grad_b)
-            ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+            ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_correct):
-        grads = tuple((g * grad_loss).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
+        grads = tuple(
+            None if g is None else (g * grad_loss).to(dtype)
+            for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)
+        )
         return (*grads, None, None)
