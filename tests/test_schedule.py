@@ -117,3 +117,43 @@ def test_a_scheduled_run_trains_the_stage_objectives(compose_pretrain, tmp_path,
         "train/sentence_distance_loss",
     ):
         assert key in metrics, key  # every objective validated, the late ones trained
+
+
+def test_round_robin_rows_hold_window_means_never_stale_values(
+    compose_pretrain, tmp_path, monkeypatch
+):
+    """A round-robin run's CSV: every 2 steps one row of objective logs, each the mean over the
+    window's steps on which its objective ran, blank for an objective that did not run in the
+    window (it used to repeat its last value), plus each objective's cumulative step count."""
+    import csv
+
+    ran: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        losses = self._objective_losses
+        ran[self.global_step - 1] = {k: float(v.detach()) for k, v in losses.items()}
+
+    monkeypatch.setattr(PretrainModule, "on_train_batch_end", on_train_batch_end, raising=False)
+    cfg = compose_pretrain(*ERNIE2, "trainer.max_steps=7", "trainer.log_every_n_steps=2",
+                           "trainer.val_check_interval=7")  # fmt: skip
+    metrics = pretrain(cfg)
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as handle:
+        rows = {int(r["step"]): r for r in csv.DictReader(handle) if r.get("train/mlm_steps")}
+    assert sorted(rows) == [1, 3, 5]  # log_every_n_steps=2: after steps 1, 3 and 5
+    assert [list(ran[s]) for s in range(7)] == [["mlm"], ["mlm"], ["token_document"], ["mlm"],
+                                                ["sentence_reorder"], ["mlm"],
+                                                ["capitalization"]]  # fmt: skip
+    steps: dict[str, int] = {}
+    for end, row in rows.items():
+        window = [ran[s] for s in (end - 1, end)]
+        for name in ("mlm", "token_document", "sentence_reorder", "capitalization"):
+            losses = [step[name] for step in window if name in step]
+            steps[name] = steps.get(name, 0) + len(losses)
+            cell = row.get(f"train/{name}_loss", "")  # capitalization: no column
+            if losses:
+                assert float(cell) == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+            else:
+                assert cell == "", (end, name, cell)  # not run in the window: no value at all
+            count = str(float(steps[name])) if steps[name] else ""
+            assert row.get(f"train/{name}_steps", "") == count
+    assert metrics["train/capitalization_loss"] == pytest.approx(ran[6]["capitalization"])

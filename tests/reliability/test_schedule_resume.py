@@ -21,6 +21,13 @@ RUN = ("experiment=ernie2", "schedule.stages.0.until_steps=2", "schedule.stages.
        "callbacks.checkpoint_every_n_steps=3", "trainer.max_steps=7")  # fmt: skip
 
 
+def _objective_rows(run_dir: Path) -> dict[int, dict]:
+    """The round-robin objective rows (window means and step counts, training/objective_window)."""
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return {int(r["step"]): {k: v for k, v in r.items() if v}
+                for r in csv.DictReader(handle) if r.get("train/mlm_steps")}  # fmt: skip
+
+
 def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
     with open(run_dir / "csv" / "metrics.csv") as handle:
         return {int(r["step"]): (float(r["train/loss"]), float(r["train/stage"]))
@@ -53,5 +60,10 @@ def test_resume_inside_a_stage_crosses_the_boundary_exactly(
     ref_rows, rows = _rows(tmp_path / "reference"), _rows(tmp_path / "resumed")
     assert [ref_rows[s][1] for s in range(7)] == [0, 0, 1, 1, 1, 2, 2]  # stage of each step
     assert {4, 5, 6} <= set(rows) and all(rows[s] == ref_rows[s] for s in rows)
+    ref_objectives, objectives = (
+        _objective_rows(tmp_path / "reference"),
+        _objective_rows(tmp_path / "resumed"),
+    )  # the step counts travel in the checkpoint: the resumed rows go on counting
+    assert objectives[6] == ref_objectives[6] and objectives[6]["train/mlm_steps"] == "4.0"
     for key in ("val/loss", "val/sentence_reorder_loss", "train/loss", "tokens_seen"):
         assert resumed[key] == reference[key], key

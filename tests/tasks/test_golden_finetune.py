@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import WORDS
 from omegaconf import OmegaConf
 
@@ -99,7 +100,7 @@ GOLDEN = {
     },
     "regression": {
         "final_train_loss": [5.836456, 6.009254],
-        "pearson": [-0.447044, 0.141837],
+        "pearson": [-0.446927, 0.141852],  # one thread (re-recorded on 1b4ae31)
         "spearman": [-0.393893, 0.049237],
     },
     "response_selection": {
@@ -134,8 +135,18 @@ GOLDEN = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Float sums are ordered differently with 1 and 2 intra-op threads, and the regression kind's
+    Pearson over 10 pairs amplifies that: the golden numbers are recorded and checked at one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_task_kind_scores_are_unchanged(tmp_path, tiny_tokenizer_dir, kind):
+def test_task_kind_scores_are_unchanged(tmp_path, tiny_tokenizer_dir, one_thread, kind):
     base, node, options = KINDS[kind](tmp_path)
     task = OmegaConf.merge(base, {**SMALL, **node})
     result = run_task(task, "none", seeds=[1, 2], eval_dir=tmp_path / "eval",

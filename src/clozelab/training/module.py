@@ -12,6 +12,7 @@ from torch import nn
 from clozelab.core.batch import Batch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
+from clozelab.training.objective_window import ObjectiveWindow
 from clozelab.training.optim import build_scheduler, parameter_groups
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -42,6 +43,9 @@ class PretrainModule(pl.LightningModule):
     ``train/tokens_seen``, ``train/tokens_per_s``, ``val/<...>`` (token-weighted means), and with
     a ``schedule`` (continual multi-task pre-training, ``training/schedule.py``) ``train/stage``:
     each training step runs the objectives the schedule gives it; validation runs all of them.
+    Under a round-robin schedule the objectives' own logs reach the loggers as window means on
+    rows of their own, never as stale values (``training/objective_window.py``); ``train/loss``
+    stays the loss of the row's step.
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class PretrainModule(pl.LightningModule):
     ):
         super().__init__()
         self.schedule = schedule  # a training.schedule.Schedule, or None: every objective
+        one_a_step = schedule is not None and schedule.mix == "round_robin"
+        self.objective_window = ObjectiveWindow() if one_a_step else None
         self.embedding, self.encoder = embedding, encoder
         self.objectives = nn.ModuleDict(objectives)
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler_cfg or {}
@@ -167,7 +173,7 @@ class PretrainModule(pl.LightningModule):
         if world > 1:
             logs, tokens = self._mean_across_ranks(logs, tokens)
         self.tokens_seen += int(tokens)
-        self.log_dict({f"train/{k}": v for k, v in logs.items() if k != "loss"})
+        self._log_objectives(active, {k: v for k, v in logs.items() if k != "loss"})
         self.log("train/loss", logs["loss"], prog_bar=True)
         self.log("train/tokens_seen", float(self.tokens_seen), reduce_fx="max")
         if self._train_start is not None:
@@ -175,6 +181,25 @@ class PretrainModule(pl.LightningModule):
             rate = (self.tokens_seen - self.tokens_at_train_start) / elapsed
             self.log("train/tokens_per_s", rate, prog_bar=True)
         return loss
+
+    def _log_objectives(self, active, logs: dict[str, torch.Tensor]) -> None:
+        """The objectives' logs of this step: through ``self.log`` (every row), or, under a
+        round-robin schedule, into the window whose means are written every
+        ``trainer.log_every_n_steps`` steps (``self.log`` still feeds the run's final metrics,
+        without writing to the loggers)."""
+        named = {f"train/{k}": v for k, v in logs.items()}
+        if self.objective_window is None:
+            self.log_dict(named)
+            return
+        self.log_dict(named, logger=False)
+        self.objective_window.add(active, {k: float(v) for k, v in logs.items()})
+        every = self.trainer.log_every_n_steps
+        if not every or (self.global_step + 1) % every:
+            return
+        row = self.objective_window.row()
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(row, step=self.global_step)
 
     def _sum_across_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
@@ -274,6 +299,11 @@ class PretrainModule(pl.LightningModule):
     # ------------------------------------------------------------------ state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["clozelab"] = {"tokens_seen": self.tokens_seen}
+        if self.objective_window is not None:
+            checkpoint["clozelab"]["objective_window"] = self.objective_window.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.tokens_seen = int(checkpoint.get("clozelab", {}).get("tokens_seen", 0))
+        state = checkpoint.get("clozelab", {})
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        if self.objective_window is not None:
+            self.objective_window.load_state_dict(state.get("objective_window", {}))
