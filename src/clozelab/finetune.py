@@ -9,10 +9,11 @@ wrappers live in cli.py.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import run_dir_of, write_json
@@ -59,9 +60,11 @@ def finetune(cfg: DictConfig) -> dict:
             return _finetune(cfg)
         finally:
             torch.distributed.destroy_process_group()
-    if devices > 1:
-        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        return launch(devices, _finetune, resolved)
+    if devices > 1:  # the extra ranks have no Hydra runtime: fix the run directory here
+        pinned = copy.deepcopy(cfg)
+        with open_dict(pinned):
+            pinned.paths.output_dir = str(cfg.paths.output_dir)
+        return launch(devices, _finetune, pinned)
     return _finetune(cfg)
 
 
