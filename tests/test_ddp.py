@@ -29,11 +29,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(runs, deadline_s: float = 300.0) -> None:
-    """Both ranks; a hung collective fails the test instead of blocking the suite."""
+def _spawn(runs, deadline_s: float = 300.0, worker=None) -> None:
+    """Both ranks (``worker(rank, 2, port, *runs)``; default: ``run_rank(rank, 2, port, runs)``);
+    a hung collective fails the test instead of blocking the suite."""
     from scale_worker import run_rank
 
-    context = mp.start_processes(run_rank, args=(2, _free_port(), runs), nprocs=2, join=False,
+    args = (2, _free_port(), *runs) if worker else (2, _free_port(), runs)
+    context = mp.start_processes(worker or run_rank, args=args, nprocs=2, join=False,
                                  start_method="spawn")  # fmt: skip
     end = time.monotonic() + deadline_s
     while not context.join(timeout=5):
@@ -153,3 +155,43 @@ def test_clozelab_pretrain_trainer_ddp_runs_two_cpu_processes(tmp_path, cache_di
     assert metrics["status"] == "completed" and metrics["steps"] == 6
     assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran, in the same directory
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stdout + done.stderr
+
+
+@pytest.mark.slow  # two CPU ranks of a 7-step ERNIE 2.0 schedule (~1 min on the busy machine)
+def test_ernie2_schedule_runs_under_plain_ddp_with_the_ranks_in_step(compose_pretrain, tmp_path):
+    """``experiment=ernie2 trainer=ddp``: both ranks train the same objective at every step (the
+    schedule reads the global step and the all-reduced tokens seen), each on its own samples,
+    and end with identical weights; the head of an objective that never ran is untouched (no
+    gradient on any rank, so AdamW neither moves nor decays it); one CSV row per logged step."""
+    import csv
+    import json
+
+    from test_schedule import ERNIE2
+
+    from clozelab.data.preprocess import prepare
+
+    out = tmp_path / "ernie2"
+    cfg = compose_pretrain(*ERNIE2, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                           "trainer.max_steps=7", "trainer.val_check_interval=7",
+                           "callbacks.checkpoint_every_n_steps=1000",
+                           f"paths.output_dir={out / 'run'}")  # fmt: skip
+    prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)  # cached before the ranks
+    _spawn([("global", cfg, out)], deadline_s=900.0)  # the shared machine can be slow
+
+    final = [torch.load(out / f"final{r}.pt") for r in (0, 1)]
+    assert _max_diff(final[0], final[1]) == 0.0
+    initial = torch.load(out / "initial.pt")
+    assert _max_diff(final[0], initial) > 1e-4
+    ran = [torch.load(out / f"objectives{r}.pt") for r in (0, 1)]
+    assert ran[0] == ran[1] == [["mlm"], ["mlm"], ["token_document"], ["mlm"],
+                                ["sentence_reorder"], ["mlm"], ["capitalization"]]  # fmt: skip
+    idle = [k for k in initial if k.startswith("objectives.sentence_distance.")]
+    assert idle and all(torch.equal(final[0][k], initial[k]) for k in idle)
+    for k in range(7):
+        ranks = [torch.load(out / f"batch{r}_{k}.pt") for r in (0, 1)]
+        assert not set(ranks[0]["index"].tolist()) & set(ranks[1]["index"].tolist())
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 7
+    with open(out / "run" / "csv" / "metrics.csv", newline="") as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert steps == list(range(7))

@@ -163,3 +163,50 @@ def test_refined_and_single_task_arms(tmp_path, tiny_tok, extra):
 def test_bad_multitask_settings_are_refused(tmp_path, tiny_tok, extra, match):
     with pytest.raises(ClozelabError, match=match):
         finetune(_command(tmp_path, tiny_tok, *extra))
+
+
+def test_mtdnn_trains_data_parallel_on_two_cpu_ranks(tmp_path, tiny_tok):
+    """Two gloo ranks (set up as torchrun would) of ``clozelab finetune multitask.tasks=...``:
+    the same task at every step (the order comes from the seed), each rank on its own examples
+    of the task's global batch, identical weights afterwards (DDP averaged the gradients), and
+    rank 0 alone writes the results and metrics.json."""
+    from scale_worker import run_finetune_rank
+    from test_ddp import _spawn
+
+    out = tmp_path / "ranks"
+    out.mkdir()
+    cfg = _command(tmp_path, tiny_tok, "seeds=[1]", "multitask.epochs=2")
+    _spawn((cfg, str(out)), deadline_s=900.0, worker=run_finetune_rank)
+
+    states = [torch.load(out / f"mt{r}_seed1.pt") for r in (0, 1)]
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    saved = json.loads((tmp_path / "out" / "eval" / "sst2.json").read_text())
+    facts = saved["runs"][0]["multitask"]
+    # 24 examples a task, 4 a rank: ceil(24 / 8) = 3 global batches a task and epoch, 2 epochs
+    assert facts["steps"] == 12 and facts["steps_per_task"] == {"sst2": 6, "stsb": 6}
+    batches = [torch.load(out / f"batches{r}.pt") for r in (0, 1)]
+    assert len(batches[0]) == len(batches[1]) == 12  # the same number of batches on each rank
+    for mine, theirs in zip(*batches):
+        assert len(mine) == len(theirs) == 4 and not set(mine) & set(theirs)  # own examples
+    writes = [json.loads((out / f"writes{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(writes[0]) == ["metrics.json", "sst2.json", "stsb.json"] and writes[1] == []
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+
+
+@pytest.mark.slow  # the command starts a second CPU process (~1 min on the busy machine)
+def test_finetune_devices_2_starts_its_second_rank(tmp_path, tiny_tok):
+    """``devices=2``: the command's own process is rank 0 and starts rank 1; the joint run takes
+    global batches of 2 x 4 examples and rank 0 returns and writes the results."""
+    results = finetune(_command(tmp_path, tiny_tok, "seeds=[1]", "multitask.epochs=2",
+                                "devices=2"))  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "eval" / "sst2.json").read_text())
+    assert saved["runs"][0]["multitask"]["steps"] == 12  # ceil(24 / 8) x 2 tasks x 2 epochs
+    assert results["sst2"]["value"] == saved["value"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_devices_must_be_a_positive_integer(tmp_path, tiny_tok):
+    with pytest.raises(ClozelabError, match=r"devices=.?0.?: must be an integer >= 1.*Fix"):
+        finetune(_command(tmp_path, tiny_tok, "devices=0"))

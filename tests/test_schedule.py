@@ -81,7 +81,6 @@ ERNIE2 = ("experiment=ernie2", "schedule.stages.0.until_steps=2", "schedule.stag
         (("schedule.mix=sometimes",), "schedule.mix"),
         (("objective=[mlm,capitalization,token_document,sentence_distance]",),
          "sentence_reorder.*not an objective of this run"),
-        (("trainer=ddp", "trainer.devices=2"), "ddp_find_unused_parameters_true"),
     ],
 )  # fmt: skip
 def test_the_recipe_refuses_impossible_schedules(compose_pretrain, overrides, match):

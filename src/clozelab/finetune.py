@@ -9,14 +9,17 @@ wrappers live in cli.py.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import run_dir_of, write_json
 from clozelab.training.evaluation import evaluate_suite, load_task, run_task
 from clozelab.training.multitask import check_config, run_multitask
+from clozelab.training.ranks import check_devices, is_writer, join, launch
 
 
 def _eval_dir(cfg: DictConfig) -> Path:
@@ -41,14 +44,31 @@ def _checkpoint(cfg: DictConfig):
 def _loggers(cfg: DictConfig, directory: Path, job: str):
     from clozelab.training.tracking import make_loggers
 
-    if cfg.get("logger") is None:
+    if cfg.get("logger") is None or not is_writer():
         return []
     return make_loggers(cfg.logger, directory, f"{job}", OmegaConf.to_container(cfg, resolve=True))
 
 
 def finetune(cfg: DictConfig) -> dict:
     """Fine-tune ``cfg.task`` from ``cfg.checkpoint`` on ``cfg.seeds``; the task's result (with
-    ``multitask.tasks``: several tasks together, MT-DNN, ``{task: result}``)."""
+    ``multitask.tasks``: several tasks together, MT-DNN, ``{task: result}``). ``devices=N``: on N
+    data-parallel CPU processes (``training/ranks.py``), as are the ranks a torchrun or srun
+    launch starts; rank 0 writes."""
+    devices = check_devices(cfg.get("devices", 1))
+    if join():  # one rank of an external launcher
+        try:
+            return _finetune(cfg)
+        finally:
+            torch.distributed.destroy_process_group()
+    if devices > 1:  # the extra ranks have no Hydra runtime: fix the run directory here
+        pinned = copy.deepcopy(cfg)
+        with open_dict(pinned):
+            pinned.paths.output_dir = str(cfg.paths.output_dir)
+        return launch(devices, _finetune, pinned)
+    return _finetune(cfg)
+
+
+def _finetune(cfg: DictConfig) -> dict:
     checkpoint = _checkpoint(cfg)
     node = cfg.get("multitask")
     if node is not None and node.get("tasks"):
@@ -109,9 +129,10 @@ def _multitask(cfg: DictConfig, checkpoint, node: DictConfig) -> dict:
     }
     for name, result in results.items():
         metrics.update({f"eval/{name}/{k}": v["mean"] for k, v in result["metrics"].items()})
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    write_json(out / "metrics.json", metrics)
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_json(out / "metrics.json", metrics)
     return results
 
 

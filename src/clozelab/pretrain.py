@@ -72,6 +72,11 @@ def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
 
 def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
     kwargs = trainer_kwargs(cfg.trainer)  # strategy/plugin nodes built, precision resolved
+    if cfg.get("schedule") is not None and kwargs.get("strategy") == "ddp":
+        # a scheduled step leaves the heads of the objectives it does not train idle: DDP must
+        # look for them (they keep no gradient on any rank, so AdamW skips them as in one process)
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        log.info("schedule: trainer.strategy=ddp runs as ddp_find_unused_parameters_true")
     max_tokens = kwargs.pop("max_tokens", None)
     plugins = [*kwargs.pop("plugins"), AtomicCheckpointIO()]
     callbacks: list[pl.Callback] = [

@@ -23,13 +23,17 @@ COMMON=(checkpoint="$RUN" data_dir="$DATA" 'eval_dir=${paths.output_dir}/eval'
         'multitask.overrides={sst2: {max_train_examples: 4000}}'
         multitask.epochs=3 multitask.lr=2e-4 multitask.batch_size=32 multitask.save=false
         'seeds=[1],[2],[3]' +sweep_meta.seed_key=seeds)
+# the jobs of a sweep run side by side (3 processes, one thread each)
+LAUNCHER=(hydra/launcher=joblib hydra.launcher.n_jobs=${JOBS:-3})
 start=$(date +%s)
 # arms 1-2: each task alone (the baseline) and the three together (MT-DNN's multi-task stage)
-$PY -m clozelab finetune -m "${COMMON[@]}" multitask.joint=false,true multitask.refine=false \
-    hydra.sweep.dir="$OUT/sweep_single_joint"
+$PY -m clozelab finetune -m "${COMMON[@]}" "${LAUNCHER[@]}" multitask.joint=false,true \
+    multitask.refine=false hydra.sweep.dir="$OUT/sweep_single_joint"
 mid=$(date +%s)
-# arm 3: the multi-task stage, then each task fine-tuned alone from the multi-task weights
-$PY -m clozelab finetune -m "${COMMON[@]}" multitask.joint=true multitask.refine=true \
+# arm 3: the same multi-task stage, then each task fine-tuned alone from the multi-task weights
+# for one epoch (the tasks' own epochs: 1 here, to fit the CPU budget)
+$PY -m clozelab finetune -m "${COMMON[@]}" "${LAUNCHER[@]}" multitask.joint=true \
+    multitask.refine=true 'multitask.common={max_seq_length: 64, epochs: 1, lr: 2e-4, batch_size: 32}' \
     hydra.sweep.dir="$OUT/sweep_refine"
 end=$(date +%s)
 $PY -m clozelab report "$OUT/sweep_single_joint" "$OUT/sweep_refine" \

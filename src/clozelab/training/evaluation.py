@@ -25,6 +25,7 @@ from clozelab.tasks.backbone import NONE, Backbone
 from clozelab.tasks.base import task_for
 from clozelab.training.finetuning import run_seed
 from clozelab.training.loading import load_backbone
+from clozelab.training.ranks import is_writer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ def write_task_result(
         "task_config": OmegaConf.to_container(task, resolve=True),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
+    if not is_writer():  # another rank of a data-parallel fine-tuning: rank 0 writes
+        return result
     eval_dir.mkdir(parents=True, exist_ok=True)
     write_json(eval_dir / f"{name}.json", result)
     for logger in loggers:
@@ -233,7 +236,8 @@ def evaluate_suite(
         name: {"metric": r["metric"], "value": r["value"], "std": r["std"]}
         for name, r in results.items()
     }
-    write_json(eval_dir / "summary.json", {"suite": eval_cfg.get("suite"), "tasks": summary})
+    if is_writer():
+        write_json(eval_dir / "summary.json", {"suite": eval_cfg.get("suite"), "tasks": summary})
     log.info("suite %s: summary -> %s", eval_cfg.get("suite"), eval_dir / "summary.json")
     return results
 

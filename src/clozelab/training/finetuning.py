@@ -4,7 +4,8 @@ task's own encoding, head and scoring (``clozelab.tasks.base.Task``).
 The loop is plain PyTorch with pre-training's optimizer groups and schedule (``training/optim.py``:
 AdamW without decay on biases and LayerNorms, linear warm-up then linear decay), gradient
 clipping at 1.0 and dynamic padding; one task on one seed is small enough that Lightning's
-machinery would only add start-up time.
+machinery would only add start-up time. Under several ranks (``devices=N``, ``training/ranks.py``)
+``task.batch_size`` is per rank and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -24,19 +25,29 @@ from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.base import Task, TaskData
 from clozelab.tasks.features import pad_batch
 from clozelab.training.optim import parameter_groups, warmup_decay_lambda
+from clozelab.training.ranks import pad_to_ranks, parallel, rank_and_world, shard
 
 log = logging.getLogger(__name__)
 
 
-def _batches(features: list[dict], size: int, shuffle: bool, rng: random.Random | None):
-    order = list(range(len(features)))
-    if shuffle:
-        rng.shuffle(order)
-    else:  # by length: less padding at scoring time
-        order.sort(key=lambda i: len(features[i]["input_ids"]))
+def _scoring_batches(features: list[dict], size: int):
+    """(indices, features) batches sorted by length: less padding at scoring time."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     for i in range(0, len(order), size):
         idx = order[i : i + size]
         yield idx, [features[j] for j in idx]
+
+
+def training_pass(features: list[dict], size: int, rng: random.Random):
+    """One shuffled pass over ``features`` in batches of ``size`` per rank: under several ranks
+    (``training/ranks.py``) every rank draws the same shuffle and takes its share of each global
+    batch of ``size x ranks`` rows."""
+    rank, world = rank_and_world()
+    order = list(range(len(features)))
+    rng.shuffle(order)
+    order = pad_to_ranks(order, world)
+    for i in range(0, len(order), size * world):
+        yield [features[j] for j in shard(order[i : i + size * world], rank, world)]
 
 
 def _optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr: float | None):
@@ -70,9 +81,9 @@ def train(
         )
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    batch_size = int(task.get("batch_size", 32))
+    batch_size = int(task.get("batch_size", 32))  # per rank
     epochs = float(task.get("epochs", 3))
-    per_epoch = math.ceil(len(prepared.train) / batch_size)
+    per_epoch = math.ceil(len(prepared.train) / (batch_size * rank_and_world()[1]))
     total = max(1, math.ceil(per_epoch * epochs))
     if task.get("max_steps"):
         total = min(total, int(task.max_steps))
@@ -88,10 +99,11 @@ def train(
     # linear warm-up, then linear decay to 0 at the last step (pre-training's schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay_lambda(warmup, total, "linear"))
     model.train()
+    net = parallel(model)  # DDP under several ranks (gradients averaged), else the model
     step, start, losses = 0, time.perf_counter(), []
     while step < total:
-        for _, feats in _batches(prepared.train, batch_size, True, rng):
-            out = model(pad_batch(feats, pad_id))
+        for feats in training_pass(prepared.train, batch_size, rng):
+            out = net(pad_batch(feats, pad_id))
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -117,7 +129,7 @@ def score(model: nn.Module, prepared: TaskData, task: Task, pad_id: int) -> dict
     names = list(task.cfg.get("metrics") or task.default_metrics)
     size = int(task.cfg.get("eval_batch_size", 64))
     outputs: list[tuple[list[int], dict, dict]] = []
-    for idx, feats in _batches(prepared.validation, size, False, None):
+    for idx, feats in _scoring_batches(prepared.validation, size):
         batch = pad_batch(feats, pad_id)
         outputs.append((idx, batch, model(batch)))
     return task.score(model, prepared, outputs, names)

@@ -19,6 +19,10 @@ alone from the multi-task weights (the task's own ``epochs``/``lr``) and scores 
 MT-DNN's per-task fine-tuning. ``multitask.joint=false`` is the single-task baseline: every task
 fine-tuned alone from the checkpoint on the same seeds (same writer, same job layout), so a sweep
 over ``multitask.joint`` compares the two arms under ``clozelab report``.
+
+``devices=N`` runs all of it data-parallel on N CPU processes (``training/ranks.py``): the ranks
+draw the same task order from the seed, so they train the same task at every step, each on its
+own share of the task's global batch; the other tasks' heads are DDP's unused parameters.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from clozelab.core.errors import config_error
 from clozelab.tasks.base import TaskData, task_for
 from clozelab.tasks.features import pad_batch
 from clozelab.training.evaluation import backbone_factory, task_protocol, write_task_result
-from clozelab.training.finetuning import run_seed, score, train
+from clozelab.training.finetuning import run_seed, score, train, training_pass
 from clozelab.training.optim import parameter_groups, warmup_decay_lambda
+from clozelab.training.ranks import is_writer, parallel, rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +90,21 @@ def task_order(
 
 
 def _stream(features: list[dict], size: int, rng: random.Random) -> Iterator[list[dict]]:
-    """A task's training batches, reshuffled at every pass, forever."""
+    """A task's training batches (this rank's share), reshuffled at every pass, forever."""
     while True:
-        order = list(range(len(features)))
-        rng.shuffle(order)
-        for i in range(0, len(order), size):
-            yield [features[j] for j in order[i : i + size]]
+        yield from training_pass(features, size, rng)
+
+
+class TaskModels(nn.Module):
+    """The task models on one shared backbone (its parameters appear once); ``forward(task,
+    batch)`` runs one task's model, so DDP can wrap all of them."""
+
+    def __init__(self, models: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.tasks = nn.ModuleDict(models)
+
+    def forward(self, task: str, batch: dict) -> dict:
+        return self.tasks[task](batch)
 
 
 def check_config(node: DictConfig) -> None:
@@ -140,8 +154,11 @@ def train_multitask(
     pad_id: int,
 ) -> dict:
     """Train the task models (one shared backbone) together; returns steps, time, losses and the
-    steps each task got."""
+    steps each task got. Under several ranks (``training/ranks.py``) ``multitask.batch_size`` is
+    per rank: every rank draws the same task order from ``seed`` and trains its share of each
+    global batch of that task."""
     batch_size = int(node.get("batch_size", 32))
+    world = rank_and_world()[1]
     sizes = {name: len(data.train) for name, data in datas.items()}
     empty = [name for name, n in sizes.items() if n == 0]
     if empty:
@@ -151,14 +168,14 @@ def train_multitask(
             "the task has no training examples",
             f"give task {empty[0]} a train split or drop it",
         )
-    per_epoch = sum(math.ceil(n / batch_size) for n in sizes.values())
+    per_epoch = sum(math.ceil(n / (batch_size * world)) for n in sizes.values())
     total = max(1, math.ceil(per_epoch * float(node.get("epochs", 3))))
     if node.get("max_steps"):
         total = min(total, int(node.max_steps))
     generator = torch.Generator().manual_seed(seed)
     order = task_order(
         sizes,
-        batch_size,
+        batch_size * world,  # global batches
         total,
         node.get("sampling", "proportional"),
         float(node.get("temperature", 1.0)),
@@ -168,7 +185,8 @@ def train_multitask(
         name: _stream(data.train, batch_size, random.Random(f"{seed}/{name}"))
         for name, data in datas.items()
     }
-    container = nn.ModuleDict(models)  # the shared backbone's parameters appear once
+    container = TaskModels(models)
+    net = parallel(container)  # DDP under several ranks: idle heads found unused
     opt = torch.optim.AdamW(
         parameter_groups(container, float(node.get("weight_decay", 0.01))),
         lr=float(node.get("lr", 5e-5)),
@@ -180,7 +198,7 @@ def train_multitask(
     losses: dict[str, list[float]] = {name: [] for name in models}
     start = time.perf_counter()
     for step, name in enumerate(order, 1):
-        out = models[name](pad_batch(next(streams[name]), pad_id))
+        out = net(name, pad_batch(next(streams[name]), pad_id))
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(container.parameters(), 1.0)
         opt.step()
@@ -215,7 +233,7 @@ def _joint_seed(make, kinds, datas, node, seed: int, save_dir: Path | None) -> d
             "multitask_metrics": metrics,
             "multitask": facts,
         }
-    if save_dir is not None:
+    if save_dir is not None and is_writer():
         save_dir.mkdir(parents=True, exist_ok=True)
         path = save_dir / f"seed-{seed}.pt"
         torch.save(

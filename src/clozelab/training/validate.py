@@ -207,15 +207,6 @@ def validate_schedule(cfg: DictConfig, names: list[str]) -> None:
             f"the schedule has {len(schedule.order)} objectives, one task id each",
             f"set embedding.num_tasks={len(schedule.order)} or more",
         )
-    strategy = cfg_select(cfg, "trainer.strategy")
-    if schedule.mix == "round_robin" and strategy == "ddp":
-        raise config_error(
-            "trainer.strategy",
-            strategy,
-            "a round-robin step leaves the other objectives' "
-            "heads without gradients, which DDP refuses",
-            "set trainer.strategy=ddp_find_unused_parameters_true",
-        )
 
 
 def _refuse_unread_targets(cfg: DictConfig, objectives, corrupted: set[str]) -> None:
