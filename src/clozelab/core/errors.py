@@ -12,3 +12,13 @@ class ClozelabError(ValueError):
 def config_error(key: str, value: object, problem: str, fix: str) -> ClozelabError:
     """Build the standard message: ``<key>=<value>: <problem>. Fix: <fix>``."""
     return ClozelabError(f"{key}={value!r}: {problem}. Fix: {fix}")
+
+
+def check_choice(value: object, key: str, choices, fix: str | None = None) -> str:
+    """Return ``value`` after checking it is one of ``choices``; the fix defaults to the first."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise config_error(
+            key, value, f"must be one of {list(choices)}", fix or f"set {key}={choices[0]}"
+        )
+    return str(value)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from clozelab.core.batch import IGNORE_INDEX
-from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, check_choice, config_error
 
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
@@ -169,14 +169,6 @@ def check_probability(value: object, key: str) -> float:
     if not _is_real_number(value) or not 0.0 <= float(value) <= 1.0:
         raise config_error(key, value, "must be a probability in [0, 1]", f"set {key} in [0, 1]")
     return float(value)
-
-
-def check_choice(value: object, key: str, choices: Iterable[str]) -> str:
-    """Return ``value`` after checking it is one of ``choices``."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise config_error(key, value, f"must be one of {list(choices)}", f"set {key}={choices[0]}")
-    return str(value)
 
 
 def check_positive_int(value: object, key: str, *, allow_none: bool = False) -> int | None:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clozelab.core.errors import config_error
+from clozelab.core.errors import check_choice, config_error
 
 ENTITY_SOURCES = ("anchors", "gazetteer", "spacy")
 PHRASE_SOURCES = ("none", "spacy_chunks")
@@ -131,14 +131,7 @@ class AnnotationSettings:
 
 
 def _choice(value, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise config_error(
-            f"data.{name}",
-            value,
-            f"must be one of {list(choices)}",
-            f"set data.{name}={choices[0]}",
-        )
-    return value
+    return check_choice(value, f"data.{name}", choices)
 
 
 class Annotator:

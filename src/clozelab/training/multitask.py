@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from clozelab.core.errors import config_error
+from clozelab.core.errors import check_choice, config_error
 from clozelab.tasks.base import TaskData, task_for
 from clozelab.tasks.features import pad_batch
 from clozelab.training.evaluation import backbone_factory, task_protocol, write_task_result
@@ -110,13 +110,9 @@ class TaskModels(nn.Module):
 def check_config(node: DictConfig) -> None:
     """The ``multitask`` knobs: sampling, temperature, batch size, epochs."""
     sampling = node.get("sampling", "proportional")
-    if sampling not in SAMPLINGS:
-        raise config_error(
-            "multitask.sampling",
-            sampling,
-            f"must be one of {list(SAMPLINGS)}",
-            "set multitask.sampling=proportional (MT-DNN)",
-        )
+    check_choice(
+        sampling, "multitask.sampling", SAMPLINGS, "set multitask.sampling=proportional (MT-DNN)"
+    )
     temperature = node.get("temperature", 1.0)
     if (
         isinstance(temperature, bool)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clozelab.core.errors import config_error
+from clozelab.core.errors import check_choice, config_error
 
 MIXES = ("round_robin", "joint")
 UNITS = ("until_steps", "until_tokens")
@@ -48,13 +48,7 @@ class Schedule:
         if node is None:
             return None
         mix = node.get("mix", "round_robin")
-        if mix not in MIXES:
-            raise config_error(
-                "schedule.mix",
-                mix,
-                f"must be one of {list(MIXES)}",
-                "set schedule.mix=round_robin (ERNIE 2.0)",
-            )
+        check_choice(mix, "schedule.mix", MIXES, "set schedule.mix=round_robin (ERNIE 2.0)")
         stages = list(node.get("stages") or [])
         if not stages:
             raise config_error(
