@@ -6,7 +6,10 @@
     kernel, with ``model.compile`` (one batch shape, ``compile_dynamic=false``; the recompiles
     while timing are counted), and unpadding on variable-length batches; MFU against the card's
     measured bf16 matmul peak. The issue's targets (model=base: MFU >= 40%, >= 1.5x HF's
-    tokens/s, no recompilation) are checked and written as PASS / FAIL.
+    tokens/s, no recompilation) are checked and written as PASS / FAIL. Then the encoder-decoder
+    step (issue 18): our T5 against ``transformers.T5ForConditionalGeneration`` at equal weights
+    and span-corrupted batches, fp32 and bf16, with greedy generation; the target (fp32: >= 1.5x
+    HF's tokens/s) is checked the same way.
 (b) the masking-rate study at GPU scale: ``sweep=masking_rate_gpu`` (experiments/study_gpu.yaml:
     model=mini, 30M tokens a job, 3 seeds, rates 0.15/0.4/0.8 with 80/10/10) and the mask-only arm
     at 40%, several jobs at a time on the one GPU, stopped at the pack's deadline (a re-run resumes
@@ -55,6 +58,14 @@ VARIANTS = {
                       "hf": False},
 }  # fmt: skip
 TARGETS = {"mfu": 0.40, "ratio_vs_hf": 1.5}  # model=base, seq 128, bf16 (issue 17, item 4)
+SEQ2SEQ_TARGET = 1.5  # our T5 step / HF T5ForConditionalGeneration's, fp32 (issue 18, item 7)
+# bench.seq2seq on the GPU: its default T5 (L4+4/H256/A4/I1024, V30522 + 100 sentinels, seq 128)
+# at a GPU batch; quick: the CPU test's tiny sizes.
+SEQ2SEQ = {"batch_size": 128, "steps": 10, "rounds": 3, "warmup_steps": 3, "generate_length": 32}
+QUICK_SEQ2SEQ = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+                 "vocab_size": 300, "seq_len": 16, "n_sentinels": 8, "batch_size": 4, "batches": 2,
+                 "steps": 1, "rounds": 1, "warmup_steps": 1, "generate_length": 4,
+                 "generate_repeats": 1}  # fmt: skip
 
 GPU_STUDY = ["hydra.launcher.n_jobs=6"]  # 12 jobs of model=mini share the GPU in two waves
 QUICK_STUDY = [
@@ -93,6 +104,23 @@ def unpad_overrides(device: str, size: dict, quick: bool) -> list[str]:
             "bench.unpad.min_length=4" if quick else "bench.unpad.min_length=16"]  # fmt: skip
 
 
+def seq2seq_overrides(device: str, quick: bool) -> list[str]:
+    """``clozelab bench`` overrides of the encoder-decoder step (fp32 and bf16, HF beside)."""
+    options = QUICK_SEQ2SEQ if quick else SEQ2SEQ
+    return ["bench.sections=[seq2seq]", f"bench.device={device}",
+            "bench.seq2seq.precisions=[fp32,bf16]",
+            *(f"bench.seq2seq.{k}={v}" for k, v in options.items())]  # fmt: skip
+
+
+def seq2seq_row(r: dict) -> dict:
+    """The encoder-decoder figures of one bench run, with issue 18's fp32 target."""
+    row = {k.removeprefix("seq2seq."): v for k, v in r.items() if k.startswith("seq2seq.")}
+    ratio = row.get("ratio")
+    row["target"] = {"value": ratio, "target": SEQ2SEQ_TARGET,
+                     "pass": ratio is not None and ratio >= SEQ2SEQ_TARGET}  # fmt: skip
+    return row
+
+
 def run_bench(out: Path, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
@@ -116,6 +144,8 @@ def bench_matrix(out: Path, device: str, quick: bool) -> dict:
                                      bench_overrides(device, size, options, quick))  # fmt: skip
         results[f"{name}/unpad"] = run_bench(out / "bench" / f"{name}_unpad",
                                              unpad_overrides(device, size, quick))  # fmt: skip
+    results["t5/seq2seq"] = run_bench(out / "bench" / "t5_seq2seq",
+                                      seq2seq_overrides(device, quick))  # fmt: skip
     return results
 
 
@@ -131,7 +161,7 @@ def bench_rows(results: dict) -> list[dict]:
     rows = []
     for key, r in results.items():
         name, variant = key.split("/")
-        if variant == "unpad":
+        if variant in ("unpad", "seq2seq"):
             continue
         hf = results[f"{name}/sdpa"]["pretrain.hf_tokens_per_s_bf16"]
         ours = r["pretrain.clozelab_tokens_per_s_bf16"]
@@ -254,6 +284,29 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
 
 
+def seq2seq_lines(s: dict) -> list[str]:
+    """The README's encoder-decoder table, generation rates and target line."""
+    lines = ["", f"Encoder-decoder step (issue 18): {s['config']}; ours vs transformers "
+             "T5ForConditionalGeneration, equal weights and batches (source + target tokens/s):",
+             "", "| precision | ours tokens/s | HF tokens/s | ratio | loss diff |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for suffix, label in (("", "fp32"), ("_bf16", "bf16 (HF bf16)")):
+        ratio = s.get(f"ratio{suffix}_vs_hf{suffix}" if suffix else "ratio")
+        lines.append(
+            f"| {label} | {_fmt(s.get(f'clozelab_tokens_per_s{suffix}'))} | "
+            f"{_fmt(s.get(f'hf_tokens_per_s{suffix}'))} | {_fmt(ratio)} | "
+            f"{s['loss_abs_diff']:.1e} |"
+        )
+    lines += ["", f"Greedy generation ({s.get('generate_config')}): ours with the cache "
+              f"{_fmt(s.get('generate_cached_tokens_per_s'))} tokens/s, without "
+              f"{_fmt(s.get('generate_uncached_tokens_per_s'))}, HF `generate` "
+              f"{_fmt(s.get('generate_hf_tokens_per_s'))}.", ""]  # fmt: skip
+    c = s["target"]
+    lines.append(f"- fp32 step, x HF tokens/s: {_fmt(c['value'])} (target ≥ {c['target']}): "
+                 f"**{'PASS' if c['pass'] else 'FAIL'}**")  # fmt: skip
+    return lines
+
+
 def write_report(out: Path, pack: dict) -> Path:
     lines = [
         "# GPU pack (issue 17)",
@@ -288,6 +341,8 @@ def write_report(out: Path, pack: dict) -> Path:
             f"{_fmt(u['unpad.unpad_tokens_per_s_bf16'])} | {u['unpad.ratio_bf16']:.2f} | "
             f"{u['unpad.ratio_vs_hf_bf16']:.2f} |"
         )
+    if pack.get("seq2seq"):
+        lines += seq2seq_lines(pack["seq2seq"])
     t = pack["targets"]
     lines += ["", f"Targets (model=base, best variant: {t['best_base_variant']}):", ""]
     for key, label in (
@@ -373,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_bf16_gflops": card_peak(results) if results else None,
         "bench_rows": rows,
         "unpad": {k.split("/")[0]: v for k, v in results.items() if k.endswith("/unpad")},
+        "seq2seq": seq2seq_row(results["t5/seq2seq"]) if "t5/seq2seq" in results else None,
         "targets": check_targets(rows) if rows else {},
         "study": study,
         "wall_s": {"bench": bench_done - start, "study": time.time() - bench_done,

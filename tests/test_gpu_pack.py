@@ -55,6 +55,29 @@ def test_every_bench_variant_composes_for_the_gpu():
             assert list(cfg.bench.sections) == ["unpad"]
 
 
+def test_the_seq2seq_step_runs_quick_and_is_reported(tmp_path):
+    """Issue 18's encoder-decoder step in the pack: composes at GPU sizes, runs at tiny ones
+    (ours vs HF T5 in fp32 and bf16, generation), and its target reaches the README."""
+    from hydra import compose, initialize_config_dir
+
+    from clozelab.core.config import conf_dir
+
+    pack = _pack()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        s = compose("bench", overrides=pack.seq2seq_overrides("cuda", False)).bench.seq2seq
+    assert (s.num_layers, s.hidden_size, s.seq_len, s.batch_size) == (4, 256, 128, 128)
+    assert list(s.precisions) == ["fp32", "bf16"] and s.hf
+    result = pack.run_bench(tmp_path / "t5", pack.seq2seq_overrides("cpu", True))
+    row = pack.seq2seq_row(result)
+    assert row["loss_abs_diff"] <= 1e-4 and row["clozelab_tokens_per_s"] > 0
+    assert row["ratio"] == row["clozelab_tokens_per_s"] / row["hf_tokens_per_s"]
+    assert row["target"] == {"value": row["ratio"], "target": 1.5, "pass": row["ratio"] >= 1.5}
+    assert row["generate_cached_tokens_per_s"] > 0 and "ratio_bf16_vs_hf_bf16" in row
+    lines = pack.seq2seq_lines(row)
+    verdict = "**PASS**" if row["target"]["pass"] else "**FAIL**"
+    assert any(line.startswith("| fp32 |") for line in lines) and verdict in lines[-1]
+
+
 def test_targets_are_checked_on_model_base():
     rows = [
         {"model": "base", "variant": "sdpa", "tokens_per_s": 100.0, "mfu": 0.3,
@@ -97,4 +120,5 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     readme = (out / "README.md").read_text()
     assert "**PASS**" in readme or "**FAIL**" in readme
     assert "corruption.rate=0.4 setting=ops_mask_only" in readme
+    assert "T5ForConditionalGeneration" in readme and pack["seq2seq"]["loss_abs_diff"] <= 1e-4
     assert json.loads((out / "pack.json").read_text())["targets"] == pack["targets"]
