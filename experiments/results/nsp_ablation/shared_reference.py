@@ -1,0 +1,118 @@
+"""Score finished pre-training jobs on ONE masked-LM yardstick, whatever their input format.
+
+``val/ref_mlm_acc`` is measured on each job's own validation instances: FULL-SENTENCES jobs on
+packed sentences, SEGMENT-PAIR+NSP jobs on segment pairs whose second segment is a random one
+half the time. To compare the two arms' masked-LM quality on the same inputs, this script builds
+the validation split of REFERENCE_JOB's data format once (its config: tokenizer, instances,
+sequence length), masks it once with ``validation_reference`` (15%, 80/10/10) under a fixed
+seed, and scores every job's final weights (``clozelab.load``) on those very batches.
+
+usage:
+    python experiments/results/nsp_ablation/shared_reference.py REFERENCE_JOB JOB [JOB ...] \\
+        [--out FILE.json] [--seed 0]
+
+Every job must have the reference job's tokenizer (same vocabulary file): a job trained with
+another vocabulary is refused, not scored on mismatched ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+IGNORE = -100
+
+
+def reference_batches(reference_job: Path, seed: int) -> list[dict]:
+    """The reference job's validation split, in its instance format, masked once."""
+    from clozelab.data.datamodule import PretrainDataModule
+    from clozelab.data.preprocess import prepare
+    from clozelab.training.components import build_corruption
+
+    cfg = OmegaConf.load(reference_job / "config.yaml")
+    if cfg.get("validation_reference") is None:
+        sys.exit(f"error: {reference_job}: validation_reference is null in its config.yaml, so it "
+                 "defines no reference masking. Fix: pass a job trained with "
+                 "validation_reference set (e.g. experiment=study_cpu).")  # fmt: skip
+    prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    masking = build_corruption(
+        cfg.validation_reference, "validation_reference", prepared.tokenizer, prepared
+    )
+    data = PretrainDataModule(
+        prepared,
+        masking,
+        instances=cfg.data.instances,
+        max_seq_length=cfg.data.max_seq_length,
+        short_seq_prob=cfg.data.short_seq_prob,
+        batch_size=cfg.data.batch_size,
+        seed=seed,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
+    )
+    return list(data.val_dataloader())
+
+
+def vocabulary(job: Path) -> str:
+    return (job / "tokenizer" / "tokenizer.json").read_text()
+
+
+@torch.no_grad()
+def score(job: Path, batches: list[dict]) -> dict:
+    """Masked-LM accuracy and loss (per masked token) of ``job``'s final weights."""
+    import clozelab
+
+    model = clozelab.load(job)
+    correct = total = 0
+    loss = 0.0
+    for batch in batches:
+        logits = model.mlm_logits(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        )
+        labels = batch["mlm_labels"]
+        picked = labels != IGNORE
+        logits, labels = logits[picked], labels[picked]
+        correct += int((logits.argmax(-1) == labels).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        total += int(labels.numel())
+    return {"shared_ref_mlm_acc": correct / total, "shared_ref_mlm_loss": loss / total,
+            "masked_tokens": total}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("reference_job", type=Path)
+    parser.add_argument("jobs", type=Path, nargs="+")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    batches = reference_batches(args.reference_job, args.seed)
+    vocab = vocabulary(args.reference_job)
+    cfg = OmegaConf.load(args.reference_job / "config.yaml")
+    reference = {
+        "job": str(args.reference_job),
+        "instances": cfg.data.instances,
+        "max_seq_length": cfg.data.max_seq_length,
+        "seed": args.seed,
+        "sequences": sum(len(b["input_ids"]) for b in batches),
+    }
+    results = {"reference": reference, "jobs": {}}
+    for job in args.jobs:
+        if vocabulary(job) != vocab:
+            sys.exit(f"error: {job}: its tokenizer differs from {args.reference_job}'s. Fix: "
+                     "score only jobs trained with the reference job's vocabulary.")  # fmt: skip
+        job_cfg = OmegaConf.load(job / "config.yaml")
+        row = {"instances": job_cfg.data.instances, "seed": job_cfg.seed, **score(job, batches)}
+        results["jobs"][str(job)] = row
+        print(f"{job}: {row}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
