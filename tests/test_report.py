@@ -265,6 +265,40 @@ def test_two_sweep_dirs_merge_into_one_report(tmp_path):
     assert "# Sweep report: first + second" in text and str(second) in text
 
 
+def test_an_axis_that_repeats_another_is_left_out_so_the_arms_are_compared(tmp_path):
+    """Two sweeps merged, each naming itself (``sweep=``) and holding one arm at the rate the
+    other varies (as nsp_ablation_cpu + masking_rate_cpu): ``sweep`` splits the jobs exactly as
+    ``setting`` does, so it is not an axis of its own and b@0.15 is compared with a@0.15."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    grid = ((first, "a", "first", ["0.15"]), (second, "b", "second", ["0.15", "0.4"]))
+    num = 0
+    for root, setting, sweep, rates in grid:
+        for rate in rates:
+            for seed, loss in zip(SEEDS, LOSS[rate, setting], strict=True):
+                overrides = [f"setting={setting}", f"sweep={sweep}", f"corruption.rate={rate}",
+                             f"seed={seed}"]  # fmt: skip
+                write_job(root, num, overrides, {"val/mlm_loss": loss}, baseline={"setting": "a"})
+                num += 1
+    result = report([first, second], tmp_path / "merged")
+    assert result.axes == ["setting", "corruption.rate"]
+    assert result.redundant == {"sweep": "setting"}
+    rows = rows_of(result, "val/mlm_loss")
+    assert rows["b", "0.15"].baseline.key == ("a", "0.15")
+    assert rows["b", "0.15"].paired.p_t == pytest.approx(
+        paired_p_df2(LOSS["0.15", "b"], LOSS["0.15", "a"])
+    )
+    assert rows["b", "0.4"].baseline is None  # no arm a at 0.4: nothing to pair with
+    text = (tmp_path / "merged" / "report.md").read_text()
+    assert "`sweep` is left out of the setting names" in text
+    only = report([first, second], tmp_path / "only", only=["corruption.rate=0.15"])
+    assert [s.key for s in only.settings] == [("a",), ("b",)] and only.axes == ["setting"]
+    assert rows_of(only, "val/mlm_loss")["b",].baseline.key == ("a",)
+    with pytest.raises(ClozelabError, match=r"--only corruption.rate=0.8: no job matches"):
+        report([first, second], tmp_path / "none", only=["corruption.rate=0.8"])
+    with pytest.raises(ClozelabError, match="--only 'rate': not KEY=VALUE"):
+        report([first, second], tmp_path / "none", only=["rate"])
+
+
 def test_a_folder_of_sweeps_finds_each_grid_and_lists_repeated_seeds_as_duplicates(tmp_path):
     make_sweep(tmp_path / "all" / "first", skip=[("0.4", "b", "1")])
     make_sweep(tmp_path / "all" / "second")

@@ -16,8 +16,8 @@ commands:
   finetune   fine-tune one downstream task on several seeds -> RUN/eval/<task>.json
   evaluate   fine-tune and score a suite (glue, bundled, ner, qa) -> RUN/eval/*.json
   export     clozelab export RUN_DIR OUT_DIR [--force]: an HF transformers BERT directory
-  report     clozelab report SWEEP_DIR [...] [--out DIR] [--baseline K=V ...] [--metric NAME ...]:
-             per-setting mean ± std, 95% CI, paired tests vs the baseline, plots
+  report     clozelab report SWEEP_DIR [...] [--out DIR] [--baseline K=V ...] [--metric NAME ...]
+             [--only K=V ...]: per-setting mean ± std, 95% CI, paired tests vs the baseline, plots
   bench      pre-training step vs HF transformers, corruption throughput -> bench.json
   preview    corrupted examples + statistics of a corruption -> preview.json
 

@@ -35,6 +35,7 @@ from clozelab.report.jobs import (
     fixed_overrides,
     job_seed,
     load_jobs,
+    redundant_axes,
     seed_key,
     sweep_axes,
 )
@@ -88,6 +89,7 @@ class Report:
     seeds: list[str]
     command: str
     plots: list[Path] = field(default_factory=list)
+    redundant: dict[str, str] = field(default_factory=dict)  # axis -> the axis it repeats
 
 
 _BOOLEANS = {"true": True, "false": False}
@@ -138,12 +140,12 @@ def group_settings(jobs: list[Job], axes: list[str]) -> list[Setting]:
 # --- baseline --------------------------------------------------------------------------------
 
 
-def _parse_pairs(items: list[str]) -> dict[str, str]:
+def _parse_pairs(items: list[str], option: str = "--baseline") -> dict[str, str]:
     spec = {}
     for item in items:
         if "=" not in item:
             raise ClozelabError(
-                f"--baseline {item!r}: not KEY=VALUE. Fix: e.g. --baseline corruption.rate=0.15"
+                f"{option} {item!r}: not KEY=VALUE. Fix: e.g. {option} corruption.rate=0.15"
             )
         key, value = item.split("=", 1)
         spec[key] = value
@@ -295,17 +297,37 @@ def metric_report(name, way, settings, axes, baseline, seed) -> MetricReport:
     return MetricReport(name, way, rows, winner, lacking)
 
 
+def select_jobs(jobs: list[Job], only: list[str] | None) -> list[Job]:
+    """The jobs whose values match every ``KEY=VALUE`` of ``only`` (``--only``)."""
+    if not only:
+        return jobs
+    spec = _parse_pairs(only, "--only")
+    kept = [job for job in jobs if all(same_value(job.axis_value(k), v) for k, v in spec.items())]
+    if not kept:
+        key = next(iter(spec))
+        have = sort_values({job.axis_value(key) for job in jobs})
+        raise ClozelabError(
+            f"--only {' '.join(only)}: no job matches ({key} takes {have}). Fix: give values "
+            "the jobs have."
+        )
+    return kept
+
+
 def build_report(
     sweep_dirs: list[Path],
     baseline: list[str] | None = None,
     metrics: list[str] | None = None,
     command: str = "clozelab report",
+    only: list[str] | None = None,
 ) -> Report:
-    """Read the sweeps and compute every statistic (nothing is written)."""
-    jobs = load_jobs([Path(d) for d in sweep_dirs])
+    """Read the sweeps and compute every statistic (nothing is written); ``only``: keep the
+    jobs with these ``KEY=VALUE`` values (e.g. one rate of a merged sweep)."""
+    jobs = select_jobs(load_jobs([Path(d) for d in sweep_dirs]), only)
     seed = seed_key(jobs)
     axes = sweep_axes(jobs, seed)
     fixed = fixed_overrides(jobs, axes, seed)
+    redundant = redundant_axes(jobs, axes)
+    axes = [axis for axis in axes if axis not in redundant]
     settings = group_settings(jobs, axes)
     mark_duplicates(settings, seed)
     base = resolve_baseline(baseline, jobs, axes, settings)
@@ -327,6 +349,7 @@ def build_report(
         budget,
         seeds,
         command,
+        redundant=redundant,
     )
 
 
@@ -336,6 +359,7 @@ def report(
     baseline: list[str] | None = None,
     metrics: list[str] | None = None,
     command: str = "clozelab report",
+    only: list[str] | None = None,
 ) -> Report:
     """Build the report of the sweeps and write report.md, report.csv, report.json, plots/."""
     from clozelab.report.plots import write_plots
@@ -349,7 +373,7 @@ def report(
                 "place. Fix: give --out DIR."
             )
         out = dirs[0] / "report"
-    result = build_report(dirs, baseline, metrics, command)
+    result = build_report(dirs, baseline, metrics, command, only)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result.plots = write_plots(result, out / "plots")
@@ -361,7 +385,7 @@ def report(
 
 def main(argv: list[str]) -> None:
     """``clozelab report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--baseline KEY=VALUE ...]
-    [--metric NAME[:min|:max] ...]``."""
+    [--metric NAME[:min|:max] ...] [--only KEY=VALUE ...]``."""
     parser = argparse.ArgumentParser(
         prog="clozelab report",
         description="Aggregate the jobs of one or more sweeps (merged): per setting mean ± std "
@@ -389,11 +413,19 @@ def main(argv: list[str]) -> None:
         metavar="NAME[:min|:max]",
         help="more metrics: a metrics.json key, eval/TASK/METRIC, a csv column",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="report only the jobs with these values (e.g. corruption.rate=0.15)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     command = shlex.join(["clozelab", "report", *argv])
     try:
-        result = report(args.sweep_dirs, args.out, args.baseline, args.metric, command)
+        result = report(
+            args.sweep_dirs, args.out, args.baseline, args.metric, command, args.only
+        )
     except ClozelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -342,6 +342,23 @@ def sweep_axes(jobs: list[Job], seed: str) -> list[str]:
     return [key for key in varying if key != seed]
 
 
+def redundant_axes(jobs: list[Job], axes: list[str]) -> dict[str, str]:
+    """Axes that split the jobs exactly as an earlier axis does, one value of each always going
+    with one value of the other (e.g. ``sweep`` beside ``setting`` when two sweeps holding one
+    setting each are merged): ``{redundant axis: the earlier axis it repeats}``. Keeping both
+    would make every setting differ from the baseline in two axes, so none would be compared.
+    Values a job does not record (``(default)``) are left out of the check."""
+    redundant: dict[str, str] = {}
+    for i, axis in enumerate(axes):
+        for earlier in (a for a in axes[:i] if a not in redundant):
+            pairs = {(job.axis_value(earlier), job.axis_value(axis)) for job in jobs}
+            pairs = {pair for pair in pairs if ABSENT not in pair}
+            if len(pairs) > 1 and len(pairs) == len(dict(pairs)) == len({b: a for a, b in pairs}):
+                redundant[axis] = earlier
+                break
+    return redundant
+
+
 def fixed_overrides(jobs: list[Job], axes: list[str], seed: str) -> dict[str, str]:
     """The overrides every job shares (the sweep's fixed settings)."""
     fixed: dict[str, str] = {}

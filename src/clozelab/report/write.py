@@ -181,6 +181,11 @@ def _protocol_section(report) -> list[str]:
         f"- axes: {', '.join(f'`{a}`' for a in report.axes) or 'none (one setting)'}; "
         f"seed axis `{report.seed}`, seeds {', '.join(report.seeds) or '—'}"
     )
+    for axis, same in report.redundant.items():
+        lines.append(
+            f"- `{axis}` is left out of the setting names: it splits the jobs exactly as "
+            f"`{same}` does (one value of each always goes with one value of the other)"
+        )
     sets = objective_sets(report.settings)
     if len(sets) > 1:
         listed = "; ".join(f"{o}: {', '.join(labels)}" for o, labels in sets.items())
@@ -364,6 +369,7 @@ def write_json(report, path: Path) -> None:
         "command": report.command,
         "sweep_dirs": report.sweep_dirs,
         "axes": report.axes,
+        "redundant_axes": report.redundant,
         "seed_axis": report.seed,
         "seeds": report.seeds,
         "fixed_overrides": report.fixed,
