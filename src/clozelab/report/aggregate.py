@@ -423,9 +423,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     command = shlex.join(["clozelab", "report", *argv])
     try:
-        result = report(
-            args.sweep_dirs, args.out, args.baseline, args.metric, command, args.only
-        )
+        result = report(args.sweep_dirs, args.out, args.baseline, args.metric, command, args.only)
     except ClozelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
