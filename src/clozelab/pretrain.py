@@ -319,7 +319,10 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
             **initial,
             "status": "interrupted" if trainer.interrupted else "completed",
             "objectives": objective_names,
-            "wall_time_s": round(wall, 2),
+            # every launch of the run (a resumed one adds its earlier launches up to the
+            # checkpoint it resumed from); this launch alone: launch_wall_time_s
+            "wall_time_s": round(module.train_seconds_before + wall, 2),
+            "launch_wall_time_s": round(wall, 2),
             # this launch's tokens only: a resumed run restores the earlier count
             "tokens_per_s": round((module.tokens_seen - module.tokens_at_train_start) / wall, 1)
             if wall > 0

@@ -24,7 +24,7 @@ from clozelab.training.checkpoint import (
 from clozelab.training.module import NonFiniteLossError, PretrainModule
 
 QUICK = ["initial_validation=false", "eval.suite=null"]
-TIMING = ("wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
+TIMING = ("wall_time_s", "launch_wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
 
 
 def _run_dir(cfg) -> Path:

@@ -75,7 +75,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["state_dict"]
 
 
-TIMING = ("wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
+TIMING = ("wall_time_s", "launch_wall_time_s", "tokens_per_s", "train/tokens_per_s", "cache_reused")
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -137,10 +137,15 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(
     tmp_path, text_corpus, cache_dir, reference
 ):
     # step 5: between two periodic checkpoints (4 and 8), so only the signal's checkpoint has it
-    first, _ = _kill_and_resume(
+    first, run_dir = _kill_and_resume(
         5, "SIGTERM", tmp_path, text_corpus, cache_dir, reference, 128 + signal.SIGTERM
     )
     assert "Received SIGTERM: stopping after this batch" in first.stdout + first.stderr
+    # the wall time counts both launches: the first one's training up to its checkpoint, too
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["clozelab"]
+    assert metrics["wall_time_s"] > metrics["launch_wall_time_s"] > 0
+    assert saved["train_seconds"] >= metrics["wall_time_s"] - metrics["launch_wall_time_s"]
 
 
 @pytest.mark.slow

@@ -74,6 +74,8 @@ class PretrainModule(pl.LightningModule):
         self._loss_terms: dict[str, tuple[float, str, dict[str, float], str]] = {}
         self._train_start: float | None = None
         self.tokens_at_train_start = 0
+        # training seconds of the earlier launches of this run, up to the checkpoint resumed from
+        self.train_seconds_before = 0.0
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch | JointBatch, active: tuple[str, ...] | None = None):
@@ -297,13 +299,23 @@ class PretrainModule(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------ state
+    def train_seconds(self) -> float:
+        """Training seconds of this run over all its launches (each up to its checkpoint)."""
+        if self._train_start is None:
+            return self.train_seconds_before
+        return self.train_seconds_before + time.perf_counter() - self._train_start
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["clozelab"] = {"tokens_seen": self.tokens_seen}
+        checkpoint["clozelab"] = {
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds(),
+        }
         if self.objective_window is not None:
             checkpoint["clozelab"]["objective_window"] = self.objective_window.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("clozelab", {})
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.train_seconds_before = float(state.get("train_seconds", 0.0))
         if self.objective_window is not None:
             self.objective_window.load_state_dict(state.get("objective_window", {}))
