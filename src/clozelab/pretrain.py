@@ -252,24 +252,16 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
         reference = build_corruption(
             reference, "validation_reference", prepared.tokenizer, prepared
         )
-    datamodule = PretrainDataModule(
+    datamodule = PretrainDataModule.from_config(
+        cfg.data,
         prepared,
         corruption,
-        instances=cfg.data.instances,
-        max_seq_length=cfg.data.max_seq_length,
-        short_seq_prob=cfg.data.short_seq_prob,
-        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
+        cfg.seed,
         dialogue=DialogueStream.from_config(cfg.data, prepared.tokenizer, cfg.seed),  # ERNIE DLM
         reference_corruption=reference,
-        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
         features=tuple(
             f for f in TOKEN_FEATURES if any(f in o.requires for o in objectives.values())
         ),
-        reorder_share=cfg.data.get("reorder_share", 0.5),
-        reorder_segments=cfg.data.get("reorder_segments", 3),
     )
     pair_kinds = datamodule.pair_kinds()
     if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs

@@ -46,16 +46,8 @@ def preview(cfg: DictConfig) -> dict:
     tok = prepared.tokenizer
     cls = target_class(cfg.corruption, "corruption")
     corruption = build(cfg.corruption, "corruption", **runtime_kwargs(cls, tok, prepared))
-    data = PretrainDataModule(  # the corruption sets the raw instance length
-        prepared,
-        corruption,
-        instances=cfg.data.instances,
-        max_seq_length=cfg.data.max_seq_length,
-        short_seq_prob=cfg.data.short_seq_prob,
-        sop_single_sentence=cfg.data.get("sop_single_sentence", "random_document"),
-        batch_size=cfg.data.batch_size,
-        seed=cfg.seed,
-    )
+    # the corruption sets the raw instance length
+    data = PretrainDataModule.from_config(cfg.data, prepared, corruption, cfg.seed)
     dataset = data.dataset("train", 0)
     collate = Collator(tok.pad_id, None, cfg.seed)
     batch_size = int(cfg.data.batch_size)

@@ -28,13 +28,13 @@ from omegaconf import OmegaConf
 IGNORE = -100
 
 
-def reference_batches(reference_job: Path, seed: int) -> list[dict]:
-    """The reference job's validation split, in its instance format, masked once."""
+def reference_batches(reference_job: Path, cfg, seed: int) -> list[dict]:
+    """The reference job's validation split (``cfg``: its config), in its instance format,
+    masked once."""
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
     from clozelab.training.components import build_corruption
 
-    cfg = OmegaConf.load(reference_job / "config.yaml")
     if cfg.get("validation_reference") is None:
         sys.exit(f"error: {reference_job}: validation_reference is null in its config.yaml, so it "
                  "defines no reference masking. Fix: pass a job trained with "
@@ -43,16 +43,7 @@ def reference_batches(reference_job: Path, seed: int) -> list[dict]:
     masking = build_corruption(
         cfg.validation_reference, "validation_reference", prepared.tokenizer, prepared
     )
-    data = PretrainDataModule(
-        prepared,
-        masking,
-        instances=cfg.data.instances,
-        max_seq_length=cfg.data.max_seq_length,
-        short_seq_prob=cfg.data.short_seq_prob,
-        batch_size=cfg.data.batch_size,
-        seed=seed,
-        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
-    )
+    data = PretrainDataModule.from_config(cfg.data, prepared, masking, seed, num_workers=0)
     return list(data.val_dataloader())
 
 
@@ -89,10 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    batches = reference_batches(args.reference_job, args.seed)
-    vocab = vocabulary(args.reference_job)
     cfg = OmegaConf.load(args.reference_job / "config.yaml")
+    batches = reference_batches(args.reference_job, cfg, args.seed)
+    vocab = vocabulary(args.reference_job)
     reference = {
         "job": str(args.reference_job),
         "instances": cfg.data.instances,

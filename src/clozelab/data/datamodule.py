@@ -141,6 +141,24 @@ class PretrainDataModule(pl.LightningDataModule):
         self._cls, self._sep, self._pad = tok.cls_id, tok.sep_id, tok.pad_id
         self.instance_length = instance_length(corruption, instances, max_seq_length)
 
+    @classmethod
+    def from_config(cls, data_cfg, prepared: Prepared, corruption, seed: int, **extra):
+        """The data module that ``data_cfg`` (a run's ``data`` node) describes; ``extra``: the
+        arguments a config does not hold (``dialogue``, ``reference_corruption``, ``features``)
+        or overrides of it (e.g. ``num_workers=0``)."""
+        options = dict(
+            instances=data_cfg.instances,
+            max_seq_length=data_cfg.max_seq_length,
+            short_seq_prob=data_cfg.short_seq_prob,
+            sop_single_sentence=data_cfg.get("sop_single_sentence", "random_document"),
+            batch_size=data_cfg.batch_size,
+            num_workers=data_cfg.get("num_workers", 0),
+            pad_to_multiple_of=data_cfg.get("pad_to_multiple_of", 8),
+            reorder_share=data_cfg.get("reorder_share", 0.5),
+            reorder_segments=data_cfg.get("reorder_segments", 3),
+        )
+        return cls(prepared, corruption, seed=seed, **{**options, **extra})
+
     def dataset(self, split: str, epoch: int) -> InstanceDataset:
         shards = self.train_shards if split == "train" else self.validation_shards
         rng = np.random.default_rng([self.seed, epoch, 0 if split == "train" else 1])
