@@ -50,3 +50,30 @@ def test_jobs_of_both_formats_are_scored_on_the_same_masked_batches(compose_pret
     pretrain(compose_pretrain("initial_validation=false", f"paths.output_dir={plain}"))
     with pytest.raises(SystemExit, match="validation_reference is null"):
         script.main([str(plain), str(full)])
+
+
+def test_set_changes_the_reference_masking_and_refuses_unknown_keys(compose_pretrain, tmp_path):
+    from omegaconf import OmegaConf
+
+    import clozelab
+
+    full = tmp_path / "full"
+    pretrain(compose_pretrain("initial_validation=false", REFERENCE, f"paths.output_dir={full}"))
+    script = _script()
+    cfg = OmegaConf.load(full / "config.yaml")
+    all_mask = {"mask_prob": 1.0, "random_prob": 0.0, "keep_prob": 0.0}
+    batches = script.reference_batches(full, cfg, 0, all_mask)
+    mask_id = clozelab.load_tokenizer(full).mask_token_id
+    picked = [b["input_ids"][b["mlm_labels"] != -100] for b in batches]
+    assert sum(len(p) for p in picked) > 0 and all(bool((p == mask_id).all()) for p in picked)
+    default = script.reference_batches(full, cfg, 0)  # 80/10/10: some targets stay visible
+    shown = [b["input_ids"][b["mlm_labels"] != -100] for b in default]
+    assert any(bool((p != mask_id).any()) for p in shown)
+    args = [str(full), str(full)] + [f"--set={k}={v}" for k, v in all_mask.items()]
+    result = script.main(args)
+    assert result["reference"]["masking"]["mask_prob"] == 1.0
+    assert result["reference"]["masking"]["rate"] == 0.15
+    with pytest.raises(SystemExit, match="has no key 'mask_rate'"):
+        script.main([str(full), str(full), "--set", "mask_rate=0.2"])
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        script.main([str(full), str(full), "--set", "mask_prob"])

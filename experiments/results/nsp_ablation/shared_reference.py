@@ -9,7 +9,12 @@ seed, and scores every job's final weights (``clozelab.load``) on those very bat
 
 usage:
     python experiments/results/nsp_ablation/shared_reference.py REFERENCE_JOB JOB [JOB ...] \\
-        [--out FILE.json] [--seed 0]
+        [--out FILE.json] [--seed 0] [--set KEY=VALUE ...]
+
+``--set`` changes a key of the reference masking, e.g. an all-[MASK] yardstick, neutral between
+80/10/10 and mask-only models (an 80/10/10 reference leaves 10% of the targets visible, which
+only the 80/10/10 model learned to copy):
+    --set mask_prob=1.0 --set random_prob=0.0 --set keep_prob=0.0
 
 Every job must have the reference job's tokenizer (same vocabulary file): a job trained with
 another vocabulary is refused, not scored on mismatched ids.
@@ -23,14 +28,17 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 IGNORE = -100
 
 
-def reference_batches(reference_job: Path, cfg, seed: int) -> list[dict]:
+def reference_batches(
+    reference_job: Path, cfg, seed: int, changes: dict | None = None
+) -> list[dict]:
     """The reference job's validation split (``cfg``: its config), in its instance format,
-    masked once."""
+    masked once by its ``validation_reference`` with ``changes`` (key -> value) applied."""
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
     from clozelab.training.components import build_corruption
@@ -39,10 +47,15 @@ def reference_batches(reference_job: Path, cfg, seed: int) -> list[dict]:
         sys.exit(f"error: {reference_job}: validation_reference is null in its config.yaml, so it "
                  "defines no reference masking. Fix: pass a job trained with "
                  "validation_reference set (e.g. experiment=study_cpu).")  # fmt: skip
+    reference = cfg.validation_reference.copy()
+    for key, value in (changes or {}).items():
+        if key not in reference:
+            keys = sorted(k for k in reference if k != "_target_")
+            sys.exit(f"error: --set {key}={value}: the reference masking has no key {key!r}. "
+                     f"Fix: use one of {keys}.")  # fmt: skip
+        reference[key] = value
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-    masking = build_corruption(
-        cfg.validation_reference, "validation_reference", prepared.tokenizer, prepared
-    )
+    masking = build_corruption(reference, "validation_reference", prepared.tokenizer, prepared)
     data = PretrainDataModule.from_config(cfg.data, prepared, masking, seed, num_workers=0)
     return list(data.val_dataloader())
 
@@ -79,15 +92,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("jobs", type=Path, nargs="+")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a key of the reference masking (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"error: --set {item}: expected KEY=VALUE, e.g. --set mask_prob=1.0")
+        changes[key] = yaml.safe_load(value)
     cfg = OmegaConf.load(args.reference_job / "config.yaml")
-    batches = reference_batches(args.reference_job, cfg, args.seed)
+    batches = reference_batches(args.reference_job, cfg, args.seed, changes)
     vocab = vocabulary(args.reference_job)
     reference = {
         "job": str(args.reference_job),
         "instances": cfg.data.instances,
         "max_seq_length": cfg.data.max_seq_length,
         "seed": args.seed,
+        "masking": {**OmegaConf.to_container(cfg.validation_reference), **changes},
         "sequences": sum(len(b["input_ids"]) for b in batches),
     }
     results = {"reference": reference, "jobs": {}}
