@@ -3,9 +3,10 @@
 Each argument is ``LABEL:ROOT:TASK:METRIC``; ROOT holds fine-tuning run folders whose names end in
 ``_pre`` or ``_none``, each with ``eval/TASK.json`` (``clozelab finetune ... eval_dir=DIR/eval``).
 Prints a markdown table row per argument (mean ± sample std, Welch's t-test) and writes every
-row, with the per-seed values and the protocol, to ``results.json`` beside this script.
+row, with the per-seed values and the protocol, to ``results.json`` beside this script, or to
+the file given by ``--out``.
 
-usage: python summarize.py LABEL:ROOT:TASK:METRIC [...]
+usage: python summarize.py [--out FILE.json] LABEL:ROOT:TASK:METRIC [...]
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ def arm_values(root: Path, arm: str, task: str, metric: str) -> tuple[list[float
     return values, protocol
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(__file__).with_name("results.json")
+    if argv[:1] == ["--out"]:
+        if len(argv) < 2:
+            sys.exit("error: --out needs a file name, e.g. --out results.json")
+        out, argv = Path(argv[1]), argv[2:]
     rows = []
-    for spec in sys.argv[1:]:
+    for spec in argv:
         label, root, task, metric = spec.split(":")
         pre, protocol = arm_values(Path(root), "pre", task, metric)
         none, _ = arm_values(Path(root), "none", task, metric)
@@ -54,8 +61,8 @@ def main() -> None:
             f"{row['pretrained_std']:.3f} | {row['none_mean']:.3f} ± {row['none_std']:.3f} | "
             f"{len(pre)} / {len(none)} | t = {row['welch_t']:.2f}, p = {row['welch_p']:.2g} |"
         )
-    out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 if __name__ == "__main__":
