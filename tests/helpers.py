@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
+from types import ModuleType
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -102,3 +104,15 @@ def compose_config(*overrides: str, name: str = "pretrain", hydra: bool = False)
     register_overlays()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def load_experiment_script(*parts: str) -> ModuleType:
+    """The module of a script under ``experiments/`` (not a package), e.g.
+    ``load_experiment_script("results", "nsp_ablation", "shared_reference.py")``."""
+    from clozelab.core.config import resource_dir
+
+    path = resource_dir("experiments").joinpath(*parts)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

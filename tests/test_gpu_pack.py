@@ -4,22 +4,13 @@ pack runs: the bench matrix, the masking-rate sweep with its mask-only arm, the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
+from helpers import load_experiment_script
 
-from clozelab.core.config import resource_dir
 from clozelab.core.errors import ClozelabError
-
-
-def _pack():
-    path = resource_dir("experiments") / "gpu_pack.py"
-    spec = importlib.util.spec_from_file_location("gpu_pack", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_glue(root):
@@ -41,7 +32,7 @@ def test_every_bench_variant_composes_for_the_gpu():
 
     from clozelab.core.config import conf_dir
 
-    pack = _pack()
+    pack = load_experiment_script("gpu_pack.py")
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         for size in pack.SIZES.values():
             for options in pack.VARIANTS.values():
@@ -62,7 +53,7 @@ def test_the_seq2seq_step_runs_quick_and_is_reported(tmp_path):
 
     from clozelab.core.config import conf_dir
 
-    pack = _pack()
+    pack = load_experiment_script("gpu_pack.py")
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         s = compose("bench", overrides=pack.seq2seq_overrides("cuda", False)).bench.seq2seq
     assert (s.num_layers, s.hidden_size, s.seq_len, s.batch_size) == (4, 256, 128, 128)
@@ -87,7 +78,7 @@ def test_targets_are_checked_on_model_base():
         {"model": "mini", "variant": "flash_compile", "tokens_per_s": 900.0, "mfu": 0.1,
          "ratio_vs_hf": 1.1, "recompiles": 2},
     ]  # fmt: skip
-    targets = _pack().check_targets(rows)
+    targets = load_experiment_script("gpu_pack.py").check_targets(rows)
     assert targets["best_base_variant"] == "flash_compile"
     assert targets["mfu"]["pass"] and targets["ratio_vs_hf"]["pass"]
     assert not targets["no_recompiles"]["pass"] and targets["no_recompiles"]["value"] == 2
@@ -96,7 +87,7 @@ def test_targets_are_checked_on_model_base():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(ClozelabError, match="--device cuda"):
-        _pack().main(["--out", str(tmp_path)])
+        load_experiment_script("gpu_pack.py").main(["--out", str(tmp_path)])
 
 
 @pytest.mark.slow
@@ -105,7 +96,7 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     data = _tiny_glue(tmp_path / "data")
     args = ["--device", "cpu", "--quick", "--corpus", str(text_corpus), "--data-dir", str(data),
             "--out", str(out), "--studies", str(tmp_path / "jobs")]  # fmt: skip
-    pack = _pack().main(args)
+    pack = load_experiment_script("gpu_pack.py").main(args)
     assert len(pack["bench_rows"]) == 8 and set(pack["unpad"]) == {"mini", "base"}
     for row in pack["bench_rows"]:
         assert row["tokens_per_s"] > 0 and row["mfu"] > 0 and row["loss_abs_diff"] <= 1e-4

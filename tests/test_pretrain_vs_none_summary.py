@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
+from helpers import load_experiment_script
 from scipy import stats
 
-from clozelab.core.config import resource_dir
-
-
-def _script():
-    path = resource_dir("experiments") / "results" / "pretrain_vs_none" / "summarize.py"
-    spec = importlib.util.spec_from_file_location("summarize_vs_none", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = ("results", "pretrain_vs_none", "summarize.py")
 
 
 def _run(root, name, values):
@@ -31,7 +23,9 @@ def test_pools_every_run_of_each_arm_and_writes_out(tmp_path, capsys):
     _run(tmp_path, "seed2_pre", [0.73, 0.69, 0.72])
     _run(tmp_path, "random_none", [0.68, 0.69, 0.67, 0.70])
     out = tmp_path / "vs_none.json"
-    (row,) = _script().main(["--out", str(out), f"40%:{tmp_path}:sst2:accuracy"])
+    (row,) = load_experiment_script(*SCRIPT).main(
+        ["--out", str(out), f"40%:{tmp_path}:sst2:accuracy"]
+    )
     pre, none = [0.71, 0.72, 0.70, 0.73, 0.69, 0.72], [0.68, 0.69, 0.67, 0.70]
     assert row["pretrained"] == pre and row["none"] == none
     assert row["welch_p"] == pytest.approx(stats.ttest_ind(pre, none, equal_var=False).pvalue)
@@ -44,6 +38,8 @@ def test_an_arm_with_fewer_than_two_scores_is_refused(tmp_path):
     _run(tmp_path, "seed1_pre", [0.71, 0.72])
     _run(tmp_path, "random_none", [0.68])
     with pytest.raises(SystemExit, match="fewer than 2 none seeds"):
-        _script().main(["--out", str(tmp_path / "x.json"), f"a:{tmp_path}:sst2:accuracy"])
+        load_experiment_script(*SCRIPT).main(
+            ["--out", str(tmp_path / "x.json"), f"a:{tmp_path}:sst2:accuracy"]
+        )
     with pytest.raises(SystemExit, match="--out needs a file name"):
-        _script().main(["--out"])
+        load_experiment_script(*SCRIPT).main(["--out"])

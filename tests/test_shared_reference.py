@@ -3,25 +3,18 @@ different input formats (FULL-SENTENCES vs SEGMENT-PAIR+NSP), on tiny finished r
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
+from helpers import load_experiment_script
+from omegaconf import OmegaConf
 
-from clozelab.core.config import resource_dir
+import clozelab
 from clozelab.pretrain import pretrain
 
 REFERENCE = (
     "validation_reference={_target_:clozelab.corruption.mask.TokenMasking,rate:0.15,"
     "mask_prob:0.8,random_prob:0.1,keep_prob:0.1}"
 )
-
-
-def _script():
-    path = resource_dir("experiments") / "results" / "nsp_ablation" / "shared_reference.py"
-    spec = importlib.util.spec_from_file_location("shared_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = ("results", "nsp_ablation", "shared_reference.py")
 
 
 def test_jobs_of_both_formats_are_scored_on_the_same_masked_batches(compose_pretrain, tmp_path):
@@ -29,7 +22,7 @@ def test_jobs_of_both_formats_are_scored_on_the_same_masked_batches(compose_pret
     common = ("initial_validation=false", REFERENCE)
     pretrain(compose_pretrain(*common, "setting=full_sentences", f"paths.output_dir={full}"))
     pretrain(compose_pretrain(*common, "setting=segment_pair_nsp", f"paths.output_dir={pair}"))
-    script = _script()
+    script = load_experiment_script(*SCRIPT)
     out = tmp_path / "shared.json"
     result = script.main([str(full), str(full), str(pair), "--out", str(out)])
     rows = result["jobs"]
@@ -53,13 +46,9 @@ def test_jobs_of_both_formats_are_scored_on_the_same_masked_batches(compose_pret
 
 
 def test_set_changes_the_reference_masking_and_refuses_unknown_keys(compose_pretrain, tmp_path):
-    from omegaconf import OmegaConf
-
-    import clozelab
-
     full = tmp_path / "full"
     pretrain(compose_pretrain("initial_validation=false", REFERENCE, f"paths.output_dir={full}"))
-    script = _script()
+    script = load_experiment_script(*SCRIPT)
     cfg = OmegaConf.load(full / "config.yaml")
     all_mask = {"mask_prob": 1.0, "random_prob": 0.0, "keep_prob": 0.0}
     batches = script.reference_batches(full, cfg, 0, all_mask)

@@ -34,15 +34,9 @@ from omegaconf import OmegaConf
 IGNORE = -100
 
 
-def reference_batches(
-    reference_job: Path, cfg, seed: int, changes: dict | None = None
-) -> list[dict]:
-    """The reference job's validation split (``cfg``: its config), in its instance format,
-    masked once by its ``validation_reference`` with ``changes`` (key -> value) applied."""
-    from clozelab.data.datamodule import PretrainDataModule
-    from clozelab.data.preprocess import prepare
-    from clozelab.training.components import build_corruption
-
+def reference_masking(reference_job: Path, cfg, changes: dict | None = None):
+    """The reference job's ``validation_reference`` (``cfg``: its config) with ``changes``
+    (key -> value) applied; an unknown key is refused."""
     if cfg.get("validation_reference") is None:
         sys.exit(f"error: {reference_job}: validation_reference is null in its config.yaml, so it "
                  "defines no reference masking. Fix: pass a job trained with "
@@ -54,6 +48,19 @@ def reference_batches(
             sys.exit(f"error: --set {key}={value}: the reference masking has no key {key!r}. "
                      f"Fix: use one of {keys}.")  # fmt: skip
         reference[key] = value
+    return reference
+
+
+def reference_batches(
+    reference_job: Path, cfg, seed: int, changes: dict | None = None
+) -> list[dict]:
+    """The reference job's validation split (``cfg``: its config), in its instance format,
+    masked once by ``reference_masking``."""
+    from clozelab.data.datamodule import PretrainDataModule
+    from clozelab.data.preprocess import prepare
+    from clozelab.training.components import build_corruption
+
+    reference = reference_masking(reference_job, cfg, changes)
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     masking = build_corruption(reference, "validation_reference", prepared.tokenizer, prepared)
     data = PretrainDataModule.from_config(cfg.data, prepared, masking, seed, num_workers=0)
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         "instances": cfg.data.instances,
         "max_seq_length": cfg.data.max_seq_length,
         "seed": args.seed,
-        "masking": {**OmegaConf.to_container(cfg.validation_reference), **changes},
+        "masking": OmegaConf.to_container(reference_masking(args.reference_job, cfg, changes)),
         "sequences": sum(len(b["input_ids"]) for b in batches),
     }
     results = {"reference": reference, "jobs": {}}
