@@ -5,6 +5,10 @@ pack runs: the bench matrix, the masking-rate sweep with its mask-only arm, the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,13 +94,49 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         load_experiment_script("gpu_pack.py").main(["--out", str(tmp_path)])
 
 
+# Installed on this project's dependencies but absent from the device image (its package list in
+# the device tool's KINDS.md, read 2026-11-17): the pack must run without them.
+ABSENT_ON_DEVICE = (
+    "wandb",
+    "gensim",
+    "chatterbot_corpus",
+    "datasets",
+    "submitit",
+    "optuna",
+    "hydra_plugins.hydra_submitit_launcher",
+    "hydra_plugins.hydra_optuna_sweeper",
+)
+
+BLOCKER = """import importlib.abc, sys
+class _Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in {absent!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (absent on the device)")
+sys.meta_path.insert(0, _Absent())
+"""
+
+
 @pytest.mark.slow
 def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache_dir):
+    """The command the device runs, in a process (and its sweep jobs) where the packages the
+    device image lacks cannot be imported."""
     out = tmp_path / "gpu"
     data = _tiny_glue(tmp_path / "data")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(absent=ABSENT_ON_DEVICE))
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    root = Path(__file__).resolve().parents[1]
     args = ["--device", "cpu", "--quick", "--corpus", str(text_corpus), "--data-dir", str(data),
             "--out", str(out), "--studies", str(tmp_path / "jobs")]  # fmt: skip
-    pack = load_experiment_script("gpu_pack.py").main(args)
+    probe = subprocess.run([sys.executable, "-c", "import wandb"], env={**os.environ,
+                           "PYTHONPATH": path}, capture_output=True, text=True)  # fmt: skip
+    assert probe.returncode == 1 and "absent on the device" in probe.stderr
+    done = subprocess.run([sys.executable, str(root / "experiments" / "gpu_pack.py"), *args],
+                          cwd=root, env={**os.environ, "PYTHONPATH": path},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pack = json.loads((out / "pack.json").read_text())
     assert len(pack["bench_rows"]) == 8 and set(pack["unpad"]) == {"mini", "base"}
     for row in pack["bench_rows"]:
         assert row["tokens_per_s"] > 0 and row["mfu"] > 0 and row["loss_abs_diff"] <= 1e-4
@@ -112,4 +152,3 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     assert "**PASS**" in readme or "**FAIL**" in readme
     assert "corruption.rate=0.4 setting=ops_mask_only" in readme
     assert "T5ForConditionalGeneration" in readme and pack["seq2seq"]["loss_abs_diff"] <= 1e-4
-    assert json.loads((out / "pack.json").read_text())["targets"] == pack["targets"]
