@@ -152,3 +152,46 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     assert "**PASS**" in readme or "**FAIL**" in readme
     assert "corruption.rate=0.4 setting=ops_mask_only" in readme
     assert "T5ForConditionalGeneration" in readme and pack["seq2seq"]["loss_abs_diff"] <= 1e-4
+
+
+def _prepare(cwd, *args, wheels=None):
+    script = Path(__file__).resolve().parents[1] / "experiments/results/prepare_gpu_pack.sh"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        **({"WHEELS_FROM": str(wheels)} if wheels else {}),
+    }
+    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def test_prepare_gpu_pack_lays_out_what_the_device_call_carries(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text("studies/\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    names = ["hydra_core-1.3.8", "omegaconf-2.3.1", "hydra_joblib_launcher-1.2.0",
+             "blingfire-0.1.8", "antlr4_python3_runtime-4.9.3"]  # fmt: skip
+    for name in names:
+        (wheels / f"{name}-py3-none-any.whl").write_bytes(b"wheel")
+    data = _tiny_glue(tmp_path / "data")
+    (repo / "studies" / "corpus").mkdir(parents=True)  # present: not rebuilt
+    done = _prepare(repo, "studies", str(data), wheels=wheels)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (repo / "studies/whl").iterdir()) == sorted(
+        f"{n}-py3-none-any.whl" for n in names
+    )
+    for task in ("sst2", "mrpc"):
+        for split in ("train", "dev"):
+            copied = repo / "studies/glue" / task / f"{split}.tsv"
+            assert copied.read_text() == (data / task / f"{split}.tsv").read_text()
+    assert "--corpus studies/corpus --data-dir studies/glue" in done.stdout
+    assert "--target /tmp/site studies/whl/*.whl" in done.stdout
+
+    not_ignored = _prepare(repo, "elsewhere", str(data), wheels=wheels)
+    assert not_ignored.returncode == 2 and "not git-ignored" in not_ignored.stderr
+    (data / "mrpc" / "dev.tsv").unlink()
+    missing = _prepare(repo, "studies", str(data), wheels=wheels)
+    assert missing.returncode == 2 and "mrpc/dev.tsv: missing" in missing.stderr
