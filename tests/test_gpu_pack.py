@@ -16,6 +16,8 @@ from helpers import load_experiment_script
 
 from clozelab.core.errors import ClozelabError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _tiny_glue(root):
     """SST-2 and MRPC in GLUE's TSV layout, a few rows each."""
@@ -126,14 +128,13 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER.format(absent=ABSENT_ON_DEVICE))
     path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
-    root = Path(__file__).resolve().parents[1]
     args = ["--device", "cpu", "--quick", "--corpus", str(text_corpus), "--data-dir", str(data),
             "--out", str(out), "--studies", str(tmp_path / "jobs")]  # fmt: skip
     probe = subprocess.run([sys.executable, "-c", "import wandb"], env={**os.environ,
                            "PYTHONPATH": path}, capture_output=True, text=True)  # fmt: skip
     assert probe.returncode == 1 and "absent on the device" in probe.stderr
-    done = subprocess.run([sys.executable, str(root / "experiments" / "gpu_pack.py"), *args],
-                          cwd=root, env={**os.environ, "PYTHONPATH": path},
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_pack.py"), *args],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pack = json.loads((out / "pack.json").read_text())
@@ -155,7 +156,7 @@ def test_the_whole_pack_runs_on_cpu_with_tiny_sizes(tmp_path, text_corpus, cache
 
 
 def _prepare(cwd, *args, wheels=None):
-    script = Path(__file__).resolve().parents[1] / "experiments/results/prepare_gpu_pack.sh"
+    script = ROOT / "experiments" / "results" / "prepare_gpu_pack.sh"
     env = {
         **os.environ,
         "PYTHON": sys.executable,

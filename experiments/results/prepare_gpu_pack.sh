@@ -12,7 +12,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 # the device image (KINDS.md, 2026-11) has torch, Lightning, transformers, scipy, joblib and
 # PyYAML, not these; one version each
-wheels="hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0 blingfire==0.1.8"
+wheels=(hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0 blingfire==0.1.8)
+antlr=antlr4-python3-runtime==4.9.3  # an sdist only: built into a wheel here
 fail() { echo "prepare_gpu_pack: $*" >&2; exit 2; }
 
 git check-ignore -q "$dest/x" || fail "DEST=$dest is not git-ignored: carry only takes ignored paths. Fix: use studies/ (in .gitignore)"
@@ -24,14 +25,15 @@ done
 mkdir -p "$dest/whl" "$dest/glue"
 if [ -n "${WHEELS_FROM:-}" ]; then
     cp "$WHEELS_FROM"/*.whl "$dest/whl/"
-elif ! ls "$dest"/whl/antlr4_python3_runtime-4.9.3-*.whl > /dev/null 2>&1; then
-    # shellcheck disable=SC2086
+elif ! ls "$dest"/whl/antlr4_python3_runtime-*.whl > /dev/null 2>&1; then
     "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$dest/whl" $wheels
-    "$py" -m pip wheel -q --no-deps -w "$dest/whl" antlr4-python3-runtime==4.9.3  # sdist only
+        -d "$dest/whl" "${wheels[@]}"
+    "$py" -m pip wheel -q --no-deps -w "$dest/whl" "$antlr"
 fi
-for name in hydra_core omegaconf hydra_joblib_launcher blingfire antlr4_python3_runtime; do
+for spec in "${wheels[@]}" "$antlr"; do
+    name=${spec%%==*}
+    name=${name//-/_}  # a wheel's file name spells the project with underscores
     [ "$(ls "$dest/whl" | grep -c "^$name-")" = 1 ] || fail "$dest/whl: needs exactly one $name wheel"
 done
 for task in sst2 mrpc; do

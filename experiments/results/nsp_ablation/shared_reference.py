@@ -56,11 +56,15 @@ def reference_batches(
 ) -> list[dict]:
     """The reference job's validation split (``cfg``: its config), in its instance format,
     masked once by ``reference_masking``."""
+    return masked_batches(cfg, seed, reference_masking(reference_job, cfg, changes))
+
+
+def masked_batches(cfg, seed: int, reference) -> list[dict]:
+    """The validation split of ``cfg``'s data, masked once by the masking config ``reference``."""
     from clozelab.data.datamodule import PretrainDataModule
     from clozelab.data.preprocess import prepare
     from clozelab.training.components import build_corruption
 
-    reference = reference_masking(reference_job, cfg, changes)
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     masking = build_corruption(reference, "validation_reference", prepared.tokenizer, prepared)
     data = PretrainDataModule.from_config(cfg.data, prepared, masking, seed, num_workers=0)
@@ -109,14 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"error: --set {item}: expected KEY=VALUE, e.g. --set mask_prob=1.0")
         changes[key] = yaml.safe_load(value)
     cfg = OmegaConf.load(args.reference_job / "config.yaml")
-    batches = reference_batches(args.reference_job, cfg, args.seed, changes)
+    masking = reference_masking(args.reference_job, cfg, changes)
+    batches = masked_batches(cfg, args.seed, masking)
     vocab = vocabulary(args.reference_job)
     reference = {
         "job": str(args.reference_job),
         "instances": cfg.data.instances,
         "max_seq_length": cfg.data.max_seq_length,
         "seed": args.seed,
-        "masking": OmegaConf.to_container(reference_masking(args.reference_job, cfg, changes)),
+        "masking": OmegaConf.to_container(masking),
         "sequences": sum(len(b["input_ids"]) for b in batches),
     }
     results = {"reference": reference, "jobs": {}}
