@@ -136,3 +136,18 @@ def test_bench_corruptions_reports_every_key():
         "corruption.hf_whole_word.sequences_per_s",
     ):
         assert results[key] > 0
+
+
+@pytest.mark.parametrize("recipe", ["t5", "bart", "mass"])
+def test_preview_of_the_seq2seq_recipes(compose_pretrain, tmp_path, recipe):
+    """``clozelab preview experiment=t5|bart|mass`` composes (the recipes override /decoder) and
+    previews the recipe's corruption on its full_sentences rows."""
+    from clozelab.preview import preview
+
+    cfg = compose_pretrain(
+        f"experiment={recipe}", "preview.sequences=16", "data.max_seq_length=32", name="preview",
+        drop=PREVIEW_DROP,
+    )  # fmt: skip
+    stats = preview(cfg)
+    assert stats["corruption"] == cfg.corruption._target_ and "=>" in stats["examples"][0]
+    assert stats["source_tokens_mean"] <= 32 and "pair_kinds" not in stats
