@@ -179,3 +179,20 @@ def test_hf_xlnet_dir_initialises_a_run_and_a_fine_tuning_body(xlnet_run, tmp_pa
     embedding, encoder, objectives, _ = build_components(other, tokenizer)
     with pytest.raises(ClozelabError, match=r"layer_1.weight\].*does not fit"):
         init_components(str(out), embedding, encoder, objectives, tokenizer)
+
+
+def test_xlnet_export_refuses_an_embedding_with_more_than_a_word_table():
+    """``embedding=bert encoder=xlnet`` trains (absolute positions, segments and a LayerNorm
+    before the two streams), but XLNetLMHeadModel has nowhere to put those weights: the export
+    (and an HF XLNet import) is refused naming the embedding instead of silently dropping them."""
+    from clozelab.model.char_cnn import WordEmbeddings
+    from clozelab.model.embeddings import BertEmbeddings
+    from clozelab.model.xlnet import XLNetEncoder
+
+    torch.manual_seed(0)
+    encoder = XLNetEncoder(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    bias = torch.zeros(40)
+    state = to_hf_xlnet_state_dict(WordEmbeddings(40, 16, pad_token_id=None), encoder, bias)
+    assert "transformer.word_embedding.weight" in state
+    with pytest.raises(ClozelabError, match="embedding/encoder.*BertEmbeddings"):
+        to_hf_xlnet_state_dict(BertEmbeddings(40, 16), encoder, bias)

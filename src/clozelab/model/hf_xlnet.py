@@ -78,7 +78,10 @@ def _hf_layout(embedding: nn.Module, encoder: nn.Module, bias: Tensor | None):
 
 
 def _check(embedding: nn.Module, encoder: nn.Module) -> None:
-    if not hasattr(encoder, "mask_emb") or not hasattr(embedding, "word_embeddings"):
+    # XLNet's input is the word table alone: an embedding with more state (learned positions,
+    # segments, a LayerNorm: embedding=bert) would be dropped from the export without a word.
+    word_only = set(embedding.state_dict()) == {"word_embeddings.weight"}
+    if not hasattr(encoder, "mask_emb") or not word_only:
         raise config_error(
             "embedding/encoder",
             f"{type(embedding).__name__}/{type(encoder).__name__}",
