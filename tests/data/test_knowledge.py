@@ -233,6 +233,23 @@ def test_shards_without_links_refuse_knowledge(tmp_path, text_corpus):
         prepared.corpus_stats.knowledge()
 
 
+def test_links_that_found_no_entity_refuse_knowledge(tmp_path, text_corpus):
+    """Plain text has no Wikipedia anchors: ``data.entity_links=true`` with the default
+    ``data.entities=anchors`` yields an empty entity table. The knowledge components refuse it
+    when they are built (one message naming the fix), not with a DataLoader-worker traceback
+    at the first batch."""
+    from clozelab.core.errors import ClozelabError
+    from clozelab.corruption.entity_alignment import EntityAlignmentNoise
+
+    cfg = {"corpus": str(text_corpus), "preprocessing_workers": 0, "entity_links": True}
+    prepared = prepare(OmegaConf.create(cfg), OmegaConf.create({"vocab_size": 500}), tmp_path)
+    assert KnowledgeGraph.load(prepared.directory).num_entities == 0
+    with pytest.raises(ClozelabError, match="no entity mention.*data.entities=gazetteer"):
+        prepared.corpus_stats.knowledge()
+    with pytest.raises(ClozelabError, match="no entity mention"):
+        EntityAlignmentNoise(corpus=prepared.corpus_stats)
+
+
 def test_transe_leaves_the_global_rng_alone():
     torch.manual_seed(5)
     before = torch.get_rng_state()

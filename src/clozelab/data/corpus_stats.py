@@ -90,7 +90,16 @@ class CorpusStats:
                 "there is no entity vocabulary or link graph. Fix: set data.entity_links=true "
                 "(experiment=ernie_thu does)."
             )
-        return KnowledgeGraph.load(self.train_dir.parent)
+        graph = KnowledgeGraph.load(self.train_dir.parent)
+        if not graph.num_entities:  # e.g. plain text read with data.entities=anchors
+            raise ClozelabError(
+                f"{self.train_dir.parent}: data.entity_links=true found no entity mention in this "
+                "corpus (the default data.entities=anchors reads Wikipedia [[links]], which "
+                "plain text has none of), so there are no entities to embed or align. Fix: set "
+                "data.entities=gazetteer data.gazetteer=names.txt (one entity name per line), "
+                "or use a corpus whose mentions name entities."
+            )
+        return graph
 
     def entity_embeddings(self, settings: TransESettings) -> torch.Tensor:
         """``float32 [num_entities, settings.dim]`` TransE vectors of the corpus's entities,
