@@ -81,3 +81,17 @@ def test_hf_decodes_the_targets_of_t5_span_corruption(tmp_path):
     assert decoded_target.startswith("<extra_id_0>")
     # the decoded text reads back as the same ids (sentinels, WordPiece tokens and the eos)
     assert hf_tok(decoded_target, add_special_tokens=False)["input_ids"] == target
+
+
+def test_exported_seq2seq_tokenizer_feeds_the_hf_model_directly(tmp_path):
+    """``model.generate(**tok(text))`` works on the export: T5/BART take no token_type_ids, so
+    the exported tokenizer returns input_ids and attention_mask only."""
+    _, out = _t5_run_dir(tmp_path)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+    inputs = hf_tok(["the cat <extra_id_0> mat", "a bird"], return_tensors="pt", padding=True)
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        out_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        logits = model(**inputs, decoder_input_ids=out_ids[:, :1]).logits
+    assert out_ids.shape[0] == 2 and logits.shape[:2] == (2, 1)

@@ -108,7 +108,23 @@ def write_seq2seq_hf_dir(
     _write_weights(out, to_hf_state_dict(embedding, encoder, decoder, include_tied=False), config)
     _write_tokenizer(out, tokenizer_dir)
     _add_sentinels(out, tok.vocab_size, int(config["vocab_size"]) - tok.vocab_size)
+    _set_tokenizer_config(out, model_input_names=list(SEQ2SEQ_INPUT_NAMES))
     return out
+
+
+#: what the HF tokenizer of an encoder-decoder export returns: T5/BART take no ``token_type_ids``
+#: (``model(**tok(text))`` and ``model.generate(**tok(text))`` refuse them), as their own
+#: tokenizers' ``model_input_names`` say
+SEQ2SEQ_INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+def _set_tokenizer_config(out: Path, **entries) -> None:
+    """Add ``entries`` to the exported ``tokenizer_config.json`` (when there is one)."""
+    path = out / "tokenizer_config.json"
+    if path.is_file():
+        data = json.loads(path.read_text("utf-8"))
+        data.update(entries)
+        path.write_text(json.dumps(data, indent=2), "utf-8")
 
 
 def sentinel_names(n: int) -> list[str]:
