@@ -155,6 +155,8 @@ def test_refined_and_single_task_arms(tmp_path, tiny_tok, extra):
     ("extra", "match"),
     [
         (("multitask.tasks=[sst2]",), "two or more"),
+        (("multitask.tasks=[]",), "two or more"),  # not a silent single-task run of task=
+        (("multitask.tasks=rte",), "two or more"),  # a name, not the list [r, t, e]
         (("multitask.sampling=sometimes",), "multitask.sampling"),
         (("multitask.temperature=0",), "multitask.temperature"),
         (("multitask.tasks=[sst2,mrpc]",), "multitask.overrides=.stsb.: not one of"),

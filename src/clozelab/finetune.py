@@ -71,7 +71,7 @@ def finetune(cfg: DictConfig) -> dict:
 def _finetune(cfg: DictConfig) -> dict:
     checkpoint = _checkpoint(cfg)
     node = cfg.get("multitask")
-    if node is not None and node.get("tasks"):
+    if node is not None and node.get("tasks") is not None:  # [] too: refused by check_config
         return _multitask(cfg, checkpoint, node)
     if cfg.get("task") is None:
         raise config_error("task", None, "no task given", "task=sst2 (see conf/task)")

@@ -132,7 +132,8 @@ def check_config(node: DictConfig) -> None:
             raise config_error(
                 f"multitask.{key}", value, "must be a number > 0", f"e.g. multitask.{key}={example}"
             )
-    tasks = list(node.get("tasks") or [])
+    tasks = node.get("tasks") or []
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)  # multitask.tasks=rte: not r, t, e
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise config_error(
             "multitask.tasks",
