@@ -144,3 +144,23 @@ def test_a_tiny_encoder_decoder_learns_label_words_and_generates_them():
     predictions = [tok.hf.decode(ids) for ids in model.generate(batch)]
     assert predictions == ["positive", "negative"]
     assert score_generation(predictions, pairs, ["accuracy"]) == {"accuracy": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_seq_length", 1), ("max_seq_length", 3), ("max_target_length", 0),
+     ("max_target_length", 1)],
+)  # fmt: skip
+def test_too_short_task_lengths_are_refused_naming_the_key(key, value):
+    """task.max_seq_length=1 / task.max_target_length=0 cut with a negative slice and kept
+    nearly the whole text (a 10-token source under a limit of 1); they are refused instead."""
+    from types import SimpleNamespace
+
+    from clozelab.tasks.generation import GenerationTask
+
+    task = GenerationTask(OmegaConf.create({"name": "sst2_generate", key: value}))
+    backbone = SimpleNamespace(max_positions=512)
+    with pytest.raises(ClozelabError, match=rf"task\.{key}={value}: must be an integer >="):
+        task.max_length(backbone) if key == "max_seq_length" else task.target_length()
+    ok = GenerationTask(OmegaConf.create({"name": "sst2_generate"}))
+    assert ok.max_length(backbone) == 128 and ok.target_length() == 32

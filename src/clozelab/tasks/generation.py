@@ -186,11 +186,23 @@ class GenerationTask(Task):
             )
         return backbone.decoder
 
+    def target_length(self) -> int:
+        """``task.max_target_length`` (default 32): target tokens + eos, at least 2."""
+        length = self.cfg.get("max_target_length", 32)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise config_error(
+                "task.max_target_length",
+                length,
+                "must be an integer >= 2 (the target's tokens and the eos)",
+                "e.g. task.max_target_length=32 (a label word: 4)",
+            )
+        return length
+
     def encode(self, splits, backbone) -> TaskData:
         tok = backbone.tokenizer
         start = decoder_start_id(self.decoder(backbone), tok)
         length = self.max_length(backbone)
-        target = int(self.cfg.get("max_target_length", 32))
+        target = self.target_length()
         train = encode_generation(tok, text_pairs(self.cfg, splits["train"]), length, target, start)
         pairs = text_pairs(self.cfg, splits["validation"])
         return TaskData(train, encode_generation(tok, pairs, length, target, start), 0, [], pairs)
@@ -203,7 +215,7 @@ class GenerationTask(Task):
                 "text-to-text tasks fine-tune the whole model",
                 "use mode=finetune for a generation task",
             )
-        target = int(self.cfg.get("max_target_length", 32))
+        target = self.target_length()
         return GenerationModel(
             backbone.embedding, backbone.encoder, self.decoder(backbone), backbone.tokenizer, target
         )
