@@ -222,3 +222,37 @@ def test_decoder_positions_change_bart_states_and_only_distances_count_for_t5():
         assert not torch.allclose(a, bart(ids, bart_emb, memory))
         b = t5(ids, t5_emb, memory, None, shifted)
         assert torch.allclose(b, t5(ids, t5_emb, memory), atol=1e-6)
+
+
+@pytest.mark.parametrize(("saved", "built"), [("t5", "bart"), ("bart", "t5")])
+def test_init_from_an_hf_encoder_decoder_of_the_other_family_is_refused(tmp_path, saved, built):
+    """A BART run from an HF T5 directory matched no key and started from random weights (with a
+    warning), a T5 run from a BART one was refused over its vocabulary size: both are refused
+    naming the layouts."""
+    transformers = pytest.importorskip("transformers")
+    from clozelab.model.hf_seq2seq import components_from_hf_config
+    from clozelab.objectives.seq2seq import Seq2Seq
+    from clozelab.training.loading import load_weights
+
+    configs = {
+        "t5": transformers.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                    num_heads=2, decoder_start_token_id=0),
+        "bart": transformers.BartConfig(vocab_size=64, d_model=16, encoder_layers=1,
+                                        decoder_layers=1, encoder_attention_heads=2,
+                                        decoder_attention_heads=2, encoder_ffn_dim=32,
+                                        decoder_ffn_dim=32, max_position_embeddings=32),
+    }  # fmt: skip
+    models = {"t5": transformers.T5ForConditionalGeneration,
+              "bart": transformers.BartForConditionalGeneration}  # fmt: skip
+    torch.manual_seed(0)
+    models[saved](configs[saved]).save_pretrained(tmp_path / "hf")
+    embedding, encoder, decoder = components_from_hf_config(configs[built].to_dict())
+    objectives = {"seq2seq": Seq2Seq(decoder)}
+    with pytest.raises(ClozelabError, match=rf"an HF {saved} encoder-decoder, but this run "
+                       rf"builds the {built} layout.*experiment={saved}"):  # fmt: skip
+        load_weights(tmp_path / "hf", embedding, encoder, objectives, key="model.init_from")
+    # the same family loads every weight
+    embedding, encoder, decoder = components_from_hf_config(configs[saved].to_dict())
+    report = load_weights(tmp_path / "hf", embedding, encoder, {"seq2seq": Seq2Seq(decoder)},
+                          key="model.init_from")  # fmt: skip
+    assert report == {"missing": [], "unexpected": []}

@@ -144,7 +144,7 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
     embedding, encoder, objectives = parts
     family = hf_model_type(directory)
     if family in ("t5", "bart"):
-        from clozelab.model.hf_seq2seq import SHARED, from_hf_state_dict
+        from clozelab.model.hf_seq2seq import SHARED, from_hf_state_dict, layout_of
 
         decoder = run_decoder(objectives)
         if decoder is None:
@@ -153,6 +153,15 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
                 shown,
                 f"an HF {family} encoder-decoder, but this run has no decoder",
                 f"add objective=[seq2seq] decoder={family} (experiment={family})",
+            )
+        layout = layout_of(embedding, encoder, decoder)
+        if layout != family:  # no key would match: nothing would be loaded
+            raise config_error(
+                key,
+                shown,
+                f"an HF {family} encoder-decoder, but this run builds the {layout} layout",
+                f"build a {family} model (experiment={family}), or point to an HF {layout} "
+                "directory",
             )
         if tokenizer is not None:
             rows = state[SHARED[family]].shape[0] - _extra_rows(embedding, tokenizer)
