@@ -190,3 +190,23 @@ def test_data_module_builds_raw_rows_that_fill_the_source():
     assert instance_length(T5Noise(**TOK), "segment_pair", 128) == 143  # [CLS] 140 with 2 [SEP]
     assert instance_length(T5Noise(**TOK), "doc_sentences", 512) == 570
     assert instance_length(None, "full_sentences", 128) == 128
+
+
+@pytest.mark.parametrize(
+    ("noise", "mode"), [("spans", "sentinel"), ("iid", "sentinel"), ("spans", "drop"),
+                        ("prefix", "drop")],
+)  # fmt: skip
+def test_a_batch_without_noise_gives_eos_only_targets(noise, mode):
+    """A batch none of whose rows has a noise token (a batch of one short row, or of empty rows:
+    t5_iid draws none in 0.85^L of the rows) crashed with an IndexError in append_eos; each
+    target is the eos alone and the source the row. (The prefix LM's one-token row is all
+    suffix, so it gets an empty row.)"""
+    batch = packed_batch(b=2, t=3, ragged=False)  # [CLS] x [SEP]: one token, never span noise
+    for row in (1, 0) if noise == "prefix" else (1,):  # [CLS] [SEP] [PAD]: no token at all
+        batch["input_ids"][row] = torch.tensor([CLS, SEP, PAD])
+        batch["attention_mask"][row] = torch.tensor([1, 1, 0])
+        batch["special_tokens_mask"][row] = torch.tensor([1, 1, 1])
+    out = T5Noise(noise=noise, mode=mode, **TOK)(batch, gen(0))
+    assert targets(out) == [[SEP], [SEP]]
+    assert sources(out) == [r[1:] for r in originals(batch)]
+    assert out["decoder_input_ids"].tolist() == [[PAD], [PAD]]

@@ -117,8 +117,9 @@ def padding_mask(lengths: np.ndarray, width: int) -> np.ndarray:
 def append_eos(
     ids: np.ndarray, lengths: np.ndarray, eos: int, fill: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``eos`` after the last real entry of each row (the width grows by one)."""
-    out = np.concatenate((ids, np.full_like(ids[:, :1], fill)), axis=1)
+    """Write ``eos`` after the last real entry of each row (the width grows by one; also from
+    width 0, a batch whose rows have no target token)."""
+    out = np.concatenate((ids, np.full((ids.shape[0], 1), fill, dtype=ids.dtype)), axis=1)
     out[np.arange(ids.shape[0]), lengths] = eos
     return out, lengths + 1
 
