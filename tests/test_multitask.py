@@ -167,6 +167,26 @@ def test_bad_multitask_settings_are_refused(tmp_path, tiny_tok, extra, match):
         finetune(_command(tmp_path, tiny_tok, *extra))
 
 
+@pytest.mark.parametrize(
+    ("node", "key", "match"),
+    [
+        ("common", "max_seq_lenght", "multitask.common.max_seq_lenght=.*max_seq_length"),
+        ("overrides.stsb", "epoch", "multitask.overrides.stsb.epoch=.*epochs"),
+    ],
+)
+def test_misspelt_task_keys_are_refused(tmp_path, tiny_tok, node, key, match):
+    """A misspelt key in ``multitask.common`` / ``multitask.overrides.NAME`` is refused before
+    any data is read, not merged into the task as a new key nothing reads (the setting it
+    meant silently keeping its default)."""
+    from omegaconf import OmegaConf
+
+    cfg = _command(tmp_path, tiny_tok)
+    OmegaConf.set_struct(cfg, False)
+    OmegaConf.update(cfg, f"multitask.{node}.{key}", 2)
+    with pytest.raises(ClozelabError, match=match):
+        finetune(cfg)
+
+
 def test_mtdnn_trains_data_parallel_on_two_cpu_ranks(tmp_path, tiny_tok):
     """Two gloo ranks (set up as torchrun would) of ``clozelab finetune multitask.tasks=...``:
     the same task at every step (the order comes from the seed), each rank on its own examples

@@ -10,11 +10,13 @@ wrappers live in cli.py.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from clozelab.core.config import conf_dir
 from clozelab.core.errors import config_error
 from clozelab.core.rundir import run_dir_of, write_json
 from clozelab.training.evaluation import evaluate_suite, load_task, run_task
@@ -91,6 +93,27 @@ def _finetune(cfg: DictConfig) -> dict:
     )
 
 
+def _check_task_keys(where: str, changes, bases: list[DictConfig]) -> None:
+    """Refuse a key of ``changes`` that no task config has and that is a near-spelling of a key
+    of ``bases`` (``epoch`` for ``epochs``): merged into the task, it would be a new key nothing
+    reads, and the setting it meant would keep its default without a word. Keys far from every
+    known one (``head_lr``, read by the code though no task file lists it) pass as new keys."""
+    known = {key for path in (conf_dir() / "task").glob("*.yaml") for key in OmegaConf.load(path)}
+    for key in changes:
+        if key in known:
+            continue
+        near = difflib.get_close_matches(
+            str(key), sorted({k for base in bases for k in base}), n=1, cutoff=0.85
+        )
+        if near:
+            raise config_error(
+                f"{where}.{key}",
+                changes[key],
+                f"no task config has the key {key!r} (a misspelling of {near[0]!r}?)",
+                f"write {where}.{near[0]}",
+            )
+
+
 def _multitask(cfg: DictConfig, checkpoint, node: DictConfig) -> dict:
     """``multitask.tasks`` fine-tuned together (or alone: ``multitask.joint=false``); also writes
     ``metrics.json`` (``eval/<task>/<metric>`` means) and ``config.yaml`` in the output directory,
@@ -105,9 +128,13 @@ def _multitask(cfg: DictConfig, checkpoint, node: DictConfig) -> dict:
             "not one of multitask.tasks",
             f"name one of {list(node.tasks)}",
         )
+    bases = {str(name): load_task(str(name)) for name in node.tasks}
+    _check_task_keys("multitask.common", node.get("common") or {}, list(bases.values()))
+    for name, changes in overrides.items():
+        _check_task_keys(f"multitask.overrides.{name}", changes or {}, [bases[str(name)]])
     tasks = [
-        OmegaConf.merge(load_task(str(name)), node.get("common") or {}, overrides.get(name) or {})
-        for name in node.tasks
+        OmegaConf.merge(base, node.get("common") or {}, overrides.get(name) or {})
+        for name, base in bases.items()
     ]
     out = Path(cfg.paths.output_dir)
     results = run_multitask(
