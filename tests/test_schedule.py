@@ -156,3 +156,24 @@ def test_round_robin_rows_hold_window_means_never_stale_values(
             count = str(float(steps[name])) if steps[name] else ""
             assert row.get(f"train/{name}_steps", "") == count
     assert metrics["train/capitalization_loss"] == pytest.approx(ran[6]["capitalization"])
+
+
+def test_untrained_objectives_of_an_early_last_stage():
+    schedule = _schedule()
+    assert schedule.untrained(0) == ("token_document", "sentence_distance", "sentence_reorder")
+    assert schedule.untrained(1) == ("sentence_distance", "sentence_reorder")
+    assert schedule.untrained(2) == ()
+
+
+def test_a_token_budget_ending_before_the_last_stage_is_reported(compose_pretrain, caplog):
+    """Bounds in steps, budget in tokens (compose time cannot tell when the tokens run out): a
+    run that ends in the first stage says which objectives never trained, in the log and in
+    metrics.json, instead of reporting val scores of untrained heads without a word."""
+    cfg = compose_pretrain(*ERNIE2, "trainer.max_steps=-1", "trainer.max_tokens=300",
+                           "embedding=bert", "schedule.mix=joint")  # fmt: skip
+    with caplog.at_level("WARNING", logger="clozelab.pretrain"):
+        metrics = pretrain(cfg)
+    assert metrics["status"] == "completed" and metrics["train/stage"] == 0.0
+    late = ["capitalization", "token_document", "sentence_distance", "sentence_reorder"]
+    assert metrics["schedule_untrained"] == late
+    assert "never trained" in caplog.text and "trainer.max_tokens" in caplog.text

@@ -70,6 +70,24 @@ def _total_steps(cfg: DictConfig, datamodule: PretrainDataModule) -> int | None:
     return None
 
 
+def _warn_untrained_stages(schedule: Schedule | None, metrics: dict) -> None:
+    """A completed scheduled run whose budget ended before its last stage (trainer.max_tokens
+    under bounds in steps: compose time cannot tell when tokens run out) says which objectives
+    never trained; their val/ scores are the untrained heads'."""
+    if schedule is None or metrics["status"] != "completed" or "train/stage" not in metrics:
+        return
+    missed = schedule.untrained(int(metrics["train/stage"]))
+    if missed:
+        log.warning(
+            "The run ended in schedule.stages[%d] (of %d stages): %s never trained. Fix: "
+            "raise trainer.max_tokens / trainer.max_steps or lower the schedule.stages bounds",
+            int(metrics["train/stage"]),
+            len(schedule.stages),
+            list(missed),
+        )
+        metrics["schedule_untrained"] = list(missed)
+
+
 def _trainer(cfg: DictConfig, run_dir: Path, loggers) -> pl.Trainer:
     kwargs = trainer_kwargs(cfg.trainer)  # strategy/plugin nodes built, precision resolved
     if cfg.get("schedule") is not None and kwargs.get("strategy") == "ddp":
@@ -325,6 +343,7 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
             "protocol": protocol(cfg),  # budget, model, data, suite: what runs compare on
         },
     )
+    _warn_untrained_stages(module.schedule, metrics)
     if not trainer.is_global_zero:
         return metrics  # rank 0 writes metrics.json, exports and evaluates
     write_json(run_dir / "metrics.json", metrics)

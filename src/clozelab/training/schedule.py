@@ -108,6 +108,11 @@ class Schedule:
         """The objectives stage ``stage`` trains: its own and every earlier stage's."""
         return tuple(name for s in self.stages[: stage + 1] for name in s)
 
+    def untrained(self, last_stage: int) -> tuple[str, ...]:
+        """The objectives of the stages after ``last_stage``, the stage of a run's last step:
+        those it never trained (a token budget can end a run before a bound in steps)."""
+        return self.order[len(self.active(last_stage)) :]
+
     def step(self, steps: int, tokens: int) -> tuple[int, tuple[str, ...]]:
         """(stage, the objectives this step trains): all active ones (``joint``) or active
         objective ``steps mod n`` (``round_robin``)."""
