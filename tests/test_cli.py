@@ -163,3 +163,22 @@ def test_seeds_sweep_runs_every_job(tmp_path, text_corpus, cache_dir):
     for job in ("0", "1"):
         metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["steps"] == 2
+
+
+def test_an_error_raised_in_a_dataloader_worker_prints_as_its_one_line_message():
+    """A ClozelabError a corruption raises in a DataLoader worker (T5's sentinel overflow) comes
+    back with the worker's traceback as its message; the CLI prints the message alone."""
+    from torch._utils import ExceptionWrapper
+
+    from clozelab.core.errors import ClozelabError, user_message
+
+    message = "corruption.n_sentinels=100: a sequence has 166 noise spans. Fix: raise it"
+    try:
+        raise ClozelabError(message)
+    except ClozelabError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ClozelabError) as caught:
+        wrapped.reraise()
+    assert "Original Traceback" in str(caught.value)
+    assert user_message(caught.value) == message
+    assert user_message(ClozelabError(message)) == message  # raised in the main process

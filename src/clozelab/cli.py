@@ -113,7 +113,7 @@ def run_command(command: str, overrides: list[str]) -> None:
     from hydra.types import RunMode
 
     from clozelab.core.config import conf_dir, register_overlays
-    from clozelab.core.errors import ClozelabError
+    from clozelab.core.errors import ClozelabError, user_message
     from clozelab.core.keys import preflight
 
     config_name, spec = COMMANDS[command]
@@ -139,7 +139,7 @@ def run_command(command: str, overrides: list[str]) -> None:
         try:
             return _function(spec)(cfg)
         except ClozelabError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {user_message(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     task.__module__ = f"clozelab.{command}"  # Hydra names the job after it

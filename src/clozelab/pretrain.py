@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from clozelab.core.claim import RunDirectory
 from clozelab.core.config import build
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, user_message
 from clozelab.core.progress import Budget
 from clozelab.core.rundir import write_json
 from clozelab.data.corpus import resolve_corpus
@@ -197,7 +197,7 @@ def _record_failure(run_dir: Path, trainer, loggers, exc: BaseException, signum,
     elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
         status, error = "interrupted", f"{type(exc).__name__}"
     else:
-        status, error = "failed", f"{exc}" if isinstance(exc, ClozelabError) else repr(exc)
+        status, error = "failed", user_message(exc) if isinstance(exc, ClozelabError) else repr(exc)
     payload = {**initial, "status": status, "error": error, "steps": int(trainer.global_step)}
     write_json(run_dir / "metrics.json", payload)
     mark_run(loggers, status, error)

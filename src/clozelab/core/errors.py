@@ -9,6 +9,18 @@ class ClozelabError(ValueError):
     """Bad input from the user: a config value, a file, a combination of components."""
 
 
+def user_message(exc: BaseException) -> str:
+    """The message the CLI prints for ``exc``: its own text, also when a DataLoader worker raised
+    it (PyTorch re-raises a worker's exception with ``Caught X in DataLoader worker process N``
+    and the worker's whole traceback as its message; the message is that traceback's last line,
+    e.g. a corruption's runtime refusal such as T5's sentinel overflow)."""
+    text = str(exc)
+    marker = f"{type(exc).__name__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 def config_error(key: str, value: object, problem: str, fix: str) -> ClozelabError:
     """Build the standard message: ``<key>=<value>: <problem>. Fix: <fix>``."""
     return ClozelabError(f"{key}={value!r}: {problem}. Fix: {fix}")

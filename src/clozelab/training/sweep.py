@@ -33,7 +33,7 @@ from clozelab.core.claim import (
     write_hydra_record,
     write_json,
 )
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, user_message
 
 log = logging.getLogger("clozelab")
 
@@ -58,7 +58,7 @@ def mark_failed(run_dir: Path, exc: BaseException, protocol: dict | None) -> Non
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
     metrics = read_json(run_dir / "metrics.json")
-    error = str(exc) if isinstance(exc, ClozelabError) else repr(exc)
+    error = user_message(exc) if isinstance(exc, ClozelabError) else repr(exc)
     metrics.update(status="failed", error=error)
     if protocol is not None:
         metrics.setdefault("protocol", protocol)
@@ -111,7 +111,7 @@ def run_job(command: str, function: Callable[[DictConfig], dict], cfg: DictConfi
         return None
     except Exception as exc:  # the other jobs of the sweep go on
         if isinstance(exc, ClozelabError):
-            log.error("job %s failed: %s", num, exc)
+            log.error("job %s failed: %s", num, user_message(exc))
         else:
             log.exception("job %s failed", num)
         if checked:  # never in a directory that holds another config's run
