@@ -2,9 +2,9 @@
 weights (bitwise) and losses back.
 
 The run: 18 steps over two epochs (13 batches an epoch on the generated corpus), a checkpoint every
-4 steps, validation every 6, dropout on. Points: mid-epoch between checkpoints, on a checkpoint
-step, on a validation step, at an epoch's last batch, after the epoch boundary, and a kill in the
-middle of writing a checkpoint file.
+4 steps, validation (2 batches) every 6, dropout on. Points: mid-epoch between checkpoints, on a
+checkpoint step, on a validation step, at an epoch's last batch, after the epoch boundary, and a
+kill in the middle of writing a checkpoint file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ RUN = [
     "trainer.max_steps=18",
     "callbacks.checkpoint_every_n_steps=4",
     "trainer.val_check_interval=6",
-    "trainer.limit_val_batches=1",
+    "trainer.limit_val_batches=2",  # a stop inside validation would cut it after one
     "eval.suite=null",
 ]
 
@@ -146,6 +146,21 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["clozelab"]
     assert metrics["wall_time_s"] > metrics["launch_wall_time_s"] > 0
     assert saved["train_seconds"] >= metrics["wall_time_s"] - metrics["launch_wall_time_s"]
+
+
+def test_sigterm_in_the_batch_before_validation_lets_it_run_whole(
+    tmp_path, text_corpus, cache_dir, reference
+):
+    # step 6 is followed by a validation: it runs (both batches) before the stop, which comes
+    # one batch later; a checkpoint at step 6 would have resumed past it and lost its row
+    first, run_dir = _kill_and_resume(
+        6, "SIGTERM", tmp_path, text_corpus, cache_dir, reference, 128 + signal.SIGTERM
+    )
+    log = first.stdout + first.stderr
+    assert "Validation is due after this batch: running it, then stopping" in log
+    assert "Checkpoint written to" in log and "at step 7;" in log
+    # the initial validation, then after steps 6, 12 and 18 (the CSV's step is 0-based)
+    assert [r["step"] for r in _rows(run_dir) if "val/loss" in r] == ["0", "5", "11", "17"]
 
 
 @pytest.mark.slow

@@ -146,6 +146,16 @@ STOP_SIGNALS = tuple(
 )
 
 
+def _validation_due(trainer) -> bool:
+    """Whether Lightning validates at the end of the training batch that just ran (False when
+    this Lightning version does not say)."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):
+        return False
+
+
 class CheckpointOnSignal(pl.Callback):
     """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (SLURM's warning before preemption) stop training at
     the end of the current batch and write ``path`` (the run's ``last.ckpt``) before exiting.
@@ -155,12 +165,17 @@ class CheckpointOnSignal(pl.Callback):
     SIGINT interrupts at once (no checkpoint) for a user who really wants out. ``signum`` tells
     the caller which signal stopped the run (None when none did); ``hand_on`` then passes it to
     the handler installed before training (submitit's, which requeues a SLURM job).
+
+    A signal that arrives in a batch after which validation is due stops one batch later: the
+    validation runs whole first. (A checkpoint written before it would lose it: Lightning cut
+    it after one batch, and the resumed run skips a validation its checkpoint says is done.)
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.signum: int | None = None
         self._saved = False
+        self._deferred = False  # the stop waits for a validation due after this batch
         self._previous: dict[int, object] = {}
         self._before: dict[int, object] = {}  # the handlers of the last training, kept
 
@@ -180,7 +195,7 @@ class CheckpointOnSignal(pl.Callback):
         return handle
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.signum, self._saved = None, False
+        self.signum, self._saved, self._deferred = None, False, False
         if threading.current_thread() is not threading.main_thread():
             return
         handle = self._handler(trainer)
@@ -208,8 +223,15 @@ class CheckpointOnSignal(pl.Callback):
         # Save here, in the same loop state as the periodic checkpoints (Lightning resumes those
         # exactly, also at a validation step or an epoch's last batch); Lightning raises
         # SIGTERMException at the end of this batch.
-        if trainer.received_sigterm and not self._saved:
-            self._save(trainer)
+        if self._saved or not (trainer.received_sigterm or self._deferred):
+            return
+        if not self._deferred and _validation_due(trainer):
+            log.warning("Validation is due after this batch: running it, then stopping")
+            self._deferred = True
+            trainer._signal_connector.received_sigterm = False  # else Lightning cuts it short
+            return
+        trainer._signal_connector.received_sigterm = True
+        self._save(trainer)
 
     def _save(self, trainer) -> None:
         if self.signum is None:  # Lightning's own handler caught it (signal sent earlier)
