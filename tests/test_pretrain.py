@@ -121,3 +121,13 @@ def test_validation_reference_needs_mlm(compose_pretrain):
         cfg.validation_reference = OmegaConf.create(OmegaConf.to_container(cfg.corruption))
     with pytest.raises(ClozelabError, match="validation_reference.*Fix: add mlm"):
         pretrain(cfg)
+
+
+def test_a_corpus_that_fills_no_training_batch_is_refused(compose_pretrain):
+    # the generated corpus gives about a hundred instances of 64 tokens: no batch of 256, so
+    # Lightning would drop the partial one and stop after 0 steps with the run "completed"
+    from clozelab.core.errors import ClozelabError
+
+    cfg = compose_pretrain("data.batch_size=256")
+    with pytest.raises(ClozelabError, match=r"data.batch_size=256: the corpus gives \d+ training"):
+        pretrain(cfg)

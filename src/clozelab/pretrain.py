@@ -281,6 +281,7 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
             f for f in TOKEN_FEATURES if any(f in o.requires for o in objectives.values())
         ),
     )
+    datamodule.check_training_batches(world_size(cfg.trainer))
     pair_kinds = datamodule.pair_kinds()
     if pair_kinds is not None:  # e.g. SOP negatives: swaps vs random-document pairs
         log.info("Pairs of %s (epoch 0): %s", cfg.data.instances, _shares(pair_kinds))

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clozelab.core.batch import Batch, ReferenceBatch
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data import instances
 from clozelab.data.collate import Collator
 from clozelab.data.dataset import InstanceDataset
@@ -196,6 +196,21 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.kind not in instances.PAIR_LABEL_KEYS:
             return None
         return instances.pair_kind_shares(self._first_train_table())
+
+    def check_training_batches(self, world: int = 1) -> None:
+        """Refuse a corpus whose training split fills no batch: every rank drops its last
+        incomplete batch, so Lightning would stop after 0 steps and the run end "completed"."""
+        n = len(self._first_train_table())
+        if n // max(world, 1) < self.batch_size:
+            ranks = f" over {world} ranks" if world > 1 else ""
+            raise config_error(
+                "data.batch_size",
+                self.batch_size,
+                f"the corpus gives {n} training instances of up to {self.instance_length} "
+                f"tokens{ranks}, fewer than one batch",
+                "use a larger data.corpus, a smaller data.batch_size or a smaller "
+                "data.validation_fraction",
+            )
 
     def mean_train_tokens(self) -> float:
         """Mean tokens of a training sequence (epoch 0's instances; padding excluded)."""
