@@ -95,3 +95,16 @@ def test_data_text_column_reaches_the_reader(tmp_path, text_corpus):
     data.text_column = "body"  # the fix the message names
     prepared = prepare(data, tok, tmp_path / "cache")
     assert prepared.stats["train"]["documents"] == len(docs) - len(docs) // 10
+
+
+@pytest.mark.parametrize("documents", [2, 3, 7, 10, 19, 20, 21, 99, 100, 101, 250])
+def test_the_holdout_fix_names_an_allowed_fraction_that_holds_a_document_out(documents):
+    import re
+
+    from clozelab.data.preprocess import _holdout_fix
+
+    fix = _holdout_fix(documents)
+    fraction = float(re.search(r"validation_fraction=([0-9.]+)", fix).group(1))
+    assert 0.0 < fraction < 0.5  # what prepare() accepts
+    assert round(1 / fraction) <= documents  # the held-out stride fits in the corpus
+    assert f"1 document in {round(1 / fraction)}" in fix

@@ -426,10 +426,9 @@ def _holdout_fix(documents: int) -> str:
             "one .jsonl/.csv row per document), or set data.validation_fraction=0 to train "
             "without validation"
         )
-    return (
-        f"set data.validation_fraction to at least 1/{documents} (e.g. "
-        f"{min(0.49, round(1 / documents + 0.005, 2))}), or use a larger corpus"
-    )
+    example = min(0.49, round(1 / documents + 0.005, 2))  # the bound is < 0.5
+    every = round(1 / example)  # as prepare() holds out: every ``every``-th document
+    return f"set data.validation_fraction={example} (1 document in {every}), or use a larger corpus"
 
 
 def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
