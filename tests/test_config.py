@@ -79,6 +79,15 @@ def test_prepare_config_composes(compose_pretrain):
     assert cfg.data.corpus == "bundled:wikipedia"
 
 
+@pytest.mark.parametrize("name", overlay_names("experiment"))
+def test_prepare_composes_every_recipe_with_its_data_and_tokenizer(compose_pretrain, name):
+    # clozelab prepare experiment=NAME builds the cache that pretrain experiment=NAME reuses
+    prepare = compose_pretrain(f"experiment={name}", name="prepare", tiny=False)
+    pretrain = compose_pretrain(f"experiment={name}", tiny=False)
+    assert prepare.data == pretrain.data
+    assert prepare.tokenizer == pretrain.tokenizer
+
+
 def test_experiment_bert_is_bert(compose_pretrain):
     cfg = compose_pretrain("experiment=bert", tiny=False)
     assert cfg.corruption._target_.endswith("TokenMasking")
