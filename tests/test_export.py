@@ -124,3 +124,13 @@ def test_written_files_get_the_users_umask_mode(tiny_run, tmp_path):
     modes = _modes(out)
     assert "model.safetensors" in modes and "config.json" in modes
     assert set(modes.values()) == {0o640}, modes
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart"])
+def test_an_exported_encoder_decoder_folder_points_to_its_run_directory(tmp_path, model_type):
+    # finetune checkpoint=RUN/hf of a T5/BART run: its config.json is not BERT's or XLNet's
+    from clozelab.core.rundir import read_hf_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "d_model": 32}))
+    with pytest.raises(ClozelabError, match=rf"an HF {model_type} config.json.*checkpoint=RUN"):
+        read_hf_config(tmp_path)

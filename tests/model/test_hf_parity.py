@@ -297,3 +297,12 @@ def test_parity_with_unpadding(layout):
     diffs.append((mlm_logits - ref.prediction_logits)[real].abs().max().item())
     diffs.append((nsp_logits - ref.seq_relationship_logits).abs().max().item())
     assert len(diffs) == L + 3 and max(diffs) <= TOL, diffs
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart", "xlnet"])
+def test_a_non_bert_config_points_to_the_run_directory(model_type):
+    # finetune checkpoint=RUN/hf on a T5/BART/XLNet export: the run directory is what loads
+    from clozelab.core.errors import ClozelabError
+
+    with pytest.raises(ClozelabError, match=rf"model_type='{model_type}'.*checkpoint=RUN"):
+        kwargs_from_hf_config({**HF_CONFIG, "model_type": model_type})

@@ -262,17 +262,21 @@ def read_hf_config(directory: Path) -> dict:
             f"not a readable JSON file ({first_line(exc)})",
             "export the model again (clozelab export RUN_DIR OUT_DIR) or restore config.json",
         ) from None
-    family = config.get("model_type") if isinstance(config, dict) else None
-    family = family if family in HF_CONFIG_KEYS else "bert"
+    named = config.get("model_type") if isinstance(config, dict) else None
+    family = named if named in HF_CONFIG_KEYS else "bert"
     needed = HF_CONFIG_KEYS[family]
     missing = [k for k in needed if not isinstance(config, dict) or k not in config]
     if missing:
+        problem = f"not a {family.upper()} config.json (no {missing})"
+        if named not in (None, family):  # e.g. the hf/ folder of a T5 or BART run
+            problem = f"an HF {named} config.json, and only BERT and XLNet directories load here"
         raise config_error(
             "checkpoint",
             str(path),
-            f"not a {family.upper()} config.json (no {missing})",
+            problem,
             "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
-            "an HF XLNet directory (XLNetModel / XLNetLMHeadModel)",
+            "an HF XLNet directory (XLNetModel / XLNetLMHeadModel); for the hf/ folder of a "
+            "clozelab run, give the run directory above it (checkpoint=RUN)",
         )
     return config
 
