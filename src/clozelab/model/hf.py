@@ -309,7 +309,7 @@ def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]
             model_type,
             "only BERT checkpoints map onto BertEmbeddings + TransformerEncoder",
             "load a checkpoint whose model_type is 'bert'; for the hf/ folder of a clozelab run "
-            "(T5, BART, XLNet, ...) give the run directory above it (checkpoint=RUN)",
+            "(T5, BART, ...) give the run directory above it (checkpoint=RUN)",
         )
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
