@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 
 import torch
@@ -93,18 +94,25 @@ def _finetune(cfg: DictConfig) -> dict:
     )
 
 
+@functools.cache
+def _task_file_keys() -> frozenset:
+    """Every key some conf/task/*.yaml sets (read once a process)."""
+    return frozenset(
+        key for path in (conf_dir() / "task").glob("*.yaml") for key in OmegaConf.load(path)
+    )
+
+
 def _check_task_keys(where: str, changes, bases: list[DictConfig]) -> None:
     """Refuse a key of ``changes`` that no task config has and that is a near-spelling of a key
     of ``bases`` (``epoch`` for ``epochs``): merged into the task, it would be a new key nothing
     reads, and the setting it meant would keep its default without a word. Keys far from every
     known one (``head_lr``, read by the code though no task file lists it) pass as new keys."""
-    known = {key for path in (conf_dir() / "task").glob("*.yaml") for key in OmegaConf.load(path)}
+    known = _task_file_keys()
+    candidates = sorted({str(k) for base in bases for k in base})
     for key in changes:
         if key in known:
             continue
-        near = difflib.get_close_matches(
-            str(key), sorted({k for base in bases for k in base}), n=1, cutoff=0.85
-        )
+        near = difflib.get_close_matches(str(key), candidates, n=1, cutoff=0.85)
         if near:
             raise config_error(
                 f"{where}.{key}",

@@ -26,6 +26,14 @@ def config_error(key: str, value: object, problem: str, fix: str) -> ClozelabErr
     return ClozelabError(f"{key}={value!r}: {problem}. Fix: {fix}")
 
 
+def check_int(value: object, key: str, minimum: int, why: str, fix: str) -> int:
+    """Return ``value`` after checking it is an integer >= ``minimum`` (``why``: what the bound
+    leaves room for, in the message)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise config_error(key, value, f"must be an integer >= {minimum} ({why})", fix)
+    return value
+
+
 def check_choice(value: object, key: str, choices, fix: str | None = None) -> str:
     """Return ``value`` after checking it is one of ``choices``; the fix defaults to the first."""
     choices = tuple(choices)

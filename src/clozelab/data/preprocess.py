@@ -418,6 +418,11 @@ def _documents(n: int) -> str:
     return f"{n} document{'s' if n != 1 else ''}"
 
 
+def holdout_stride(fraction: float) -> int:
+    """``data.validation_fraction`` as the stride of held-out documents (every n-th; 0: none)."""
+    return round(1 / fraction) if fraction > 0 else 0
+
+
 def _holdout_fix(documents: int) -> str:
     """What to do when no validation document is held out of ``documents``."""
     if documents < 2:  # no fraction can split one document
@@ -427,7 +432,7 @@ def _holdout_fix(documents: int) -> str:
             "without validation"
         )
     example = min(0.49, round(1 / documents + 0.005, 2))  # the bound is < 0.5
-    every = round(1 / example)  # as prepare() holds out: every ``every``-th document
+    every = holdout_stride(example)
     return f"set data.validation_fraction={example} (1 document in {every}), or use a larger corpus"
 
 
@@ -443,7 +448,7 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         raise config_error(
             "data.validation_fraction", fraction, "must be in [0, 0.5)", "use e.g. 0.05"
         )
-    validation_every = round(1 / fraction) if fraction > 0 else 0
+    validation_every = holdout_stride(fraction)
     settings = {
         "version": FORMAT_VERSION,
         "corpus": corpus_fingerprint(corpus),

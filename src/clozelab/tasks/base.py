@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from clozelab.core.config import component_class
-from clozelab.core.errors import config_error
+from clozelab.core.errors import check_int, config_error
 from clozelab.tasks.backbone import Backbone
 
 #: the shortest ``task.max_seq_length``: [CLS], [SEP] and one token (a pair's [SEP] [SEP] + one)
@@ -80,14 +80,13 @@ class Task:
     def max_length(self, backbone: Backbone) -> int:
         """``task.max_seq_length`` (default 128), capped at the backbone's positions; at least
         ``MIN_SEQ_LENGTH`` ([CLS] A [SEP] B [SEP] cuts the texts to ``max_seq_length - 3``)."""
-        length = self.cfg.get("max_seq_length", 128)
-        if isinstance(length, bool) or not isinstance(length, int) or length < MIN_SEQ_LENGTH:
-            raise config_error(
-                "task.max_seq_length",
-                length,
-                f"must be an integer >= {MIN_SEQ_LENGTH} (room for [CLS], the text and [SEP])",
-                "e.g. task.max_seq_length=128",
-            )
+        length = check_int(
+            self.cfg.get("max_seq_length", 128),
+            "task.max_seq_length",
+            MIN_SEQ_LENGTH,
+            "room for [CLS], the text and [SEP]",
+            "e.g. task.max_seq_length=128",
+        )
         return min(length, backbone.max_positions)
 
     def entity_linker(self, backbone: Backbone):

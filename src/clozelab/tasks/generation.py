@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from clozelab.core.errors import config_error
+from clozelab.core.errors import check_int, config_error
 from clozelab.model.decoder import Decoder
 from clozelab.model.generate import greedy_decode, strip_after_eos
 from clozelab.tasks.backbone import Backbone
@@ -188,15 +188,13 @@ class GenerationTask(Task):
 
     def target_length(self) -> int:
         """``task.max_target_length`` (default 32): target tokens + eos, at least 2."""
-        length = self.cfg.get("max_target_length", 32)
-        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-            raise config_error(
-                "task.max_target_length",
-                length,
-                "must be an integer >= 2 (the target's tokens and the eos)",
-                "e.g. task.max_target_length=32 (a label word: 4)",
-            )
-        return length
+        return check_int(
+            self.cfg.get("max_target_length", 32),
+            "task.max_target_length",
+            2,
+            "the target's tokens and the eos",
+            "e.g. task.max_target_length=32 (a label word: 4)",
+        )
 
     def encode(self, splits, backbone) -> TaskData:
         tok = backbone.tokenizer

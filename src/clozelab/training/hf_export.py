@@ -108,7 +108,8 @@ def write_seq2seq_hf_dir(
     _write_weights(out, to_hf_state_dict(embedding, encoder, decoder, include_tied=False), config)
     _write_tokenizer(out, tokenizer_dir)
     _add_sentinels(out, tok.vocab_size, int(config["vocab_size"]) - tok.vocab_size)
-    _set_tokenizer_config(out, model_input_names=list(SEQ2SEQ_INPUT_NAMES))
+    if (out / "tokenizer_config.json").is_file():  # a tokenizer was exported
+        _update_json(out / "tokenizer_config.json", model_input_names=list(SEQ2SEQ_INPUT_NAMES))
     return out
 
 
@@ -118,13 +119,11 @@ def write_seq2seq_hf_dir(
 SEQ2SEQ_INPUT_NAMES = ("input_ids", "attention_mask")
 
 
-def _set_tokenizer_config(out: Path, **entries) -> None:
-    """Add ``entries`` to the exported ``tokenizer_config.json`` (when there is one)."""
-    path = out / "tokenizer_config.json"
-    if path.is_file():
-        data = json.loads(path.read_text("utf-8"))
-        data.update(entries)
-        path.write_text(json.dumps(data, indent=2), "utf-8")
+def _update_json(path: Path, **entries) -> None:
+    """Set ``entries`` in the JSON object file ``path`` (created when missing)."""
+    data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    data.update(entries)
+    path.write_text(json.dumps(data, indent=2), "utf-8")
 
 
 def sentinel_names(n: int) -> list[str]:
@@ -157,10 +156,8 @@ def _add_sentinels(out: Path, vocab_size: int, n: int) -> None:
         with (out / "vocab.txt").open("a", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in names))
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
-        data["additional_special_tokens"] = list(reversed(names))  # <extra_id_0> first, as T5
-        path.write_text(json.dumps(data, indent=2), "utf-8")
+        # <extra_id_0> first, as T5
+        _update_json(out / name, additional_special_tokens=list(reversed(names)))
 
 
 def write_xlnet_hf_dir(
