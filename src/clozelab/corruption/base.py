@@ -27,6 +27,7 @@ from torch import Tensor
 
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import ClozelabError, check_choice, config_error
+from clozelab.corruption.runtime import RUNTIME_INPUTS, STAND_IN_TOKENIZER, runtime_kwargs
 
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
@@ -36,10 +37,6 @@ DISTRIBUTIONS = ("uniform", "unigram")
 """How random replacements are weighted: uniformly, or by corpus unigram frequency (the seeds'
 "sampled by unigram probability"; SpanBERT's token buffer; fairseq ``freq_weighted_replacement``).
 """
-
-
-#: The optional run-time inputs a corruption may declare in ``Corruption.runtime_inputs``.
-RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus")
 
 
 class Corruption:
@@ -55,8 +52,11 @@ class Corruption:
     inputs it lists in ``runtime_inputs``.
     """
 
-    #: Batch keys ``__call__`` reads.
+    #: Batch keys ``__call__`` reads. A key the configured data does not provide is refused when
+    #: the config is composed (``check_provided``), with ``requires_fix``.
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
+    #: The fix that refusal names (e.g. the data setting that adds the key to the batches).
+    requires_fix: ClassVar[str] = "choose data settings whose batches carry them"
     #: Batch keys ``__call__`` writes (targets such as ``mlm_labels``, ``span_bounds`` ...): what
     #: the objectives may require. Compositions compute theirs with ``produces_for``.
     produces: ClassVar[tuple[str, ...]] = ("input_ids",)
@@ -95,6 +95,32 @@ class Corruption:
         """The batch keys this scheme, configured by ``node``, produces (``produces``; a
         composition adds its steps')."""
         return tuple(cls.produces)
+
+    @classmethod
+    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
+        """Refuse, when the config is composed, a scheme configured by ``node`` that reads batch
+        keys the data does not provide (``provided``: the keys of a text batch before
+        corruption); the error names ``requires_fix``. A composition checks each step against
+        the data and the keys of the steps before it."""
+        missing = [k for k in cls.requires if k not in provided]
+        if missing:
+            raise ClozelabError(
+                f"{key} ({node.get('_target_')}) reads the batch keys {missing}, which the "
+                f"configured data does not provide. Fix: {cls.requires_fix}."
+            )
+
+    @classmethod
+    def check_node(cls, node) -> None:
+        """Refuse a bad ``corruption`` node when the config is composed, before any data is read
+        or tokenizer trained (``training/validate.py`` calls it through ``corruption._target_``).
+
+        The default builds the scheme from ``node`` with stand-in tokenizer ids
+        (``runtime.STAND_IN_TOKENIZER``) and no corpus, so every check its constructor makes of
+        its own arguments (rates, lengths, choices) runs now instead of after the shards are
+        built. A scheme whose constructor needs the real tokenizer or corpus overrides it."""
+        from clozelab.core.config import build
+
+        build(node, "corruption", **runtime_kwargs(cls, STAND_IN_TOKENIZER))
 
     def budget_rate(self) -> float:
         """The share of a ``Compose``'s budget this step takes: its ``rate`` when it

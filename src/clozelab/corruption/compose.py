@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from clozelab.core.errors import config_error
-from clozelab.corruption.base import RUNTIME_INPUTS, Corruption
-from clozelab.corruption.runtime import restrict
+from clozelab.corruption.base import Corruption
+from clozelab.corruption.runtime import RUNTIME_INPUTS, restrict
 
 
 class Compose(Corruption):
@@ -90,6 +90,18 @@ class Compose(Corruption):
         for i, step in enumerate(node.get("steps", ())):
             keys += component_class(step, f"corruption.steps[{i}]", Corruption).produces_for(step)
         return tuple(dict.fromkeys(keys))
+
+    @classmethod
+    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
+        """Each step against the data's keys and those the steps before it produce."""
+        from clozelab.core.config import component_class
+
+        provided = set(provided) | set(cls.produces)
+        for i, step in enumerate(node.get("steps", ())):
+            step_key = f"{key}.steps[{i}]"
+            step_cls = component_class(step, step_key, Corruption)
+            step_cls.check_provided(step, provided, step_key)
+            provided |= set(step_cls.produces_for(step))
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         for step in self.steps:

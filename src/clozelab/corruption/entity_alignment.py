@@ -26,7 +26,7 @@ from torch import Tensor
 
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.corruption.base import Corruption, check_probability
+from clozelab.corruption.base import Corruption, check_positive_int, check_probability
 
 
 class EntityAlignmentNoise(Corruption):
@@ -40,6 +40,10 @@ class EntityAlignmentNoise(Corruption):
     """
 
     requires = ("entity_links",)
+    requires_fix = (
+        "set data.entity_links=true (the entity each mention names); the dEA noise is ERNIE-THU's: "
+        "experiment=ernie_thu sets it with encoder=ernie_thu and objective=[mlm,nsp,dea]"
+    )
     produces = ("entity_links", "entity_labels")
     runtime_inputs = frozenset({"corpus"})
     shares_budget = False
@@ -61,6 +65,7 @@ class EntityAlignmentNoise(Corruption):
                 "the two shares of the alignments must not exceed 1",
                 "the paper's 0.05 and 0.15 leave 80% of the alignments as they are",
             )
+        num_entities = check_positive_int(num_entities, "corruption.num_entities", allow_none=True)
         if num_entities is None and corpus is not None:
             num_entities = corpus.knowledge().num_entities
         self.num_entities = num_entities

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.data.corpus_stats import MAX_PHRASE_WORDS
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,18 @@ def phrase_source(source: str, corpus, min_count: int, threshold: float) -> Phra
     brings the noun chunks found at preprocessing (``data.phrases=spacy_chunks``), which the
     shards must hold.
     """
-    from clozelab.corruption.base import check_choice
+    from clozelab.corruption.base import check_choice, check_positive_int
 
     check_choice(source, "corruption.phrase_source", PHRASE_SOURCES)
     if source == "collocations":
+        check_positive_int(min_count, "corruption.phrase_min_count")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
+            raise config_error(
+                "corruption.phrase_threshold",
+                threshold,
+                "must be a number > 0 (gensim's collocation score threshold)",
+                "set corruption.phrase_threshold=10 (gensim's default)",
+            )
         return None if corpus is None else PhraseTable(corpus.phrases(min_count, threshold))
     if corpus is not None and not corpus.has_phrase_units():
         raise ClozelabError(

@@ -38,6 +38,11 @@ class Restore(Seq2SeqCorruption):
         super().__init__(decoder_start, bos, **runtime)
         self.steps = Compose(steps, **restrict(Compose, {**runtime, **corpus}))
 
+    @classmethod
+    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
+        """Its steps against the data (``Compose.check_provided``)."""
+        Compose.check_provided(node, provided, key)
+
     def output_length(self, n_tokens: int, n_special: int) -> int:
         return self.steps.output_length(n_tokens, n_special) - self.dropped_bos()
 

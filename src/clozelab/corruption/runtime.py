@@ -3,6 +3,18 @@ inputs it declares in ``Corruption.runtime_inputs`` (pad/eos ids, the corpus sta
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+#: The optional run-time inputs a corruption may declare in ``Corruption.runtime_inputs``.
+RUNTIME_INPUTS = ("pad_token_id", "eos_token_id", "corpus")
+
+#: A tokenizer's ids for building a corruption before any tokenizer exists (``Corruption.
+#: check_node``): BERT's layout ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4) in a vocabulary
+#: large enough for every check a constructor makes of its own arguments.
+STAND_IN_TOKENIZER = SimpleNamespace(
+    vocab_size=1000, pad_id=0, sep_id=3, mask_id=4, special_ids=[0, 1, 2, 3, 4]
+)
+
 
 def runtime_kwargs(cls, tokenizer, prepared=None) -> dict:
     """Keyword arguments ``build_components`` passes to corruption class ``cls``."""
@@ -22,7 +34,5 @@ def runtime_kwargs(cls, tokenizer, prepared=None) -> dict:
 
 def restrict(cls, runtime: dict) -> dict:
     """``runtime`` without the optional arguments ``cls`` does not declare."""
-    from clozelab.corruption.base import RUNTIME_INPUTS
-
     drop = set(RUNTIME_INPUTS) - set(cls.runtime_inputs)
     return {key: value for key, value in runtime.items() if key not in drop}

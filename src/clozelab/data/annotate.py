@@ -73,6 +73,10 @@ class AnnotationSettings:
             raise config_error(
                 "data.entity_links", links, "must be true or false", "set data.entity_links=true"
             )
+        if entities == "gazetteer" and not Path(gazetteer).expanduser().is_file():
+            from clozelab.data.gazetteer import Gazetteer
+
+            Gazetteer.from_file(gazetteer)  # its error names the key and the fix
         return cls(
             entities,
             gazetteer and str(gazetteer),
@@ -108,10 +112,6 @@ class AnnotationSettings:
             key["entity_types"] = None if self.entity_types is None else sorted(self.entity_types)
         if self.entities == "gazetteer":
             path = Path(self.gazetteer).expanduser()
-            if not path.is_file():  # the same error the gazetteer gives
-                from clozelab.data.gazetteer import Gazetteer
-
-                Gazetteer.from_file(path)
             key["gazetteer"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         if self.uses_spacy:
             from clozelab.data.spacy_units import load_pipeline, model_identity

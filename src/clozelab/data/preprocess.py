@@ -418,6 +418,20 @@ def _documents(n: int) -> str:
     return f"{n} document{'s' if n != 1 else ''}"
 
 
+def check_data_settings(data_cfg) -> tuple[float, AnnotationSettings]:
+    """The settings of ``data`` that ``prepare`` reads besides the corpus, checked before any
+    tokenizer is trained or document read (``training/validate.py`` calls it when the config is
+    composed): the held-out fraction and the entity/phrase sources (``AnnotationSettings``)."""
+    fraction = data_cfg.get("validation_fraction", 0.05)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise config_error("data.validation_fraction", fraction, "must be a number", "e.g. 0.05")
+    if not 0.0 <= fraction < 0.5:
+        raise config_error(
+            "data.validation_fraction", fraction, "must be in [0, 0.5)", "use e.g. 0.05"
+        )
+    return float(fraction), AnnotationSettings.from_config(data_cfg)
+
+
 def holdout_stride(fraction: float) -> int:
     """``data.validation_fraction`` as the stride of held-out documents (every n-th; 0: none)."""
     return round(1 / fraction) if fraction > 0 else 0
@@ -442,12 +456,8 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
     corpus = str(data_cfg.corpus)
     max_documents = data_cfg.get("max_documents")
     options = reader_options(data_cfg)
+    fraction, annotation = check_data_settings(data_cfg)
     tokenizer = get_tokenizer(tokenizer_cfg, corpus, cache_dir, max_documents, options)
-    fraction = float(data_cfg.get("validation_fraction", 0.05))
-    if not 0.0 <= fraction < 0.5:
-        raise config_error(
-            "data.validation_fraction", fraction, "must be in [0, 0.5)", "use e.g. 0.05"
-        )
     validation_every = holdout_stride(fraction)
     settings = {
         "version": FORMAT_VERSION,
@@ -456,7 +466,6 @@ def prepare(data_cfg, tokenizer_cfg, cache_dir: str | Path) -> Prepared:
         "validation_every": validation_every,
         "max_documents": max_documents,
     }
-    annotation = AnnotationSettings.from_config(data_cfg)
     annotation_key = annotation.cache_key()
     if annotation_key is not None:  # the default (anchors, no phrases) keeps the old keys
         settings["annotation"] = annotation_key

@@ -14,6 +14,7 @@ from clozelab.core.errors import ClozelabError, config_error
 from clozelab.core.keys import check_arguments
 from clozelab.corruption.base import Corruption
 from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
+from clozelab.data.preprocess import check_data_settings
 from clozelab.data.structure import MAX_SEGMENTS
 from clozelab.data.token_features import TOKEN_FEATURES
 from clozelab.model.embeddings import Embedding
@@ -100,6 +101,8 @@ def validate_model(cfg: DictConfig) -> None:
 
 
 def validate_corruption(cfg: DictConfig) -> None:
+    """The corruption's own arguments (``Corruption.check_node``: its constructor's checks, run
+    with stand-in tokenizer ids) and the batch keys it reads against what the data provides."""
     _probability(cfg, "corruption.rate", low_open=True, high_open=True)
     probs = [
         _probability(cfg, f"corruption.{k}", False, False)
@@ -111,6 +114,12 @@ def validate_corruption(cfg: DictConfig) -> None:
             f"corruption.keep_prob={probs[2]} sum to {sum(probs):.6g}, not 1. Fix: make the three "
             "proportions sum to 1 (BERT: 0.8/0.1/0.1)."
         )
+    node = cfg_select(cfg, "corruption")
+    if node is None or not node.get("_target_"):
+        return
+    cls = component_class(node, "corruption", Corruption)
+    cls.check_provided(node, data_keys(cfg))  # Corruption hook: the keys it reads
+    cls.check_node(node)  # Corruption hook: its constructor's checks
 
 
 def validate_objectives(cfg: DictConfig) -> list[str]:
@@ -126,10 +135,7 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         corrupted = set(corruption_cls.produces_for(corruption))  # Compose: its steps' keys
     _refuse_unread_targets(cfg, objectives, corrupted)
     # Keys of each batch stream: text instances, and dialogue triples when data.dialogue is set.
-    provided = {"text": set(BASE_KEYS) | set(INSTANCE_KEYS.get(kind, ())) | corrupted}
-    provided["text"] |= set(token_features(cfg))  # ERNIE 2.0's per-token labels
-    if cfg_select(cfg, "data.entity_links"):  # the entity each mention names (ERNIE-THU)
-        provided["text"].add("entity_links")
+    provided = {"text": data_keys(cfg) | corrupted}
     if cfg_select(cfg, "data.dialogue.corpus"):
         provided["dialogue"] = set(BASE_KEYS) | set(DIALOGUE_KEYS) | corrupted
     names = []
@@ -163,6 +169,16 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         cls.check_config(cfg, name)  # combinations beyond batch keys
         names.append(name)
     return names
+
+
+def data_keys(cfg: DictConfig) -> set[str]:
+    """The keys of a text batch before corruption: the base keys, the instance kind's labels,
+    the per-token features and, with ``data.entity_links``, the entity each mention names."""
+    keys = set(BASE_KEYS) | set(INSTANCE_KEYS.get(cfg_select(cfg, "data.instances"), ()))
+    keys |= set(token_features(cfg))  # ERNIE 2.0's per-token labels
+    if cfg_select(cfg, "data.entity_links"):  # the entity each mention names (ERNIE-THU)
+        keys.add("entity_links")
+    return keys
 
 
 def token_features(cfg: DictConfig) -> tuple[str, ...]:
@@ -298,6 +314,7 @@ def validate_data(cfg: DictConfig) -> None:
     _int(cfg, "data.pad_to_multiple_of", 1)
     _int(cfg, "data.num_workers", 0)
     _probability(cfg, "data.short_seq_prob", False, False)
+    check_data_settings(cfg.data)  # held-out fraction, entity/phrase sources (gazetteer file)
     single = cfg_select(cfg, "data.sop_single_sentence")
     if single is not None and single not in SINGLE_SENTENCE:
         raise config_error(
@@ -347,11 +364,11 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_data(cfg)
     validate_model(cfg)
     validate_body(cfg)
-    validate_corruption(cfg)
     validate_budget(cfg)
     validate_dialogue(cfg)
     validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
     names = validate_objectives(cfg)
+    validate_corruption(cfg)  # after the objectives: theirs is the clearer refusal of a mismatch
     validate_schedule(cfg, names)
     if cfg.get("validation_reference") is not None and "mlm" not in names:
         raise ClozelabError(
