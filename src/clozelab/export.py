@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.training.hf_export import write_run_hf_dir
+from clozelab.training.hf_export import run_corruption_keys, write_run_hf_dir
 from clozelab.training.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,12 @@ def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Pat
         )
     loaded.check_complete()
     out = write_run_hf_dir(
-        out_dir, loaded.embedding, loaded.encoder, loaded.objectives, loaded.tokenizer_dir
+        out_dir,
+        loaded.embedding,
+        loaded.encoder,
+        loaded.objectives,
+        loaded.tokenizer_dir,
+        run_corruption_keys(loaded.root),
     )
     log.info("Exported %s to %s", loaded.weights, out)
     return out

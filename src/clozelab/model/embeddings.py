@@ -29,6 +29,10 @@ class Embedding(nn.Module):
     """
 
     batch_inputs: ClassVar[tuple[str, ...]] = ()
+    #: Why ``clozelab export`` cannot write a run with this embedding as an HF model, and what
+    #: the user can do instead: ``(reason, fix)`` for the refusal's message; None: the generic
+    #: refusal of embeddings HF BERT's weights do not map onto.
+    hf_export_refusal: ClassVar[tuple[str, str] | None] = None
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Read what the embedding needs from ``tokenizer`` (a clozelab ``Tokenizer``)."""

@@ -258,6 +258,14 @@ class TaskEmbeddings(_TableEmbeddings):
     """
 
     batch_inputs = ("task_ids",)
+    hf_export_refusal = (
+        "ERNIE 2.0's task embedding table (embedding.num_tasks rows; one row is added to every "
+        "token before the LayerNorm, task 0 when no task id is given) has no slot in HF BERT's "
+        "embeddings, so an HF BERT would compute other hidden states than this model",
+        "use the run through clozelab: clozelab finetune / evaluate checkpoint=RUN_DIR "
+        "(fine-tuning adds task 0, as ERNIE 2.0's does), or clozelab.load(RUN_DIR) in Python; "
+        "for an HF BERT export pre-train the same schedule with embedding=bert (no task table)",
+    )
 
     def __init__(
         self,

@@ -236,6 +236,10 @@ class Encoder(nn.Module):
     #: ``bert`` (``BertForPreTraining`` layout, which refuses the encoders it cannot map) or
     #: ``xlnet`` (``XLNetLMHeadModel``). Encoder-decoder runs are written as their decoder's.
     hf_model_type: ClassVar[str] = "bert"
+    #: Why ``clozelab export`` cannot write a run with this encoder as an HF model, and what the
+    #: user can do instead: ``(reason, fix)`` for the refusal's message; None: the generic
+    #: refusal of encoders HF BERT's weights do not map onto.
+    hf_export_refusal: ClassVar[tuple[str, str] | None] = None
     #: True when ``forward`` takes ``content_output: bool``: the pre-training module passes
     #: False when no objective of the step reads ``last_hidden_state``
     #: (``Objective.reads_encoder_output``), and the encoder skips the work that only feeds it

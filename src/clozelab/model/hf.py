@@ -29,6 +29,11 @@ _QKV = ("query", "key", "value")
 
 
 def _check_bert(embedding: nn.Module, encoder: nn.Module) -> None:
+    for key, module in (("encoder", encoder), ("embedding", embedding)):
+        refusal = module.hf_export_refusal  # Encoder / Embedding hook
+        if refusal is not None:
+            reason, fix = refusal
+            raise config_error(key, type(module).__name__, reason, fix)
     if not isinstance(embedding, BertEmbeddings) or not isinstance(encoder, TransformerEncoder):
         raise config_error(
             "embedding/encoder",

@@ -129,6 +129,16 @@ class KnowledgeEncoder(Encoder):
     """
 
     batch_inputs: ClassVar[tuple[str, ...]] = ("entity_links",)
+    hf_export_refusal = (
+        "ERNIE-THU's K-Encoder (the knowledge-fusion aggregators that mix each token with the "
+        "TransE vector of the entity it mentions, and the entity table) has no equivalent in HF "
+        "transformers, and every output after the T-Encoder depends on it, so no HF model "
+        "computes what this encoder does",
+        "use the run through clozelab: clozelab finetune / evaluate checkpoint=RUN_DIR (task "
+        "text is linked to the run's entities), or clozelab.load(RUN_DIR) in Python "
+        "(model.encode(ids) without entities; model.encoder(model.embedding(ids), mask, "
+        "entity_links=links) with them); for an HF BERT export pre-train with encoder=post_ln",
+    )
 
     def __init__(
         self,

@@ -194,19 +194,68 @@ def write_xlnet_hf_dir(
     return out
 
 
+#: The README.md (model card) of an encoder-decoder export whose decoder was pre-trained at
+#: positions HF's decoder cannot be given (MASS, SPECS §17), and the key of the same note in
+#: config.json.
+POSITIONS_README = "README.md"
+POSITIONS_KEY = "clozelab_decoder_positions"
+POSITIONS_NOTE = (
+    "The run's corruption gave the decoder decoder_position_ids during pre-training (MASS: each "
+    "target token sits at its position in the source sentence, e.g. 17..24 for a fragment "
+    "x[17:25]). HF {architecture} has no decoder_position_ids input: its decoder always places "
+    "the target at positions 0..n-1 (after the cached ones when generating). The weights are "
+    "exact, and this model computes what the clozelab run computes whenever the decoder "
+    "positions are 0..n-1 (fine-tuning, generation); it does not reproduce the pre-training "
+    "forward pass, where the decoder read the fragment at its positions in the sentence."
+)
+
+
+def run_corruption_keys(run_dir: str | Path) -> set[str]:
+    """The batch keys the corruption of the run in ``run_dir`` produced (its config.yaml), or an
+    empty set when the directory has no config.yaml (an HF directory, a bare checkpoint)."""
+    from omegaconf import OmegaConf
+
+    from clozelab.objectives.rtd import corruption_keys
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return set()
+    node = OmegaConf.load(path).get("corruption")
+    return corruption_keys(node) if node is not None and node.get("_target_") else set()
+
+
+def _note_decoder_positions(out: Path) -> None:
+    """Warn, and write the limit into README.md and config.json: HF's decoder cannot be given
+    the pre-training decoder positions."""
+    config = json.loads((out / "config.json").read_text("utf-8"))
+    note = POSITIONS_NOTE.format(architecture=config["architectures"][0])
+    log.warning("HF export %s: %s", out, note)
+    _update_json(out / "config.json", **{POSITIONS_KEY: note})
+    title = f"# clozelab export ({config['architectures'][0]})"
+    (out / POSITIONS_README).write_text(f"{title}\n\n## Decoder positions\n\n{note}\n", "utf-8")
+
+
 def write_run_hf_dir(
     out_dir: str | Path,
     embedding: nn.Module,
     encoder: nn.Module,
     objectives: dict[str, nn.Module],
     tokenizer_dir: str | Path,
+    corruption_keys: set[str] | frozenset[str] = frozenset(),
 ) -> Path:
     """A run's modules as the HF directory of their family: an encoder-decoder run as T5 / BART,
     an encoder whose ``hf_model_type`` is ``xlnet`` as ``XLNetLMHeadModel``, anything else as
-    ``BertForPreTraining`` (which raises a ClozelabError for encoders it cannot map)."""
+    ``BertForPreTraining`` (which raises a ClozelabError for encoders it cannot map).
+
+    ``corruption_keys``: the batch keys the run's corruption produced (``run_corruption_keys``);
+    with ``decoder_position_ids`` (MASS) the export warns and writes the limit of the HF model
+    into its README.md and config.json (``POSITIONS_NOTE``)."""
     decoder = run_decoder(objectives)
     if decoder is not None:  # encoder-decoder: T5 / BART layout
-        return write_seq2seq_hf_dir(out_dir, embedding, encoder, decoder, tokenizer_dir)
+        out = write_seq2seq_hf_dir(out_dir, embedding, encoder, decoder, tokenizer_dir)
+        if "decoder_position_ids" in corruption_keys:
+            _note_decoder_positions(out)
+        return out
     if encoder.hf_model_type == "xlnet":
         plm = plm_objective(objectives)
         return write_xlnet_hf_dir(out_dir, embedding, encoder, plm, tokenizer_dir)
@@ -228,6 +277,7 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
             module.encoder,
             dict(module.objectives),
             run_dir / "tokenizer",
+            run_corruption_keys(run_dir),
         )
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)
