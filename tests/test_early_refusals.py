@@ -1,5 +1,5 @@
 """Bad corruption and data values are refused when the config is composed: before a tokenizer is
-trained or a document read (``Corruption.check_node``, ``Corruption.check_provided``,
+trained or a document read (``Corruption.check_node``, ``Corruption.check_keys``,
 ``preprocess.check_data_settings``), with the key, the value and the fix."""
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ BAD = [
     (("corruption=ernie_thu",),
      r"corruption\.steps\[1\] \(.*EntityAlignmentNoise\) reads the batch keys \['entity_links'\]"
      r".*Fix: set data\.entity_links=true.*experiment=ernie_thu"),
+    # with the entity links kept, but no dEA objective and no K-Encoder: the noise runs for nothing
+    (("corruption=ernie_thu", "data.entity_links=true"),
+     r"corruption\.steps\[1\] \(.*EntityAlignmentNoise\) writes only \['entity_labels', "
+     r"'entity_links'\], which no objective, embedding or encoder of this run reads.*"
+     r"experiment=ernie_thu"),
     (("data.entities=gazetteer",), r"data\.gazetteer=None: .*needs a gazetteer file.*Fix:"),
     (("data.entities=gazetteer", "data.gazetteer=/no/such/names.txt"),
      r"data\.gazetteer='/no/such/names.txt': the gazetteer file does not exist"),

@@ -53,9 +53,10 @@ class Corruption:
     """
 
     #: Batch keys ``__call__`` reads. A key the configured data does not provide is refused when
-    #: the config is composed (``check_provided``), with ``requires_fix``.
+    #: the config is composed (``check_keys``), with ``requires_fix``.
     requires: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "special_tokens_mask")
-    #: The fix that refusal names (e.g. the data setting that adds the key to the batches).
+    #: The fix ``check_keys`` names (e.g. the data setting that adds a key to the batches, the
+    #: objective that reads what the scheme writes).
     requires_fix: ClassVar[str] = "choose data settings whose batches carry them"
     #: Batch keys ``__call__`` writes (targets such as ``mlm_labels``, ``span_bounds`` ...): what
     #: the objectives may require. Compositions compute theirs with ``produces_for``.
@@ -97,16 +98,26 @@ class Corruption:
         return tuple(cls.produces)
 
     @classmethod
-    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
+    def check_keys(
+        cls, node, provided: set[str], read: set[str] | None = None, key: str = "corruption"
+    ) -> None:
         """Refuse, when the config is composed, a scheme configured by ``node`` that reads batch
         keys the data does not provide (``provided``: the keys of a text batch before
-        corruption); the error names ``requires_fix``. A composition checks each step against
-        the data and the keys of the steps before it."""
+        corruption), or, given ``read`` (the keys the objectives, embedding and encoder read),
+        one that leaves ``input_ids`` alone and writes nothing anything reads (it would run for
+        nothing). The error names ``requires_fix``. A composition checks each step against the
+        data and the keys of the steps before it."""
         missing = [k for k in cls.requires if k not in provided]
         if missing:
             raise ClozelabError(
                 f"{key} ({node.get('_target_')}) reads the batch keys {missing}, which the "
                 f"configured data does not provide. Fix: {cls.requires_fix}."
+            )
+        produced = set(cls.produces_for(node))
+        if read is not None and "input_ids" not in produced and not produced & read:
+            raise ClozelabError(
+                f"{key} ({node.get('_target_')}) writes only {sorted(produced)}, which no "
+                f"objective, embedding or encoder of this run reads. Fix: {cls.requires_fix}."
             )
 
     @classmethod

@@ -92,15 +92,18 @@ class Compose(Corruption):
         return tuple(dict.fromkeys(keys))
 
     @classmethod
-    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
-        """Each step against the data's keys and those the steps before it produce."""
+    def check_keys(
+        cls, node, provided: set[str], read: set[str] | None = None, key: str = "corruption"
+    ) -> None:
+        """Each step against the data's keys and those the steps before it produce (and, given
+        ``read``, against what the run reads)."""
         from clozelab.core.config import component_class
 
         provided = set(provided) | set(cls.produces)
         for i, step in enumerate(node.get("steps", ())):
             step_key = f"{key}.steps[{i}]"
             step_cls = component_class(step, step_key, Corruption)
-            step_cls.check_provided(step, provided, step_key)
+            step_cls.check_keys(step, provided, read, step_key)
             provided |= set(step_cls.produces_for(step))
 
     def output_length(self, n_tokens: int, n_special: int) -> int:

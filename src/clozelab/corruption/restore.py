@@ -39,9 +39,11 @@ class Restore(Seq2SeqCorruption):
         self.steps = Compose(steps, **restrict(Compose, {**runtime, **corpus}))
 
     @classmethod
-    def check_provided(cls, node, provided: set[str], key: str = "corruption") -> None:
-        """Its steps against the data (``Compose.check_provided``)."""
-        Compose.check_provided(node, provided, key)
+    def check_keys(
+        cls, node, provided: set[str], read: set[str] | None = None, key: str = "corruption"
+    ) -> None:
+        """Its steps against the data (``Compose.check_keys``)."""
+        Compose.check_keys(node, provided, read, key)
 
     def output_length(self, n_tokens: int, n_special: int) -> int:
         return self.steps.output_length(n_tokens, n_special) - self.dropped_bos()

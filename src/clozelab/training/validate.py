@@ -100,9 +100,10 @@ def validate_model(cfg: DictConfig) -> None:
         )
 
 
-def validate_corruption(cfg: DictConfig) -> None:
+def validate_corruption(cfg: DictConfig, run: bool = False) -> None:
     """The corruption's own arguments (``Corruption.check_node``: its constructor's checks, run
-    with stand-in tokenizer ids) and the batch keys it reads against what the data provides."""
+    with stand-in tokenizer ids) and the batch keys it reads against what the data provides;
+    for a pre-training ``run``, also that what it writes is read (``Corruption.check_keys``)."""
     _probability(cfg, "corruption.rate", low_open=True, high_open=True)
     probs = [
         _probability(cfg, f"corruption.{k}", False, False)
@@ -118,7 +119,7 @@ def validate_corruption(cfg: DictConfig) -> None:
     if node is None or not node.get("_target_"):
         return
     cls = component_class(node, "corruption", Corruption)
-    cls.check_provided(node, data_keys(cfg))  # Corruption hook: the keys it reads
+    cls.check_keys(node, data_keys(cfg), read_keys(cfg) if run else None)  # Corruption hook
     cls.check_node(node)  # Corruption hook: its constructor's checks
 
 
@@ -169,6 +170,19 @@ def validate_objectives(cfg: DictConfig) -> list[str]:
         cls.check_config(cfg, name)  # combinations beyond batch keys
         names.append(name)
     return names
+
+
+def read_keys(cfg: DictConfig) -> set[str]:
+    """The batch keys a pre-training run reads: its objectives' ``requires`` and the extra
+    inputs of its embedding and encoder (``batch_inputs``)."""
+    keys = set()
+    for name, node in (cfg_select(cfg, "objective") or {}).items():
+        keys |= set(component_class(node, f"objective.{name}", Objective).requires)
+    for key, base in (("embedding", Embedding), ("encoder", Encoder)):
+        node = cfg_select(cfg, key)
+        if node is not None and node.get("_target_"):
+            keys |= set(component_class(node, key, base).batch_inputs)
+    return keys
 
 
 def data_keys(cfg: DictConfig) -> set[str]:
@@ -368,7 +382,7 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     validate_dialogue(cfg)
     validate_trainer(cfg.trainer)  # presets, precision, devices against this machine
     names = validate_objectives(cfg)
-    validate_corruption(cfg)  # after the objectives: theirs is the clearer refusal of a mismatch
+    validate_corruption(cfg, run=True)  # after the objectives: theirs is the clearer refusal
     validate_schedule(cfg, names)
     if cfg.get("validation_reference") is not None and "mlm" not in names:
         raise ClozelabError(
