@@ -8,8 +8,9 @@
     measured bf16 matmul peak. The issue's targets (model=base: MFU >= 40%, >= 1.5x HF's
     tokens/s, no recompilation) are checked and written as PASS / FAIL. Then the encoder-decoder
     step (issue 18): our T5 against ``transformers.T5ForConditionalGeneration`` at equal weights
-    and span-corrupted batches, fp32 and bf16, with greedy generation; the target (fp32: >= 1.5x
-    HF's tokens/s) is checked the same way.
+    and span-corrupted batches, fp32 and bf16, with greedy generation, then in fp32 with ours
+    under ``model.compile`` (decoder layers included); the target (fp32: >= 1.5x HF's tokens/s)
+    is checked the same way for both.
 (b) the masking-rate study at GPU scale: ``sweep=masking_rate_gpu`` (experiments/study_gpu.yaml:
     model=mini, 30M tokens a job, 3 seeds, rates 0.15/0.4/0.8 with 80/10/10) and the mask-only arm
     at 40%, several jobs at a time on the one GPU, stopped at the pack's deadline (a re-run resumes
@@ -104,11 +105,17 @@ def unpad_overrides(device: str, size: dict, quick: bool) -> list[str]:
             "bench.unpad.min_length=4" if quick else "bench.unpad.min_length=16"]  # fmt: skip
 
 
-def seq2seq_overrides(device: str, quick: bool) -> list[str]:
-    """``clozelab bench`` overrides of the encoder-decoder step (fp32 and bf16, HF beside)."""
-    options = QUICK_SEQ2SEQ if quick else SEQ2SEQ
+def seq2seq_overrides(device: str, quick: bool, compile: bool = False) -> list[str]:
+    """``clozelab bench`` overrides of the encoder-decoder step (fp32 and bf16, HF beside);
+    ``compile``: ours under ``model.compile`` (its layers and the decoder's), fp32, no
+    generation."""
+    options = {**(QUICK_SEQ2SEQ if quick else SEQ2SEQ), "precisions": "[fp32,bf16]"}
+    if compile:
+        options.update(precisions="[fp32]", compile=True, compile_dynamic=False,
+                       generate_length=0)  # fmt: skip
+        if quick:
+            options["compile_backend"] = "aot_eager"  # the traced graphs, without a C++ build
     return ["bench.sections=[seq2seq]", f"bench.device={device}",
-            "bench.seq2seq.precisions=[fp32,bf16]",
             *(f"bench.seq2seq.{k}={v}" for k, v in options.items())]  # fmt: skip
 
 
@@ -146,6 +153,8 @@ def bench_matrix(out: Path, device: str, quick: bool) -> dict:
                                              unpad_overrides(device, size, quick))  # fmt: skip
     results["t5/seq2seq"] = run_bench(out / "bench" / "t5_seq2seq",
                                       seq2seq_overrides(device, quick))  # fmt: skip
+    compiled = seq2seq_overrides(device, quick, compile=True)
+    results["t5/seq2seq_compile"] = run_bench(out / "bench" / "t5_seq2seq_compile", compiled)
     return results
 
 
@@ -161,7 +170,7 @@ def bench_rows(results: dict) -> list[dict]:
     rows = []
     for key, r in results.items():
         name, variant = key.split("/")
-        if variant in ("unpad", "seq2seq"):
+        if variant == "unpad" or variant.startswith("seq2seq"):
             continue
         hf = results[f"{name}/sdpa"]["pretrain.hf_tokens_per_s_bf16"]
         ours = r["pretrain.clozelab_tokens_per_s_bf16"]
@@ -284,8 +293,9 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
 
 
-def seq2seq_lines(s: dict) -> list[str]:
-    """The README's encoder-decoder table, generation rates and target line."""
+def seq2seq_lines(s: dict, compiled: dict | None = None) -> list[str]:
+    """The README's encoder-decoder table, generation rates and target lines (``compiled``: the
+    fp32 row of ours under ``model.compile``)."""
     lines = ["", f"Encoder-decoder step (issue 18): {s['config']}; ours vs transformers "
              "T5ForConditionalGeneration, equal weights and batches (source + target tokens/s):",
              "", "| precision | ours tokens/s | HF tokens/s | ratio | loss diff |",
@@ -297,13 +307,21 @@ def seq2seq_lines(s: dict) -> list[str]:
             f"{_fmt(s.get(f'hf_tokens_per_s{suffix}'))} | {_fmt(ratio)} | "
             f"{s['loss_abs_diff']:.1e} |"
         )
+    if compiled:
+        lines.append(
+            f"| fp32, ours compiled | {_fmt(compiled.get('clozelab_tokens_per_s'))} | "
+            f"{_fmt(compiled.get('hf_tokens_per_s'))} | {_fmt(compiled.get('ratio'))} | "
+            f"{compiled['loss_abs_diff']:.1e} |"
+        )
     lines += ["", f"Greedy generation ({s.get('generate_config')}): ours with the cache "
               f"{_fmt(s.get('generate_cached_tokens_per_s'))} tokens/s, without "
               f"{_fmt(s.get('generate_uncached_tokens_per_s'))}, HF `generate` "
               f"{_fmt(s.get('generate_hf_tokens_per_s'))}.", ""]  # fmt: skip
-    c = s["target"]
-    lines.append(f"- fp32 step, x HF tokens/s: {_fmt(c['value'])} (target ≥ {c['target']}): "
-                 f"**{'PASS' if c['pass'] else 'FAIL'}**")  # fmt: skip
+    for label, row in (("fp32 step", s), ("fp32 step, ours compiled", compiled)):
+        if row:
+            c = row["target"]
+            lines.append(f"- {label}, x HF tokens/s: {_fmt(c['value'])} (target ≥ "
+                         f"{c['target']}): **{'PASS' if c['pass'] else 'FAIL'}**")  # fmt: skip
     return lines
 
 
@@ -342,7 +360,7 @@ def write_report(out: Path, pack: dict) -> Path:
             f"{u['unpad.ratio_vs_hf_bf16']:.2f} |"
         )
     if pack.get("seq2seq"):
-        lines += seq2seq_lines(pack["seq2seq"])
+        lines += seq2seq_lines(pack["seq2seq"], pack.get("seq2seq_compiled"))
     t = pack["targets"]
     lines += ["", f"Targets (model=base, best variant: {t['best_base_variant']}):", ""]
     for key, label in (
@@ -429,6 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bench_rows": rows,
         "unpad": {k.split("/")[0]: v for k, v in results.items() if k.endswith("/unpad")},
         "seq2seq": seq2seq_row(results["t5/seq2seq"]) if "t5/seq2seq" in results else None,
+        "seq2seq_compiled": seq2seq_row(results["t5/seq2seq_compile"])
+        if "t5/seq2seq_compile" in results else None,
         "targets": check_targets(rows) if rows else {},
         "study": study,
         "wall_s": {"bench": bench_done - start, "study": time.time() - bench_done,

@@ -100,15 +100,17 @@ def test_encoder_options_and_device_errors(tmp_path):
         bench(_compose(tmp_path, "bench.sections=[unpad]", "bench.unpad.layouts=[ragged]"))
 
 
-def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
-    tiny = ("bench.sections=[seq2seq]", "bench.seq2seq.num_layers=1",
+SEQ2SEQ_TINY = ("bench.sections=[seq2seq]", "bench.seq2seq.num_layers=1",
             "bench.seq2seq.hidden_size=32", "bench.seq2seq.num_heads=2",
             "bench.seq2seq.intermediate_size=64", "bench.seq2seq.vocab_size=300",
             "bench.seq2seq.seq_len=32", "bench.seq2seq.batch_size=4", "bench.seq2seq.batches=2",
             "bench.seq2seq.steps=1", "bench.seq2seq.rounds=1", "bench.seq2seq.warmup_steps=0",
             "bench.seq2seq.n_sentinels=10", "bench.seq2seq.precisions=[fp32,bf16]",
             "bench.seq2seq.generate_length=3", "bench.seq2seq.generate_repeats=1")  # fmt: skip
-    results = bench(_compose(tmp_path, *tiny))
+
+
+def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
+    results = bench(_compose(tmp_path, *SEQ2SEQ_TINY))
     assert json.loads((tmp_path / "bench.json").read_text()) == results
     for key in ("seq2seq.clozelab_tokens_per_s", "seq2seq.hf_tokens_per_s", "seq2seq.ratio",
                 "seq2seq.ratio_bf16", "seq2seq.ratio_bf16_vs_hf_bf16",
@@ -120,6 +122,18 @@ def test_seq2seq_section_side_by_side_with_hf_t5(tmp_path):
     assert results["seq2seq.loss_abs_diff"] <= 1e-4
     assert results["seq2seq.source_tokens_per_batch"] == 4 * 32  # the source fills seq_len
     assert "V300+10" in results["seq2seq.config"]
+
+
+def test_seq2seq_section_compiles_ours_with_its_decoder(tmp_path):
+    """bench.seq2seq.compile: our layers traced (dynamo's eager backend here), one graph per
+    layer kind and mode, none traced while timing (T5 span targets have one length)."""
+    results = bench(_compose(tmp_path, *SEQ2SEQ_TINY, "bench.seq2seq.precisions=[fp32]",
+                             "bench.seq2seq.compile=true", "bench.seq2seq.warmup_steps=1",
+                             "bench.seq2seq.compile_backend=eager"))  # fmt: skip
+    assert results["seq2seq.compiled_graphs"] >= 3  # embedding, encoder layer, decoder layer
+    assert results["seq2seq.recompiles_while_timing"] == 0
+    assert results["seq2seq.loss_abs_diff"] <= 1e-4
+    assert math.isfinite(results["seq2seq.generate_cached_tokens_per_s"])
 
 
 def test_knowledge_section_times_fusion_and_the_entity_pipeline(tmp_path):

@@ -70,9 +70,16 @@ def test_the_seq2seq_step_runs_quick_and_is_reported(tmp_path):
     assert row["ratio"] == row["clozelab_tokens_per_s"] / row["hf_tokens_per_s"]
     assert row["target"] == {"value": row["ratio"], "target": 1.5, "pass": row["ratio"] >= 1.5}
     assert row["generate_cached_tokens_per_s"] > 0 and "ratio_bf16_vs_hf_bf16" in row
-    lines = pack.seq2seq_lines(row)
+    compiled = pack.seq2seq_row(
+        pack.run_bench(tmp_path / "t5c", pack.seq2seq_overrides("cpu", True, compile=True))
+    )
+    assert compiled["compiled_graphs"] > 0 and compiled["recompiles_while_timing"] == 0
+    assert compiled["loss_abs_diff"] <= 1e-4 and "ratio_bf16" not in compiled
+    lines = pack.seq2seq_lines(row, compiled)
     verdict = "**PASS**" if row["target"]["pass"] else "**FAIL**"
-    assert any(line.startswith("| fp32 |") for line in lines) and verdict in lines[-1]
+    assert any(line.startswith("| fp32 |") for line in lines) and verdict in lines[-2]
+    assert any(line.startswith("| fp32, ours compiled |") for line in lines)
+    assert lines[-1].startswith("- fp32 step, ours compiled, x HF tokens/s")
 
 
 def test_targets_are_checked_on_model_base():

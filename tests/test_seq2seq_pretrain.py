@@ -256,3 +256,30 @@ def test_init_from_an_hf_encoder_decoder_of_the_other_family_is_refused(tmp_path
     report = load_weights(tmp_path / "hf", embedding, encoder, {"seq2seq": Seq2Seq(decoder)},
                           key="model.init_from")  # fmt: skip
     assert report == {"missing": [], "unexpected": []}
+
+
+def test_model_compile_covers_the_decoder_in_a_seq2seq_run(compose_pretrain, tmp_path):
+    """model.compile=true on a tiny T5 run compiles the decoder layers too (the objective's
+    compile_targets hook), trains, and checkpoints under the eager names."""
+    from clozelab.model.compile import is_compiled
+
+    built = []
+    original = PretrainModule.__init__
+
+    def keep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    run = tmp_path / "compiled"
+    overrides = (*LAYOUTS["t5"], "objective=[seq2seq]", f"paths.output_dir={run}",
+                 "trainer.max_steps=2", "model.compile=true",
+                 "model.compile_backend=eager")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PretrainModule, "__init__", keep)
+        metrics = pretrain(_with_test_batches(compose_pretrain(*overrides), 4))
+    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    decoder = built[0].objectives["seq2seq"].decoder
+    assert all(is_compiled(layer) for layer in decoder.layers)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "objectives.seq2seq.decoder.layers.1.cross_attention.q.weight" in state
+    assert not any("_orig_mod" in key for key in state)

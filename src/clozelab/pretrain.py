@@ -263,7 +263,8 @@ def _pretrain(cfg: DictConfig, run_dir: Path, objective_names: list[str]) -> dic
     prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     embedding, encoder, objectives, corruption = build_components(cfg, prepared.tokenizer, prepared)
     init_components(cfg.model.get("init_from"), embedding, encoder, objectives, prepared.tokenizer)
-    apply_model_compile(embedding, encoder, cfg.model)  # in place: state_dict keys unchanged
+    # in place: state_dict keys unchanged
+    apply_model_compile(embedding, encoder, cfg.model, objectives)
 
     reference = cfg.get("validation_reference")  # validation's fixed yardstick, off by default
     if reference is not None:

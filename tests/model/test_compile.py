@@ -140,8 +140,8 @@ def test_pretrain_wires_model_compile(compose_pretrain, monkeypatch):
     compiled: list[list[str]] = []
     original = pretrain_module.apply_model_compile
 
-    def spy(embedding, encoder, model_cfg):
-        compiled.append(original(embedding, encoder, model_cfg))
+    def spy(embedding, encoder, model_cfg, objectives=None):
+        compiled.append(original(embedding, encoder, model_cfg, objectives))
         return compiled[-1]
 
     monkeypatch.setattr(pretrain_module, "apply_model_compile", spy)
@@ -156,3 +156,52 @@ def test_pretrain_wires_model_compile(compose_pretrain, monkeypatch):
     assert not any("_orig_mod" in key for key in state)
     assert (run_dir / "hf" / "model.safetensors").is_file()
     assert clozelab.load(run_dir).load_report["missing"] == []
+
+
+def make_t5_module() -> PretrainModule:
+    from clozelab.model.t5 import T5Decoder, T5Embeddings, T5Encoder
+    from clozelab.objectives.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    sizes = (H, 2, 2, 64)
+    decoder = T5Decoder(*sizes)
+    return PretrainModule(T5Embeddings(V, H), T5Encoder(*sizes),
+                          {"seq2seq": Seq2Seq(decoder)}, optimizer=None)  # fmt: skip
+
+
+def make_seq2seq_batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (4, 16), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    labels = torch.randint(5, V, (4, 6), generator=g)
+    labels[2, 4:] = -100
+    decoder_input_ids = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], 1).clamp(0)
+    return Batch(input_ids=ids * mask, attention_mask=mask, labels=labels,
+                 decoder_input_ids=decoder_input_ids)  # fmt: skip
+
+
+def test_seq2seq_decoder_layers_compile_and_train_like_eager():
+    """The seq2seq objective's compile_targets hook adds each decoder layer; traced by
+    AOTAutograd, a training step (dropout on) draws the eager masks: same loss, same gradients."""
+    eager, compiled = make_t5_module(), make_t5_module()
+    names = apply_model_compile(compiled.embedding, compiled.encoder,
+                                {"compile": True, "compile_backend": "aot_eager"},
+                                compiled.objectives)  # fmt: skip
+    assert names == ["embedding", "encoder.layers.0", "encoder.layers.1",
+                     "objectives.seq2seq.decoder.layers.0",
+                     "objectives.seq2seq.decoder.layers.1"]  # fmt: skip
+    assert all(is_compiled(layer) for layer in compiled.objectives["seq2seq"].decoder.layers)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for seed in (0, 1):
+        batch = make_seq2seq_batch(seed)
+        losses = []
+        for module in (eager, compiled):
+            torch.manual_seed(seed)
+            loss = module(batch)[0]
+            loss.backward()
+            losses.append(float(loss.detach()))
+        assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+        for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+            a.grad = b.grad = None

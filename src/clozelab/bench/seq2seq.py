@@ -11,6 +11,9 @@ weights, dropout off), ``seq2seq.<name>_tokens_per_s[_bf16]`` (source + target t
 second), ``seq2seq.ratio[_bf16]`` (ours / HF fp32) and ``seq2seq.ratio_bf16_vs_hf_bf16``;
 from the CPU seconds of this process per step, ``seq2seq.<name>_tokens_per_cpu_s[_bf16]`` and
 ``seq2seq.ratio_cpu[_bf16]`` (HF CPU time / ours): the work ratio, robust to a loaded machine.
+``bench.seq2seq.compile`` compiles our embedding, encoder layers and decoder layers in place
+(``model.compile``; HF stays eager) and adds ``seq2seq.compiled_graphs`` /
+``seq2seq.recompiles_while_timing``; generation then runs the layers eagerly.
 
 Greedy generation (``generate_length`` > 0; eval mode, the same weights): tokens written per
 second by ``clozelab.model.generate.greedy_decode`` with its key/value cache
@@ -94,6 +97,17 @@ def build_seq2seq_pair(s: DictConfig, vocab: int):
     config._attn_implementation = s.hf_attention
     hf = transformers.T5ForConditionalGeneration(config)
     hf.load_state_dict(to_hf_state_dict(embedding, encoder, decoder), strict=True)
+    if s.get("compile", False):  # ours only, in place: HF runs as its users run it
+        from clozelab.model.compile import compile_components
+
+        compile_components(
+            embedding,
+            encoder,
+            mode=s.get("compile_mode", "default"),
+            dynamic=s.get("compile_dynamic"),
+            backend=s.get("compile_backend", "inductor"),
+            objectives=ours.objectives,
+        )
     return ours, hf
 
 
@@ -131,13 +145,15 @@ def _generate_rates(ours, hf, batch, length: int, repeats: int) -> dict[str, flo
         )
 
     calls = {"cached": lambda: ours_run(True), "uncached": lambda: ours_run(False)}
+    # compiled layers run eagerly here: one graph per decoding length would time compilation
+    eager = torch.compiler.set_stance("force_eager")
     if hf is not None:
         calls["hf"] = hf_run
     out = {}
     for model in (ours, hf):
         if model is not None:
             model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eager:
         for name, call in calls.items():
             call()  # warm-up
             start = time.perf_counter()
@@ -180,12 +196,16 @@ def bench_seq2seq(s: DictConfig, device="cpu") -> dict[str, Any]:
     for precision in s.precisions:
         suffix = "" if precision == "fp32" else f"_{precision}"
         cpu: dict = {}
-        for name, step_s in time_models(models, batches, s, precision, cpu=cpu).items():
+        graphs: dict = {}
+        for name, step_s in time_models(models, batches, s, precision, graphs, cpu).items():
             out[f"seq2seq.{name}_step_s{suffix}"] = step_s
             out[f"seq2seq.{name}_tokens_per_s{suffix}"] = tokens / step_s
             out[f"seq2seq.{name}_tokens_per_cpu_s{suffix}"] = tokens / max(cpu[name], 1e-9)
         if "hf" in cpu:  # the work done per step, robust to other processes' load
             out[f"seq2seq.ratio_cpu{suffix}"] = cpu["hf"] / max(cpu["clozelab"], 1e-9)
+        if s.get("compile", False):  # graphs traced in warm-up, and recompiles while timing
+            out[f"seq2seq.compiled_graphs{suffix}"] = graphs["warmup"]
+            out[f"seq2seq.recompiles_while_timing{suffix}"] = graphs["timing"]
     length = int(s.get("generate_length", 0))
     if length > 0:
         out["seq2seq.generate_config"] = f"greedy, batch {s.batch_size}, {length} tokens a row"

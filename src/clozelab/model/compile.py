@@ -3,8 +3,9 @@
 Each transformer layer is compiled on its own (``nn.Module.compile``), not the encoder as a
 whole: the layers share one compiled graph, and the encoder's data-dependent steps (is there
 padding? which tokens are real?) stay in eager Python between them. The embedding is compiled
-too; other encoders (BiLSTM) are compiled whole. The objectives are not compiled: the MLM
-decoder's fused chunked cross-entropy is already one custom autograd function.
+too; other encoders (BiLSTM) are compiled whole. An objective adds what it names with its
+``compile_targets`` hook (the seq2seq objective: each decoder layer); the others are not
+compiled: the MLM decoder's fused chunked cross-entropy is already one custom autograd function.
 
 Compiling in place keeps every module where it was, so ``state_dict`` keys, checkpoints, resume,
 ``clozelab export`` and ``clozelab.load`` see the same names as an eager run (no ``_orig_mod.``).
@@ -30,14 +31,22 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_targets(embedding: nn.Module, encoder: nn.Module) -> dict[str, nn.Module]:
-    """The modules ``model.compile`` compiles, by their name in the PretrainModule."""
-    targets = {"embedding": embedding}
-    layers = getattr(encoder, "layers", None)
+def layer_targets(name: str, stack: nn.Module) -> dict[str, nn.Module]:
+    """Each layer of ``stack`` (its ``layers`` ModuleList) by name, or ``stack`` whole."""
+    layers = getattr(stack, "layers", None)
     if isinstance(layers, nn.ModuleList):
-        targets.update({f"encoder.layers.{i}": layer for i, layer in enumerate(layers)})
-    else:
-        targets["encoder"] = encoder
+        return {f"{name}.layers.{i}": layer for i, layer in enumerate(layers)}
+    return {name: stack}
+
+
+def compile_targets(
+    embedding: nn.Module, encoder: nn.Module, objectives: Mapping[str, nn.Module] | None = None
+) -> dict[str, nn.Module]:
+    """The modules ``model.compile`` compiles, by their name in the PretrainModule."""
+    targets = {"embedding": embedding, **layer_targets("encoder", encoder)}
+    for name, objective in (objectives or {}).items():
+        for sub, module in objective.compile_targets().items():
+            targets[f"objectives.{name}.{sub}"] = module
     return targets
 
 
@@ -47,8 +56,10 @@ def compile_components(
     mode: str = "default",
     dynamic: bool | None = None,
     backend: str = "inductor",
+    objectives: Mapping[str, nn.Module] | None = None,
 ) -> list[str]:
-    """Compile the embedding and each encoder layer in place; returns the compiled names.
+    """Compile the embedding, each encoder layer and what ``objectives`` name in place; returns
+    the compiled names.
 
     Compilation itself happens lazily, at the first forward call."""
     if mode not in COMPILE_MODES:
@@ -76,7 +87,7 @@ def compile_components(
     options = {"backend": backend, "dynamic": dynamic}
     if backend == "inductor":
         options["mode"] = mode
-    targets = compile_targets(embedding, encoder)
+    targets = compile_targets(embedding, encoder, objectives)
     for module in targets.values():
         module.compile(**options)
     log.info(
@@ -85,7 +96,12 @@ def compile_components(
     return list(targets)
 
 
-def apply_model_compile(embedding: nn.Module, encoder: nn.Module, model_cfg: Mapping) -> list[str]:
+def apply_model_compile(
+    embedding: nn.Module,
+    encoder: nn.Module,
+    model_cfg: Mapping,
+    objectives: Mapping[str, nn.Module] | None = None,
+) -> list[str]:
     """``compile_components`` as ``model.compile*`` asks; [] when ``model.compile`` is false."""
     if not model_cfg.get("compile", False):
         return []
@@ -95,6 +111,7 @@ def apply_model_compile(embedding: nn.Module, encoder: nn.Module, model_cfg: Map
         mode=model_cfg.get("compile_mode", "default"),
         dynamic=model_cfg.get("compile_dynamic"),
         backend=model_cfg.get("compile_backend", "inductor"),
+        objectives=objectives,
     )
 
 
@@ -109,4 +126,5 @@ __all__ = [
     "compile_components",
     "compile_targets",
     "is_compiled",
+    "layer_targets",
 ]

@@ -139,12 +139,7 @@ class SelfAttention(nn.Module):
         B, T = qkv.shape[:2]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs), views
         p = self.attention_dropout if self.training else 0.0
-        if (
-            p > 0.0
-            and qkv.device.type == "cpu"
-            and self.attention_backend == "auto"
-            and not torch.compiler.is_compiling()
-        ):
+        if p > 0.0 and qkv.device.type == "cpu" and self.attention_backend == "auto":
             y = attention_with_cpu_dropout(q, k, v, mask, p)  # (B, nh, T, hs)
         else:  # SDPA scales by 1/sqrt(hs), like BERT
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
-from clozelab.model.layers import Dropout
+from clozelab.model.layers import Dropout, relu_dropout
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -252,7 +252,7 @@ class Attention(nn.Module):
             cache["k"], cache["v"] = k, v  # (B, nh, S, hs)
         T, S = q.shape[-2], k.shape[-2]
         p = self.attention_dropout if self.training else 0.0
-        cpu_dropout = p > 0.0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+        cpu_dropout = p > 0.0 and x.device.type == "cpu"
         if causal and mask is None and (S != T or cpu_dropout):
             # SDPA's is_causal aligns the queries top-left; a cache (or the CPU dropout path)
             # needs an explicit mask: True = attend
@@ -324,7 +324,11 @@ class Block(nn.Module):
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         ff = self.feed_forward
-        return ff.fc2(self.activation_dropout(ff.act(ff.fc1(x))))  # (B, T, I) inside
+        if ff.activation == "relu":  # T5: one fused relu + dropout that saves only its output
+            hidden = relu_dropout(ff.fc1(x), self.activation_dropout.p, self.training)
+        else:
+            hidden = self.activation_dropout(ff.act(ff.fc1(x)))
+        return ff.fc2(hidden)  # (B, T, I) inside
 
     def _residual(self, x: Tensor, norm: nn.Module, sub, *args, **kwargs) -> Tensor:
         if self.pre:

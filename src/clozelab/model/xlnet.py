@@ -183,7 +183,7 @@ class RelativeAttention(nn.Module):
         Bernoulli draws)."""
         q = q + self.r_w_bias[:, None]
         p = self.attention_dropout if self.training else 0.0
-        if p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        if p > 0.0 and q.device.type == "cpu":
             scores = torch.baddbmm(
                 bias.flatten(0, 1),
                 (q * self.head_size**-0.5).flatten(0, 1),

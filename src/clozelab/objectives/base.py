@@ -134,9 +134,10 @@ class Objective(nn.Module):
             of a step reads it, an encoder that ``skips_unread_output`` does not compute it.
 
     Hooks a subclass may override: ``check_config`` (refuse combinations beyond batch keys at
-    compose time) and ``prepare_inputs``. A user's objective in their own module subclasses this
-    and is selected with ``+objective.NAME._target_=mymodule.MyObjective``-style overrides (or a
-    config file of the objective group).
+    compose time), ``prepare_inputs`` and ``compile_targets`` (what ``model.compile`` compiles).
+    A user's objective in their own module subclasses this and is selected with
+    ``+objective.NAME._target_=mymodule.MyObjective``-style overrides (or a config file of the
+    objective group).
 
     Args:
         weight: factor of this objective's loss in the total loss.
@@ -177,6 +178,11 @@ class Objective(nn.Module):
         """The decoder this objective trains, for encoder-decoder runs (export to HF T5/BART,
         text-to-text fine-tuning); None for the encoder-only objectives."""
         return None
+
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """The submodules ``model.compile`` compiles in place, by their name in this objective
+        (a decoder's layers); the default: none, the objective runs eagerly."""
+        return {}
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import config_error
+from clozelab.model.compile import layer_targets
 from clozelab.model.decoder import Decoder
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import tied_decoder_cross_entropy
@@ -68,6 +69,10 @@ class Seq2Seq(Objective):
 
     def seq2seq_decoder(self) -> Decoder:
         return self.decoder
+
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """Each decoder layer: the half of an encoder-decoder's work that is not the encoder's."""
+        return layer_targets("decoder", self.decoder)
 
     def decode(self, encoder_output, batch: Mapping[str, Tensor], embedding: nn.Module) -> Tensor:
         """The decoder states [B, L, H] of a batch (teacher forcing)."""
