@@ -5,6 +5,9 @@ usage: python killer.py STEP SIGNAL OVERRIDES...
 - SIGNAL in SIGTERM, SIGINT, SIGUSR1, SIGKILL: this process sends itself the signal at the start
   of training step STEP (1-based), so it arrives while that step is computed, the way a
   scheduler or a user would; a graceful stop then completes step STEP and checkpoints it.
+- SIGNAL@RANK (e.g. SIGTERM@1): in a DDP run, only that rank signals itself, as ``kill`` of one
+  process does. Lightning's launcher starts rank 1 (LOCAL_RANK=1) by re-running ``sys.argv``,
+  which is pointed back at this script with the same STEP and SIGNAL.
 - SIGNAL = MIDWRITE: the STEP-th checkpoint file write is cut in the middle (half the bytes
   written to the temporary file) by a SIGKILL, the worst case for a non-atomic writer.
 
@@ -50,9 +53,22 @@ def kill_mid_write(nth: int) -> None:
     torch.save = save
 
 
+def relaunch_through_this_script(at: str, how: str) -> None:
+    import clozelab.cli
+
+    def point_rank_launcher(command: str, overrides: list[str]) -> None:
+        sys.argv = [os.path.abspath(__file__), at, how, *overrides]
+
+    clozelab.cli.point_rank_launcher = point_rank_launcher
+
+
 if __name__ == "__main__":
     at, how = int(sys.argv[1]), sys.argv[2]
-    if how == "MIDWRITE":
+    relaunch_through_this_script(sys.argv[1], how)
+    how, _, rank = how.partition("@")
+    if rank and os.environ.get("LOCAL_RANK", "0") != rank:
+        pass  # another rank's signal: this one trains on
+    elif how == "MIDWRITE":
         kill_mid_write(at)
     else:
         kill_at_step(at, getattr(signal, how))

@@ -287,3 +287,48 @@ def test_xlnet_recipe_resumes_exactly(tmp_path, text_corpus, cache_dir, xlnet_re
     reference = _losses(xlnet_reference)
     assert len(reference) == 8
     assert _losses(run_dir) == reference
+
+
+# ---------------------------------------------------------------------------------- DDP
+# A signal that reaches one rank of a 2-process CPU DDP run (``kill`` of the launching process,
+# or of rank 1 alone) stops every rank at the same step: one checkpoint, every process exits,
+# and the same command resumes to the uninterrupted DDP run's weights. Before the ranks agreed,
+# the signalled rank stopped and saved alone while the other waited in its next collective: the
+# run hung (``kill`` of the launcher: rank 0 wrote its checkpoint, then both processes blocked).
+DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, text_corpus, cache_dir):
+    run_dir = tmp_path_factory.mktemp("ddp_reference") / "run"
+    proc = _clozelab(_args(text_corpus, cache_dir, run_dir, *DDP), cache_dir, run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow  # 5 launches of 2 processes (~2 min on 2 cores)
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_signal_to_one_rank_stops_every_rank_together(
+    tmp_path, text_corpus, cache_dir, ddp_reference, rank
+):
+    run_dir = tmp_path / "run"
+    args = _args(text_corpus, cache_dir, run_dir, *DDP)
+    try:  # the signal arrives while step 5 runs on that rank only
+        first = subprocess.run([sys.executable, str(KILLER), "5", f"SIGTERM@{rank}", *args],
+                               cwd=tmp_path, env=_env(cache_dir), capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        subprocess.run(["pkill", "-f", str(run_dir)], check=False)  # the other rank, too
+        pytest.fail("the ranks did not stop")
+    out = first.stdout + first.stderr
+    assert first.returncode in (0, 128 + signal.SIGTERM), out[-3000:]
+    assert out.count("Checkpoint written to") == 2  # both ranks, at the same step
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert saved["global_step"] == 5
+    second = _clozelab(args, cache_dir, tmp_path)  # the same command again
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stderr + second.stdout
+    ours, theirs = _weights(run_dir), _weights(ddp_reference)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs after resume"

@@ -169,6 +169,12 @@ class CheckpointOnSignal(pl.Callback):
     A signal that arrives in a batch after which validation is due stops one batch later: the
     validation runs whole first. (A checkpoint written before it would lose it: Lightning cut
     it after one batch, and the resumed run skips a validation its checkpoint says is done.)
+
+    With several processes (DDP), a signal may reach one rank only (``kill`` of the launching
+    process) or the ranks in different batches; a rank that stopped alone would leave the others
+    waiting in a collective forever. There the handler only notes the signal, and at the end of
+    every training batch the ranks agree (one all-reduce of "any rank signalled?") and stop,
+    save and exit together, at the same step.
     """
 
     def __init__(self, path: str | Path):
@@ -180,6 +186,8 @@ class CheckpointOnSignal(pl.Callback):
         self._before: dict[int, object] = {}  # the handlers of the last training, kept
 
     def _handler(self, trainer):
+        together = trainer.world_size > 1  # the ranks stop when they agree, not on their own
+
         def handle(signum, frame):
             if signum == signal.SIGINT and self.signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -190,9 +198,18 @@ class CheckpointOnSignal(pl.Callback):
                     self.path,
                 )
                 self.signum = signum
-            trainer._signal_connector.received_sigterm = True
+            if not together:
+                trainer._signal_connector.received_sigterm = True
 
         return handle
+
+    def _stop_requested(self, trainer) -> bool:
+        """Whether to stop after this batch: this process's signal, or with several processes,
+        any rank's (every rank calls this at the end of every training batch)."""
+        local = self.signum is not None or trainer.received_sigterm or self._deferred
+        if trainer.world_size > 1:
+            return trainer.strategy.reduce_boolean_decision(local, all=False)
+        return local
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.signum, self._saved, self._deferred = None, False, False
@@ -223,7 +240,7 @@ class CheckpointOnSignal(pl.Callback):
         # Save here, in the same loop state as the periodic checkpoints (Lightning resumes those
         # exactly, also at a validation step or an epoch's last batch); Lightning raises
         # SIGTERMException at the end of this batch.
-        if self._saved or not (trainer.received_sigterm or self._deferred):
+        if self._saved or not self._stop_requested(trainer):
             return
         if not self._deferred and _validation_due(trainer):
             log.warning("Validation is due after this batch: running it, then stopping")
