@@ -283,3 +283,17 @@ def test_model_compile_covers_the_decoder_in_a_seq2seq_run(compose_pretrain, tmp
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert "objectives.seq2seq.decoder.layers.1.cross_attention.q.weight" in state
     assert not any("_orig_mod" in key for key in state)
+
+
+def test_compile_without_dynamic_shapes_is_warned_about(compose_pretrain, caplog):
+    """Target (and, after most corruptions, source) lengths change from batch to batch, so
+    model.compile_dynamic=false would trace new decoder graphs for each length."""
+    from clozelab.objectives.seq2seq import Seq2Seq
+
+    base = (*LAYOUTS["t5"], "objective=[seq2seq]", "model.compile=true")
+    for dynamic, warned in (("false", True), ("null", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="clozelab.objectives.seq2seq"):
+            Seq2Seq.check_config(compose_pretrain(*base, f"model.compile_dynamic={dynamic}"),
+                                 "seq2seq")  # fmt: skip
+        assert ("model.compile_dynamic=null makes them dynamic" in caplog.text) is warned

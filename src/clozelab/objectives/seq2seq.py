@@ -15,6 +15,7 @@ optional ``decoder_position_ids`` [B, L] (MASS: the fragment's positions in the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -26,6 +27,8 @@ from clozelab.model.compile import layer_targets
 from clozelab.model.decoder import Decoder
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import tied_decoder_cross_entropy
+
+log = logging.getLogger(__name__)
 
 #: The batch keys that make a batch a seq2seq batch (a corruption producing them needs a decoder).
 TARGET_KEYS = ("labels", "decoder_input_ids")
@@ -119,13 +122,24 @@ class Seq2Seq(Objective):
 
     @classmethod
     def check_config(cls, cfg, name: str) -> None:
-        """A decoder must be configured (``decoder=t5|bart``)."""
+        """A decoder must be configured (``decoder=t5|bart``); ``model.compile_dynamic=false``
+        is warned about (every target length then traces new decoder graphs)."""
         if cfg.get("decoder") is None or cfg.objective[name].get("decoder") is None:
             raise config_error(
                 "decoder",
                 None,
                 f"objective.{name} trains an encoder-decoder, but no decoder is selected",
                 "add decoder=t5 or decoder=bart (experiment=t5|bart|mass set one)",
+            )
+        model = cfg.get("model") or {}
+        if model.get("compile", False) and model.get("compile_dynamic") is False:
+            log.warning(
+                "model.compile_dynamic=false with objective.%s: the decoder runs up to each "
+                "batch's last target, and source lengths change with the corruption, so each "
+                "new length traces new graphs (Dynamo falls back to eager after %d); "
+                "model.compile_dynamic=null makes them dynamic after the first change",
+                name,
+                torch._dynamo.config.recompile_limit,
             )
 
 
