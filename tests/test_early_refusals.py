@@ -55,6 +55,9 @@ BAD = [
     (("data.entities=gazetteer", "data.gazetteer=/no/such/names.txt"),
      r"data\.gazetteer='/no/such/names.txt': the gazetteer file does not exist"),
     (("data.validation_fraction=0.7",), r"data\.validation_fraction=0\.7: must be in \[0, 0\.5\)"),
+    (("data.max_documents=0",), r"data\.max_documents=0: must be an integer >= 1"),
+    (("validation_reference={_target_:clozelab.corruption.mask.TokenMasking,rate:0}",),
+     r"corruption\.rate=0: "),
 ]  # fmt: skip
 
 

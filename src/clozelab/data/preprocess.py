@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, check_int, config_error
 from clozelab.core.progress import progress
 from clozelab.data.annotate import AnnotationSettings, Annotator
 from clozelab.data.corpus import corpus_fingerprint, iter_documents
@@ -421,7 +421,11 @@ def _documents(n: int) -> str:
 def check_data_settings(data_cfg) -> tuple[float, AnnotationSettings]:
     """The settings of ``data`` that ``prepare`` reads besides the corpus, checked before any
     tokenizer is trained or document read (``training/validate.py`` calls it when the config is
-    composed): the held-out fraction and the entity/phrase sources (``AnnotationSettings``)."""
+    composed): the document limit, the held-out fraction and the entity/phrase sources
+    (``AnnotationSettings``)."""
+    limit = data_cfg.get("max_documents")
+    if limit is not None:
+        check_int(limit, "data.max_documents", 1, "documents read", "null reads them all")
     fraction = data_cfg.get("validation_fraction", 0.05)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise config_error("data.validation_fraction", fraction, "must be a number", "e.g. 0.05")

@@ -205,8 +205,10 @@ POSITIONS_NOTE = (
     "x[17:25]). HF {architecture} has no decoder_position_ids input: its decoder always places "
     "the target at positions 0..n-1 (after the cached ones when generating). The weights are "
     "exact, and this model computes what the clozelab run computes whenever the decoder "
-    "positions are 0..n-1 (fine-tuning, generation); it does not reproduce the pre-training "
-    "forward pass, where the decoder read the fragment at its positions in the sentence."
+    "positions are 0..n-1 (fine-tuning, generation). It cannot be given the positions the decoder "
+    "read in pre-training, so it does not reproduce that pass where they matter (learned "
+    "absolute positions, as BART's, put other position vectors there; a relative-position "
+    "decoder, as T5's, differs only where the fragment's positions are not consecutive)."
 )
 
 

@@ -384,9 +384,12 @@ def validate_pretrain(cfg: DictConfig) -> list[str]:
     names = validate_objectives(cfg)
     validate_corruption(cfg, run=True)  # after the objectives: theirs is the clearer refusal
     validate_schedule(cfg, names)
-    if cfg.get("validation_reference") is not None and "mlm" not in names:
+    reference = cfg.get("validation_reference")
+    if reference is not None and "mlm" not in names:
         raise ClozelabError(
             f"validation_reference: scores MLM, but objective={names} has no mlm. Fix: add mlm "
             "to objective, or set validation_reference=null."
         )
+    if reference is not None:  # a second corruption: its constructor's checks now as well
+        component_class(reference, "validation_reference", Corruption).check_node(reference)
     return names
