@@ -274,8 +274,8 @@ TASK_NOTE = (
     "The run's task embedding table is ernie.embeddings.task_type_embeddings "
     "(task_type_vocab_size={rows}), added to every token's word + position + segment embedding "
     "before the LayerNorm, as the run adds it. A model called without task_type_ids gets task "
-    "0, as clozelab (and ERNIE 2.0's fine-tuning) does; the run gave each objective its order "
-    "of introduction in the schedule (config.yaml) as task id. HF takes task_type_ids of shape "
+    "0, as clozelab (and ERNIE 2.0's fine-tuning) does. The run gave each objective its order "
+    "of introduction in the schedule as task id ({ids}). HF takes task_type_ids of shape "
     "[batch, sequence]: repeat a sequence's task id over its tokens."
 )
 
@@ -306,10 +306,24 @@ def _keep_other_heads(out: Path, objectives: dict[str, nn.Module], exported: lis
     _write_note(out, HEADS_KEY, "Heads with no HF slot", note)
 
 
-def _note_task_ids(out: Path) -> None:
+def run_task_order(run_dir: str | Path, objectives: dict[str, nn.Module]) -> tuple[str, ...]:
+    """The objectives of the run in ``run_dir`` in the order its schedule introduces them (the
+    index is the task id ``embedding=task`` adds), or () without a schedule or config.yaml."""
+    from omegaconf import OmegaConf
+
+    from clozelab.training.schedule import Schedule
+
+    path = Path(run_dir) / "config.yaml"
+    node = OmegaConf.load(path).get("schedule") if path.is_file() else None
+    schedule = Schedule.from_config(node, list(objectives))
+    return () if schedule is None else schedule.order
+
+
+def _note_task_ids(out: Path, task_order: tuple[str, ...]) -> None:
     config = json.loads((out / "config.json").read_text("utf-8"))
     if config.get("use_task_id"):
-        note = TASK_NOTE.format(rows=config["task_type_vocab_size"])
+        ids = ", ".join(f"{name}={i}" for i, name in enumerate(task_order)) or "no schedule given"
+        note = TASK_NOTE.format(rows=config["task_type_vocab_size"], ids=ids)
         _write_note(out, TASK_KEY, "Task ids", note, level=logging.INFO)
 
 
@@ -320,6 +334,7 @@ def write_run_hf_dir(
     objectives: dict[str, nn.Module],
     tokenizer_dir: str | Path,
     corruption_keys: set[str] | frozenset[str] = frozenset(),
+    task_order: tuple[str, ...] = (),
 ) -> Path:
     """A run's modules as the HF directory of their family: an encoder-decoder run as T5 / BART,
     an encoder whose ``hf_model_type`` is ``xlnet`` as ``XLNetLMHeadModel``, anything else as
@@ -329,7 +344,8 @@ def write_run_hf_dir(
 
     ``corruption_keys``: the batch keys the run's corruption produced (``run_corruption_keys``);
     with ``decoder_position_ids`` (MASS) the export warns and writes the limit of the HF model
-    into its README.md and config.json (``POSITIONS_NOTE``)."""
+    into its README.md and config.json (``POSITIONS_NOTE``). ``task_order``: the objectives in
+    the order the schedule introduced them (``run_task_order``), named in the task-id note."""
     for name in (POSITIONS_README, HEADS_FILE):  # notes of an earlier export (--force)
         (Path(out_dir) / name).unlink(missing_ok=True)
     decoder = run_decoder(objectives)
@@ -343,7 +359,7 @@ def write_run_hf_dir(
         return write_xlnet_hf_dir(out_dir, embedding, encoder, plm, tokenizer_dir)
     mlm, nsp = pretraining_heads(objectives)
     out = write_hf_dir(out_dir, embedding, encoder, mlm, nsp, tokenizer_dir)
-    _note_task_ids(out)
+    _note_task_ids(out, task_order)
     _keep_other_heads(out, objectives, [embedding, encoder, mlm, nsp])
     return out
 
@@ -355,14 +371,16 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     warning that says why; the run's result stands either way.
     """
     run_dir = Path(run_dir)
+    objectives = dict(module.objectives)
     try:
         out = write_run_hf_dir(
             run_dir / "hf",
             module.embedding,
             module.encoder,
-            dict(module.objectives),
+            objectives,
             run_dir / "tokenizer",
             run_corruption_keys(run_dir),
+            run_task_order(run_dir, objectives),
         )
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)
