@@ -1,6 +1,7 @@
 """What ``clozelab export`` cannot carry into HF transformers, said as it is: ERNIE-THU's knowledge
-fusion and ERNIE 2.0's task table are refused with what to do instead; a MASS run exports as an
-exact HF BART that equals ours at decoder positions 0..n-1, with the limit written down."""
+fusion is refused with what to do instead; a MASS run exports as an exact HF BART that equals ours
+at decoder positions 0..n-1, with the limit written down. (ERNIE 2.0's task table is HF ERNIE's
+``task_type_embeddings``: tests/model/test_hf_ernie_parity.py, tests/test_export_ernie2.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from clozelab.core.errors import ClozelabError
 from clozelab.model.embeddings import BertEmbeddings
-from clozelab.model.embeddings_variants import TaskEmbeddings
+from clozelab.model.embeddings_variants import SinusoidalEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.knowledge import KnowledgeEncoder
 from clozelab.training.hf_export import (
@@ -38,16 +39,16 @@ BODY = dict(hidden_size=H, num_layers=2, num_heads=2, intermediate_size=32)
             r"checkpoint=RUN_DIR.*clozelab\.load\(RUN_DIR\).*entity_links=links.*encoder=post_ln",
         ),
         (
-            lambda: TaskEmbeddings(50, H, num_tasks=3),
+            lambda: SinusoidalEmbeddings(50, H),
             lambda: TransformerEncoder(**BODY),
-            r"^embedding='TaskEmbeddings': ERNIE 2\.0's task embedding table .*no slot in HF "
-            r"BERT's embeddings.*Fix: .*clozelab finetune / evaluate checkpoint=RUN_DIR "
-            r"\(fine-tuning adds task 0.*clozelab\.load\(RUN_DIR\).*embedding=bert",
+            r"^embedding/encoder='SinusoidalEmbeddings/TransformerEncoder': HF BERT weights map "
+            r"only onto BertEmbeddings \(HF ERNIE's: TaskEmbeddings\).*Fix: use embedding=bert "
+            r"\(or embedding=task for HF ERNIE\)",
         ),
     ],
-    ids=["ernie_thu", "ernie2"],
+    ids=["ernie_thu", "no_hf_layout"],
 )
-def test_ernie_exports_say_what_has_no_hf_equivalent_and_what_to_do(
+def test_exports_say_what_has_no_hf_equivalent_and_what_to_do(
     tmp_path, embedding, encoder, message
 ):
     with pytest.raises(ClozelabError, match=message):

@@ -1,6 +1,6 @@
 """``clozelab export RUN_DIR OUT_DIR``: a run as an HF transformers BERT directory (an
 encoder-decoder run: a T5ForConditionalGeneration / BartForConditionalGeneration directory; an
-XLNet run: an XLNetLMHeadModel directory).
+XLNet run: an XLNetLMHeadModel directory; an ERNIE 2.0 run: an HF ERNIE one with its task table).
 
 The directory (``config.json``, ``model.safetensors`` in the ``BertForPreTraining`` key layout, the
 tokenizer files) is what ``transformers.BertForPreTraining.from_pretrained(OUT_DIR)`` and
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.training.hf_export import run_corruption_keys, write_run_hf_dir
+from clozelab.training.hf_export import run_corruption_keys, run_task_order, write_run_hf_dir
 from clozelab.training.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Pat
         loaded.objectives,
         loaded.tokenizer_dir,
         run_corruption_keys(loaded.root),
+        run_task_order(loaded.root, loaded.objectives),
     )
     log.info("Exported %s to %s", loaded.weights, out)
     return out

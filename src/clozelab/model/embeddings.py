@@ -6,13 +6,55 @@ HF ``BertEmbeddings`` compatible (``clozelab.model.hf`` maps the weights).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.layers import Dropout, init_bert_weights
+
+
+@dataclass
+class HFEmbeddingLayout:
+    """How an embedding maps onto an HF BERT-family model's embeddings (``Embedding.hf_layout``).
+
+    Attributes:
+        model_type: the HF family whose embeddings hold these tables: ``bert`` or ``ernie``
+            (``ErnieEmbeddings``: BERT's plus ``task_type_embeddings``); it names the key prefix
+            (``bert.`` / ``ernie.``) and the architectures (``BertForPreTraining``, ...).
+        tables: HF ``embeddings.*`` key -> our tensor (the tensor itself, so that reading it
+            exports and copying into it imports).
+        config: the ``config.json`` entries the embedding decides (sizes, ``pad_token_id``, the
+            family's own switches such as ``use_task_id``).
+    """
+
+    model_type: str
+    tables: dict[str, Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def bert_tables(embedding: nn.Module) -> dict[str, Tensor]:
+    """HF ``BertEmbeddings`` keys of the word, position and segment tables and the LayerNorm of
+    ``embedding`` (which names them as ``BertEmbeddings`` does)."""
+    return {
+        "embeddings.word_embeddings.weight": embedding.word_embeddings.weight,
+        "embeddings.position_embeddings.weight": embedding.position_embeddings.weight,
+        "embeddings.token_type_embeddings.weight": embedding.token_type_embeddings.weight,
+        "embeddings.LayerNorm.weight": embedding.norm.weight,
+        "embeddings.LayerNorm.bias": embedding.norm.bias,
+    }
+
+
+def bert_config(embedding: nn.Module) -> dict[str, Any]:
+    """The ``config.json`` sizes of ``embedding``'s BERT tables."""
+    return {
+        "vocab_size": embedding.word_embeddings.num_embeddings,
+        "max_position_embeddings": embedding.position_embeddings.num_embeddings,
+        "type_vocab_size": embedding.token_type_embeddings.num_embeddings,
+        "pad_token_id": embedding.pad_token_id,
+    }
 
 
 class Embedding(nn.Module):
@@ -33,6 +75,13 @@ class Embedding(nn.Module):
     #: the user can do instead: ``(reason, fix)`` for the refusal's message; None: the generic
     #: refusal of embeddings HF BERT's weights do not map onto.
     hf_export_refusal: ClassVar[tuple[str, str] | None] = None
+
+    def hf_layout(self) -> HFEmbeddingLayout | None:
+        """This embedding as the embeddings of an HF BERT-family model (``clozelab export``,
+        ``model.init_from`` / ``clozelab.load`` of an HF directory), or None: HF has no
+        embeddings these weights map onto (the export is refused; ``hf_export_refusal`` says
+        why). The default is None."""
+        return None
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Read what the embedding needs from ``tokenizer`` (a clozelab ``Tokenizer``)."""
@@ -89,6 +138,10 @@ class BertEmbeddings(Embedding):
         if pad_token_id is not None:
             with torch.no_grad():
                 self.word_embeddings.weight[pad_token_id].zero_()
+
+    def hf_layout(self) -> HFEmbeddingLayout:
+        """HF ``BertEmbeddings``: the same tables under their HF names."""
+        return HFEmbeddingLayout("bert", bert_tables(self), bert_config(self))
 
     def forward(
         self,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.embeddings import Embedding
+from clozelab.model.embeddings import Embedding, HFEmbeddingLayout, bert_config, bert_tables
 from clozelab.model.layers import Dropout, init_bert_weights
 
 
@@ -252,20 +252,17 @@ class TaskEmbeddings(_TableEmbeddings):
     constant vector, as ERNIE 2.0's fine-tuning does. The continual schedule gives each objective
     its order of introduction as task id (``training/schedule.py``).
 
+    This is HF ``ErnieEmbeddings`` with ``use_task_id=True``: word + segment + position +
+    ``task_type_embeddings[task_type_ids]`` (row 0 when ``task_type_ids`` is None), then
+    LayerNorm and dropout, so ``clozelab export`` writes such a run as an HF ERNIE model
+    (``hf_layout``; HF takes ``task_type_ids`` [B, T]: a [B] task id repeated over the tokens).
+
     Args:
         num_tasks: rows of the task table: at least the number of scheduled objectives.
         (others as ``BertEmbeddings``)
     """
 
     batch_inputs = ("task_ids",)
-    hf_export_refusal = (
-        "ERNIE 2.0's task embedding table (embedding.num_tasks rows; one row is added to every "
-        "token before the LayerNorm, task 0 when no task id is given) has no slot in HF BERT's "
-        "embeddings, so an HF BERT would compute other hidden states than this model",
-        "use the run through clozelab: clozelab finetune / evaluate checkpoint=RUN_DIR "
-        "(fine-tuning adds task 0, as ERNIE 2.0's does), or clozelab.load(RUN_DIR) in Python; "
-        "for an HF BERT export pre-train the same schedule with embedding=bert (no task table)",
-    )
 
     def __init__(
         self,
@@ -299,6 +296,14 @@ class TaskEmbeddings(_TableEmbeddings):
         self.hidden_size, self.num_tasks = hidden_size, num_tasks
         self.task_embeddings = nn.Embedding(num_tasks, hidden_size)
         self._init_weights(initializer_range)
+
+    def hf_layout(self) -> HFEmbeddingLayout:
+        """HF ``ErnieEmbeddings`` (``use_task_id``): BERT's tables plus the task table as
+        ``task_type_embeddings``, ``task_type_vocab_size`` = ``num_tasks``."""
+        tables = bert_tables(self)
+        tables["embeddings.task_type_embeddings.weight"] = self.task_embeddings.weight
+        config = {**bert_config(self), "use_task_id": True, "task_type_vocab_size": self.num_tasks}
+        return HFEmbeddingLayout("ernie", tables, config)
 
     def forward(
         self,

@@ -1,4 +1,4 @@
-"""Weight exchange with HF transformers BERT checkpoints (SPECS §15).
+"""Weight exchange with HF transformers BERT checkpoints (SPECS §15), and ERNIE ones.
 
 ``to_hf_state_dict`` writes ``BertForPreTraining`` keys (``bert.`` prefix, the fused QKV split
 into query/key/value, ``cls.predictions.*`` with the tied ``decoder.*`` aliases,
@@ -6,6 +6,10 @@ into query/key/value, ``cls.predictions.*`` with the tied ``decoder.*`` aliases,
 dict, a ``BertModel`` dict (no prefix, no heads) or a legacy one (``gamma``/``beta``, a persistent
 ``position_ids`` buffer), re-ties the decoder, and reports what was missing or left over.
 ``hf_config_dict`` writes the matching ``config.json`` and ``kwargs_from_hf_config`` reads one.
+
+The embedding decides the family (``Embedding.hf_layout``): HF ERNIE is HF BERT with the
+``ernie.`` prefix and, with ``use_task_id``, a ``task_type_embeddings`` table summed into the
+embeddings before their LayerNorm, exactly as ERNIE 2.0's task embedding (``TaskEmbeddings``).
 """
 
 from __future__ import annotations
@@ -18,28 +22,37 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import ClozelabError, config_error
-from clozelab.model.embeddings import BertEmbeddings
+from clozelab.model.embeddings import BertEmbeddings, Embedding, HFEmbeddingLayout
+from clozelab.model.embeddings_variants import TaskEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
 
 BODY_PREFIX = "bert."
+#: the HF families whose body is BERT's (``model_type`` -> the class name prefix of their
+#: architectures); the body keys carry the ``model_type`` as prefix (``bert.``, ``ernie.``).
+FAMILIES = {"bert": "Bert", "ernie": "Ernie"}
 #: Keys HF checkpoints may carry that hold no weights (buffers); accepted and ignored.
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _QKV = ("query", "key", "value")
 
 
-def _check_bert(embedding: nn.Module, encoder: nn.Module) -> None:
+def _check_bert(embedding: nn.Module, encoder: nn.Module) -> HFEmbeddingLayout:
+    """The HF layout of ``embedding`` (``Embedding.hf_layout``), or a ClozelabError saying why
+    these modules are not an HF BERT-family body."""
     for key, module in (("encoder", encoder), ("embedding", embedding)):
         refusal = module.hf_export_refusal  # Encoder / Embedding hook
         if refusal is not None:
             reason, fix = refusal
             raise config_error(key, type(module).__name__, reason, fix)
-    if not isinstance(embedding, BertEmbeddings) or not isinstance(encoder, TransformerEncoder):
+    layout = embedding.hf_layout()  # Embedding hook: None when HF has no such embeddings
+    if layout is None or not isinstance(encoder, TransformerEncoder):
         raise config_error(
             "embedding/encoder",
             f"{type(embedding).__name__}/{type(encoder).__name__}",
-            "HF BERT weights map only onto BertEmbeddings + the post-LN TransformerEncoder",
-            "use embedding=bert encoder=post_ln to import or export HF BERT checkpoints",
+            "HF BERT weights map only onto BertEmbeddings (HF ERNIE's: TaskEmbeddings) + the "
+            "post-LN TransformerEncoder",
+            "use embedding=bert (or embedding=task for HF ERNIE) encoder=post_ln to import or "
+            "export HF BERT checkpoints",
         )
     if embedding.hidden_size != encoder.hidden_size:
         raise config_error(
@@ -48,27 +61,22 @@ def _check_bert(embedding: nn.Module, encoder: nn.Module) -> None:
             "BERT needs one hidden size",
             "give the embedding and the encoder the same hidden_size",
         )
+    return layout
 
 
 def _param_map(
-    embedding: BertEmbeddings,
+    layout: HFEmbeddingLayout,
     encoder: TransformerEncoder,
     mlm: nn.Module | None,
     nsp: nn.Module | None,
 ) -> dict[str, Tensor]:
-    """HF key (without the ``bert.`` prefix on body keys) -> our tensor or a view of it.
+    """HF key (without the ``bert.`` / ``ernie.`` prefix on body keys) -> our tensor or a view.
 
     The fused QKV weight appears as three row-block views, one per HF projection, so that reading
     a view exports and copying into it imports. The tied decoder aliases are not listed.
     """
     H = encoder.hidden_size
-    out: dict[str, Tensor] = {
-        "embeddings.word_embeddings.weight": embedding.word_embeddings.weight,
-        "embeddings.position_embeddings.weight": embedding.position_embeddings.weight,
-        "embeddings.token_type_embeddings.weight": embedding.token_type_embeddings.weight,
-        "embeddings.LayerNorm.weight": embedding.norm.weight,
-        "embeddings.LayerNorm.bias": embedding.norm.bias,
-    }
+    out: dict[str, Tensor] = dict(layout.tables)
     for i, layer in enumerate(encoder.layers):
         p = f"encoder.layer.{i}."
         qkv = layer.attention.qkv
@@ -118,20 +126,24 @@ def to_hf_state_dict(
     encoder: nn.Module,
     mlm: nn.Module | None = None,
     nsp: nn.Module | None = None,
-    prefix: str = BODY_PREFIX,
+    prefix: str | None = None,
     include_tied: bool = True,
 ) -> dict[str, Tensor]:
-    """Our weights as an HF state dict (``BertForPreTraining`` layout with the default prefix).
+    """Our weights as an HF state dict (``BertForPreTraining`` layout with the default prefix;
+    ``ErnieForPreTraining`` for an embedding whose ``hf_layout`` is ERNIE's).
 
     Every tensor is a detached, contiguous copy, so the dict can be saved with safetensors as is.
     ``include_tied`` adds ``cls.predictions.decoder.weight`` (== word embeddings) and
     ``cls.predictions.decoder.bias`` (== ``cls.predictions.bias``) as ``torch.save`` checkpoints
-    have them; HF re-ties them either way. ``prefix=""`` gives ``BertModel`` body keys.
+    have them; HF re-ties them either way. ``prefix`` defaults to the family's (``bert.``,
+    ``ernie.``); ``prefix=""`` gives ``BertModel`` / ``ErnieModel`` body keys.
     """
-    _check_bert(embedding, encoder)
+    layout = _check_bert(embedding, encoder)
+    if prefix is None:
+        prefix = f"{layout.model_type}."
     state = {
         _full_key(k, prefix): v.detach().contiguous().clone()
-        for k, v in _param_map(embedding, encoder, mlm, nsp).items()
+        for k, v in _param_map(layout, encoder, mlm, nsp).items()
     }
     if mlm is not None and include_tied:
         word = state[prefix + "embeddings.word_embeddings.weight"]
@@ -141,9 +153,10 @@ def to_hf_state_dict(
 
 
 def _normalise_key(key: str) -> str:
-    """Strip the ``bert.`` prefix and rename legacy ``gamma``/``beta`` LayerNorm parameters."""
-    if key.startswith(BODY_PREFIX):
-        key = key[len(BODY_PREFIX) :]
+    """Strip the ``bert.`` / ``ernie.`` prefix and rename legacy ``gamma``/``beta`` LayerNorm
+    parameters."""
+    for family in FAMILIES:
+        key = key.removeprefix(f"{family}.")
     if key.endswith(".gamma"):
         key = key[: -len("gamma")] + "weight"
     elif key.endswith(".beta"):
@@ -160,19 +173,21 @@ def from_hf_state_dict(
     nsp: nn.Module | None = None,
     strict: bool = False,
 ) -> dict[str, list[str]]:
-    """Copy an HF BERT state dict into our modules, in place.
+    """Copy an HF BERT (or ERNIE) state dict into our modules, in place.
 
-    Accepts ``BertForPreTraining`` / ``BertForMaskedLM`` keys (``bert.`` prefix) and ``BertModel``
-    keys (none); ``cls.predictions.decoder.*`` present or absent (the decoder is always the word
-    table; a ``decoder.bias`` stands in for a missing ``cls.predictions.bias``); legacy
-    ``gamma``/``beta`` names; ``position_ids``/``token_type_ids`` buffers (ignored).
+    Accepts ``BertForPreTraining`` / ``BertForMaskedLM`` keys (``bert.`` prefix; ERNIE's:
+    ``ernie.``) and ``BertModel`` keys (none); ``cls.predictions.decoder.*`` present or absent
+    (the decoder is always the word table; a ``decoder.bias`` stands in for a missing
+    ``cls.predictions.bias``); legacy ``gamma``/``beta`` names; ``position_ids``/
+    ``token_type_ids`` buffers (ignored).
 
-    Returns ``{"missing": [...], "unexpected": [...]}``: HF names (``BertForPreTraining`` layout)
-    of our parameters the dict did not have (left as initialised), and keys of the dict nothing
-    here consumed (e.g. the pooler when no NSP head is given). ``strict=True`` raises a
-    ClozelabError instead when either list is non-empty. A shape mismatch always raises.
+    Returns ``{"missing": [...], "unexpected": [...]}``: HF names (``BertForPreTraining`` layout,
+    ``ErnieForPreTraining`` for an ERNIE embedding) of our parameters the dict did not have (left
+    as initialised), and keys of the dict nothing here consumed (e.g. the pooler when no NSP head
+    is given). ``strict=True`` raises a ClozelabError instead when either list is non-empty. A
+    shape mismatch always raises.
     """
-    _check_bert(embedding, encoder)
+    layout = _check_bert(embedding, encoder)
     normalised: dict[str, Tensor] = {}
     original: dict[str, str] = {}
     for key, value in state.items():
@@ -180,7 +195,7 @@ def from_hf_state_dict(
         if norm not in normalised:
             normalised[norm] = value
             original[norm] = key
-    targets = _param_map(embedding, encoder, mlm, nsp)
+    targets = _param_map(layout, encoder, mlm, nsp)
     used: set[str] = {k for k in IGNORED_KEYS if k in normalised}
     if mlm is not None:
         decoder_bias = normalised.get("cls.predictions.decoder.bias")
@@ -193,7 +208,7 @@ def from_hf_state_dict(
     for key, target in targets.items():
         value = normalised.get(key)
         if value is None:
-            missing.append(_full_key(key, BODY_PREFIX))
+            missing.append(_full_key(key, f"{layout.model_type}."))
             continue
         if tuple(value.shape) != tuple(target.shape):
             raise config_error(
@@ -237,20 +252,21 @@ def hf_config_dict(
     initializer_range: float = 0.02,
     **extra: Any,
 ) -> dict[str, Any]:
-    """An HF ``config.json`` dict for these modules (``model_type`` "bert").
+    """An HF ``config.json`` dict for these modules (``model_type`` "bert", or "ernie" for an
+    embedding whose ``hf_layout`` is ERNIE's, with its ``use_task_id`` / ``task_type_vocab_size``).
 
     ``architectures`` follows the heads given: MLM + NSP -> ``BertForPreTraining``, MLM only ->
-    ``BertForMaskedLM``, neither -> ``BertModel``. ``extra`` entries are added last (e.g.
-    ``torch_dtype``). Raises a ClozelabError when the modules cannot be one HF BERT (the MLM
-    transform's activation or LayerNorm epsilon differing from the encoder's: HF has one
-    ``hidden_act`` and one ``layer_norm_eps``).
+    ``BertForMaskedLM``, neither -> ``BertModel`` (``Ernie...`` for ERNIE). ``extra`` entries are
+    added last (e.g. ``torch_dtype``). Raises a ClozelabError when the modules cannot be one HF
+    BERT (the MLM transform's activation or LayerNorm epsilon differing from the encoder's: HF
+    has one ``hidden_act`` and one ``layer_norm_eps``).
     """
-    _check_bert(embedding, encoder)
-    if vocab_size is not None and vocab_size != embedding.vocab_size:
+    layout = _check_bert(embedding, encoder)
+    if vocab_size is not None and vocab_size != layout.config["vocab_size"]:
         raise config_error(
             "vocab_size",
             vocab_size,
-            f"the embedding table has {embedding.vocab_size} rows",
+            f"the embedding table has {layout.config['vocab_size']} rows",
             "export with the model's own vocabulary size",
         )
     eps = encoder.layer_norm_eps
@@ -270,17 +286,16 @@ def hf_config_dict(
                 "give the MLM head the encoder's layer_norm_eps",
             )
     if mlm is not None and nsp is not None:
-        architecture = "BertForPreTraining"
+        architecture = "ForPreTraining"
     elif mlm is not None:
-        architecture = "BertForMaskedLM"
+        architecture = "ForMaskedLM"
     elif nsp is not None:
-        architecture = "BertForNextSentencePrediction"
+        architecture = "ForNextSentencePrediction"
     else:
-        architecture = "BertModel"
+        architecture = "Model"
     config: dict[str, Any] = {
-        "architectures": [architecture],
-        "model_type": "bert",
-        "vocab_size": embedding.vocab_size,
+        "architectures": [FAMILIES[layout.model_type] + architecture],
+        "model_type": layout.model_type,
         "hidden_size": encoder.hidden_size,
         "num_hidden_layers": encoder.num_layers,
         "num_attention_heads": encoder.num_heads,
@@ -288,33 +303,32 @@ def hf_config_dict(
         "hidden_act": HF_ACTIVATION_NAMES[encoder.activation],
         "hidden_dropout_prob": encoder.dropout,
         "attention_probs_dropout_prob": encoder.attention_dropout,
-        "max_position_embeddings": embedding.max_position_embeddings,
-        "type_vocab_size": embedding.type_vocab_size,
         "initializer_range": initializer_range,
         "layer_norm_eps": eps,
-        "pad_token_id": embedding.pad_token_id,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
+        **layout.config,
     }
     config.update(extra)
     return config
 
 
 def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Constructor kwargs of our modules for an HF BERT ``config.json`` dict.
+    """Constructor kwargs of our modules for an HF BERT (or ERNIE) ``config.json`` dict.
 
     Returns ``{"embedding": ..., "encoder": ..., "mlm": ..., "nsp": ...}`` for
-    ``BertEmbeddings``, ``TransformerEncoder``, ``MLM`` and ``NSP``. Raises a ClozelabError for
-    configs that are not plain absolute-position BERT.
+    ``BertEmbeddings`` (``TaskEmbeddings``, with ``num_tasks``, for an ERNIE config with
+    ``use_task_id``: ``embedding_from_hf_config`` picks), ``TransformerEncoder``, ``MLM`` and
+    ``NSP``. Raises a ClozelabError for configs that are not plain absolute-position BERT.
     """
     model_type = config.get("model_type", "bert")
-    if model_type != "bert":
+    if model_type not in FAMILIES:
         raise config_error(
             "config.json model_type",
             model_type,
-            "only BERT checkpoints map onto BertEmbeddings + TransformerEncoder",
-            "load a checkpoint whose model_type is 'bert'; for the hf/ folder of a clozelab run "
-            "(T5, BART, ...) give the run directory above it (checkpoint=RUN)",
+            "only BERT and ERNIE checkpoints map onto BertEmbeddings + TransformerEncoder",
+            "load a checkpoint whose model_type is 'bert' or 'ernie'; for the hf/ folder of a "
+            "clozelab run (T5, BART, ...) give the run directory above it (checkpoint=RUN)",
         )
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
@@ -329,17 +343,20 @@ def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]
     eps = config.get("layer_norm_eps", 1e-12)
     std = config.get("initializer_range", 0.02)
     dropout = config.get("hidden_dropout_prob", 0.1)
+    embedding = {
+        "vocab_size": config["vocab_size"],
+        "hidden_size": hidden,
+        "max_position_embeddings": config.get("max_position_embeddings", 512),
+        "type_vocab_size": config.get("type_vocab_size", 2),
+        "layer_norm_eps": eps,
+        "dropout": dropout,
+        "pad_token_id": config.get("pad_token_id", 0),
+        "initializer_range": std,
+    }
+    if model_type == "ernie" and config.get("use_task_id", False):  # HF ErnieConfig's default: 3
+        embedding["num_tasks"] = config.get("task_type_vocab_size", 3)
     return {
-        "embedding": {
-            "vocab_size": config["vocab_size"],
-            "hidden_size": hidden,
-            "max_position_embeddings": config.get("max_position_embeddings", 512),
-            "type_vocab_size": config.get("type_vocab_size", 2),
-            "layer_norm_eps": eps,
-            "dropout": dropout,
-            "pad_token_id": config.get("pad_token_id", 0),
-            "initializer_range": std,
-        },
+        "embedding": embedding,
         "encoder": {
             "hidden_size": hidden,
             "num_layers": config["num_hidden_layers"],
@@ -360,3 +377,11 @@ def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]
         },
         "nsp": {"hidden_size": hidden, "initializer_range": std},
     }
+
+
+def embedding_from_hf_config(config: Mapping[str, Any]) -> Embedding:
+    """The embedding an HF BERT / ERNIE ``config.json`` dict describes: ``TaskEmbeddings`` for an
+    ERNIE config with ``use_task_id`` (its ``task_type_vocab_size`` rows), else ``BertEmbeddings``
+    (ERNIE without task ids is BERT)."""
+    kw = kwargs_from_hf_config(config)["embedding"]
+    return TaskEmbeddings(**kw) if "num_tasks" in kw else BertEmbeddings(**kw)

@@ -1,6 +1,13 @@
 """A run as an HF transformers BERT directory (``clozelab export``, and ``RUN_DIR/hf/`` at the end
-of a completed pre-training run); XLNet runs as an ``XLNetLMHeadModel`` directory and
-encoder-decoder runs as T5 / BART ones (``write_run_hf_dir`` picks the family).
+of a completed pre-training run); ERNIE 2.0 runs (the task embedding) as an HF ERNIE one
+(``ErnieForMaskedLM`` / ``ErnieForPreTraining``, ``use_task_id``), XLNet runs as an
+``XLNetLMHeadModel`` directory and encoder-decoder runs as T5 / BART ones (``write_run_hf_dir``
+picks the family).
+
+The weights of the run's other heads (ERNIE 2.0's capitalisation, token-document relation,
+sentence distance and reordering heads, SpanBERT's SBO, ...) have no slot in HF's model: they are
+written to ``clozelab_heads.safetensors`` beside it, and the export warns and says so in the
+folder's ``README.md`` and ``config.json`` (``HEADS_NOTE``).
 
 The directory holds ``config.json`` (``hidden_act`` "gelu" for the exact-erf GELU),
 ``model.safetensors`` in the ``BertForPreTraining`` key layout (SPECS §15; the tied decoder
@@ -62,15 +69,20 @@ def write_hf_dir(
     return out
 
 
-def _write_weights(out: Path, state: dict, config: dict) -> None:
-    """model.safetensors (through a temporary name) and config.json."""
+def _save_safetensors(path: Path, state: dict) -> None:
+    """``state`` to ``path`` through a temporary name, with the user's usual file mode."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.safetensors.tmp"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     user_mode(tmp)  # safetensors creates its files 0600
-    os.replace(tmp, out / "model.safetensors")
+    os.replace(tmp, path)
+
+
+def _write_weights(out: Path, state: dict, config: dict) -> None:
+    """model.safetensors (through a temporary name) and config.json."""
+    _save_safetensors(out / "model.safetensors", state)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
@@ -226,15 +238,93 @@ def run_corruption_keys(run_dir: str | Path) -> set[str]:
     return corruption_keys(node) if node is not None and node.get("_target_") else set()
 
 
+def _write_note(out: Path, key: str, heading: str, note: str, level=logging.WARNING) -> None:
+    """Log ``note`` (a warning by default), set it as ``key`` in config.json and add it to
+    README.md (the model card) under ``heading``."""
+    config = json.loads((out / "config.json").read_text("utf-8"))
+    log.log(level, "HF export %s: %s", out, note)
+    _update_json(out / "config.json", **{key: note})
+    readme = out / POSITIONS_README
+    if not readme.is_file():
+        readme.write_text(f"# clozelab export ({config['architectures'][0]})\n", "utf-8")
+    with readme.open("a", encoding="utf-8") as f:
+        f.write(f"\n## {heading}\n\n{note}\n")
+
+
 def _note_decoder_positions(out: Path) -> None:
-    """Warn, and write the limit into README.md and config.json: HF's decoder cannot be given
-    the pre-training decoder positions."""
+    """The limit of HF's decoder, which cannot be given the pre-training decoder positions."""
     config = json.loads((out / "config.json").read_text("utf-8"))
     note = POSITIONS_NOTE.format(architecture=config["architectures"][0])
-    log.warning("HF export %s: %s", out, note)
-    _update_json(out / "config.json", **{POSITIONS_KEY: note})
-    title = f"# clozelab export ({config['architectures'][0]})"
-    (out / POSITIONS_README).write_text(f"{title}\n\n## Decoder positions\n\n{note}\n", "utf-8")
+    _write_note(out, POSITIONS_KEY, "Decoder positions", note)
+
+
+#: The file beside model.safetensors that keeps the weights of the run's heads HF's model has no
+#: slot for, and the key of the note about them in config.json.
+HEADS_FILE = "clozelab_heads.safetensors"
+HEADS_KEY = "clozelab_heads_without_hf_slot"
+HEADS_NOTE = (
+    "The heads of the run's objectives {names} have no slot in HF {architecture} (its heads "
+    "are the MLM head{nsp}), so transformers does not load them. Their weights are in {file} "
+    "beside model.safetensors, under the names they have in the run's checkpoint less its "
+    "'objectives.' prefix ({example}, ...): safetensors.torch.load_file reads them."
+)
+#: What an export whose config has ``use_task_id`` (ERNIE 2.0's task table) says about task ids.
+TASK_KEY = "clozelab_task_ids"
+TASK_NOTE = (
+    "The run's task embedding table is ernie.embeddings.task_type_embeddings "
+    "(task_type_vocab_size={rows}), added to every token's word + position + segment embedding "
+    "before the LayerNorm, as the run adds it. A model called without task_type_ids gets task "
+    "0, as clozelab (and ERNIE 2.0's fine-tuning) does. The run gave each objective its order "
+    "of introduction in the schedule as task id ({ids}). HF takes task_type_ids of shape "
+    "[batch, sequence]: repeat a sequence's task id over its tokens."
+)
+
+
+def _keep_other_heads(out: Path, objectives: dict[str, nn.Module], exported: list) -> None:
+    """Write the parameters of ``objectives`` not among the ``exported`` modules' (tied ones
+    are the same tensors) to ``HEADS_FILE`` and say so (``HEADS_NOTE``); nothing when none."""
+    written = {id(p) for module in exported if module is not None for p in module.parameters()}
+    left = {
+        f"{name}.{key}": value.detach().contiguous().clone()
+        for name, objective in objectives.items()
+        for key, value in objective.named_parameters()
+        if id(value) not in written
+    }
+    if not left:
+        return
+    _save_safetensors(out / HEADS_FILE, left)
+    config = json.loads((out / "config.json").read_text("utf-8"))
+    names = sorted({key.split(".", 1)[0] for key in left})
+    architecture = config["architectures"][0]
+    note = HEADS_NOTE.format(
+        names=", ".join(names),
+        architecture=architecture,
+        nsp=" and the 2-way pooled NSP head" if architecture.endswith("ForPreTraining") else "",
+        file=HEADS_FILE,
+        example=next(iter(left)),
+    )
+    _write_note(out, HEADS_KEY, "Heads with no HF slot", note)
+
+
+def run_task_order(run_dir: str | Path, objectives: dict[str, nn.Module]) -> tuple[str, ...]:
+    """The objectives of the run in ``run_dir`` in the order its schedule introduces them (the
+    index is the task id ``embedding=task`` adds), or () without a schedule or config.yaml."""
+    from omegaconf import OmegaConf
+
+    from clozelab.training.schedule import Schedule
+
+    path = Path(run_dir) / "config.yaml"
+    node = OmegaConf.load(path).get("schedule") if path.is_file() else None
+    schedule = Schedule.from_config(node, list(objectives))
+    return () if schedule is None else schedule.order
+
+
+def _note_task_ids(out: Path, task_order: tuple[str, ...]) -> None:
+    config = json.loads((out / "config.json").read_text("utf-8"))
+    if config.get("use_task_id"):
+        ids = ", ".join(f"{name}={i}" for i, name in enumerate(task_order)) or "no schedule given"
+        note = TASK_NOTE.format(rows=config["task_type_vocab_size"], ids=ids)
+        _write_note(out, TASK_KEY, "Task ids", note, level=logging.INFO)
 
 
 def write_run_hf_dir(
@@ -244,14 +334,20 @@ def write_run_hf_dir(
     objectives: dict[str, nn.Module],
     tokenizer_dir: str | Path,
     corruption_keys: set[str] | frozenset[str] = frozenset(),
+    task_order: tuple[str, ...] = (),
 ) -> Path:
     """A run's modules as the HF directory of their family: an encoder-decoder run as T5 / BART,
     an encoder whose ``hf_model_type`` is ``xlnet`` as ``XLNetLMHeadModel``, anything else as
-    ``BertForPreTraining`` (which raises a ClozelabError for encoders it cannot map).
+    ``BertForPreTraining`` (``ErnieForPreTraining`` for ERNIE 2.0's task embedding; a
+    ClozelabError for components it cannot map), with the other heads' weights in
+    ``HEADS_FILE`` and the ERNIE task ids explained (``TASK_NOTE``).
 
     ``corruption_keys``: the batch keys the run's corruption produced (``run_corruption_keys``);
     with ``decoder_position_ids`` (MASS) the export warns and writes the limit of the HF model
-    into its README.md and config.json (``POSITIONS_NOTE``)."""
+    into its README.md and config.json (``POSITIONS_NOTE``). ``task_order``: the objectives in
+    the order the schedule introduced them (``run_task_order``), named in the task-id note."""
+    for name in (POSITIONS_README, HEADS_FILE):  # notes of an earlier export (--force)
+        (Path(out_dir) / name).unlink(missing_ok=True)
     decoder = run_decoder(objectives)
     if decoder is not None:  # encoder-decoder: T5 / BART layout
         out = write_seq2seq_hf_dir(out_dir, embedding, encoder, decoder, tokenizer_dir)
@@ -262,7 +358,10 @@ def write_run_hf_dir(
         plm = plm_objective(objectives)
         return write_xlnet_hf_dir(out_dir, embedding, encoder, plm, tokenizer_dir)
     mlm, nsp = pretraining_heads(objectives)
-    return write_hf_dir(out_dir, embedding, encoder, mlm, nsp, tokenizer_dir)
+    out = write_hf_dir(out_dir, embedding, encoder, mlm, nsp, tokenizer_dir)
+    _note_task_ids(out, task_order)
+    _keep_other_heads(out, objectives, [embedding, encoder, mlm, nsp])
+    return out
 
 
 def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
@@ -272,14 +371,16 @@ def export_after_run(module: nn.Module, run_dir: str | Path) -> Path | None:
     warning that says why; the run's result stands either way.
     """
     run_dir = Path(run_dir)
+    objectives = dict(module.objectives)
     try:
         out = write_run_hf_dir(
             run_dir / "hf",
             module.embedding,
             module.encoder,
-            dict(module.objectives),
+            objectives,
             run_dir / "tokenizer",
             run_corruption_keys(run_dir),
+            run_task_order(run_dir, objectives),
         )
     except ClozelabError as exc:
         log.warning("No HF export in %s/hf: %s", run_dir, exc)

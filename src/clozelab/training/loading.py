@@ -48,7 +48,11 @@ from clozelab.training.components import (
 
 log = logging.getLogger(__name__)
 
-WORD_KEYS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
+WORD_KEYS = (
+    "bert.embeddings.word_embeddings.weight",
+    "ernie.embeddings.word_embeddings.weight",
+    "embeddings.word_embeddings.weight",
+)
 
 
 @dataclass
@@ -254,14 +258,13 @@ def _build_hf(directory: Path, state: dict, heads: bool):
         if heads and "lm_loss.bias" in state:
             objectives["plm"] = PermutationLM(**kwargs_from_xlnet_config(config)["plm"])
         return embedding, encoder, objectives
-    from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
-    from clozelab.model.hf import kwargs_from_hf_config
+    from clozelab.model.hf import embedding_from_hf_config, kwargs_from_hf_config
     from clozelab.objectives.mlm import MLM
     from clozelab.objectives.nsp import NSP
 
     kw = kwargs_from_hf_config(config)
-    embedding, encoder = BertEmbeddings(**kw["embedding"]), TransformerEncoder(**kw["encoder"])
+    embedding, encoder = embedding_from_hf_config(config), TransformerEncoder(**kw["encoder"])
     if heads and any(k.startswith("cls.predictions.") for k in state):
         objectives["mlm"] = MLM(**kw["mlm"])
     if heads and any(k.startswith("cls.seq_relationship.") for k in state):
@@ -274,9 +277,10 @@ def _build_hf(directory: Path, state: dict, heads: bool):
 
 
 def _hf_pooler(state: dict, hidden_size: int) -> nn.Module | None:
-    """An HF checkpoint's [CLS] pooler (``pooler.`` or ``bert.pooler.``), or None."""
+    """An HF checkpoint's [CLS] pooler (``pooler.``, ``bert.pooler.`` or ``ernie.pooler.``), or
+    None."""
     pooler = None
-    for prefix in ("pooler.", "bert.pooler."):
+    for prefix in ("pooler.", "bert.pooler.", "ernie.pooler."):
         if f"{prefix}dense.weight" in state:
             pooler = Pooler(hidden_size)
             pooler.dense.weight.data.copy_(state[f"{prefix}dense.weight"])
