@@ -186,8 +186,6 @@ class CheckpointOnSignal(pl.Callback):
         self._before: dict[int, object] = {}  # the handlers of the last training, kept
 
     def _handler(self, trainer):
-        together = trainer.world_size > 1  # the ranks stop when they agree, not on their own
-
         def handle(signum, frame):
             if signum == signal.SIGINT and self.signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -198,7 +196,7 @@ class CheckpointOnSignal(pl.Callback):
                     self.path,
                 )
                 self.signum = signum
-            if not together:
+            if trainer.world_size == 1:  # several ranks stop when they agree, not on their own
                 trainer._signal_connector.received_sigterm = True
 
         return handle
