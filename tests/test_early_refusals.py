@@ -61,6 +61,27 @@ BAD = [
 ]  # fmt: skip
 
 
+# odd but valid values: each scheme's own range, not a generic one, decides
+GOOD = [
+    ("corruption=reorder", "objective=[order]", "corruption.mode=sentence", "corruption.rate=1"),
+    ("corruption=reorder", "objective=[order]", "corruption.mode=permute", "corruption.rate=1.0"),
+    ("corruption=mask", "corruption.mask_prob=1", "corruption.random_prob=0",
+     "corruption.keep_prob=0"),
+    ("experiment=mass", "corruption.fragment=1"),
+    ("experiment=bart", "corruption.rotate=1.0", "corruption.permute_sentences=1.0",
+     "corruption.mask=0"),
+    ("experiment=ernie_thu", "corruption.steps.1.replace_prob=0", "corruption.steps.1.mask_prob=0"),
+    ("data.validation_fraction=0",),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", GOOD, ids=lambda v: " ".join(v))
+def test_odd_but_valid_values_are_not_refused(compose_pretrain, overrides):
+    from clozelab.training.validate import validate_pretrain
+
+    validate_pretrain(compose_pretrain(*overrides))
+
+
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=lambda v: str(v))
 def test_bad_values_are_refused_before_any_data_is_read(
     compose_pretrain, tmp_path, overrides, message

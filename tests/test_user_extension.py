@@ -65,6 +65,38 @@ def test_a_target_that_is_no_extension_point_is_refused(compose_pretrain, user_m
         validate_pretrain(cfg)
 
 
+CORPUS_TAIL = """
+from my_corruption import TailMasking
+
+
+class CorpusTail(TailMasking):
+    runtime_inputs = frozenset({"corpus"})
+
+    def __init__(self, rate=0.15, fill="mask", *, corpus, vocab_size, mask_token_id,
+                 special_token_ids):
+        super().__init__(rate, fill, vocab_size=vocab_size, mask_token_id=mask_token_id,
+                         special_token_ids=special_token_ids)
+        self.corpus_tokens = int(corpus.unigram_counts(vocab_size).sum())  # needs the corpus
+"""
+
+
+def test_a_user_corruption_that_reads_the_corpus_when_built_composes_and_trains(
+    compose_pretrain, user_modules, tmp_path, monkeypatch
+):
+    """The compose-time check builds a scheme with stand-in tokenizer ids and no corpus: a user's
+    constructor that reads the corpus fails there, which is no refusal of its config (it was
+    refused with 'could not build ... check the keys'). A misspelt key still is."""
+    (tmp_path / "corpus_tail.py").write_text(CORPUS_TAIL, "utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = ("corruption=tail", "corruption._target_=corpus_tail.CorpusTail")
+    cfg = compose_pretrain(*USER, *target, "objective=[mlm,detect]", *SHORT)
+    assert validate_pretrain(cfg) == ["mlm", "detect"]
+    assert pretrain(cfg)["status"] == "completed"
+    cfg = compose_pretrain(*USER, *target, "objective=[mlm,detect]", "+corruption.rat=0.3")
+    with pytest.raises(ClozelabError, match=r"could not build corpus_tail.CorpusTail.*'rat'"):
+        validate_pretrain(cfg)
+
+
 def test_user_components_from_the_command_line(tmp_path, cache_dir, text_corpus):
     from helpers import TINY
 

@@ -176,7 +176,48 @@ def test_ernie_without_task_ids_is_bert_and_body_keys_load_without_prefix(tmp_pa
     report = from_hf_state_dict(hf.ernie.state_dict(), embedding, encoder)  # ErnieModel keys
     assert report == {"missing": [], "unexpected": ["pooler.dense.weight", "pooler.dense.bias"]}
     assert torch.equal(embedding.word_embeddings.weight, hf.ernie.embeddings.word_embeddings.weight)
-    # a task table in the checkpoint that the model lacks is reported, not dropped silently
-    with_task = _hf_ernie(tmp_path / "t")
-    report = from_hf_state_dict(with_task.state_dict(), BertEmbeddings(V, H, 32), encoder)
-    assert "ernie.embeddings.task_type_embeddings.weight" in report["unexpected"]
+
+
+def test_an_ernie_task_table_into_a_model_without_one_keeps_what_task_0_computes(tmp_path):
+    """``model.init_from=<HF ERNIE dir>`` on a BERT run (``embedding=bert``): HF ERNIE adds task
+    row 0 to every token without task ids; dropping it (as before: 'unused') shifted every
+    embedding. Row 0 now goes into each segment row, so BERT computes what ERNIE does at task 0,
+    and a warning says the other rows were not loaded."""
+    hf = _hf_ernie(tmp_path)
+    hf.eval()
+    embedding, encoder = BertEmbeddings(V, H, 32), TransformerEncoder(H, 2, 2, 32)
+    mlm, nsp = MLM(H, V), NSP(H)
+    with pytest.warns(UserWarning, match=r"task row 0 .* added to each segment row.*other 3 rows"):
+        report = from_hf_state_dict(hf.state_dict(), embedding, encoder, mlm, nsp)
+    assert report == {"missing": [], "unexpected": []}
+    for part in (embedding, encoder, mlm, nsp):
+        part.eval()
+    ids, mask, types = _batch()
+    with torch.no_grad():
+        ours = encoder(embedding(ids, types), mask).last_hidden_state
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)  # task 0
+        logits = mlm.logits(ours, embedding)
+    assert (logits - ref.prediction_logits)[mask.bool()].abs().max() <= TOL
+    assert (nsp.logits(ours) - ref.seq_relationship_logits).abs().max() <= TOL
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.pop("hidden_size"), r"not a ERNIE config.json \(no \['hidden_size'\]\)"),
+        (lambda c: c.update(task_type_vocab_size=0),
+         r"config.json task_type_vocab_size=0: .*use_task_id needs a task table.*Fix:"),
+    ],
+)  # fmt: skip
+def test_a_broken_hf_ernie_config_names_its_key(tmp_path, edit, message):
+    """Before: a missing size said 'only BERT and XLNet directories load here' (ERNIE ones do);
+    task_type_vocab_size=0 was named embedding.num_tasks with a pre-training fix."""
+    from clozelab.core.errors import ClozelabError
+
+    _hf_ernie(tmp_path)
+    path = tmp_path / "ernie" / "config.json"
+    config = json.loads(path.read_text("utf-8"))
+    edit(config)
+    path.write_text(json.dumps(config), "utf-8")
+    with pytest.raises(ClozelabError, match=message):
+        load_checkpoint(tmp_path / "ernie")

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import BuildError, ClozelabError
 
 OVERLAY_GROUPS = {"experiment": "experiments", "sweep": "sweeps"}
 
@@ -74,6 +74,17 @@ def component_class(node: DictConfig, key: str, base: type) -> type:
     return cls
 
 
+def _raised_inside(exc: BaseException | None) -> bool:
+    """Whether ``exc`` was raised in the code of the component hydra called (its innermost frame
+    is not hydra's: a keyword the constructor does not take fails at hydra's call)."""
+    tb = exc.__traceback__ if exc is not None else None
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not tb.tb_frame.f_globals.get("__name__", "").startswith("hydra.")
+
+
 def build(node: DictConfig, key: str, **runtime):
     """``hydra.utils.instantiate`` with user-facing errors: a ClozelabError raised by the component
     comes out as it is, a wrong keyword names the config key and the accepted parameters."""
@@ -83,9 +94,10 @@ def build(node: DictConfig, key: str, **runtime):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, ClozelabError):
             raise cause from None
-        raise ClozelabError(
+        raise BuildError(
             f"{key}: could not build {node.get('_target_')} ({cause or exc}). Fix: check the keys "
-            f"under {key} against the parameters of that class."
+            f"under {key} against the parameters of that class.",
+            inside=_raised_inside(cause),
         ) from exc
     except ClozelabError:
         raise

@@ -9,6 +9,17 @@ class ClozelabError(ValueError):
     """Bad input from the user: a config value, a file, a combination of components."""
 
 
+class BuildError(ClozelabError):
+    """A component could not be built from its config node (``core.config.build``).
+
+    ``inside``: the failure came from the component's own code (its constructor ran and raised
+    something other than a ClozelabError), not from the call (a keyword it does not take)."""
+
+    def __init__(self, message: str, inside: bool = False):
+        super().__init__(message)
+        self.inside = inside
+
+
 def user_message(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: its own text, also when a DataLoader worker raised
     it (PyTorch re-raises a worker's exception with ``Caught X in DataLoader worker process N``

@@ -236,6 +236,7 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
 #: the ``config.json`` keys each HF family clozelab reads must have (``model_type`` -> keys).
 HF_CONFIG_KEYS = {
     "bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"),
+    "ernie": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"),
     "xlnet": ("vocab_size", "d_model", "n_layer", "n_head", "d_inner"),
 }
 
@@ -250,8 +251,8 @@ def hf_model_type(directory: Path) -> str | None:
 
 
 def read_hf_config(directory: Path) -> dict:
-    """``config.json`` of an HF BERT or XLNet directory, parsed and checked to hold the sizes of
-    its ``model_type`` (``HF_CONFIG_KEYS``; BERT's when absent)."""
+    """``config.json`` of an HF BERT, ERNIE or XLNet directory, parsed and checked to hold the
+    sizes of its ``model_type`` (``HF_CONFIG_KEYS``; BERT's when absent)."""
     path = directory / "config.json"
     try:
         config = json.loads(path.read_text("utf-8"))
@@ -269,13 +270,16 @@ def read_hf_config(directory: Path) -> dict:
     if missing:
         problem = f"not a {family.upper()} config.json (no {missing})"
         if named not in (None, family):  # e.g. the hf/ folder of a T5 or BART run
-            problem = f"an HF {named} config.json, and only BERT and XLNet directories load here"
+            problem = (
+                f"an HF {named} config.json, and only BERT, ERNIE and XLNet directories load here"
+            )
         raise config_error(
             "checkpoint",
             str(path),
             problem,
-            "point to an HF BERT directory (config.json of a BertModel / BertForPreTraining) or "
-            "an HF XLNet directory (XLNetModel / XLNetLMHeadModel); for the hf/ folder of a "
+            "point to an HF BERT or ERNIE directory (config.json of a BertModel / "
+            "BertForPreTraining / ErnieForMaskedLM ...) or an HF XLNet directory (XLNetModel / "
+            "XLNetLMHeadModel); for the hf/ folder of a "
             "clozelab run, give the run directory above it (checkpoint=RUN)",
         )
     return config

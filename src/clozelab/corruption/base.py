@@ -16,6 +16,7 @@ The two axes of DESIGN.md §3 map onto this module as follows:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ import torch
 from torch import Tensor
 
 from clozelab.core.batch import IGNORE_INDEX
-from clozelab.core.errors import ClozelabError, check_choice, config_error
+from clozelab.core.errors import BuildError, ClozelabError, check_choice, config_error
 from clozelab.corruption.runtime import RUNTIME_INPUTS, STAND_IN_TOKENIZER, runtime_kwargs
+
+log = logging.getLogger(__name__)
 
 REPLACE_FROM = ("nonspecial", "vocab")
 """Where random replacements come from: every id except the special ones (RoBERTa), or the whole
@@ -128,10 +131,18 @@ class Corruption:
         The default builds the scheme from ``node`` with stand-in tokenizer ids
         (``runtime.STAND_IN_TOKENIZER``) and no corpus, so every check its constructor makes of
         its own arguments (rates, lengths, choices) runs now instead of after the shards are
-        built. A scheme whose constructor needs the real tokenizer or corpus overrides it."""
+        built. Its ClozelabErrors and keywords it does not take are refusals; anything else its
+        constructor raises on the stand-ins (a user's scheme that reads the corpus, None here)
+        is not: the scheme is then checked when the run builds it with the real inputs. A scheme
+        whose constructor needs the real tokenizer or corpus may override this."""
         from clozelab.core.config import build
 
-        build(node, "corruption", **runtime_kwargs(cls, STAND_IN_TOKENIZER))
+        try:
+            build(node, "corruption", **runtime_kwargs(cls, STAND_IN_TOKENIZER))
+        except BuildError as exc:
+            if not exc.inside:
+                raise
+            log.debug("corruption: not checked with stand-in inputs (%s)", exc)
 
     def budget_rate(self) -> float:
         """The share of a ``Compose``'s budget this step takes: its ``rate`` when it

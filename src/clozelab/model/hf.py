@@ -164,6 +164,30 @@ def _normalise_key(key: str) -> str:
     return key
 
 
+def _fold_task_row(
+    normalised: Mapping[str, Tensor], targets: Mapping[str, Tensor], used: set[str]
+) -> None:
+    """ERNIE's task table (``use_task_id``) into a model that has none (``BertEmbeddings``): HF
+    ERNIE adds task row 0 to every token of a call without ``task_type_ids``, as it adds the
+    token's segment row, so row 0 goes into each segment row: the model then computes what the
+    ERNIE checkpoint computes for task 0 (fine-tuning's task), instead of dropping the row and
+    shifting every embedding. The other rows (pre-training tasks) have no place; said once."""
+    task = "embeddings.task_type_embeddings.weight"
+    segments = "embeddings.token_type_embeddings.weight"
+    table = normalised.get(task)
+    if table is None or task in targets or segments not in used:
+        return
+    targets[segments].add_(table[0].to(targets[segments]))
+    used.add(task)
+    warnings.warn(
+        f"ernie.{task}: this model has no task table, so the checkpoint's task row 0 (the task "
+        "HF ERNIE and clozelab use without task ids) is added to each segment row, which "
+        f"computes the same; the other {table.shape[0] - 1} rows (pre-training tasks) are not "
+        "loaded. Fix: build the model with embedding=task to keep every row",
+        stacklevel=3,
+    )
+
+
 @torch.no_grad()
 def from_hf_state_dict(
     state: Mapping[str, Tensor],
@@ -221,6 +245,7 @@ def from_hf_state_dict(
         target.copy_(value)
         used.add(key)
 
+    _fold_task_row(normalised, targets, used)
     decoder = normalised.get("cls.predictions.decoder.weight")
     if mlm is not None and decoder is not None:
         used.add("cls.predictions.decoder.weight")
@@ -354,7 +379,16 @@ def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]
         "initializer_range": std,
     }
     if model_type == "ernie" and config.get("use_task_id", False):  # HF ErnieConfig's default: 3
-        embedding["num_tasks"] = config.get("task_type_vocab_size", 3)
+        rows = config.get("task_type_vocab_size", 3)
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise config_error(
+                "config.json task_type_vocab_size",
+                rows,
+                "an ERNIE config with use_task_id needs a task table of at least 1 row",
+                "write the row count of ernie.embeddings.task_type_embeddings.weight there, or "
+                "use_task_id: false for a model without task ids",
+            )
+        embedding["num_tasks"] = rows
     return {
         "embedding": embedding,
         "encoder": {

@@ -103,8 +103,9 @@ def validate_model(cfg: DictConfig) -> None:
 def validate_corruption(cfg: DictConfig, run: bool = False) -> None:
     """The corruption's own arguments (``Corruption.check_node``: its constructor's checks, run
     with stand-in tokenizer ids) and the batch keys it reads against what the data provides;
-    for a pre-training ``run``, also that what it writes is read (``Corruption.check_keys``)."""
-    _probability(cfg, "corruption.rate", low_open=True, high_open=True)
+    for a pre-training ``run``, also that what it writes is read (``Corruption.check_keys``).
+    ``corruption.rate`` is the constructor's to check: its range depends on the scheme (a
+    sentence permutation may move every sentence, rate 1)."""
     probs = [
         _probability(cfg, f"corruption.{k}", False, False)
         for k in ("mask_prob", "random_prob", "keep_prob")
