@@ -205,3 +205,32 @@ def test_seq2seq_decoder_layers_compile_and_train_like_eager():
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
             torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
             a.grad = b.grad = None
+
+
+def test_ernie_thu_aggregators_compile_too():
+    """ERNIE-THU's K-Encoder layers (the aggregators) are named by the encoder's compile_targets
+    hook (before, only the T-Encoder's layers compiled: half of the model ran eager), and the
+    traced encoder computes what the eager one does, with and without entity inputs."""
+    from clozelab.model.knowledge import KnowledgeEncoder
+
+    def knowledge():
+        torch.manual_seed(0)
+        return KnowledgeEncoder(H, 3, 2, 64, entity_dim=8, entity_heads=2, num_entities=20)
+
+    eager, compiled = knowledge().eval(), knowledge().eval()
+    embedding = BertEmbeddings(V, H, max_position_embeddings=64)
+    names = compile_components(embedding, compiled, backend="eager")
+    assert names == ["embedding", "encoder.layers.0", "encoder.aggregators.0",
+                     "encoder.aggregators.1"]  # fmt: skip
+    assert all(is_compiled(a) for a in compiled.aggregators)
+    x, mask = torch.randn(2, 10, H), torch.ones(2, 10)
+    links = torch.full((2, 10), -1)
+    links[0, 1], links[1, 4] = 3, 7
+    with torch.no_grad():
+        for kw in ({}, {"entity_links": links}):
+            ours, ref = compiled(x, mask, **kw), eager(x, mask, **kw)
+            assert torch.allclose(ours.last_hidden_state, ref.last_hidden_state, atol=1e-6)
+    compiled.train()
+    compiled(x, mask, entity_links=links).last_hidden_state.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in compiled.aggregators.parameters()
+               if p.grad is not None)  # fmt: skip

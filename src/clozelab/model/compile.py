@@ -3,7 +3,8 @@
 Each transformer layer is compiled on its own (``nn.Module.compile``), not the encoder as a
 whole: the layers share one compiled graph, and the encoder's data-dependent steps (is there
 padding? which tokens are real?) stay in eager Python between them. The embedding is compiled
-too; other encoders (BiLSTM) are compiled whole. An objective adds what it names with its
+too; the encoder names its parts with its ``compile_targets`` hook (each layer; ERNIE-THU's
+aggregators too; other encoders, BiLSTM, whole). An objective adds what it names with its
 ``compile_targets`` hook (the seq2seq objective: each decoder layer); the others are not
 compiled: the MLM decoder's fused chunked cross-entropy is already one custom autograd function.
 
@@ -42,8 +43,10 @@ def layer_targets(name: str, stack: nn.Module) -> dict[str, nn.Module]:
 def compile_targets(
     embedding: nn.Module, encoder: nn.Module, objectives: Mapping[str, nn.Module] | None = None
 ) -> dict[str, nn.Module]:
-    """The modules ``model.compile`` compiles, by their name in the PretrainModule."""
-    targets = {"embedding": embedding, **layer_targets("encoder", encoder)}
+    """The modules ``model.compile`` compiles, by their name in the PretrainModule: the
+    embedding, what the encoder's ``compile_targets`` hook names (each layer) and what each
+    objective's names."""
+    targets = {"embedding": embedding, **encoder.compile_targets()}  # Encoder hook
     for name, objective in (objectives or {}).items():
         for sub, module in objective.compile_targets().items():
             targets[f"objectives.{name}.{sub}"] = module

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
+from clozelab.model.compile import layer_targets
 from clozelab.model.layers import (
     Dropout,
     canonical_activation,
@@ -256,6 +257,13 @@ class Encoder(nn.Module):
         the run's config.yaml records so a rebuild without the corpus has the same shapes. The
         default takes nothing."""
         return {}
+
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """The submodules ``model.compile`` compiles in place, by their name in the pre-training
+        module (``encoder....``): each layer of ``layers`` when that is a ModuleList (one by one:
+        the encoder's data-dependent steps stay eager between them), else the encoder whole. An
+        encoder with other blocks (ERNIE-THU's aggregators) adds them."""
+        return layer_targets("encoder", self)
 
     @classmethod
     def context_for(cls, node) -> str:

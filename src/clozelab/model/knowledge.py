@@ -199,6 +199,11 @@ class KnowledgeEncoder(Encoder):
         init_bert_weights(self, std=initializer_range)
         self.entity_embeddings.weight.requires_grad_(not self.freeze_entities)
 
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """The T-Encoder's layers and each aggregator (the K-Encoder's layers), one by one."""
+        aggregators = {f"encoder.aggregators.{i}": a for i, a in enumerate(self.aggregators)}
+        return {**super().compile_targets(), **aggregators}
+
     def bind_corpus(self, corpus) -> dict:
         """Load the TransE vectors of the corpus's entities (trained once, cached beside the
         shards) into the entity table; returns ``{"num_entities": N}`` for the run's config."""
