@@ -58,6 +58,11 @@ BAD = [
     (("data.max_documents=0",), r"data\.max_documents=0: must be an integer >= 1"),
     (("validation_reference={_target_:clozelab.corruption.mask.TokenMasking,rate:0}",),
      r"corruption\.rate=0: "),
+    # model.compile: its settings were checked when the model was built, after the tokenizer
+    # and the shards; a backend name given to model.compile compiled with inductor
+    (("model.compile=true", "model.compile_mode=fastest"), r"model\.compile_mode='fastest': "),
+    (("model.compile=true", "model.compile_backend=tensorrt-x"), r"compile_backend='tensorrt-x'"),
+    (("model.compile=eager",), r"model\.compile='eager': must be true or false.*compile_backend"),
 ]  # fmt: skip
 
 

@@ -53,18 +53,30 @@ def compile_targets(
     return targets
 
 
-def compile_components(
-    embedding: nn.Module,
-    encoder: nn.Module,
-    mode: str = "default",
-    dynamic: bool | None = None,
-    backend: str = "inductor",
-    objectives: Mapping[str, nn.Module] | None = None,
-) -> list[str]:
-    """Compile the embedding, each encoder layer and what ``objectives`` name in place; returns
-    the compiled names.
+def check_compile_settings(model_cfg: Mapping) -> bool:
+    """Whether ``model.compile`` asks for compilation, after checking it is a boolean and, when
+    it does, that ``model.compile_mode`` / ``compile_dynamic`` / ``compile_backend`` are valid:
+    called when the config is composed (``validate_model``), before a tokenizer is trained."""
+    wanted = model_cfg.get("compile", False)
+    if wanted is None or isinstance(wanted, bool):
+        if wanted:
+            check_options(
+                model_cfg.get("compile_mode", "default"),
+                model_cfg.get("compile_dynamic"),
+                model_cfg.get("compile_backend", "inductor"),
+            )
+        return bool(wanted)
+    raise config_error(
+        "model.compile",
+        wanted,
+        "must be true or false",
+        "model.compile=true, with the backend in model.compile_backend (inductor, eager, ...) "
+        "and the mode in model.compile_mode",
+    )
 
-    Compilation itself happens lazily, at the first forward call."""
+
+def check_options(mode: str, dynamic: bool | None, backend: str) -> dict:
+    """``torch.compile``'s keyword arguments for these ``model.compile_*`` values, checked."""
     if mode not in COMPILE_MODES:
         raise config_error(
             "model.compile_mode",
@@ -90,6 +102,22 @@ def compile_components(
     options = {"backend": backend, "dynamic": dynamic}
     if backend == "inductor":
         options["mode"] = mode
+    return options
+
+
+def compile_components(
+    embedding: nn.Module,
+    encoder: nn.Module,
+    mode: str = "default",
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    objectives: Mapping[str, nn.Module] | None = None,
+) -> list[str]:
+    """Compile the embedding, each encoder layer and what ``objectives`` name in place; returns
+    the compiled names.
+
+    Compilation itself happens lazily, at the first forward call."""
+    options = check_options(mode, dynamic, backend)
     targets = compile_targets(embedding, encoder, objectives)
     for module in targets.values():
         module.compile(**options)
@@ -106,7 +134,7 @@ def apply_model_compile(
     objectives: Mapping[str, nn.Module] | None = None,
 ) -> list[str]:
     """``compile_components`` as ``model.compile*`` asks; [] when ``model.compile`` is false."""
-    if not model_cfg.get("compile", False):
+    if not check_compile_settings(model_cfg):
         return []
     return compile_components(
         embedding,
@@ -126,6 +154,7 @@ def is_compiled(module: nn.Module) -> bool:
 __all__ = [
     "COMPILE_MODES",
     "apply_model_compile",
+    "check_compile_settings",
     "compile_components",
     "compile_targets",
     "is_compiled",

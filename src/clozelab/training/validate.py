@@ -17,6 +17,7 @@ from clozelab.data.instances import INSTANCE_KEYS, KINDS, SINGLE_SENTENCE
 from clozelab.data.preprocess import check_data_settings
 from clozelab.data.structure import MAX_SEGMENTS
 from clozelab.data.token_features import TOKEN_FEATURES
+from clozelab.model.compile import check_compile_settings
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder
 from clozelab.objectives.base import Objective
@@ -82,6 +83,7 @@ def validate_body(cfg: DictConfig) -> None:
 
 
 def validate_model(cfg: DictConfig) -> None:
+    check_compile_settings(cfg_select(cfg, "model") or {})  # model.compile*, before any data
     hidden = _int(cfg, "model.hidden_size", 1)
     heads = _int(cfg, "model.num_heads", 1)
     _int(cfg, "model.num_layers", 1)
