@@ -8,6 +8,9 @@ usage: python killer.py STEP SIGNAL OVERRIDES...
 - SIGNAL@RANK (e.g. SIGTERM@1): in a DDP run, only that rank signals itself, as ``kill`` of one
   process does. Lightning's launcher starts rank 1 (LOCAL_RANK=1) by re-running ``sys.argv``,
   which is pointed back at this script with the same STEP and SIGNAL.
+- SIGNAL@GROUP (e.g. SIGINT@GROUP): rank 0 sends the signal to its whole process group, as a
+  terminal's Ctrl-C does (DataLoader workers and the other ranks get it too); start this script
+  in a session of its own (``start_new_session=True``) so the group is the run's processes.
 - SIGNAL = MIDWRITE: the STEP-th checkpoint file write is cut in the middle (half the bytes
   written to the temporary file) by a SIGKILL, the worst case for a non-atomic writer.
 
@@ -27,10 +30,13 @@ from clozelab.cli import main
 from clozelab.training.module import PretrainModule
 
 
-def kill_at_step(step: int, signum: int) -> None:
+def kill_at_step(step: int, signum: int, group: bool = False) -> None:
     def on_train_batch_start(self, batch, batch_idx):
         if self.global_step == step - 1:  # the signal arrives while step STEP is computed
-            os.kill(os.getpid(), signum)
+            if group:
+                os.killpg(os.getpgid(0), signum)
+            else:
+                os.kill(os.getpid(), signum)
 
     PretrainModule.on_train_batch_start = on_train_batch_start
 
@@ -66,10 +72,13 @@ if __name__ == "__main__":
     at, how = int(sys.argv[1]), sys.argv[2]
     relaunch_through_this_script(sys.argv[1], how)
     how, _, rank = how.partition("@")
+    group = rank == "GROUP"
+    if group:
+        rank = "0"
     if rank and os.environ.get("LOCAL_RANK", "0") != rank:
         pass  # another rank's signal: this one trains on
     elif how == "MIDWRITE":
         kill_mid_write(at)
     else:
-        kill_at_step(at, getattr(signal, how))
+        kill_at_step(at, getattr(signal, how), group)
     main(["pretrain", *sys.argv[3:]])

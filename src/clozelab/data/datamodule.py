@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from clozelab.core.batch import Batch, ReferenceBatch
 from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.signals import ignore_stop_signals
 from clozelab.data import instances
 from clozelab.data.collate import Collator
 from clozelab.data.dataset import InstanceDataset
@@ -248,6 +249,7 @@ class PretrainDataModule(pl.LightningDataModule):
             persistent_workers=False,
             generator=generator,
             multiprocessing_context=worker_context(self.num_workers),
+            worker_init_fn=ignore_stop_signals,  # Ctrl-C reaches the workers too
         )
         loader.epoch = epoch
         return loader

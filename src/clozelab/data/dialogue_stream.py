@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clozelab.core.batch import DialogueBatch, JointBatch
 from clozelab.core.errors import ClozelabError
+from clozelab.core.signals import ignore_stop_signals
 from clozelab.data.collate import Collator
 from clozelab.data.datamodule import VALIDATION_EPOCH, ResumableDataLoader, worker_context
 from clozelab.data.dialogue import read_dialogues
@@ -262,6 +263,7 @@ class DialogueStream:
             collate_fn=MixedCollator(text.collate_fn, self.collator(text.collate_fn, text.epoch)),
             num_workers=text.num_workers,
             multiprocessing_context=worker_context(text.num_workers),
+            worker_init_fn=ignore_stop_signals,
             persistent_workers=False,
             generator=text.generator,
         )
@@ -289,4 +291,5 @@ class DialogueStream:
             collate_fn=self.collator(text.collate_fn, VALIDATION_EPOCH),
             num_workers=text.num_workers,
             multiprocessing_context=worker_context(text.num_workers),
+            worker_init_fn=ignore_stop_signals,
         )

@@ -18,6 +18,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from clozelab.core.progress import Budget, shown_metrics
+from clozelab.core.signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +140,6 @@ class RNGState(pl.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(self._pending["python"])
         self._pending = None
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
-)
 
 
 def _validation_due(trainer) -> bool:

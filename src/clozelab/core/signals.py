@@ -1,0 +1,34 @@
+"""The signals that stop a pre-training run gracefully, and DataLoader workers kept out of them.
+
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group, and a scheduler may send
+SIGUSR1 to every process of a job: the DataLoader workers get them too. A worker that gets SIGINT
+raises KeyboardInterrupt and exits (PyTorch expects the main process to stop at once), but a
+graceful stop trains on to the end of the batch, and one batch more when validation is due
+after it: its next fetch found the worker gone ("DataLoader worker exited unexpectedly"), and the
+run died without its checkpoint. Workers therefore ignore them (``ignore_stop_signals``, the
+loaders' ``worker_init_fn``); the main process ends them as usual when it stops. SIGTERM is left
+to PyTorch's worker handler (the main process ends stuck workers with it).
+"""
+
+from __future__ import annotations
+
+import signal
+
+#: The signals ``CheckpointOnSignal`` turns into "stop after this batch and checkpoint".
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+#: The stop signals a DataLoader worker ignores.
+WORKER_IGNORED = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the pre-training loaders: the worker ignores ``WORKER_IGNORED``."""
+    for signum in WORKER_IGNORED:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+__all__ = ["STOP_SIGNALS", "WORKER_IGNORED", "ignore_stop_signals"]
