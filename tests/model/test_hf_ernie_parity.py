@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -178,7 +179,7 @@ def test_ernie_without_task_ids_is_bert_and_body_keys_load_without_prefix(tmp_pa
     assert torch.equal(embedding.word_embeddings.weight, hf.ernie.embeddings.word_embeddings.weight)
 
 
-def test_an_ernie_task_table_into_a_model_without_one_keeps_what_task_0_computes(tmp_path):
+def test_an_ernie_task_table_into_a_model_without_one_keeps_what_task_0_computes(tmp_path, caplog):
     """``model.init_from=<HF ERNIE dir>`` on a BERT run (``embedding=bert``): HF ERNIE adds task
     row 0 to every token without task ids; dropping it (as before: 'unused') shifted every
     embedding. Row 0 now goes into each segment row, so BERT computes what ERNIE does at task 0,
@@ -187,8 +188,9 @@ def test_an_ernie_task_table_into_a_model_without_one_keeps_what_task_0_computes
     hf.eval()
     embedding, encoder = BertEmbeddings(V, H, 32), TransformerEncoder(H, 2, 2, 32)
     mlm, nsp = MLM(H, V), NSP(H)
-    with pytest.warns(UserWarning, match=r"task row 0 .* added to each segment row.*other 3 rows"):
+    with caplog.at_level(logging.WARNING, logger="clozelab.model.hf"):
         report = from_hf_state_dict(hf.state_dict(), embedding, encoder, mlm, nsp)
+    assert re.search(r"task row 0 .* added to each segment row.*other 3 rows", caplog.text)
     assert report == {"missing": [], "unexpected": []}
     for part in (embedding, encoder, mlm, nsp):
         part.eval()
@@ -221,3 +223,21 @@ def test_a_broken_hf_ernie_config_names_its_key(tmp_path, edit, message):
     path.write_text(json.dumps(config), "utf-8")
     with pytest.raises(ClozelabError, match=message):
         load_checkpoint(tmp_path / "ernie")
+
+
+def test_a_checkpoint_trained_with_another_activation_is_said_to_differ(tmp_path, caplog):
+    """model.init_from=<ERNIE 2.0 export> (relu) on a default BERT run (gelu): every weight
+    loads, so nothing said that the layers now compute another function."""
+    from clozelab.training.loading import load_weights
+
+    _hf_ernie(tmp_path)  # hidden_act gelu
+    parts = (TaskEmbeddings(V, H, num_tasks=TASKS, max_position_embeddings=32),
+             TransformerEncoder(H, 2, 2, 32, activation="relu"))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="clozelab.training.loading"):
+        load_weights(tmp_path / "ernie", *parts, {}, key="model.init_from")
+    assert "hidden_act is gelu, but this model's activation is relu" in caplog.text
+    assert "Fix: model.activation=gelu" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clozelab.training.loading"):
+        load_weights(tmp_path / "ernie", parts[0], TransformerEncoder(H, 2, 2, 32), {})
+    assert "hidden_act" not in caplog.text

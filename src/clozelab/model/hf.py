@@ -14,6 +14,7 @@ embeddings before their LayerNorm, exactly as ERNIE 2.0's task embedding (``Task
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,8 @@ from clozelab.model.embeddings import BertEmbeddings, Embedding, HFEmbeddingLayo
 from clozelab.model.embeddings_variants import TaskEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
+
+log = logging.getLogger(__name__)
 
 BODY_PREFIX = "bert."
 #: the HF families whose body is BERT's (``model_type`` -> the class name prefix of their
@@ -179,12 +182,13 @@ def _fold_task_row(
         return
     targets[segments].add_(table[0].to(targets[segments]))
     used.add(task)
-    warnings.warn(
-        f"ernie.{task}: this model has no task table, so the checkpoint's task row 0 (the task "
-        "HF ERNIE and clozelab use without task ids) is added to each segment row, which "
-        f"computes the same; the other {table.shape[0] - 1} rows (pre-training tasks) are not "
-        "loaded. Fix: build the model with embedding=task to keep every row",
-        stacklevel=3,
+    log.warning(
+        "ernie.%s: this model has no task table, so the checkpoint's task row 0 (the task HF "
+        "ERNIE and clozelab use without task ids) is added to each segment row, which computes "
+        "the same; the other %d rows (pre-training tasks) are not loaded. Fix: build the model "
+        "with embedding=task to keep every row",
+        task,
+        table.shape[0] - 1,
     )
 
 

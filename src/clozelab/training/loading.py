@@ -36,7 +36,7 @@ from clozelab.core.rundir import (
 )
 from clozelab.data.knowledge import ENTITIES_FILE, EntityLinker
 from clozelab.data.tokenizer import load_tokenizer
-from clozelab.model.layers import Pooler
+from clozelab.model.layers import Pooler, canonical_activation
 from clozelab.tasks.backbone import NONE, Backbone
 from clozelab.training.components import (
     build_components,
@@ -195,7 +195,27 @@ def _hf_weights(directory: Path, state: dict, parts, key: str, shown: str, token
             )
         _check_vocab(word.shape[0], tokenizer, shown)
     mlm, nsp = pretraining_heads(objectives)
-    return from_hf_state_dict(state, embedding, encoder, mlm, nsp)
+    report = from_hf_state_dict(state, embedding, encoder, mlm, nsp)  # a BERT encoder, checked
+    _warn_other_activation(read_hf_config(directory), encoder, key, shown)
+    return report
+
+
+def _warn_other_activation(config: dict, encoder: nn.Module, key: str, shown: str) -> None:
+    """Say so when an HF BERT / ERNIE checkpoint's ``hidden_act`` is not the activation of the
+    encoder it loads into (an ERNIE 2.0 export's relu into a default gelu BERT run): every weight
+    loads, and the layers compute another function than the one they were trained with."""
+    theirs = canonical_activation(config.get("hidden_act", "gelu"), "config.json hidden_act")
+    if encoder.activation != theirs:
+        log.warning(
+            "%s=%s: its config.json hidden_act is %s, but this model's activation is %s; the "
+            "weights load, and the layers compute another function than the one they were "
+            "trained with. Fix: model.activation=%s",
+            key,
+            shown,
+            theirs,
+            encoder.activation,
+            theirs,
+        )
 
 
 def load_weights(
