@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from clozelab.cli import main
 from clozelab.data.tokenizer import load_tokenizer
 from clozelab.pretrain import pretrain
-from clozelab.training.hf_export import HEADS_FILE, HEADS_KEY, POSITIONS_README, TASK_KEY
+from clozelab.training.hf_export import HEADS_FILE, HEADS_KEY, NOTES_README, TASK_KEY
 from clozelab.training.loading import build_run_components, init_components, load_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -77,7 +77,7 @@ def test_an_ernie2_run_exports_to_hf_ernie_and_loads_back(compose_pretrain, tmp_
     for key, value in heads.items():
         name, param = key.split(".", 1)
         assert torch.equal(value, loaded.objectives[name].get_parameter(param)), key
-    readme = (out / POSITIONS_README).read_text("utf-8")
+    readme = (out / NOTES_README).read_text("utf-8")
     assert ", ".join(TASK_HEADS) in config[HEADS_KEY] and HEADS_FILE in readme
     ids = "mlm=0, capitalization=1, token_document=2, sentence_distance=3, sentence_reorder=4"
     assert ids in config[TASK_KEY] and ids in readme

@@ -18,8 +18,8 @@ from clozelab.model.embeddings_variants import SinusoidalEmbeddings
 from clozelab.model.encoder import TransformerEncoder
 from clozelab.model.knowledge import KnowledgeEncoder
 from clozelab.training.hf_export import (
+    NOTES_README,
     POSITIONS_KEY,
-    POSITIONS_README,
     run_corruption_keys,
     write_run_hf_dir,
 )
@@ -94,7 +94,7 @@ def test_a_mass_export_equals_ours_at_positions_0_to_n_and_states_its_limit(
         out = write_run_hf_dir(tmp_path / "hf", embedding, encoder, objectives,
                                tmp_path / "tokenizer", keys)  # fmt: skip
     assert any("no decoder_position_ids input" in r.getMessage() for r in caplog.records)
-    readme = (out / POSITIONS_README).read_text("utf-8")
+    readme = (out / NOTES_README).read_text("utf-8")
     config = json.loads((out / "config.json").read_text("utf-8"))
     for text in (readme, config[POSITIONS_KEY]):
         assert "BartForConditionalGeneration has no decoder_position_ids input" in text
@@ -133,5 +133,5 @@ def test_an_export_without_decoder_positions_writes_no_note(compose_pretrain, tm
     with caplog.at_level(logging.WARNING, logger="clozelab.training.hf_export"):
         out = write_run_hf_dir(tmp_path / "hf", embedding, encoder, objectives,
                                tmp_path / "tokenizer", keys)  # fmt: skip
-    assert not caplog.records and not (out / POSITIONS_README).exists()
+    assert not caplog.records and not (out / NOTES_README).exists()
     assert POSITIONS_KEY not in json.loads((out / "config.json").read_text("utf-8"))

@@ -23,7 +23,7 @@ from clozelab.objectives.sentence_distance import SentenceDistance
 from clozelab.training.hf_export import (
     HEADS_FILE,
     HEADS_KEY,
-    POSITIONS_README,
+    NOTES_README,
     TASK_KEY,
     write_run_hf_dir,
 )
@@ -119,7 +119,7 @@ def test_an_ernie2_export_is_hf_ernie_for_pretraining_with_the_same_outputs(tmp_
     heads = load_file(out / HEADS_FILE)
     assert set(heads) == {f"sentence_distance.{k}" for k, _ in distance.named_parameters()}
     assert torch.equal(heads["sentence_distance.classifier.weight"], distance.classifier.weight)
-    readme = (out / POSITIONS_README).read_text("utf-8")
+    readme = (out / NOTES_README).read_text("utf-8")
     for text in (readme, config[HEADS_KEY]):
         assert "objectives sentence_distance have no slot in HF ErnieForPreTraining" in text
         assert HEADS_FILE in text
@@ -133,7 +133,7 @@ def test_an_export_again_with_force_writes_each_note_once(tmp_path):
     (distance,) = _perturbed(SentenceDistance(H))
     for _ in range(2):
         out = write_run_hf_dir(tmp_path / "hf", emb, enc, {"mlm": mlm, "d": distance}, tmp_path)
-    readme = (out / POSITIONS_README).read_text("utf-8")
+    readme = (out / NOTES_README).read_text("utf-8")
     assert readme.count("## Heads with no HF slot") == 1 and readme.count("## Task ids") == 1
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ErnieForMaskedLM"]
     write_run_hf_dir(tmp_path / "hf", emb, enc, {"mlm": mlm}, tmp_path)  # no other head now

@@ -206,10 +206,10 @@ def write_xlnet_hf_dir(
     return out
 
 
-#: The README.md (model card) of an encoder-decoder export whose decoder was pre-trained at
-#: positions HF's decoder cannot be given (MASS, SPECS §17), and the key of the same note in
-#: config.json.
-POSITIONS_README = "README.md"
+#: The README.md (model card) an export writes its notes into (``_write_note``).
+NOTES_README = "README.md"
+#: The key in config.json of the note on an encoder-decoder export whose decoder was pre-trained
+#: at positions HF's decoder cannot be given (MASS, SPECS §17).
 POSITIONS_KEY = "clozelab_decoder_positions"
 POSITIONS_NOTE = (
     "The run's corruption gave the decoder decoder_position_ids during pre-training (MASS: each "
@@ -244,7 +244,7 @@ def _write_note(out: Path, key: str, heading: str, note: str, level=logging.WARN
     config = json.loads((out / "config.json").read_text("utf-8"))
     log.log(level, "HF export %s: %s", out, note)
     _update_json(out / "config.json", **{key: note})
-    readme = out / POSITIONS_README
+    readme = out / NOTES_README
     if not readme.is_file():
         readme.write_text(f"# clozelab export ({config['architectures'][0]})\n", "utf-8")
     with readme.open("a", encoding="utf-8") as f:
@@ -346,7 +346,7 @@ def write_run_hf_dir(
     with ``decoder_position_ids`` (MASS) the export warns and writes the limit of the HF model
     into its README.md and config.json (``POSITIONS_NOTE``). ``task_order``: the objectives in
     the order the schedule introduced them (``run_task_order``), named in the task-id note."""
-    for name in (POSITIONS_README, HEADS_FILE):  # notes of an earlier export (--force)
+    for name in (NOTES_README, HEADS_FILE):  # notes of an earlier export (--force)
         (Path(out_dir) / name).unlink(missing_ok=True)
     decoder = run_decoder(objectives)
     if decoder is not None:  # encoder-decoder: T5 / BART layout
