@@ -111,7 +111,7 @@ def encoder_options(p: DictConfig, **overrides) -> dict[str, Any]:
 def build_ours(p: DictConfig, **encoder_kw):
     """Our PretrainModule (BERT embedding, post-LN encoder, MLM + NSP); seeded, so two calls
     give the same weights. ``bench.pretrain.compile`` compiles it in place."""
-    from clozelab.model.compile import compile_components
+    from clozelab.model.compile import apply_model_compile
     from clozelab.model.embeddings import BertEmbeddings
     from clozelab.model.encoder import TransformerEncoder
     from clozelab.objectives.mlm import MLM
@@ -125,14 +125,7 @@ def build_ours(p: DictConfig, **encoder_kw):
         H, p.num_layers, p.num_heads, p.intermediate_size, **encoder_options(p, **encoder_kw)
     )
     ours = PretrainModule(embedding, encoder, {"mlm": MLM(H, V), "nsp": NSP(H)}, optimizer=None)
-    if p.get("compile", False):
-        compile_components(
-            embedding,
-            encoder,
-            mode=p.get("compile_mode", "default"),
-            dynamic=p.get("compile_dynamic"),
-            backend=p.get("compile_backend", "inductor"),
-        )
+    apply_model_compile(embedding, encoder, p)  # bench.pretrain.compile*, as model.compile*
     return ours
 
 

@@ -97,17 +97,9 @@ def build_seq2seq_pair(s: DictConfig, vocab: int):
     config._attn_implementation = s.hf_attention
     hf = transformers.T5ForConditionalGeneration(config)
     hf.load_state_dict(to_hf_state_dict(embedding, encoder, decoder), strict=True)
-    if s.get("compile", False):  # ours only, in place: HF runs as its users run it
-        from clozelab.model.compile import compile_components
+    from clozelab.model.compile import apply_model_compile
 
-        compile_components(
-            embedding,
-            encoder,
-            mode=s.get("compile_mode", "default"),
-            dynamic=s.get("compile_dynamic"),
-            backend=s.get("compile_backend", "inductor"),
-            objectives=ours.objectives,
-        )
+    apply_model_compile(embedding, encoder, s, ours.objectives)  # ours only: HF runs as users do
     return ours, hf
 
 

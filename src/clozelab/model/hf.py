@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.core.errors import ClozelabError, config_error
+from clozelab.core.errors import ClozelabError, check_int, config_error
 from clozelab.model.embeddings import BertEmbeddings, Embedding, HFEmbeddingLayout
 from clozelab.model.embeddings_variants import TaskEmbeddings
 from clozelab.model.encoder import TransformerEncoder
@@ -383,16 +383,14 @@ def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]
         "initializer_range": std,
     }
     if model_type == "ernie" and config.get("use_task_id", False):  # HF ErnieConfig's default: 3
-        rows = config.get("task_type_vocab_size", 3)
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise config_error(
-                "config.json task_type_vocab_size",
-                rows,
-                "an ERNIE config with use_task_id needs a task table of at least 1 row",
-                "write the row count of ernie.embeddings.task_type_embeddings.weight there, or "
-                "use_task_id: false for a model without task ids",
-            )
-        embedding["num_tasks"] = rows
+        embedding["num_tasks"] = check_int(
+            config.get("task_type_vocab_size", 3),
+            "config.json task_type_vocab_size",
+            1,
+            "an ERNIE config with use_task_id needs a task table",
+            "write the row count of ernie.embeddings.task_type_embeddings.weight there, or "
+            "use_task_id: false for a model without task ids",
+        )
     return {
         "embedding": embedding,
         "encoder": {

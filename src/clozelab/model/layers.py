@@ -54,14 +54,24 @@ def get_activation(name: str, key: str = "model.activation") -> Callable[[Tensor
     return ACTIVATIONS[canonical_activation(name, key)]
 
 
+def _dropped(p: float) -> int:
+    """Dropout probability ``p`` quantised to the elements dropped per 65536 (16 random bits)."""
+    return round(p * 65536)
+
+
+def _kept_scale(p: float) -> float:
+    """1/(1-p) for the quantised ``p``: the value of a kept element of the mask."""
+    return 65536 / (65536 - _dropped(p))
+
+
 def _keep_mask(x: Tensor, p: float) -> Tensor:
     """0 or 1/(1-p) per element of ``x`` (its shape and dtype), from 16 random bits an element."""
-    drop = round(p * 65536)  # dropped elements per 65536
+    drop = _dropped(p)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
     bits.random_(-(2**63), None)  # 64 uniform random bits per draw
     u16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    return (u16 >= drop - 32768).to(x.dtype).mul_(65536 / (65536 - drop))
+    return (u16 >= drop - 32768).to(x.dtype).mul_(_kept_scale(p))
 
 
 #: Masks drawn by compiled code. The operator below counts into it, which makes it a mutating
@@ -108,7 +118,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    if round(p * 65536) == 0:
+    if _dropped(p) == 0:
         return x
     return x * keep_mask(x, p)  # autograd saves the mask only: backward is grad * mask
 
@@ -125,7 +135,7 @@ class _ReluDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
         out = torch.relu(x).mul_(keep_mask(x, p))
-        ctx.scale = 65536 / (65536 - round(p * 65536))
+        ctx.scale = _kept_scale(p)
         ctx.save_for_backward(out)
         return out
 
@@ -139,7 +149,7 @@ class _ReluDropout(torch.autograd.Function):
 def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``dropout(relu(x), p)``: the same draws and values as the two calls, less memory and work
     on CPU (``_ReluDropout``)."""
-    if not training or p <= 0.0 or x.device.type != "cpu" or round(p * 65536) == 0:
+    if not training or p <= 0.0 or x.device.type != "cpu" or _dropped(p) == 0:
         return dropout(torch.relu(x), p, training)
     return _ReluDropout.apply(x, p)
 

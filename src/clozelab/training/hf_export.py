@@ -238,10 +238,16 @@ def run_corruption_keys(run_dir: str | Path) -> set[str]:
     return corruption_keys(node) if node is not None and node.get("_target_") else set()
 
 
-def _write_note(out: Path, key: str, heading: str, note: str, level=logging.WARNING) -> None:
+def _written_config(out: Path) -> dict:
+    """The config.json an export just wrote into ``out``, which its notes read."""
+    return json.loads((out / "config.json").read_text("utf-8"))
+
+
+def _write_note(
+    out: Path, config: dict, key: str, heading: str, note: str, level=logging.WARNING
+) -> None:
     """Log ``note`` (a warning by default), set it as ``key`` in config.json and add it to
-    README.md (the model card) under ``heading``."""
-    config = json.loads((out / "config.json").read_text("utf-8"))
+    README.md (the model card, headed by ``config``'s architecture) under ``heading``."""
     log.log(level, "HF export %s: %s", out, note)
     _update_json(out / "config.json", **{key: note})
     readme = out / NOTES_README
@@ -251,11 +257,10 @@ def _write_note(out: Path, key: str, heading: str, note: str, level=logging.WARN
         f.write(f"\n## {heading}\n\n{note}\n")
 
 
-def _note_decoder_positions(out: Path) -> None:
+def _note_decoder_positions(out: Path, config: dict) -> None:
     """The limit of HF's decoder, which cannot be given the pre-training decoder positions."""
-    config = json.loads((out / "config.json").read_text("utf-8"))
     note = POSITIONS_NOTE.format(architecture=config["architectures"][0])
-    _write_note(out, POSITIONS_KEY, "Decoder positions", note)
+    _write_note(out, config, POSITIONS_KEY, "Decoder positions", note)
 
 
 #: The file beside model.safetensors that keeps the weights of the run's heads HF's model has no
@@ -280,7 +285,9 @@ TASK_NOTE = (
 )
 
 
-def _keep_other_heads(out: Path, objectives: dict[str, nn.Module], exported: list) -> None:
+def _keep_other_heads(
+    out: Path, config: dict, objectives: dict[str, nn.Module], exported: list
+) -> None:
     """Write the parameters of ``objectives`` not among the ``exported`` modules' (tied ones
     are the same tensors) to ``HEADS_FILE`` and say so (``HEADS_NOTE``); nothing when none."""
     written = {id(p) for module in exported if module is not None for p in module.parameters()}
@@ -293,7 +300,6 @@ def _keep_other_heads(out: Path, objectives: dict[str, nn.Module], exported: lis
     if not left:
         return
     _save_safetensors(out / HEADS_FILE, left)
-    config = json.loads((out / "config.json").read_text("utf-8"))
     names = sorted({key.split(".", 1)[0] for key in left})
     architecture = config["architectures"][0]
     note = HEADS_NOTE.format(
@@ -303,7 +309,7 @@ def _keep_other_heads(out: Path, objectives: dict[str, nn.Module], exported: lis
         file=HEADS_FILE,
         example=next(iter(left)),
     )
-    _write_note(out, HEADS_KEY, "Heads with no HF slot", note)
+    _write_note(out, config, HEADS_KEY, "Heads with no HF slot", note)
 
 
 def run_task_order(run_dir: str | Path, objectives: dict[str, nn.Module]) -> tuple[str, ...]:
@@ -319,12 +325,11 @@ def run_task_order(run_dir: str | Path, objectives: dict[str, nn.Module]) -> tup
     return () if schedule is None else schedule.order
 
 
-def _note_task_ids(out: Path, task_order: tuple[str, ...]) -> None:
-    config = json.loads((out / "config.json").read_text("utf-8"))
+def _note_task_ids(out: Path, config: dict, task_order: tuple[str, ...]) -> None:
     if config.get("use_task_id"):
         ids = ", ".join(f"{name}={i}" for i, name in enumerate(task_order)) or "no schedule given"
         note = TASK_NOTE.format(rows=config["task_type_vocab_size"], ids=ids)
-        _write_note(out, TASK_KEY, "Task ids", note, level=logging.INFO)
+        _write_note(out, config, TASK_KEY, "Task ids", note, level=logging.INFO)
 
 
 def write_run_hf_dir(
@@ -352,15 +357,16 @@ def write_run_hf_dir(
     if decoder is not None:  # encoder-decoder: T5 / BART layout
         out = write_seq2seq_hf_dir(out_dir, embedding, encoder, decoder, tokenizer_dir)
         if "decoder_position_ids" in corruption_keys:
-            _note_decoder_positions(out)
+            _note_decoder_positions(out, _written_config(out))
         return out
     if encoder.hf_model_type == "xlnet":
         plm = plm_objective(objectives)
         return write_xlnet_hf_dir(out_dir, embedding, encoder, plm, tokenizer_dir)
     mlm, nsp = pretraining_heads(objectives)
     out = write_hf_dir(out_dir, embedding, encoder, mlm, nsp, tokenizer_dir)
-    _note_task_ids(out, task_order)
-    _keep_other_heads(out, objectives, [embedding, encoder, mlm, nsp])
+    config = _written_config(out)
+    _note_task_ids(out, config, task_order)
+    _keep_other_heads(out, config, objectives, [embedding, encoder, mlm, nsp])
     return out
 
 
