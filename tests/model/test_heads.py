@@ -9,12 +9,11 @@ import torch
 from torch import nn
 
 from clozelab.core.errors import ClozelabError
+from clozelab.model.dropout import Dropout, dropout, dropout_add
 from clozelab.model.layers import (
-    Dropout,
     LMTransform,
     Pooler,
     canonical_activation,
-    dropout,
     get_activation,
     init_bert_weights,
 )
@@ -53,6 +52,51 @@ def test_dropout_identity_when_off_and_seeded():
     assert module(x) is x
     with pytest.raises(ClozelabError, match=r"model\.dropout"):
         Dropout(1.0)
+
+
+def _residual(fn, x, h, seed):
+    torch.manual_seed(seed)
+    out = fn(x, h)
+    weights = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    (out * weights).sum().backward()
+    grads = x.grad, h.grad
+    x.grad = h.grad = None
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_add_is_residual_plus_dropout_in_one_pass(dtype):
+    x = torch.randn(4, 33, 16, dtype=dtype, requires_grad=True)
+    h = torch.randn(4, 33, 16, dtype=dtype, requires_grad=True)
+    fused, (fx, fh) = _residual(lambda a, b: dropout_add(a, b, 0.3), x, h, seed=5)
+    plain, (px, ph) = _residual(lambda a, b: a + dropout(b, 0.3), x, h, seed=5)
+    assert dropout_add(x, h, 0.3).grad_fn.name().endswith("_DropoutAddBackward")
+    # the same draws, values up to rounding: addcmul rounds x + h * mask once, the plain
+    # expression twice (in bf16 that is one unit in the last place of the sum)
+    bf16 = dtype == torch.bfloat16
+    torch.testing.assert_close(
+        fused, plain, rtol=1.6e-2 if bf16 else 1e-6, atol=1e-2 if bf16 else 1e-6
+    )
+    torch.testing.assert_close(fx, px, rtol=0, atol=0)  # the residual's gradient passes through
+    torch.testing.assert_close(fh, ph, rtol=0, atol=0)  # grad * mask, the same mask
+    assert bool((fh == 0).any()) and bool((fh != 0).any())
+
+
+def test_dropout_add_off_mixed_dtypes_and_module_form():
+    x, h = torch.randn(8, 8), torch.randn(8, 8)
+    torch.testing.assert_close(dropout_add(x, h, 0.1, training=False), x + h)
+    torch.testing.assert_close(dropout_add(x, h, 0.0), x + h)
+    torch.testing.assert_close(Dropout(0.2).eval().add(x, h), x + h)
+    half = h.to(torch.bfloat16)
+    torch.manual_seed(2)
+    mixed = dropout_add(x, half, 0.2)  # x fp32, h bf16: the unfused expression, same draws
+    torch.manual_seed(2)
+    torch.testing.assert_close(mixed, x + dropout(half, 0.2))
+    assert mixed.dtype == torch.float32
+    torch.manual_seed(4)
+    a = Dropout(0.2).add(x, h)
+    torch.manual_seed(4)
+    torch.testing.assert_close(a, dropout_add(x, h, 0.2))
 
 
 def test_activations():

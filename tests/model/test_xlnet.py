@@ -278,7 +278,7 @@ def test_training_attention_path_computes_the_same_math(monkeypatch):
     """With attention dropout on CPU the scores go through baddbmm + softmax instead of SDPA;
     with the dropout itself switched off both paths give the same streams."""
     import clozelab.model.xlnet as xlnet
-    from clozelab.model.layers import Dropout
+    from clozelab.model.dropout import Dropout
 
     emb, enc, _ = ours()
     batch = plm_batch()

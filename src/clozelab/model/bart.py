@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder, DecoderCache
+from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import key_padding_mask
-from clozelab.model.layers import Dropout, init_bert_weights
+from clozelab.model.layers import init_bert_weights
 from clozelab.model.seq2seq_layers import Block
 
 OFFSET = 2  # fairseq reserves the first two rows of BART's position tables

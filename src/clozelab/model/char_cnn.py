@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
+from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
-from clozelab.model.layers import Dropout, init_bert_weights
+from clozelab.model.layers import init_bert_weights
 
 PAD_CHAR, BOW, EOW, BOC = 0, 1, 2, 3  # padding, begin of word, end of token, begin of a ##piece
 N_CHARS = 256 + 4  # bytes are shifted by 4

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
-from clozelab.model.layers import Dropout, init_bert_weights
+from clozelab.model.dropout import Dropout
+from clozelab.model.layers import init_bert_weights
 
 
 @dataclass

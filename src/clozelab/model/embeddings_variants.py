@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
+from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding, HFEmbeddingLayout, bert_config, bert_tables
-from clozelab.model.layers import Dropout, init_bert_weights
+from clozelab.model.layers import init_bert_weights
 
 
 def sinusoidal_table(n_positions: int, size: int) -> Tensor:

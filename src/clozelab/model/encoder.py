@@ -34,13 +34,8 @@ from torch import Tensor, nn
 from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
 from clozelab.model.compile import layer_targets
-from clozelab.model.layers import (
-    Dropout,
-    canonical_activation,
-    dropout,
-    get_activation,
-    init_bert_weights,
-)
+from clozelab.model.dropout import Dropout, dropout
+from clozelab.model.layers import canonical_activation, get_activation, init_bert_weights
 from clozelab.model.unpad import Packing, check_unpad_attention
 
 
@@ -89,7 +84,7 @@ def attention_with_cpu_dropout(
 
     With attention dropout on CPU, SDPA falls back to this same math but draws its dropout mask
     with per-element Bernoulli sampling, which costs more than the two attention matmuls
-    together; ``clozelab.model.layers.dropout`` draws it about 4x faster. Masked keys get the
+    together; ``clozelab.model.dropout.dropout`` draws it about 4x faster. Masked keys get the
     dtype's minimum (as HF does), so a row with every key masked averages instead of NaN.
     ``scale`` multiplies the scores (default 1/sqrt(hs); T5 uses 1).
     """
@@ -200,8 +195,8 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, packing: Packing | None = None):
         """x [B, T, H], or the packed real tokens [N, H] with a ``packing``."""
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask, packing)))  # (B, T, H)
-        return self.output_norm(x + self.dropout(self.feed_forward(x)))  # (B, T, H)
+        x = self.attention_norm(self.dropout.add(x, self.attention(x, mask, packing)))  # (B, T, H)
+        return self.output_norm(self.dropout.add(x, self.feed_forward(x)))  # (B, T, H)
 
 
 #: What each position's output state has read (``Encoder.context_for``).

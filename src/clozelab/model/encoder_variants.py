@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.attention import check_backend
+from clozelab.model.dropout import Dropout
 from clozelab.model.encoder import (
     Encoder,
     EncoderOutput,
@@ -28,7 +29,7 @@ from clozelab.model.encoder import (
     key_padding_mask,
     run_layers,
 )
-from clozelab.model.layers import Dropout, canonical_activation, init_bert_weights
+from clozelab.model.layers import canonical_activation, init_bert_weights
 from clozelab.model.unpad import Packing, check_unpad_attention
 
 NORMS = ("post", "pre")
@@ -39,8 +40,8 @@ class PreLNTransformerLayer(TransformerLayer):
     the post-LN layer; only where the LayerNorms sit differs."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None, packing: Packing | None = None):
-        x = x + self.dropout(self.attention(self.attention_norm(x), mask, packing))  # (B, T, H)
-        return x + self.dropout(self.feed_forward(self.output_norm(x)))  # (B, T, H)
+        x = self.dropout.add(x, self.attention(self.attention_norm(x), mask, packing))  # (B, T, H)
+        return self.dropout.add(x, self.feed_forward(self.output_norm(x)))  # (B, T, H)
 
 
 def causal_mask(attention_mask: Tensor | None, length: int, device) -> Tensor:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.attention import check_backend
+from clozelab.model.dropout import Dropout
 from clozelab.model.encoder import (
     Encoder,
     EncoderOutput,
@@ -42,7 +43,7 @@ from clozelab.model.encoder import (
     key_padding_mask,
     run_layers,
 )
-from clozelab.model.layers import Dropout, canonical_activation, get_activation, init_bert_weights
+from clozelab.model.layers import canonical_activation, get_activation, init_bert_weights
 
 FUSION_OUTPUTS = ("residual", "activation")
 
@@ -87,16 +88,16 @@ class Aggregator(nn.Module):
                 entity_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """w [B, T, H] tokens; e [B, T, E] entities at their tokens, ``has`` [B, T, 1] float
         (1 where a token has an entity); both None without entity inputs."""
-        w = self.attention_norm(w + self.dropout(self.attention(w, mask)))  # w̃ (B, T, H)
+        w = self.attention_norm(self.dropout.add(w, self.attention(w, mask)))  # w̃ (B, T, H)
         h = self.token_in(w)  # (B, T, I)
         if e is not None:
             e = self.entity_attention_norm(
-                e + self.dropout(self.entity_attention(e, entity_mask))
+                self.dropout.add(e, self.entity_attention(e, entity_mask))
             )  # ẽ (B, T, E)
             h = h + self.entity_in(e) * has
         h = self.act(h)
         if self.residual:
-            w_out = self.token_out_norm(w + self.dropout(self.token_out(h)))
+            w_out = self.token_out_norm(self.dropout.add(w, self.token_out(h)))
         else:
             w_out = self.act(self.token_out(h))
         if e is None:
@@ -104,7 +105,7 @@ class Aggregator(nn.Module):
         if not self.entity_output:  # the last aggregator: its entity states ẽ
             return w_out, e * has
         if self.residual:
-            e_out = self.entity_out_norm(e + self.dropout(self.entity_out(h)))
+            e_out = self.entity_out_norm(self.dropout.add(e, self.entity_out(h)))
         else:
             e_out = self.act(self.entity_out(h))
         return w_out, e_out * has  # (B, T, H), (B, T, E)

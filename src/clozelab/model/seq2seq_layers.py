@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
+from clozelab.model.dropout import Dropout, relu_dropout
 from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
-from clozelab.model.layers import Dropout, relu_dropout
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -332,8 +332,8 @@ class Block(nn.Module):
 
     def _residual(self, x: Tensor, norm: nn.Module, sub, *args, **kwargs) -> Tensor:
         if self.pre:
-            return x + self.dropout(sub(norm(x), *args, **kwargs))
-        return norm(x + self.dropout(sub(x, *args, **kwargs)))
+            return self.dropout.add(x, sub(norm(x), *args, **kwargs))
+        return norm(self.dropout.add(x, sub(x, *args, **kwargs)))
 
     def forward(
         self,

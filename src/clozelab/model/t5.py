@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.decoder import Decoder, DecoderCache
+from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
-from clozelab.model.layers import Dropout
 from clozelab.model.seq2seq_layers import (
     Attention,
     Block,

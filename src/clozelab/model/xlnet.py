@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
+from clozelab.model.dropout import Dropout, dropout
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward
-from clozelab.model.layers import Dropout, canonical_activation, dropout, init_bert_weights
+from clozelab.model.layers import canonical_activation, init_bert_weights
 
 
 @dataclass
@@ -151,7 +152,7 @@ class RelativeAttention(nn.Module):
             residual.append(g)
         y = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # (B, T[+M] | M, H)
         x = residual[0] if len(residual) == 1 else torch.cat(residual, dim=1)
-        return self.norm(x + self.dropout(self.o(y)))  # (B, T[+M] | M, H): [h; g]
+        return self.norm(self.dropout.add(x, self.o(y)))  # (B, T[+M] | M, H): [h; g]
 
     def _position_scores(self, q: Tensor, pos_keys: Tensor) -> Tensor:
         """(q + r_r)·R / sqrt(hs) against every relative distance: (B, nh, Q, P)."""
@@ -215,7 +216,7 @@ class XLNetLayer(nn.Module):
         """(new h, new g); ``content`` False: (None, new g), the content rows not computed."""
         x = self.attention(h, g, ctx, mem, content)  # (B, T[+M] | M, H)
         ff = self.feed_forward.fc2(self.dropout(self.feed_forward.act(self.feed_forward.fc1(x))))
-        x = self.output_norm(x + self.dropout(ff))
+        x = self.output_norm(self.dropout.add(x, ff))
         if not content:
             return None, x
         if g is None:

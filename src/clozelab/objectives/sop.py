@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clozelab.model.layers import Dropout, Pooler, init_bert_weights
+from clozelab.model.dropout import Dropout
+from clozelab.model.layers import Pooler, init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clozelab.core.batch import IGNORE_INDEX
-from clozelab.model.layers import Dropout, init_bert_weights
+from clozelab.model.dropout import Dropout
+from clozelab.model.layers import init_bert_weights
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 
 

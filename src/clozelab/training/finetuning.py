@@ -24,7 +24,7 @@ from clozelab.core.errors import config_error
 from clozelab.tasks.backbone import Backbone
 from clozelab.tasks.base import Task, TaskData
 from clozelab.tasks.features import pad_batch
-from clozelab.training.optim import parameter_groups, warmup_decay_lambda
+from clozelab.training.optim import adamw, parameter_groups, warmup_decay_lambda
 from clozelab.training.ranks import pad_to_ranks, parallel, rank_and_world, shard
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr: float 
             *parameter_groups(model.backbone, weight_decay),
             {"params": head, "weight_decay": 0.0, "lr": head_lr},
         ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    return adamw(groups, lr)
 
 
 def train(

@@ -45,7 +45,7 @@ from clozelab.tasks.base import TaskData, task_for
 from clozelab.tasks.features import pad_batch
 from clozelab.training.evaluation import backbone_factory, task_protocol, write_task_result
 from clozelab.training.finetuning import run_seed, score, train, training_pass
-from clozelab.training.optim import parameter_groups, warmup_decay_lambda
+from clozelab.training.optim import adamw, parameter_groups, warmup_decay_lambda
 from clozelab.training.ranks import is_writer, parallel, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def train_multitask(
     }
     container = TaskModels(models)
     net = parallel(container)  # DDP under several ranks: idle heads found unused
-    opt = torch.optim.AdamW(
+    opt = adamw(
         parameter_groups(container, float(node.get("weight_decay", 0.01))),
         lr=float(node.get("lr", 5e-5)),
     )

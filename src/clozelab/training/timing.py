@@ -61,9 +61,10 @@ def autocast(precision: str, device: torch.device):
 
 
 def adamw(model, lr: float):
+    from clozelab.training.optim import adamw as fused_adamw
     from clozelab.training.optim import parameter_groups
 
-    return torch.optim.AdamW(parameter_groups(model, 0.01), lr=lr, eps=1e-6)
+    return fused_adamw(parameter_groups(model, 0.01), lr=lr, eps=1e-6)  # both sides alike
 
 
 def train_steps(model, loss_fn, optimizer, batches, steps: int, precision: str) -> float:
