@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from clozelab.cli import main
+from clozelab.core.errors import ClozelabError
 from clozelab.data.tokenizer import load_tokenizer
 from clozelab.pretrain import pretrain
 from clozelab.training.hf_export import HEADS_FILE, HEADS_KEY, NOTES_README, TASK_KEY
@@ -63,14 +64,21 @@ def test_an_ernie2_run_exports_to_hf_ernie_and_loads_back(compose_pretrain, tmp_
     loaded = load_checkpoint(run)  # the run's own components: task ids as the schedule gives
     mlm = loaded.objectives["mlm"].eval()
     embedding, encoder = loaded.embedding.eval(), loaded.encoder.eval()
-    for task in (2, 4):  # token_document, sentence_reorder
+    at = {}
+    for task in (0, 2, 4):  # mlm, token_document, sentence_reorder
         ids = torch.full((2,), task)
         with torch.no_grad():
             x = embedding(batch["input_ids"], batch["token_type_ids"], task_ids=ids)
             hidden = encoder(x, batch["attention_mask"]).last_hidden_state
             theirs = hf(**batch, task_type_ids=ids[:, None].expand_as(batch["input_ids"])).logits
+            at[task] = model.encode(**batch, task_ids=task).last_hidden_state  # the API, an int
+            api_logits = model.mlm_logits(**batch, task_ids=ids)
+        assert torch.equal(at[task], hidden)  # the embedding's own forward at that task
         assert (mlm.logits(hidden, embedding) - theirs)[real].abs().max() <= 1e-4
-        assert not torch.allclose(theirs, ref.logits, atol=1e-4)
+        assert (api_logits - theirs)[real].abs().max() <= 1e-4
+    assert torch.equal(at[0], states[-1])  # no task ids: task 0
+    assert not torch.allclose(at[0][real], at[2][real], atol=1e-4)
+    assert not torch.allclose(at[2][real], at[4][real], atol=1e-4)
 
     heads = load_file(out / HEADS_FILE)
     assert sorted({key.split(".")[0] for key in heads}) == TASK_HEADS
@@ -86,6 +94,10 @@ def test_an_ernie2_run_exports_to_hf_ernie_and_loads_back(compose_pretrain, tmp_
     assert back.load_report == {"missing": [], "unexpected": []}
     with torch.no_grad():
         assert torch.allclose(back.mlm_logits(**batch), logits, atol=1e-5)
+        again = back.encode(**batch, task_ids=torch.full((2,), 2)).last_hidden_state
+    assert (again - at[2])[real].abs().max() <= 1e-5
+    with pytest.raises(ClozelabError, match=r"no NSP head.*an HF ErnieForPreTraining directory"):
+        back.nsp_logits(**batch)  # an ErnieForMaskedLM export; before: 'BertForPreTraining'
     _, fresh, fresh_encoder, fresh_objectives = build_run_components(run)  # model.init_from=out
     tokenizer = load_tokenizer(run / "tokenizer")
     report = init_components(str(out), fresh, fresh_encoder, fresh_objectives, tokenizer)

@@ -9,6 +9,7 @@ checkpoint file of such a run, or an HF BERT or XLNet directory (``config.json``
     batch = tok(["a sentence", "another one"], padding=True, return_tensors="pt")
     out = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     out.last_hidden_state  # [B, T, H]; out.hidden_states: embedding output + every layer
+    model.encode(**batch, task_ids=2)  # an ERNIE 2.0 model at task 2 (default: row 0)
     model.mlm_logits(batch["input_ids"], batch["attention_mask"])  # [B, T, V]
     model.embed(["a sentence", "another one"], layers=[-4, -3, -2, -1], pool="mean")  # [2, H]
 
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clozelab.core.errors import ClozelabError
+from clozelab.core.errors import ClozelabError, config_error
 from clozelab.core.rundir import run_checkpoint
 from clozelab.training.components import log_load_report, plm_objective, pretraining_heads
 from clozelab.training.loading import load_checkpoint
@@ -43,6 +44,8 @@ class ClozelabModel(nn.Module):
         decoder: the decoder of an encoder-decoder run (T5 / BART), or None.
         objectives: every objective module of the run, by name (what ``clozelab export`` writes).
         source: where the weights came from.
+        family: the HF family of what was loaded (``bert``, ``ernie``, ``xlnet``, ...: an HF
+            directory's ``model_type``), named in what a refusal tells to load instead.
         load_report: ``{"missing": [...], "unexpected": [...]}`` of the weight loading.
     """
 
@@ -58,6 +61,7 @@ class ClozelabModel(nn.Module):
         decoder=None,
         plm=None,
         objectives: dict | None = None,
+        family: str = "bert",
     ):
         super().__init__()
         self.embedding, self.encoder, self.mlm, self.nsp = embedding, encoder, mlm, nsp
@@ -69,7 +73,7 @@ class ClozelabModel(nn.Module):
             if objectives is not None
             else {name: head for name, head in heads.items() if head is not None}
         )  # a plain dict: the modules are registered once, as the attributes above
-        self.source = source
+        self.source, self.family = source, family
         self.load_report = report or {"missing": [], "unexpected": []}
         self.tokenizer = tokenizer  # clozelab Tokenizer (or a path to load it from), for embed
 
@@ -82,45 +86,81 @@ class ClozelabModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        task_ids: Tensor | int | None = None,
     ):
         """``EncoderOutput``: ``.last_hidden_state`` [B, T, H] and ``.hidden_states`` (the
-        embedding output, then every layer's output, as HF's ``output_hidden_states``)."""
+        embedding output, then every layer's output, as HF's ``output_hidden_states``).
+
+        ``task_ids``: ERNIE 2.0's task of each sequence ([B]), of each token ([B, T]) or one int
+        for all, for a model with a task table (``embedding=task``, an HF ERNIE directory with
+        ``use_task_id``); None is task 0. A model without one refuses them."""
         input_ids, token_type_ids = _as_batch(input_ids), _as_batch(token_type_ids)
-        hidden = self.embedding(input_ids, token_type_ids)
+        hidden = self.embedding(input_ids, token_type_ids, **self._task_inputs(input_ids, task_ids))
         extra = {}  # what the encoder reads from the batch (XLNet: relative segments)
         if token_type_ids is not None and "token_type_ids" in self.encoder.batch_inputs:
             extra["token_type_ids"] = token_type_ids
         return self.encoder(hidden, _as_batch(attention_mask), output_hidden_states=True, **extra)
+
+    def _task_inputs(self, input_ids: Tensor, task_ids) -> dict[str, Tensor]:
+        """``{"task_ids": [B] or [B, T]}`` for the embedding, checked by it (its
+        ``check_inputs`` hook), or {} without task ids."""
+        if task_ids is None:
+            return {}
+        if "task_ids" not in self.embedding.batch_inputs:  # Embedding hook: no task table
+            raise config_error(
+                "task_ids",
+                _shown(task_ids),
+                f"{self.source}: this model's embedding ({type(self.embedding).__name__}) has no "
+                "task table (ERNIE 2.0's task embedding)",
+                "leave task_ids out for this model; encode at a task with a model that has one: "
+                "a run with embedding=task (experiment=ernie2) or an HF ERNIE directory whose "
+                "config.json has use_task_id: true",
+            )
+        task_ids = torch.as_tensor(task_ids, device=input_ids.device)
+        if task_ids.dim() == 0:  # one task for every sequence
+            task_ids = task_ids.expand(input_ids.shape[0])
+        self.embedding.check_inputs(input_ids, task_ids=task_ids)
+        return {"task_ids": task_ids}
+
+    def _refuse_missing_head(self, head: str, objective: str, architectures: str) -> None:
+        """A ClozelabError: the loaded checkpoint has no ``head``; the fix names the run's
+        ``objective`` setting and the HF ``architectures`` of the loaded family."""
+        from clozelab.model.hf import FAMILIES
+
+        prefix = FAMILIES.get(self.family, FAMILIES["bert"])  # a BERT-family class name
+        raise ClozelabError(
+            f"{self.source}: this checkpoint has no {head} head. Fix: load a checkpoint trained "
+            f"with {objective} or an HF {architectures.format(prefix)} directory."
+        )
 
     def mlm_logits(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        task_ids: Tensor | int | None = None,
     ) -> Tensor:
-        """Masked-LM logits [B, T, V] at every position (tied decoder)."""
+        """Masked-LM logits [B, T, V] at every position (tied decoder); ``task_ids`` as
+        ``encode``'s."""
         if self.mlm is None:
-            raise ClozelabError(
-                f"{self.source}: this checkpoint has no MLM head. Fix: load a checkpoint trained "
-                "with objective=[mlm,...] or an HF BertForPreTraining / BertForMaskedLM directory."
+            self._refuse_missing_head(
+                "MLM", "objective=[mlm,...]", "{0}ForPreTraining / {0}ForMaskedLM"
             )
-        hidden = self.encode(input_ids, attention_mask, token_type_ids).last_hidden_state
-        return self.mlm.logits(hidden, self.embedding)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, task_ids)
+        return self.mlm.logits(hidden.last_hidden_state, self.embedding)
 
     def nsp_logits(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        task_ids: Tensor | int | None = None,
     ) -> Tensor:
-        """Next-sentence logits [B, 2] (0 = B follows A)."""
+        """Next-sentence logits [B, 2] (0 = B follows A); ``task_ids`` as ``encode``'s."""
         if self.nsp is None:
-            raise ClozelabError(
-                f"{self.source}: this checkpoint has no NSP head. Fix: load a checkpoint trained "
-                "with objective=[mlm,nsp] or an HF BertForPreTraining directory."
-            )
-        hidden = self.encode(input_ids, attention_mask, token_type_ids).last_hidden_state
-        return self.nsp.logits(hidden)
+            self._refuse_missing_head("NSP", "objective=[mlm,nsp]", "{0}ForPreTraining")
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, task_ids)
+        return self.nsp.logits(hidden.last_hidden_state)
 
     def plm_logits(
         self,
@@ -148,13 +188,21 @@ class ClozelabModel(nn.Module):
         )
         return self.plm.logits(out.query_hidden_state, self.embedding)
 
-    def embed(self, texts, layers=-1, pool: str = "mean", batch_size: int = 64):
+    def embed(
+        self,
+        texts,
+        layers=-1,
+        pool: str = "mean",
+        batch_size: int = 64,
+        task_id: int | None = None,
+    ):
         """Vectors of ``texts`` in one call, each encoded alone as ``[CLS] text [SEP]``.
 
         ``layers``: a hidden-state index (-1: the last layer, 0: the embedding output) or a list
         of them, averaged (``[-4, -3, -2, -1]``: the average of the last four layers, the seeds'
         feature-based recipe). ``pool``: ``mean`` over the text's tokens ([CLS]/[SEP] excluded)
         or ``cls`` -> ``[N, H]``; ``none`` -> one ``[n_tokens, H]`` tensor per text.
+        ``task_id``: ERNIE 2.0's task every text is encoded at (``encode``'s ``task_ids``).
         """
         from clozelab.model.layer_pool import embed_texts
 
@@ -172,7 +220,7 @@ class ClozelabModel(nn.Module):
         limit = int(getattr(self.embedding, "max_position_embeddings", 512))
 
         def encode(input_ids, attention_mask, token_type_ids):
-            return self.encode(input_ids, attention_mask, token_type_ids).hidden_states
+            return self.encode(input_ids, attention_mask, token_type_ids, task_id).hidden_states
 
         return embed_texts(
             encode,
@@ -184,8 +232,8 @@ class ClozelabModel(nn.Module):
             batch_size=batch_size,
         )
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        return self.encode(input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, task_ids=None):
+        return self.encode(input_ids, attention_mask, token_type_ids, task_ids)
 
 
 def _as_batch(x: Tensor | None) -> Tensor | None:
@@ -193,6 +241,13 @@ def _as_batch(x: Tensor | None) -> Tensor | None:
         return None
     x = torch.as_tensor(x)
     return x[None] if x.dim() == 1 else x
+
+
+def _shown(value) -> object:
+    """``value`` for an error message: a tensor's ids when short, else its shape."""
+    if isinstance(value, Tensor):
+        return value.tolist() if value.numel() <= 8 else f"tensor of shape {list(value.shape)}"
+    return value
 
 
 # ---------------------------------------------------------------------------- loading
@@ -223,6 +278,7 @@ def load(path: str | Path) -> ClozelabModel:
         decoder=None if hf else loaded.decoder,  # HF directories load the body and heads only
         plm=plm_objective(loaded.objectives),
         objectives=None if hf else loaded.objectives,  # HF: the heads above, by name
+        family=loaded.hf_family,
     ).eval()
 
 

@@ -87,6 +87,13 @@ class Embedding(nn.Module):
     def bind_tokenizer(self, tokenizer) -> None:
         """Read what the embedding needs from ``tokenizer`` (a clozelab ``Tokenizer``)."""
 
+    def check_inputs(self, input_ids: Tensor, **inputs: Tensor) -> None:
+        """Refuse, with a ClozelabError naming the argument, its value and the fix, further
+        inputs (keys of ``batch_inputs``) a caller gives for ``input_ids`` [B, T] that this
+        embedding cannot take (ERNIE 2.0's task ids: a shape or a task id outside the table).
+        ``clozelab.load``'s model asks before embedding a user's call; pre-training batches are
+        built to fit. Nothing by default."""
+
 
 class BertEmbeddings(Embedding):
     """Word + learned absolute position + token type (segment) embeddings, then LN and dropout.

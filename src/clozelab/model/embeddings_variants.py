@@ -244,6 +244,13 @@ class RoleEmbeddings(_TableEmbeddings):
         return self._embed(input_ids, token_type_ids, position_ids, role_ids)  # (B, T, H)
 
 
+_TASK_FIX = (
+    "give task ids 0..num_tasks-1: 0 is the default (fine-tuning's task); a run gives each "
+    "objective its order of introduction in the schedule (its export's config.json "
+    "clozelab_task_ids names them)"
+)
+
+
 class TaskEmbeddings(_TableEmbeddings):
     """BERT embeddings plus a learned task table (ERNIE 2.0, Sun et al. 2020; SPECS §20).
 
@@ -305,6 +312,31 @@ class TaskEmbeddings(_TableEmbeddings):
         tables["embeddings.task_type_embeddings.weight"] = self.task_embeddings.weight
         config = {**bert_config(self), "use_task_id": True, "task_type_vocab_size": self.num_tasks}
         return HFEmbeddingLayout("ernie", tables, config)
+
+    def check_inputs(self, input_ids: Tensor, task_ids: Tensor | None = None) -> None:
+        """``task_ids``: integers, [B] (one task per sequence) or [B, T] (per token) for
+        ``input_ids`` [B, T], each a row of the task table (0..num_tasks-1)."""
+        if task_ids is None:
+            return
+        shapes = (tuple(input_ids.shape[:1]), tuple(input_ids.shape))
+        if task_ids.is_floating_point() or task_ids.is_complex() or task_ids.dtype == torch.bool:
+            raise config_error("task_ids", task_ids.dtype, "task ids are integers", _TASK_FIX)
+        if tuple(task_ids.shape) not in shapes:
+            raise config_error(
+                "task_ids",
+                f"shape {list(task_ids.shape)}",
+                f"input_ids are {list(input_ids.shape)}",
+                f"give one task id per sequence {list(shapes[0])}, one per token "
+                f"{list(shapes[1])}, or one int for every sequence",
+            )
+        outside = task_ids[(task_ids < 0) | (task_ids >= self.num_tasks)]
+        if outside.numel():
+            raise config_error(
+                "task_ids",
+                int(outside[0]),
+                f"outside the task table of {self.num_tasks} rows (ids 0..{self.num_tasks - 1})",
+                _TASK_FIX,
+            )
 
     def forward(
         self,

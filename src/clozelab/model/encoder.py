@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,12 @@ from clozelab.core.errors import config_error
 from clozelab.model.attention import attention_context, check_backend
 from clozelab.model.compile import layer_targets
 from clozelab.model.dropout import Dropout, dropout
-from clozelab.model.layers import canonical_activation, get_activation, init_bert_weights
+from clozelab.model.layers import (
+    HF_ACTIVATION_NAMES,
+    canonical_activation,
+    get_activation,
+    init_bert_weights,
+)
 from clozelab.model.unpad import Packing, check_unpad_attention
 
 
@@ -50,6 +55,62 @@ class EncoderOutput:
 
     last_hidden_state: Tensor
     hidden_states: tuple[Tensor, ...] = field(default_factory=tuple)
+
+
+#: The ``config.json`` entries an encoder's ``HFEncoderLayout`` gives (HF BERT's layer sizes).
+HF_ENCODER_CONFIG = (
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "layer_norm_eps",
+)
+_QKV = ("query", "key", "value")
+
+
+@dataclass
+class HFEncoderLayout:
+    """How an encoder maps onto the layers of an HF BERT-family model (``Encoder.hf_layout``).
+
+    Attributes:
+        tables: HF ``encoder.layer.*`` key -> our tensor or a view of it (reading it exports,
+            copying into it imports).
+        config: the ``config.json`` entries the encoder decides: every key of
+            ``HF_ENCODER_CONFIG`` (``hidden_act`` under HF's name, e.g. ``gelu``).
+    """
+
+    tables: dict[str, Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def bert_layer_tables(layers: Sequence[nn.Module], hidden_size: int) -> dict[str, Tensor]:
+    """HF ``BertLayer`` keys of post-LN ``TransformerLayer``s: the fused QKV weight as three
+    row-block views (one per HF projection), the other weights as they are."""
+    H = hidden_size
+    out: dict[str, Tensor] = {}
+    for i, layer in enumerate(layers):
+        p = f"encoder.layer.{i}."
+        qkv = layer.attention.qkv
+        for j, name in enumerate(_QKV):
+            out[f"{p}attention.self.{name}.weight"] = qkv.weight[j * H : (j + 1) * H]
+            out[f"{p}attention.self.{name}.bias"] = qkv.bias[j * H : (j + 1) * H]
+        out.update(
+            {
+                f"{p}attention.output.dense.weight": layer.attention.out.weight,
+                f"{p}attention.output.dense.bias": layer.attention.out.bias,
+                f"{p}attention.output.LayerNorm.weight": layer.attention_norm.weight,
+                f"{p}attention.output.LayerNorm.bias": layer.attention_norm.bias,
+                f"{p}intermediate.dense.weight": layer.feed_forward.fc1.weight,
+                f"{p}intermediate.dense.bias": layer.feed_forward.fc1.bias,
+                f"{p}output.dense.weight": layer.feed_forward.fc2.weight,
+                f"{p}output.dense.bias": layer.feed_forward.fc2.bias,
+                f"{p}output.LayerNorm.weight": layer.output_norm.weight,
+                f"{p}output.LayerNorm.bias": layer.output_norm.bias,
+            }
+        )
+    return out
 
 
 def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
@@ -237,6 +298,13 @@ class Encoder(nn.Module):
     #: (XLNet: the content stream of the last layer, as PLM reads the query stream only).
     skips_unread_output: ClassVar[bool] = False
 
+    def hf_layout(self) -> HFEncoderLayout | None:
+        """This encoder as the layers of an HF BERT-family model (``clozelab export``,
+        ``model.init_from`` / ``clozelab.load`` of an HF directory), or None: HF BERT's layers do
+        not map onto it (the export is refused; ``hf_export_refusal`` says why). The default is
+        None; the post-LN ``TransformerEncoder`` gives ``BertEncoder``'s keys."""
+        return None
+
     @classmethod
     def check_pretraining(cls, node, cfg) -> None:
         """Refuse, with a ClozelabError naming the key, a setting of the encoder configured by
@@ -344,6 +412,19 @@ class TransformerEncoder(Encoder):
         )
         init_bert_weights(self, std=initializer_range)
 
+    def hf_layout(self) -> HFEncoderLayout:
+        """HF ``BertEncoder``: every layer's weights under their HF names, and its sizes."""
+        config = {
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": HF_ACTIVATION_NAMES[self.activation],
+            "hidden_dropout_prob": self.dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "layer_norm_eps": self.layer_norm_eps,
+        }
+        return HFEncoderLayout(bert_layer_tables(self.layers, self.hidden_size), config)
+
     def forward(
         self,
         hidden: Tensor,
@@ -408,11 +489,14 @@ def _divisor_near(n: int, target: int) -> int:
 
 
 __all__ = [
+    "HF_ENCODER_CONFIG",
     "EncoderOutput",
     "FeedForward",
+    "HFEncoderLayout",
     "SelfAttention",
     "TransformerEncoder",
     "TransformerLayer",
+    "bert_layer_tables",
     "key_padding_mask",
     "run_layers",
 ]

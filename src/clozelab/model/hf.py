@@ -7,7 +7,9 @@ dict, a ``BertModel`` dict (no prefix, no heads) or a legacy one (``gamma``/``be
 ``position_ids`` buffer), re-ties the decoder, and reports what was missing or left over.
 ``hf_config_dict`` writes the matching ``config.json`` and ``kwargs_from_hf_config`` reads one.
 
-The embedding decides the family (``Embedding.hf_layout``): HF ERNIE is HF BERT with the
+The components declare how they map (``Embedding.hf_layout``, ``Encoder.hf_layout``; a component
+without one is refused, with its ``hf_export_refusal`` when it says why). The embedding decides
+the family: HF ERNIE is HF BERT with the
 ``ernie.`` prefix and, with ``use_task_id``, a ``task_type_embeddings`` table summed into the
 embeddings before their LayerNorm, exactly as ERNIE 2.0's task embedding (``TaskEmbeddings``).
 """
@@ -25,8 +27,8 @@ from torch import Tensor, nn
 from clozelab.core.errors import ClozelabError, check_int, config_error
 from clozelab.model.embeddings import BertEmbeddings, Embedding, HFEmbeddingLayout
 from clozelab.model.embeddings_variants import TaskEmbeddings
-from clozelab.model.encoder import TransformerEncoder
-from clozelab.model.layers import HF_ACTIVATION_NAMES, canonical_activation
+from clozelab.model.encoder import HF_ENCODER_CONFIG, HFEncoderLayout
+from clozelab.model.layers import canonical_activation
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +38,37 @@ BODY_PREFIX = "bert."
 FAMILIES = {"bert": "Bert", "ernie": "Ernie"}
 #: Keys HF checkpoints may carry that hold no weights (buffers); accepted and ignored.
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
-_QKV = ("query", "key", "value")
 
 
-def _check_bert(embedding: nn.Module, encoder: nn.Module) -> HFEmbeddingLayout:
-    """The HF layout of ``embedding`` (``Embedding.hf_layout``), or a ClozelabError saying why
-    these modules are not an HF BERT-family body."""
+def _check_bert(
+    embedding: nn.Module, encoder: nn.Module
+) -> tuple[HFEmbeddingLayout, HFEncoderLayout]:
+    """The HF layouts of ``embedding`` and ``encoder`` (their ``hf_layout`` hooks), or a
+    ClozelabError saying why these modules are not an HF BERT-family body."""
     for key, module in (("encoder", encoder), ("embedding", embedding)):
         refusal = module.hf_export_refusal  # Encoder / Embedding hook
         if refusal is not None:
             reason, fix = refusal
             raise config_error(key, type(module).__name__, reason, fix)
     layout = embedding.hf_layout()  # Embedding hook: None when HF has no such embeddings
-    if layout is None or not isinstance(encoder, TransformerEncoder):
+    layers = encoder.hf_layout()  # Encoder hook: None when HF BERT's layers do not map onto it
+    if layout is None or layers is None:
         raise config_error(
             "embedding/encoder",
             f"{type(embedding).__name__}/{type(encoder).__name__}",
             "HF BERT weights map only onto BertEmbeddings (HF ERNIE's: TaskEmbeddings) + the "
-            "post-LN TransformerEncoder",
+            "post-LN TransformerEncoder, or components whose hf_layout() gives their HF tables",
             "use embedding=bert (or embedding=task for HF ERNIE) encoder=post_ln to import or "
-            "export HF BERT checkpoints",
+            "export HF BERT checkpoints; a component of your own declares its HF tables in "
+            "hf_layout() (or why it has none in hf_export_refusal)",
+        )
+    lacking = [k for k in HF_ENCODER_CONFIG if k not in layers.config]
+    if lacking:
+        raise config_error(
+            "encoder",
+            type(encoder).__name__,
+            f"its hf_layout() config lacks the config.json entries {lacking}",
+            f"give every key of clozelab.model.encoder.HF_ENCODER_CONFIG {list(HF_ENCODER_CONFIG)}",
         )
     if embedding.hidden_size != encoder.hidden_size:
         raise config_error(
@@ -64,12 +77,11 @@ def _check_bert(embedding: nn.Module, encoder: nn.Module) -> HFEmbeddingLayout:
             "BERT needs one hidden size",
             "give the embedding and the encoder the same hidden_size",
         )
-    return layout
+    return layout, layers
 
 
 def _param_map(
-    layout: HFEmbeddingLayout,
-    encoder: TransformerEncoder,
+    layouts: tuple[HFEmbeddingLayout, HFEncoderLayout],
     mlm: nn.Module | None,
     nsp: nn.Module | None,
 ) -> dict[str, Tensor]:
@@ -78,28 +90,8 @@ def _param_map(
     The fused QKV weight appears as three row-block views, one per HF projection, so that reading
     a view exports and copying into it imports. The tied decoder aliases are not listed.
     """
-    H = encoder.hidden_size
-    out: dict[str, Tensor] = dict(layout.tables)
-    for i, layer in enumerate(encoder.layers):
-        p = f"encoder.layer.{i}."
-        qkv = layer.attention.qkv
-        for j, name in enumerate(_QKV):
-            out[f"{p}attention.self.{name}.weight"] = qkv.weight[j * H : (j + 1) * H]
-            out[f"{p}attention.self.{name}.bias"] = qkv.bias[j * H : (j + 1) * H]
-        out.update(
-            {
-                f"{p}attention.output.dense.weight": layer.attention.out.weight,
-                f"{p}attention.output.dense.bias": layer.attention.out.bias,
-                f"{p}attention.output.LayerNorm.weight": layer.attention_norm.weight,
-                f"{p}attention.output.LayerNorm.bias": layer.attention_norm.bias,
-                f"{p}intermediate.dense.weight": layer.feed_forward.fc1.weight,
-                f"{p}intermediate.dense.bias": layer.feed_forward.fc1.bias,
-                f"{p}output.dense.weight": layer.feed_forward.fc2.weight,
-                f"{p}output.dense.bias": layer.feed_forward.fc2.bias,
-                f"{p}output.LayerNorm.weight": layer.output_norm.weight,
-                f"{p}output.LayerNorm.bias": layer.output_norm.bias,
-            }
-        )
+    embedding, layers = layouts
+    out: dict[str, Tensor] = {**embedding.tables, **layers.tables}
     if nsp is not None:
         out["pooler.dense.weight"] = nsp.pooler.dense.weight
         out["pooler.dense.bias"] = nsp.pooler.dense.bias
@@ -141,12 +133,12 @@ def to_hf_state_dict(
     have them; HF re-ties them either way. ``prefix`` defaults to the family's (``bert.``,
     ``ernie.``); ``prefix=""`` gives ``BertModel`` / ``ErnieModel`` body keys.
     """
-    layout = _check_bert(embedding, encoder)
+    layouts = _check_bert(embedding, encoder)
     if prefix is None:
-        prefix = f"{layout.model_type}."
+        prefix = f"{layouts[0].model_type}."
     state = {
         _full_key(k, prefix): v.detach().contiguous().clone()
-        for k, v in _param_map(layout, encoder, mlm, nsp).items()
+        for k, v in _param_map(layouts, mlm, nsp).items()
     }
     if mlm is not None and include_tied:
         word = state[prefix + "embeddings.word_embeddings.weight"]
@@ -215,7 +207,8 @@ def from_hf_state_dict(
     is given). ``strict=True`` raises a ClozelabError instead when either list is non-empty. A
     shape mismatch always raises.
     """
-    layout = _check_bert(embedding, encoder)
+    layouts = _check_bert(embedding, encoder)
+    family = layouts[0].model_type
     normalised: dict[str, Tensor] = {}
     original: dict[str, str] = {}
     for key, value in state.items():
@@ -223,7 +216,7 @@ def from_hf_state_dict(
         if norm not in normalised:
             normalised[norm] = value
             original[norm] = key
-    targets = _param_map(layout, encoder, mlm, nsp)
+    targets = _param_map(layouts, mlm, nsp)
     used: set[str] = {k for k in IGNORED_KEYS if k in normalised}
     if mlm is not None:
         decoder_bias = normalised.get("cls.predictions.decoder.bias")
@@ -236,7 +229,7 @@ def from_hf_state_dict(
     for key, target in targets.items():
         value = normalised.get(key)
         if value is None:
-            missing.append(_full_key(key, f"{layout.model_type}."))
+            missing.append(_full_key(key, f"{family}."))
             continue
         if tuple(value.shape) != tuple(target.shape):
             raise config_error(
@@ -290,7 +283,7 @@ def hf_config_dict(
     BERT (the MLM transform's activation or LayerNorm epsilon differing from the encoder's: HF
     has one ``hidden_act`` and one ``layer_norm_eps``).
     """
-    layout = _check_bert(embedding, encoder)
+    layout, layers = _check_bert(embedding, encoder)
     if vocab_size is not None and vocab_size != layout.config["vocab_size"]:
         raise config_error(
             "vocab_size",
@@ -298,13 +291,13 @@ def hf_config_dict(
             f"the embedding table has {layout.config['vocab_size']} rows",
             "export with the model's own vocabulary size",
         )
-    eps = encoder.layer_norm_eps
+    eps, act = layers.config["layer_norm_eps"], layers.config["hidden_act"]
     if mlm is not None:
-        if canonical_activation(mlm.transform.activation) != encoder.activation:
+        if canonical_activation(mlm.transform.activation) != canonical_activation(act):
             raise config_error(
                 "objective.mlm.activation",
                 mlm.transform.activation,
-                f"HF BERT uses one hidden_act, and the encoder's is {encoder.activation!r}",
+                f"HF BERT uses one hidden_act, and the encoder's is {act!r}",
                 "give the MLM head the encoder's activation",
             )
         if mlm.transform.norm.eps != eps:
@@ -326,14 +319,8 @@ def hf_config_dict(
         "architectures": [FAMILIES[layout.model_type] + architecture],
         "model_type": layout.model_type,
         "hidden_size": encoder.hidden_size,
-        "num_hidden_layers": encoder.num_layers,
-        "num_attention_heads": encoder.num_heads,
-        "intermediate_size": encoder.intermediate_size,
-        "hidden_act": HF_ACTIVATION_NAMES[encoder.activation],
-        "hidden_dropout_prob": encoder.dropout,
-        "attention_probs_dropout_prob": encoder.attention_dropout,
+        **{key: layers.config[key] for key in HF_ENCODER_CONFIG},
         "initializer_range": initializer_range,
-        "layer_norm_eps": eps,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
         **layout.config,

@@ -87,6 +87,17 @@ class Loaded:
         return run_decoder(self.objectives)
 
     @property
+    def hf_family(self) -> str:
+        """The HF family of what was loaded: an HF directory's ``config.json`` ``model_type``
+        (``bert``, ``ernie``, ``xlnet``, ...); a run's as ``clozelab export`` would write it (its
+        embedding's ``hf_layout``, e.g. ``ernie`` for a task table, else its encoder's
+        ``hf_model_type``)."""
+        if self.kind == "hf":
+            return hf_model_type(self.root) or "bert"
+        layout = self.embedding.hf_layout()  # Embedding hook
+        return self.encoder.hf_model_type if layout is None else layout.model_type
+
+    @property
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer" if self.kind == "run" else self.root
 
@@ -205,7 +216,8 @@ def _warn_other_activation(config: dict, encoder: nn.Module, key: str, shown: st
     encoder it loads into (an ERNIE 2.0 export's relu into a default gelu BERT run): every weight
     loads, and the layers compute another function than the one they were trained with."""
     theirs = canonical_activation(config.get("hidden_act", "gelu"), "config.json hidden_act")
-    if encoder.activation != theirs:
+    ours = canonical_activation(encoder.hf_layout().config["hidden_act"])  # Encoder hook
+    if ours != theirs:
         log.warning(
             "%s=%s: its config.json hidden_act is %s, but this model's activation is %s; the "
             "weights load, and the layers compute another function than the one they were "
@@ -213,7 +225,7 @@ def _warn_other_activation(config: dict, encoder: nn.Module, key: str, shown: st
             key,
             shown,
             theirs,
-            encoder.activation,
+            ours,
             theirs,
         )
 
@@ -366,7 +378,7 @@ def _body_missing(loaded: Loaded) -> None:
     """A body (embedding, encoder, decoder) the checkpoint does not fully hold is refused."""
     if loaded.kind == "hf":
         if loaded.report["missing"]:
-            family = loaded.encoder.hf_model_type.upper()
+            family = loaded.hf_family.upper()  # the directory's, not the encoder's: ERNIE
             raise config_error(
                 "checkpoint",
                 str(loaded.weights),
