@@ -25,6 +25,7 @@ from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import key_padding_mask
 from clozelab.model.layers import init_bert_weights
+from clozelab.model.lookup import Lookup
 from clozelab.model.seq2seq_layers import Block
 
 OFFSET = 2  # fairseq reserves the first two rows of BART's position tables
@@ -36,7 +37,7 @@ class LearnedPositions(nn.Module):
     def __init__(self, max_position_embeddings: int, hidden_size: int, layer_norm_eps: float):
         super().__init__()
         self.max_position_embeddings = max_position_embeddings
-        self.table = nn.Embedding(max_position_embeddings + OFFSET, hidden_size)
+        self.table = Lookup(max_position_embeddings + OFFSET, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None) -> Tensor:
@@ -83,7 +84,7 @@ class BartEmbeddings(Embedding):
         self.max_position_embeddings, self.layer_norm_eps = max_position_embeddings, layer_norm_eps
         self.scale_embedding = bool(scale_embedding)
         self.scale = math.sqrt(hidden_size) if scale_embedding else 1.0
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.word_embeddings = Lookup(vocab_size, hidden_size, padding_idx=pad_token_id)
         self.positions = LearnedPositions(max_position_embeddings, hidden_size, layer_norm_eps)
         self.dropout = Dropout(dropout)
         init_bert_weights(self, std=initializer_range)

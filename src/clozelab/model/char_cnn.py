@@ -22,6 +22,7 @@ from clozelab.core.errors import config_error
 from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
 from clozelab.model.layers import init_bert_weights
+from clozelab.model.lookup import Lookup
 
 PAD_CHAR, BOW, EOW, BOC = 0, 1, 2, 3  # padding, begin of word, end of token, begin of a ##piece
 N_CHARS = 256 + 4  # bytes are shifted by 4
@@ -116,7 +117,7 @@ class CharCNNEmbeddings(Embedding):
         self.register_buffer(
             "token_chars", torch.zeros(vocab_size, max_characters, dtype=torch.long)
         )
-        self.char_embeddings = nn.Embedding(N_CHARS, char_embedding_size, padding_idx=PAD_CHAR)
+        self.char_embeddings = Lookup(N_CHARS, char_embedding_size, padding_idx=PAD_CHAR)
         self.convolutions = nn.ModuleList(
             nn.Conv1d(char_embedding_size, channels, width) for width, channels in filters
         )
@@ -124,7 +125,7 @@ class CharCNNEmbeddings(Embedding):
         n_filters = sum(c for _, c in filters)
         self.highway = Highway(n_filters, num_highway, activation)
         self.projection = nn.Linear(n_filters, hidden_size)
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size)  # the LM softmax (output)
+        self.word_embeddings = Lookup(vocab_size, hidden_size)  # the LM softmax (output)
         self.dropout = Dropout(dropout)
         init_bert_weights(self.char_embeddings, std=initializer_range)
         init_bert_weights(self.projection, std=initializer_range)
@@ -176,7 +177,7 @@ class WordEmbeddings(Embedding):
     ):
         super().__init__()
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.word_embeddings = Lookup(vocab_size, hidden_size, padding_idx=pad_token_id)
         init_bert_weights(self, std=initializer_range)
         if pad_token_id is not None:
             with torch.no_grad():

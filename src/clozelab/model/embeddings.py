@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from clozelab.core.errors import config_error
 from clozelab.model.dropout import Dropout
 from clozelab.model.layers import init_bert_weights
+from clozelab.model.lookup import Lookup
 
 
 @dataclass
@@ -137,9 +138,9 @@ class BertEmbeddings(Embedding):
         self.layer_norm_eps = layer_norm_eps
         self.pad_token_id = pad_token_id
         self.dropout_prob = dropout
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
+        self.word_embeddings = Lookup(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.position_embeddings = Lookup(max_position_embeddings, hidden_size)
+        self.token_type_embeddings = Lookup(type_vocab_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
         init_bert_weights(self, std=initializer_range)

@@ -18,6 +18,7 @@ from clozelab.core.errors import config_error
 from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding, HFEmbeddingLayout, bert_config, bert_tables
 from clozelab.model.layers import init_bert_weights
+from clozelab.model.lookup import Lookup
 
 
 def sinusoidal_table(n_positions: int, size: int) -> Tensor:
@@ -58,15 +59,15 @@ class _TableEmbeddings(Embedding):
             )
         self.vocab_size, self.max_position_embeddings = vocab_size, max_position_embeddings
         self.pad_token_id = pad_token_id
-        self.word_embeddings = nn.Embedding(vocab_size, size, padding_idx=pad_token_id)
+        self.word_embeddings = Lookup(vocab_size, size, padding_idx=pad_token_id)
         if learned_positions:
-            self.position_embeddings = nn.Embedding(max_position_embeddings, size)
+            self.position_embeddings = Lookup(max_position_embeddings, size)
         else:
             self.register_buffer(
                 "position_table", sinusoidal_table(max_position_embeddings, size), persistent=False
             )
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, size)
-        self.role_embeddings = nn.Embedding(num_roles, size) if num_roles else None
+        self.token_type_embeddings = Lookup(type_vocab_size, size)
+        self.role_embeddings = Lookup(num_roles, size) if num_roles else None
         self.norm = nn.LayerNorm(size, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
 
@@ -302,7 +303,7 @@ class TaskEmbeddings(_TableEmbeddings):
             learned_positions=True,
         )
         self.hidden_size, self.num_tasks = hidden_size, num_tasks
-        self.task_embeddings = nn.Embedding(num_tasks, hidden_size)
+        self.task_embeddings = Lookup(num_tasks, hidden_size)
         self._init_weights(initializer_range)
 
     def hf_layout(self) -> HFEmbeddingLayout:

@@ -44,6 +44,7 @@ from clozelab.model.encoder import (
     run_layers,
 )
 from clozelab.model.layers import canonical_activation, get_activation, init_bert_weights
+from clozelab.model.lookup import Lookup
 
 FUSION_OUTPUTS = ("residual", "activation")
 
@@ -196,7 +197,7 @@ class KnowledgeEncoder(Encoder):
                        self.attention_backend, entity_output=i < m - 1)
             for i in range(m)
         )  # fmt: skip
-        self.entity_embeddings = nn.Embedding(max(int(num_entities), 1), entity_dim)
+        self.entity_embeddings = Lookup(max(int(num_entities), 1), entity_dim)
         init_bert_weights(self, std=initializer_range)
         self.entity_embeddings.weight.requires_grad_(not self.freeze_entities)
 
@@ -209,7 +210,7 @@ class KnowledgeEncoder(Encoder):
         """Load the TransE vectors of the corpus's entities (trained once, cached beside the
         shards) into the entity table; returns ``{"num_entities": N}`` for the run's config."""
         vectors = corpus.entity_embeddings(self.transe)
-        self.entity_embeddings = nn.Embedding.from_pretrained(
+        self.entity_embeddings = Lookup.from_pretrained(
             vectors.float(), freeze=self.freeze_entities
         )
         return {"num_entities": int(vectors.shape[0])}

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from clozelab.core.errors import config_error
 from clozelab.model.dropout import Dropout, relu_dropout
 from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
+from clozelab.model.lookup import Lookup
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -127,7 +128,7 @@ class RelativePositionBias(nn.Module):
             num_buckets,
             max_distance,
         )
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = Lookup(num_buckets, num_heads)
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         """The bias of queries at positions offset.. offset + T - 1 over keys 0..S-1 (``offset``:

@@ -20,6 +20,7 @@ from clozelab.model.decoder import Decoder, DecoderCache
 from clozelab.model.dropout import Dropout
 from clozelab.model.embeddings import Embedding
 from clozelab.model.encoder import Encoder, EncoderOutput, FeedForward, key_padding_mask
+from clozelab.model.lookup import Lookup
 from clozelab.model.seq2seq_layers import (
     Attention,
     Block,
@@ -75,7 +76,7 @@ class T5Embeddings(Embedding):
     ):
         super().__init__()
         self.vocab_size, self.hidden_size, self.pad_token_id = vocab_size, hidden_size, pad_token_id
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size)
+        self.word_embeddings = Lookup(vocab_size, hidden_size)
         nn.init.normal_(self.word_embeddings.weight, std=initializer_factor)
         self.dropout = Dropout(dropout)
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from clozelab.core.batch import IGNORE_INDEX
 from clozelab.core.errors import config_error
 from clozelab.model.layers import get_activation, init_bert_weights
+from clozelab.model.lookup import Lookup
 from clozelab.objectives.base import Objective, ObjectiveOutput, global_mean
 from clozelab.objectives.mlm import tied_decoder_cross_entropy
 
@@ -77,7 +78,7 @@ class SBO(Objective):
         out_size = hidden_size if embedding_size is None else embedding_size
         self.hidden_size, self.vocab_size, self.max_targets = hidden_size, vocab_size, max_targets
         self.act = get_activation(activation, "objective.sbo.activation")
-        self.position_embeddings = nn.Embedding(max_targets, position_size)  # P: (15, 200)
+        self.position_embeddings = Lookup(max_targets, position_size)  # P: (15, 200)
         self.dense1 = nn.Linear(2 * hidden_size + position_size, hidden_size)
         self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dense2 = nn.Linear(hidden_size, out_size)
