@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from clozelab.core.errors import config_error
 from clozelab.model.dropout import Dropout, relu_dropout
-from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout
+from clozelab.model.encoder import FeedForward, attention_with_cpu_dropout, split_heads
 from clozelab.model.lookup import Lookup
 
 
@@ -220,11 +220,6 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(hidden_size, 3 * inner, bias=bias)  # rows: [query; key; value]
         self.out = nn.Linear(inner, hidden_size, bias=bias)
 
-    def _heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
-        """(B, T, parts * inner) -> parts x (B, nh, T, hs) views."""
-        B, T = x.shape[:2]
-        return x.view(B, T, parts, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
-
     def forward(
         self,
         x: Tensor,
@@ -240,13 +235,13 @@ class Attention(nn.Module):
         projects ``memory`` once and reuses it. ``causal`` then masks by position (the queries are
         the last T of the S keys)."""
         if self.cross:
-            (q,) = self._heads(self.q(x), 1)
+            (q,) = split_heads(self.q(x), self.num_heads, self.head_size)
             if cache is not None and "k" in cache:
                 k, v = cache["k"], cache["v"]
             else:
-                k, v = self._heads(self.kv(memory), 2)
+                k, v = split_heads(self.kv(memory), self.num_heads, self.head_size)
         else:
-            q, k, v = self._heads(self.qkv(x), 3)
+            q, k, v = split_heads(self.qkv(x), self.num_heads, self.head_size)
             if cache is not None and "k" in cache:
                 k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
         if cache is not None:
