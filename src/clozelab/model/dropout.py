@@ -115,10 +115,8 @@ def dropout_add(x: Tensor, h: Tensor, p: float, training: bool = True) -> Tensor
 
     On CPU (eager, same dtypes) the product and the sum are one pass (``_DropoutAdd``); the draws
     are ``dropout``'s, and the values equal ``x + dropout(h)`` up to the sum's rounding."""
-    if not _cpu_fast_path(h, p, training):
-        return x + dropout(h, p, training)
-    if x.dtype != h.dtype or x.shape != h.shape:
-        return x + dropout(h, p, training)  # mixed precision or a broadcast: plain autograd
+    if not _cpu_fast_path(h, p, training) or x.dtype != h.dtype or x.shape != h.shape:
+        return x + dropout(h, p, training)  # off CPU, mixed precision or a broadcast: autograd
     if torch.compiler.is_compiling():
         return torch.addcmul(x, h, keep_mask(h, p))  # the eager rounding; inductor fuses it
     return _DropoutAdd.apply(x, h, p)
