@@ -61,6 +61,8 @@ PRETRAIN_CASES = {
     "optim.lr=-1": "optim.lr=-1",
     "optim.weight_decay=-0.1": "optim.weight_decay=-0.1",
     "optim.betas=[0.9]": "optim.betas=[0.9]",
+    "optim.fused=maybe": "optim.fused='maybe'",
+    "+optim.foreach=true": "optim.foreach=True",
     "scheduler.decay=exponential": "scheduler.decay='exponential'",
     "trainer.max_time=banana": "trainer.max_time='banana'",
     "trainer.max_steps=ten": "trainer.max_steps='ten'",

@@ -73,6 +73,30 @@ def check_optim(cfg: DictConfig) -> None:
         raise config_error(
             "optim.betas", betas, "must be two numbers in [0, 1)", "e.g. optim.betas=[0.9,0.999]"
         )
+    check_kernel_flags(cfg)
+
+
+#: AdamW's kernel switches: torch takes any truthy value (``optim.fused=maybe`` ran fused).
+KERNEL_FLAGS = ("fused", "foreach", "differentiable")
+
+
+def check_kernel_flags(cfg: DictConfig) -> None:
+    """``optim.fused`` / ``foreach`` / ``differentiable`` are true, false or null, and ``fused``
+    is not combined with the other two (torch refuses that after the data is prepared)."""
+    flags = {k: OmegaConf.select(cfg, f"optim.{k}", default=None) for k in KERNEL_FLAGS}
+    for key, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            fix = f"optim.{key}=true or optim.{key}=false"
+            raise config_error(f"optim.{key}", value, "must be true, false or null", fix)
+    for other in ("foreach", "differentiable"):
+        if flags["fused"] and flags[other]:
+            raise config_error(
+                f"optim.{other}",
+                True,
+                f"torch's AdamW has no {other} form of its fused kernel (optim.fused=true, the "
+                "default of optim=adamw)",
+                f"add optim.fused=false, or drop optim.{other}",
+            )
 
 
 def check_scheduler(cfg: DictConfig) -> None:
