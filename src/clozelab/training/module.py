@@ -12,6 +12,7 @@ from torch import nn
 from clozelab.core.batch import Batch, JointBatch
 from clozelab.core.errors import ClozelabError
 from clozelab.objectives.base import data_parallel
+from clozelab.training.fused_clipping import clip_fused_under_amp
 from clozelab.training.objective_window import ObjectiveWindow
 from clozelab.training.optim import build_scheduler, parameter_groups
 
@@ -297,6 +298,18 @@ class PretrainModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """``trainer.gradient_clip_val`` also under mixed precision with the fused AdamW, which
+        Lightning's plugin refuses to clip (``clip_fused_under_amp``)."""
+        if not clip_fused_under_amp(
+            self.trainer.precision_plugin, optimizer, gradient_clip_val, gradient_clip_algorithm
+        ):
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
 
     # ------------------------------------------------------------------ state
     def train_seconds(self) -> float:
