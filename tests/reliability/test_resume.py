@@ -164,20 +164,23 @@ def test_sigterm_in_the_batch_before_validation_lets_it_run_whole(
 
 
 @pytest.mark.slow  # 3 launches with a DataLoader worker (~35 s on 2 cores)
-def test_ctrl_c_to_the_process_group_spares_the_dataloader_worker(
-    tmp_path, text_corpus, cache_dir, reference
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_spares_the_dataloader_worker(
+    name, tmp_path, text_corpus, cache_dir, reference
 ):
-    """A terminal's Ctrl-C: SIGINT to the whole process group, the DataLoader worker included,
-    in the batch after which validation is due (step 6), so the stop trains one batch more.
-    Before, the worker died of the KeyboardInterrupt, that fetch raised 'DataLoader worker
-    exited unexpectedly' and the run ended with a traceback and without its checkpoint."""
+    """A terminal's Ctrl-C (SIGINT) or a scheduler's SIGTERM to every process of the job: the
+    whole process group, the DataLoader worker included, in the batch after which validation is
+    due (step 6), so the stop trains one batch more. Before, the worker died (SIGINT: of the
+    KeyboardInterrupt; SIGTERM: PyTorch's worker handler re-raised it), that fetch raised
+    'DataLoader worker exited unexpectedly' and the run ended with a traceback and without its
+    checkpoint."""
     run_dir = tmp_path / "run"
     args = _args(text_corpus, cache_dir, run_dir, "data.num_workers=1")
-    first = subprocess.run([sys.executable, str(KILLER), "6", "SIGINT@GROUP", *args],
+    first = subprocess.run([sys.executable, str(KILLER), "6", f"{name}@GROUP", *args],
                            cwd=tmp_path, env=_env(cache_dir), capture_output=True, text=True,
                            timeout=600, start_new_session=True)  # fmt: skip
     out = first.stdout + first.stderr
-    assert first.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert first.returncode == 128 + getattr(signal, name), out[-3000:]
     assert "Traceback" not in out and out.count("Checkpoint written to") == 1
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"] == 7
     second = _clozelab(args, cache_dir, tmp_path)

@@ -1,13 +1,16 @@
 """The signals that stop a pre-training run gracefully, and DataLoader workers kept out of them.
 
-A terminal's Ctrl-C sends SIGINT to the whole foreground process group, and a scheduler may send
-SIGUSR1 to every process of a job: the DataLoader workers get them too. A worker that gets SIGINT
-raises KeyboardInterrupt and exits (PyTorch expects the main process to stop at once), but a
-graceful stop trains on to the end of the batch, and one batch more when validation is due
-after it: its next fetch found the worker gone ("DataLoader worker exited unexpectedly"), and the
-run died without its checkpoint. Workers therefore ignore them (``ignore_stop_signals``, the
-loaders' ``worker_init_fn``); the main process ends them as usual when it stops. SIGTERM is left
-to PyTorch's worker handler (the main process ends stuck workers with it).
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group, and a scheduler sends
+SIGTERM (SLURM at a time limit or preemption) or SIGUSR1 to every process of a job: the
+DataLoader workers get them too. A worker that gets SIGINT raises KeyboardInterrupt, one that gets
+SIGTERM is ended by PyTorch's worker handler (PyTorch expects the main process to stop at once),
+but a graceful stop trains on to the end of the batch, and one batch more when validation is
+due after it: its next fetch found the worker gone ("DataLoader worker exited unexpectedly"),
+and the run died without its checkpoint. Workers therefore ignore all three
+(``ignore_stop_signals``, the loaders' ``worker_init_fn``); the main process ends them as usual
+when it stops (the done event and the index queues). PyTorch's last resort for a worker stuck
+past a 5 s join, ``terminate()`` (SIGTERM), then no longer ends it: such a worker exits when
+its parent is gone (PyTorch's worker watchdog).
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ STOP_SIGNALS = tuple(
 )
 
 #: The stop signals a DataLoader worker ignores.
-WORKER_IGNORED = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name)
-)
+WORKER_IGNORED = STOP_SIGNALS
 
 
 def ignore_stop_signals(worker_id: int) -> None:
