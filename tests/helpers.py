@@ -116,3 +116,17 @@ def load_experiment_script(*parts: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def perturbed(*modules):
+    """Every parameter of ``modules`` moved off its init (non-zero biases and task rows,
+    non-unit LayerNorm), seeded, then eval mode: parity tests then compare real weights."""
+    import torch
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            module.eval()
+    return modules

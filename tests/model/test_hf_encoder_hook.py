@@ -16,6 +16,7 @@ from clozelab.model.encoder import Encoder, EncoderOutput, HFEncoderLayout, Tran
 from clozelab.model.hf import from_hf_state_dict, hf_config_dict, to_hf_state_dict
 from clozelab.objectives.mlm import MLM
 from clozelab.training.hf_export import write_run_hf_dir
+from tests.helpers import perturbed
 
 V, H, T = 50, 16, 8
 BODY = dict(hidden_size=H, num_layers=2, num_heads=2, intermediate_size=32)
@@ -55,16 +56,6 @@ class SizelessEncoder(WrappedBertEncoder):
         return HFEncoderLayout(layout.tables, {"num_hidden_layers": self.num_layers})
 
 
-def _perturbed(*modules):
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for module in modules:
-            for p in module.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-            module.eval()
-    return modules
-
-
 def test_a_user_encoder_without_the_hook_is_refused_naming_it(tmp_path):
     embedding, encoder = BertEmbeddings(V, H), PlainUserEncoder(H)
     message = (
@@ -93,7 +84,7 @@ def test_a_user_encoder_that_says_why_is_refused_with_its_reason():
 
 def test_a_user_encoder_that_declares_its_layout_exports_as_exact_hf_bert(tmp_path):
     transformers = pytest.importorskip("transformers")
-    embedding, encoder, mlm = _perturbed(BertEmbeddings(V, H, 32), WrappedBertEncoder(**BODY),
+    embedding, encoder, mlm = perturbed(BertEmbeddings(V, H, 32), WrappedBertEncoder(**BODY),
                                          MLM(H, V))  # fmt: skip
     out = write_run_hf_dir(tmp_path / "hf", embedding, encoder, {"mlm": mlm}, tmp_path)
     config = json.loads((out / "config.json").read_text("utf-8"))

@@ -28,6 +28,7 @@ from clozelab.training.hf_export import (
     write_run_hf_dir,
 )
 from clozelab.training.loading import load_checkpoint
+from tests.helpers import perturbed
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,20 +36,9 @@ V, H, TASKS, T = 60, 16, 4, 10
 TOL = 1e-4
 
 
-def _perturbed(*modules):
-    """Every parameter moved off its init (non-zero biases and task rows, non-unit LayerNorm)."""
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for module in modules:
-            for p in module.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-            module.eval()
-    return modules
-
-
 def _ours():
     torch.manual_seed(0)
-    return _perturbed(
+    return perturbed(
         TaskEmbeddings(V, H, num_tasks=TASKS, max_position_embeddings=32),
         TransformerEncoder(H, 2, 2, 32),
         MLM(H, V),
@@ -95,7 +85,7 @@ def _compare(hf, emb, enc, mlm, nsp, task_ids, task_type_ids):
 
 def test_an_ernie2_export_is_hf_ernie_for_pretraining_with_the_same_outputs(tmp_path, caplog):
     emb, enc, mlm, nsp = _ours()
-    (distance,) = _perturbed(SentenceDistance(H))
+    (distance,) = perturbed(SentenceDistance(H))
     objectives = {"mlm": mlm, "nsp": nsp, "sentence_distance": distance}
     with caplog.at_level(logging.INFO, logger="clozelab.training.hf_export"):
         out = write_run_hf_dir(tmp_path / "hf", emb, enc, objectives, tmp_path / "no_tokenizer")
@@ -130,7 +120,7 @@ def test_an_ernie2_export_is_hf_ernie_for_pretraining_with_the_same_outputs(tmp_
 
 def test_an_export_again_with_force_writes_each_note_once(tmp_path):
     emb, enc, mlm, _ = _ours()
-    (distance,) = _perturbed(SentenceDistance(H))
+    (distance,) = perturbed(SentenceDistance(H))
     for _ in range(2):
         out = write_run_hf_dir(tmp_path / "hf", emb, enc, {"mlm": mlm, "d": distance}, tmp_path)
     readme = (out / NOTES_README).read_text("utf-8")
@@ -147,7 +137,7 @@ def _hf_ernie(tmp_path, use_task_id=True):
         task_type_vocab_size=TASKS, hidden_act="gelu",
     )  # fmt: skip
     torch.manual_seed(5)
-    (hf,) = _perturbed(transformers.ErnieForPreTraining(config))
+    (hf,) = perturbed(transformers.ErnieForPreTraining(config))
     hf.save_pretrained(tmp_path / "ernie")
     return hf
 

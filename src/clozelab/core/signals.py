@@ -22,14 +22,11 @@ STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
 )
 
-#: The stop signals a DataLoader worker ignores.
-WORKER_IGNORED = STOP_SIGNALS
-
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of the pre-training loaders: the worker ignores ``WORKER_IGNORED``."""
-    for signum in WORKER_IGNORED:
+    """``worker_init_fn`` of the pre-training loaders: the worker ignores ``STOP_SIGNALS``."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
-__all__ = ["STOP_SIGNALS", "WORKER_IGNORED", "ignore_stop_signals"]
+__all__ = ["STOP_SIGNALS", "ignore_stop_signals"]
